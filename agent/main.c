@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+/* main.c - hvresync's command dispatcher. */
+#include <stdio.h>
+#include <string.h>
+
+#include "agent/cli.h"
+
+#ifndef HVRESYNC_VERSION
+#define HVRESYNC_VERSION "0.1.0"
+#endif
+
+struct command {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *summary;
+};
+
+static const struct command commands[] = {
+	{ "inspect", cmd_inspect, "show a VHDX's structures, partitions and filesystems" },
+	{ "mount", cmd_mount, "show VHDX images as flat raw files through FUSE" },
+	{ "umount", cmd_umount, "end a raw view started by 'hvresync mount'" },
+};
+
+static void print_help(FILE *f)
+{
+	size_t i;
+
+	fprintf(f, "usage: hvresync <command> [options] [args]\n\n");
+	fprintf(f, "commands:\n");
+	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+	fprintf(f, "\n'hvresync <command> --help' describes one command; "
+		   "see hvresync(8).\n");
+}
+
+int main(int argc, char **argv)
+{
+	size_t i;
+
+	if (argc < 2) {
+		print_help(stderr);
+		return EXIT_ERROR;
+	}
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+	    !strcmp(argv[1], "help")) {
+		print_help(stdout);
+		return EXIT_OK;
+	}
+	if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+		printf("hvresync %s\n", HVRESYNC_VERSION);
+		return EXIT_OK;
+	}
+	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (!strcmp(argv[1], commands[i].name))
+			return commands[i].fn(argc - 1, argv + 1);
+	error_msg("'%s' is not a command; see 'hvresync --help'", argv[1]);
+	return EXIT_ERROR;
+}

@@ -1,0 +1,1068 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * image.c - opening a VHDX: header section, log replay (in memory for a
+ * read-only open, on disk for a read-write one), region table, metadata,
+ * BAT validation and the parent chain.  Every refusal is one line in
+ * struct vhdx_error naming the file and the problem.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <linux/fs.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define VHDX_MAX_CHAIN 64
+/* Logs and metadata regions are 1 MiB in practice; refuse absurd sizes
+ * rather than allocate them. */
+#define VHDX_MAX_LOG_LENGTH (256 * MiB)
+#define VHDX_MAX_METADATA_LENGTH (256 * MiB)
+
+static const uint8_t zero_sector[VHDX_LOG_SECTOR];
+
+static int fail(struct vhdx_error *err, int ret, const char *path,
+		const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int fail(struct vhdx_error *err, int ret, const char *path,
+		const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (!err)
+		return ret;
+	n = snprintf(err->msg, sizeof(err->msg), "%.600s: ", path);
+	if (n > 0 && (size_t)n < sizeof(err->msg)) {
+		va_start(ap, fmt);
+		vsnprintf(err->msg + n, sizeof(err->msg) - (size_t)n, fmt, ap);
+		va_end(ap);
+	}
+	return ret;
+}
+
+const char *vhdx_payload_state_name(unsigned state)
+{
+	switch (state) {
+	case VHDX_PAYLOAD_NOT_PRESENT: return "not_present";
+	case VHDX_PAYLOAD_UNDEFINED: return "undefined";
+	case VHDX_PAYLOAD_ZERO: return "zero";
+	case VHDX_PAYLOAD_UNMAPPED: return "unmapped";
+	case VHDX_PAYLOAD_UNMAPPED_V1: return "unmapped_v1";
+	case VHDX_PAYLOAD_FULLY_PRESENT: return "fully_present";
+	case VHDX_PAYLOAD_PARTIALLY_PRESENT: return "partially_present";
+	default: return "invalid";
+	}
+}
+
+const char *vhdx_type_name(enum vhdx_type t)
+{
+	switch (t) {
+	case VHDX_TYPE_FIXED: return "fixed";
+	case VHDX_TYPE_DYNAMIC: return "dynamic";
+	case VHDX_TYPE_DIFFERENCING: return "differencing";
+	}
+	return "unknown";
+}
+
+/* --- Reading through the replay overlay -------------------------------- */
+
+/* Index of the first overlay sector at or after OFF. */
+static unsigned overlay_lower(const struct vhdx_overlay *ov, uint64_t off)
+{
+	unsigned lo = 0, hi = ov->count;
+
+	while (lo < hi) {
+		unsigned mid = lo + (hi - lo) / 2;
+
+		if (ov->off[mid] < off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static int pread_full(int fd, void *buf, size_t len, uint64_t off,
+		      size_t *got)
+{
+	uint8_t *p = buf;
+	ssize_t n;
+
+	*got = 0;
+	while (*got < len) {
+		n = pread(fd, p + *got, len - *got, (off_t)(off + *got));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			break;
+		*got += (size_t)n;
+	}
+	return 0;
+}
+
+int vhdx_file_read(const struct vhdx_image *img, void *buf, size_t len,
+		   uint64_t off)
+{
+	const struct vhdx_overlay *ov = &img->overlay;
+	uint8_t *p = buf;
+	size_t got;
+	unsigned i;
+	int ret;
+
+	ret = pread_full(img->fd, buf, len, off, &got);
+	if (ret < 0)
+		return ret;
+	if (got < len) {
+		if (off + len > ov->file_size)
+			return -ENODATA;
+		memset(p + got, 0, len - got); /* extended by the log replay */
+	}
+	for (i = overlay_lower(ov, off > VHDX_LOG_SECTOR ? off - VHDX_LOG_SECTOR + 1 : 0);
+	     i < ov->count && ov->off[i] < off + len; i++) {
+		uint64_t s = ov->off[i], e = s + VHDX_LOG_SECTOR;
+		uint64_t from = s > off ? s : off;
+		uint64_t to = e < off + len ? e : off + len;
+
+		if (from < to)
+			memcpy(p + (from - off), ov->data[i] + (from - s), to - from);
+	}
+	return 0;
+}
+
+static int overlay_put(struct vhdx_overlay *ov, uint64_t off,
+		       const uint8_t *data)
+{
+	unsigned i = overlay_lower(ov, off);
+	uint8_t *copy = (uint8_t *)zero_sector;
+
+	if (data) {
+		copy = malloc(VHDX_LOG_SECTOR);
+		if (!copy)
+			return -ENOMEM;
+		memcpy(copy, data, VHDX_LOG_SECTOR);
+	}
+	if (i < ov->count && ov->off[i] == off) {
+		if (ov->data[i] != zero_sector)
+			free(ov->data[i]);
+		ov->data[i] = copy;
+		return 0;
+	}
+	if ((ov->count & (ov->count + 1)) == 0 || ov->count == 0) {
+		unsigned cap = ov->count ? (ov->count + 1) * 2 : 16;
+		uint64_t *o = realloc(ov->off, cap * sizeof(*o));
+		uint8_t **d;
+
+		if (!o)
+			goto nomem;
+		ov->off = o;
+		d = realloc(ov->data, cap * sizeof(*d));
+		if (!d)
+			goto nomem;
+		ov->data = d;
+	}
+	memmove(ov->off + i + 1, ov->off + i, (ov->count - i) * sizeof(*ov->off));
+	memmove(ov->data + i + 1, ov->data + i, (ov->count - i) * sizeof(*ov->data));
+	ov->off[i] = off;
+	ov->data[i] = copy;
+	ov->count++;
+	return 0;
+nomem:
+	if (copy != zero_sector)
+		free(copy);
+	return -ENOMEM;
+}
+
+static void overlay_free(struct vhdx_overlay *ov)
+{
+	unsigned i;
+
+	for (i = 0; i < ov->count; i++)
+		if (ov->data[i] != zero_sector)
+			free(ov->data[i]);
+	free(ov->off);
+	free(ov->data);
+	memset(ov, 0, sizeof(*ov));
+}
+
+/* Replay callbacks: into memory, or onto the file. */
+static int replay_to_memory(void *ctx, uint64_t off, const uint8_t *data,
+			    uint64_t len)
+{
+	struct vhdx_overlay *ov = ctx;
+	uint64_t o;
+	int ret;
+
+	if (data)
+		return overlay_put(ov, off, data);
+	for (o = 0; o < len; o += VHDX_LOG_SECTOR) {
+		ret = overlay_put(ov, off + o, NULL);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+{
+	const uint8_t *p = buf;
+	ssize_t n;
+
+	while (len) {
+		n = pwrite(fd, p, len, (off_t)off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int replay_to_file(void *ctx, uint64_t off, const uint8_t *data,
+			  uint64_t len)
+{
+	int fd = *(int *)ctx;
+	uint64_t o;
+	int ret;
+
+	if (data)
+		return pwrite_full(fd, data, VHDX_LOG_SECTOR, off);
+	for (o = 0; o < len; o += VHDX_LOG_SECTOR) {
+		ret = pwrite_full(fd, zero_sector, VHDX_LOG_SECTOR, off + o);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+/*
+ * Header update (MS-VHDX 2.2.2.1): write the non-current header with the
+ * next sequence number, flush, and it becomes current.
+ */
+static int header_update(struct vhdx_image *img, struct vhdx_header_info *h)
+{
+	uint8_t *buf = calloc(1, VHDX_HEADER_SIZE);
+	int target = 1 - img->info.current_header, ret;
+
+	if (!buf)
+		return -ENOMEM;
+	h->sequence = img->info.header[img->info.current_header].sequence + 1;
+	h->valid = true;
+	vhdx_header_build(h, buf);
+	ret = pwrite_full(img->fd, buf, VHDX_HEADER_SIZE,
+			  target ? VHDX_HEADER2_OFFSET : VHDX_HEADER1_OFFSET);
+	free(buf);
+	if (ret)
+		return ret;
+	if (fdatasync(img->fd))
+		return -errno;
+	img->info.header[target] = *h;
+	img->info.current_header = target;
+	return 0;
+}
+
+/* --- Open -------------------------------------------------------------- */
+
+static int read_header_section(struct vhdx_image *img, struct vhdx_error *err)
+{
+	struct vhdx_info *in = &img->info;
+	uint8_t *buf = NULL, *h1, *h2;
+	const char *why = NULL;
+	int ret, r1, r2;
+	size_t got;
+	char *creator;
+
+	if (in->file_size < 8)
+		return fail(err, -EINVAL, img->path,
+			    "not a VHDX file (only %llu bytes)",
+			    (unsigned long long)in->file_size);
+	buf = malloc(VHDX_HEADER_SECTION_SIZE);
+	if (!buf)
+		return fail(err, -ENOMEM, img->path, "out of memory");
+	ret = pread_full(img->fd, buf, VHDX_HEADER_SECTION_SIZE, 0, &got);
+	if (ret < 0) {
+		fail(err, ret, img->path, "cannot read: %s", strerror(-ret));
+		goto out;
+	}
+	if (got < 8 || memcmp(buf, VHDX_FILE_ID_SIG, 8)) {
+		ret = fail(err, -EINVAL, img->path,
+			   "not a VHDX file (no 'vhdxfile' signature at offset 0)");
+		goto out;
+	}
+	if (got < VHDX_HEADER_SECTION_SIZE) {
+		ret = fail(err, -EINVAL, img->path,
+			   "truncated: %llu bytes, shorter than the 1 MiB header section",
+			   (unsigned long long)got);
+		goto out;
+	}
+	creator = vhdx_utf16le_to_utf8(buf + VHDX_CREATOR_OFFSET, VHDX_CREATOR_BYTES);
+	if (creator) {
+		snprintf(in->creator, sizeof(in->creator), "%s", creator);
+		free(creator);
+	}
+	h1 = buf + VHDX_HEADER1_OFFSET;
+	h2 = buf + VHDX_HEADER2_OFFSET;
+	r1 = vhdx_header_parse(h1, &in->header[0]);
+	r2 = vhdx_header_parse(h2, &in->header[1]);
+	ret = vhdx_header_select(&in->header[0], &in->header[1],
+				 !memcmp(h1, h2, VHDX_HEADER_SIZE), &why);
+	if (ret < 0) {
+		if (!in->header[0].valid)
+			fail(err, ret, img->path,
+			     "%s (header 1: %s; header 2: %s)", why,
+			     r1 == -EBADMSG ? "checksum mismatch" : "bad signature",
+			     r2 == -EBADMSG ? "checksum mismatch" : "bad signature");
+		else
+			fail(err, ret, img->path, "%s", why);
+		goto out;
+	}
+	in->current_header = ret;
+	ret = 0;
+out:
+	free(buf);
+	return ret;
+}
+
+static int check_current_header(struct vhdx_image *img, struct vhdx_error *err)
+{
+	const struct vhdx_header_info *h = &img->info.header[img->info.current_header];
+
+	if (h->version != VHDX_VERSION)
+		return fail(err, -ENOTSUP, img->path,
+			    "unsupported VHDX version %u (header %d)", h->version,
+			    img->info.current_header + 1);
+	if (h->log_version != VHDX_LOG_VERSION)
+		return fail(err, -ENOTSUP, img->path,
+			    "unsupported log version %u", h->log_version);
+	if (h->log_length % VHDX_ALIGN || h->log_offset % VHDX_ALIGN)
+		return fail(err, -EINVAL, img->path,
+			    "log offset %llu or length %u is not a multiple of 1 MiB",
+			    (unsigned long long)h->log_offset, h->log_length);
+	if (h->log_length && h->log_offset < VHDX_HEADER_SECTION_SIZE)
+		return fail(err, -EINVAL, img->path,
+			    "log overlaps the header section");
+	if (h->log_length &&
+	    h->log_offset + h->log_length > img->info.file_size)
+		return fail(err, -EINVAL, img->path,
+			    "log (%u bytes at %llu) extends past the end of the file (%llu bytes; truncated?)",
+			    h->log_length, (unsigned long long)h->log_offset,
+			    (unsigned long long)img->info.file_size);
+	return 0;
+}
+
+/* Replay a dirty log: into memory, or onto the file when writable. */
+static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
+{
+	struct vhdx_info *in = &img->info;
+	struct vhdx_header_info h = in->header[in->current_header];
+	struct vhdx_log_seq seq;
+	uint8_t *log = NULL;
+	size_t got;
+	int ret;
+
+	if (vhdx_guid_is_zero(&h.log_guid))
+		return 0;
+	in->log_dirty = true;
+	if (h.log_length == 0)
+		return fail(err, -EINVAL, img->path,
+			    "header names a log (LogGuid set) but the log length is zero");
+	if (h.log_length > VHDX_MAX_LOG_LENGTH)
+		return fail(err, -EINVAL, img->path, "log of %u bytes is too large",
+			    h.log_length);
+	log = malloc(h.log_length);
+	if (!log)
+		return fail(err, -ENOMEM, img->path, "out of memory reading the log");
+	ret = pread_full(img->fd, log, h.log_length, h.log_offset, &got);
+	if (ret < 0 || got < h.log_length) {
+		ret = fail(err, ret < 0 ? ret : -EINVAL, img->path,
+			   "cannot read the log: %s",
+			   ret < 0 ? strerror(-ret) : "file too short");
+		goto out;
+	}
+	ret = vhdx_log_find_active(log, h.log_length, &h.log_guid, &seq);
+	if (ret == -ENOMEM) {
+		fail(err, ret, img->path, "out of memory searching the log");
+		goto out;
+	}
+	if (ret == -ENOENT) {
+		/* No valid entry for this LogGuid: nothing was logged that
+		 * is not already in place. */
+		seq.count = 0;
+		seq.flushed_file_offset = 0;
+		seq.last_file_offset = 0;
+		ret = 0;
+	}
+	if (seq.count && seq.flushed_file_offset > in->file_size) {
+		ret = fail(err, -EINVAL, img->path,
+			   "file is %llu bytes, shorter than the log's FlushedFileOffset %llu (truncated?)",
+			   (unsigned long long)in->file_size,
+			   (unsigned long long)seq.flushed_file_offset);
+		goto out;
+	}
+	in->log_entries_replayed = seq.count;
+	in->log_sequence_head = seq.count ? seq.head_sequence : 0;
+
+	if (!img->writable) {
+		img->overlay.file_size = in->file_size;
+		if (seq.count) {
+			ret = vhdx_log_replay(log, h.log_length, &seq,
+					      replay_to_memory, &img->overlay);
+			if (ret < 0) {
+				fail(err, ret, img->path,
+				     "cannot replay the log in memory: %s",
+				     strerror(-ret));
+				goto out;
+			}
+			if (seq.last_file_offset > in->file_size)
+				img->overlay.file_size = seq.last_file_offset;
+		}
+		goto out;
+	}
+
+	/* On disk: a new FileWriteGuid first, as for any change. */
+	ret = vhdx_guid_generate(&h.file_write_guid);
+	if (!ret)
+		ret = header_update(img, &h);
+	if (!ret && seq.count)
+		ret = vhdx_log_replay(log, h.log_length, &seq, replay_to_file,
+				      &img->fd);
+	if (!ret && seq.count && seq.last_file_offset > in->file_size) {
+		if (ftruncate(img->fd, (off_t)seq.last_file_offset))
+			ret = -errno;
+		else
+			in->file_size = seq.last_file_offset;
+	}
+	if (!ret && fsync(img->fd))
+		ret = -errno;
+	if (!ret) {
+		memset(&h.log_guid, 0, sizeof(h.log_guid));
+		ret = header_update(img, &h);
+	}
+	if (ret) {
+		fail(err, ret, img->path, "log replay on disk failed: %s",
+		     strerror(-ret));
+		goto out;
+	}
+	in->log_replayed_on_disk = true;
+out:
+	free(log);
+	return ret;
+}
+
+static int read_regions(struct vhdx_image *img, struct vhdx_regions *r,
+			struct vhdx_error *err)
+{
+	uint64_t size = img->overlay.file_size;
+	uint8_t *buf = malloc(VHDX_REGION_TABLE_SIZE);
+	const char *why1 = NULL, *why2 = NULL;
+	int ret;
+
+	if (!buf)
+		return fail(err, -ENOMEM, img->path, "out of memory");
+	ret = vhdx_file_read(img, buf, VHDX_REGION_TABLE_SIZE,
+			     VHDX_REGION_TABLE1_OFFSET);
+	if (!ret)
+		ret = vhdx_region_table_parse(buf, size, r, &why1);
+	if (ret == 0) {
+		img->info.region_table = 0;
+		goto out;
+	}
+	if (ret == -ENOTSUP || ret == -ENOMEM) {
+		fail(err, ret, img->path, "%s", why1);
+		goto out;
+	}
+	ret = vhdx_file_read(img, buf, VHDX_REGION_TABLE_SIZE,
+			     VHDX_REGION_TABLE2_OFFSET);
+	if (!ret)
+		ret = vhdx_region_table_parse(buf, size, r, &why2);
+	if (ret == 0) {
+		img->info.region_table = 1;
+		goto out;
+	}
+	fail(err, ret, img->path, "region table 1: %s; region table 2: %s",
+	     why1 ? why1 : "unreadable", why2 ? why2 : "unreadable");
+out:
+	free(buf);
+	return ret;
+}
+
+static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+	return a < b + blen && b < a + alen;
+}
+
+struct span {
+	uint64_t off, len;
+	uint64_t index; /* BAT index */
+};
+
+static int by_offset(const void *a, const void *b)
+{
+	const struct span *x = a, *y = b;
+
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* A BAT entry's file range must lie inside the file, past the header
+ * section and clear of the log, BAT and metadata regions and of every
+ * other block: otherwise a write to one could change another. */
+static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
+{
+	struct vhdx_info *in = &img->info;
+	const struct vhdx_header_info *h = &in->header[in->current_header];
+	uint64_t cr = in->chunk_ratio, i, j, n = 0, size = img->overlay.file_size;
+	bool diff = in->has_parent;
+	struct span *sp;
+	int ret = 0;
+
+	sp = calloc(in->bat_entries ? in->bat_entries : 1, sizeof(*sp));
+	if (!sp)
+		return fail(err, -ENOMEM, img->path, "out of memory checking the BAT");
+	for (i = 0; i < in->bat_entries; i++) {
+		uint64_t e = img->bat[i], off = vhdx_bat_file_offset(e), len;
+		unsigned st = vhdx_bat_state(e);
+		bool bitmap = (i % (cr + 1)) == cr;
+
+		if (bitmap) {
+			if (st != VHDX_SB_STATE_NOT_PRESENT && st != VHDX_SB_STATE_PRESENT) {
+				ret = fail(err, -EINVAL, img->path,
+					   "BAT entry %llu (sector bitmap) has invalid state %u",
+					   (unsigned long long)i, st);
+				goto out;
+			}
+			if (st != VHDX_SB_STATE_PRESENT)
+				continue;
+			in->bitmap_blocks_present++;
+			if (!diff)
+				continue; /* never read for a non-differencing disk */
+			len = VHDX_SECTOR_BITMAP_SIZE;
+		} else {
+			j = i - i / (cr + 1);
+			if (j >= in->payload_blocks)
+				continue; /* padding entry of the last chunk */
+			switch (st) {
+			case VHDX_PAYLOAD_PARTIALLY_PRESENT:
+				if (!diff) {
+					ret = fail(err, -EINVAL, img->path,
+						   "BAT entry %llu is partially present in a disk that has no parent",
+						   (unsigned long long)i);
+					goto out;
+				}
+				if (vhdx_bat_state(img->bat[vhdx_bat_bitmap_index(j / cr, cr)]) !=
+				    VHDX_SB_STATE_PRESENT) {
+					ret = fail(err, -EINVAL, img->path,
+						   "block %llu is partially present but its chunk has no sector bitmap",
+						   (unsigned long long)j);
+					goto out;
+				}
+				/* fall through */
+			case VHDX_PAYLOAD_FULLY_PRESENT:
+				break;
+			case VHDX_PAYLOAD_NOT_PRESENT:
+			case VHDX_PAYLOAD_UNDEFINED:
+			case VHDX_PAYLOAD_ZERO:
+			case VHDX_PAYLOAD_UNMAPPED:
+			case VHDX_PAYLOAD_UNMAPPED_V1:
+				in->block_states[st]++;
+				continue;
+			default:
+				ret = fail(err, -EINVAL, img->path,
+					   "BAT entry %llu has invalid state %u",
+					   (unsigned long long)i, st);
+				goto out;
+			}
+			in->block_states[st]++;
+			/* The last block may be short of a whole block. */
+			len = in->virtual_size - j * in->block_size;
+			if (len > in->block_size)
+				len = in->block_size;
+		}
+		if (off < VHDX_HEADER_SECTION_SIZE || off + len > size) {
+			ret = fail(err, -EINVAL, img->path,
+				   "BAT entry %llu points to %llu, %s (file is %llu bytes)",
+				   (unsigned long long)i, (unsigned long long)off,
+				   off < VHDX_HEADER_SECTION_SIZE ? "inside the header section"
+								  : "past the end of the file (truncated?)",
+				   (unsigned long long)size);
+			goto out;
+		}
+		if (overlaps(off, len, in->bat_offset, in->bat_length) ||
+		    overlaps(off, len, in->metadata_offset, in->metadata_length) ||
+		    (h->log_length && overlaps(off, len, h->log_offset, h->log_length))) {
+			ret = fail(err, -EINVAL, img->path,
+				   "BAT entry %llu (file offset %llu) overlaps the %s",
+				   (unsigned long long)i, (unsigned long long)off,
+				   overlaps(off, len, in->bat_offset, in->bat_length) ? "BAT region"
+				   : overlaps(off, len, in->metadata_offset, in->metadata_length)
+					   ? "metadata region" : "log");
+			goto out;
+		}
+		for (j = 0; j < in->region_count; j++)
+			if (overlaps(off, len, in->regions[j].file_offset,
+				     in->regions[j].length)) {
+				ret = fail(err, -EINVAL, img->path,
+					   "BAT entry %llu (file offset %llu) overlaps a region",
+					   (unsigned long long)i, (unsigned long long)off);
+				goto out;
+			}
+		sp[n].off = off;
+		sp[n].len = len;
+		sp[n].index = i;
+		n++;
+	}
+	qsort(sp, n, sizeof(*sp), by_offset);
+	for (i = 1; i < n; i++)
+		if (sp[i - 1].off + sp[i - 1].len > sp[i].off) {
+			ret = fail(err, -EINVAL, img->path,
+				   "BAT entries %llu and %llu share file space at %llu",
+				   (unsigned long long)sp[i - 1].index,
+				   (unsigned long long)sp[i].index,
+				   (unsigned long long)sp[i].off);
+			goto out;
+		}
+out:
+	free(sp);
+	return ret;
+}
+
+static int read_metadata_and_bat(struct vhdx_image *img, struct vhdx_error *err)
+{
+	struct vhdx_info *in = &img->info;
+	const struct vhdx_header_info *h = &in->header[in->current_header];
+	struct vhdx_regions r;
+	const char *why = NULL;
+	uint8_t *md = NULL, *bat = NULL;
+	uint64_t i;
+	int ret;
+
+	ret = read_regions(img, &r, err);
+	if (ret)
+		return ret;
+	in->region_count = r.count;
+	in->regions = r.entry;
+	in->bat_offset = r.bat_offset;
+	in->bat_length = r.bat_length;
+	in->metadata_offset = r.metadata_offset;
+	in->metadata_length = r.metadata_length;
+	for (i = 0; h->log_length && i < r.count; i++)
+		if (overlaps(h->log_offset, h->log_length, r.entry[i].file_offset,
+			     r.entry[i].length))
+			return fail(err, -EINVAL, img->path,
+				    "the log overlaps the %s region", r.entry[i].name);
+
+	if (r.metadata_length > VHDX_MAX_METADATA_LENGTH)
+		return fail(err, -EINVAL, img->path,
+			    "metadata region of %u bytes is too large", r.metadata_length);
+	md = malloc(r.metadata_length);
+	if (!md)
+		return fail(err, -ENOMEM, img->path, "out of memory");
+	ret = vhdx_file_read(img, md, r.metadata_length, r.metadata_offset);
+	if (ret) {
+		fail(err, ret, img->path, "cannot read the metadata region: %s",
+		     strerror(-ret));
+		goto out;
+	}
+	ret = vhdx_metadata_parse(md, r.metadata_length, &img->params,
+				  &in->metadata, &in->metadata_count, &why);
+	if (ret) {
+		fail(err, ret, img->path, "%s", why);
+		goto out;
+	}
+	in->virtual_size = img->params.virtual_size;
+	in->block_size = img->params.block_size;
+	in->logical_sector_size = img->params.logical_sector_size;
+	in->physical_sector_size = img->params.physical_sector_size;
+	in->leave_blocks_allocated = img->params.leave_blocks_allocated;
+	in->has_parent = img->params.has_parent;
+	in->has_page83 = img->params.has_page83;
+	in->page83 = img->params.page83;
+	in->type = in->has_parent ? VHDX_TYPE_DIFFERENCING
+		   : in->leave_blocks_allocated ? VHDX_TYPE_FIXED
+						: VHDX_TYPE_DYNAMIC;
+	if (img->params.has_locator) {
+		ret = vhdx_locator_parse(md + img->params.locator_offset,
+					 img->params.locator_length, &in->locator,
+					 &in->locator_count, &why);
+		if (ret) {
+			fail(err, ret, img->path, "%s", why);
+			goto out;
+		}
+	}
+
+	in->chunk_ratio = vhdx_chunk_ratio(in->block_size, in->logical_sector_size);
+	in->payload_blocks = vhdx_payload_blocks(in->virtual_size, in->block_size);
+	in->bat_entries = vhdx_bat_entry_count(in->payload_blocks, in->chunk_ratio,
+					       in->has_parent);
+	/* A differencing disk always reads its last chunk's bitmap entry;
+	 * other disks may omit the padding entries after the last block. */
+	if (in->bat_entries * 8 > r.bat_length) {
+		ret = fail(err, -EINVAL, img->path,
+			   "BAT region (%u bytes) is too small for %llu entries",
+			   r.bat_length, (unsigned long long)in->bat_entries);
+		goto out;
+	}
+	bat = malloc(in->bat_entries * 8 + 8);
+	img->bat = calloc(in->bat_entries + 1, sizeof(*img->bat));
+	if (!bat || !img->bat) {
+		ret = fail(err, -ENOMEM, img->path, "out of memory reading the BAT");
+		goto out;
+	}
+	ret = vhdx_file_read(img, bat, in->bat_entries * 8, r.bat_offset);
+	if (ret) {
+		fail(err, ret, img->path, "cannot read the BAT: %s", strerror(-ret));
+		goto out;
+	}
+	for (i = 0; i < in->bat_entries; i++)
+		img->bat[i] = le64_get(bat + i * 8);
+	ret = check_bat(img, err);
+out:
+	free(md);
+	free(bat);
+	return ret;
+}
+
+/* --- Parent chain ------------------------------------------------------ */
+
+static char *win_to_posix(const char *s)
+{
+	char *p = strdup(s), *c;
+
+	if (!p)
+		return NULL;
+	for (c = p; *c; c++)
+		if (*c == '\\')
+			*c = '/';
+	return p;
+}
+
+static char *join(const char *dir, const char *rel)
+{
+	char *out;
+
+	if (asprintf(&out, "%s/%s", dir, rel) < 0)
+		return NULL;
+	return out;
+}
+
+static bool is_file(const char *p)
+{
+	struct stat st;
+
+	return p && stat(p, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
+}
+
+/*
+ * Find the parent: relative_path against the child's directory, then the
+ * file name of absolute_win32_path in the child's directory, then the path
+ * inside volume_path (after \\?\Volume{GUID}\) against the child's
+ * directory and each of its ancestors, as if the Windows volume were
+ * mounted there.  Returns a malloc'd path, or NULL with DESCR describing
+ * where it looked.
+ */
+static char *find_parent(const struct vhdx_image *img, char *descr, size_t dlen)
+{
+	const struct vhdx_info *in = &img->info;
+	const char *rel = vhdx_locator_get(in->locator, in->locator_count, "relative_path");
+	const char *abs = vhdx_locator_get(in->locator, in->locator_count, "absolute_win32_path");
+	const char *vol = vhdx_locator_get(in->locator, in->locator_count, "volume_path");
+	char *tmp = strdup(img->path), *dir, *cand = NULL, *conv;
+	size_t used = 0;
+
+	descr[0] = '\0';
+	if (!tmp)
+		return NULL;
+	dir = dirname(tmp);
+	if (rel) {
+		conv = win_to_posix(rel);
+		cand = conv ? (conv[0] == '/' ? strdup(conv) : join(dir, conv)) : NULL;
+		free(conv);
+		if (is_file(cand))
+			goto found;
+		used += (size_t)snprintf(descr + used, dlen - used,
+					 "relative_path '%s' (%s)", rel, cand ? cand : "?");
+		free(cand);
+		cand = NULL;
+	}
+	if (abs && used < dlen) {
+		const char *base = strrchr(abs, '\\');
+
+		base = base ? base + 1 : abs;
+		cand = join(dir, base);
+		if (is_file(cand))
+			goto found;
+		used += (size_t)snprintf(descr + used, dlen - used, "%sabsolute_win32_path '%s' (%s)",
+					 used ? ", " : "", abs, cand ? cand : "?");
+		free(cand);
+		cand = NULL;
+	}
+	if (vol && used < dlen) {
+		const char *p = vol;
+		char *d = strdup(dir);
+
+		if (!strncmp(p, "\\\\?\\Volume{", 11) && (p = strchr(p, '}')))
+			p = *(p + 1) == '\\' ? p + 2 : p + 1;
+		else
+			p = vol;
+		conv = win_to_posix(p);
+		while (d && conv) {
+			cand = join(d, conv);
+			if (is_file(cand)) {
+				free(d);
+				free(conv);
+				goto found;
+			}
+			free(cand);
+			cand = NULL;
+			if (!strcmp(d, "/") || !strcmp(d, "."))
+				break;
+			char *up = strdup(dirname(d));
+
+			free(d);
+			d = up;
+		}
+		free(d);
+		free(conv);
+		used += (size_t)snprintf(descr + used, dlen - used,
+					 "%svolume_path '%s' (its path under %s and each parent directory)",
+					 used ? ", " : "", vol, dir);
+	}
+	if (!rel && !abs && !vol)
+		snprintf(descr, dlen, "the parent locator has no relative_path, absolute_win32_path or volume_path");
+	free(tmp);
+	return NULL;
+found:
+	free(tmp);
+	return cand;
+}
+
+static int open_one(const char *path, unsigned flags, unsigned depth,
+		    struct vhdx_image **out, struct vhdx_error *err);
+
+static int open_parent(struct vhdx_image *img, unsigned flags,
+		       struct vhdx_error *err)
+{
+	const struct vhdx_info *in = &img->info;
+	const char *link1 = vhdx_locator_get(in->locator, in->locator_count, "parent_linkage");
+	const char *link2 = vhdx_locator_get(in->locator, in->locator_count, "parent_linkage2");
+	char where[VHDX_ERR_LEN - 64];
+	struct vhdx_guid g1, g2, pdw;
+	struct vhdx_image *parent = NULL;
+	struct vhdx_error perr;
+	char *ppath;
+	int ret;
+
+	if (img->depth + 1 >= VHDX_MAX_CHAIN)
+		return fail(err, -ELOOP, img->path,
+			    "parent chain is deeper than %d (a loop?)", VHDX_MAX_CHAIN);
+	if (!link1 || vhdx_guid_parse(link1, &g1))
+		return fail(err, -EINVAL, img->path,
+			    "parent locator has no valid parent_linkage GUID");
+	ppath = find_parent(img, where, sizeof(where));
+	if (!ppath)
+		return fail(err, -ENOENT, img->path, "parent not found: looked for %s", where);
+	img->info.parent_path = ppath;
+	/* Parents are only ever read: whatever writes goes to the child. */
+	ret = open_one(ppath, flags & VHDX_OPEN_IGNORE_LINKAGE, img->depth + 1,
+		       &parent, &perr);
+	if (ret)
+		return fail(err, ret, img->path, "parent %s", perr.msg);
+	pdw = parent->info.header[parent->info.current_header].data_write_guid;
+	if (!vhdx_guid_equal(&g1, &pdw) &&
+	    !(link2 && !vhdx_guid_parse(link2, &g2) && vhdx_guid_equal(&g2, &pdw)) &&
+	    !(flags & VHDX_OPEN_IGNORE_LINKAGE)) {
+		char a[VHDX_GUID_STR_LEN];
+
+		vhdx_guid_format(&pdw, a);
+		vhdx_close(parent);
+		return fail(err, -ESTALE, img->path,
+			    "parent %s has DataWriteGuid {%s} but parent_linkage is %s: the parent changed since this disk was made (--ignore-parent-linkage reads it anyway)",
+			    ppath, a, link1);
+	}
+	if (parent->info.logical_sector_size != in->logical_sector_size) {
+		ret = fail(err, -EINVAL, img->path,
+			   "parent %s has %u-byte logical sectors, this disk %u",
+			   ppath, parent->info.logical_sector_size,
+			   in->logical_sector_size);
+		vhdx_close(parent);
+		return ret;
+	}
+	img->parent = parent;
+	return 0;
+}
+
+static int open_one(const char *path, unsigned flags, unsigned depth,
+		    struct vhdx_image **out, struct vhdx_error *err)
+{
+	struct vhdx_image *img;
+	struct stat st;
+	bool rw = flags & VHDX_OPEN_RDWR;
+	int ret;
+
+	*out = NULL;
+	img = calloc(1, sizeof(*img));
+	if (!img)
+		return fail(err, -ENOMEM, path, "out of memory");
+	img->fd = -1;
+	img->depth = depth;
+	pthread_mutex_init(&img->bitmap_lock, NULL);
+	img->path = strdup(path);
+	if (!img->path) {
+		ret = fail(err, -ENOMEM, path, "out of memory");
+		goto bad;
+	}
+	img->info.path = img->path;
+	img->fd = open(path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	if (img->fd < 0) {
+		ret = fail(err, -errno, path, "cannot open: %s", strerror(errno));
+		goto bad;
+	}
+	img->writable = rw;
+	if (fstat(img->fd, &st)) {
+		ret = fail(err, -errno, path, "cannot stat: %s", strerror(errno));
+		goto bad;
+	}
+	if (S_ISBLK(st.st_mode)) {
+		uint64_t sz;
+
+		if (ioctl(img->fd, BLKGETSIZE64, &sz)) {
+			ret = fail(err, -errno, path, "cannot size device: %s", strerror(errno));
+			goto bad;
+		}
+		img->info.file_size = sz;
+	} else if (S_ISREG(st.st_mode)) {
+		img->info.file_size = (uint64_t)st.st_size;
+	} else {
+		ret = fail(err, -EINVAL, path, "not a regular file or block device");
+		goto bad;
+	}
+	img->overlay.file_size = img->info.file_size;
+
+	ret = read_header_section(img, err);
+	if (!ret)
+		ret = check_current_header(img, err);
+	if (ret)
+		goto bad;
+	if ((flags & VHDX_OPEN_REPLAY) && !rw &&
+	    !vhdx_guid_is_zero(&img->info.header[img->info.current_header].log_guid)) {
+		/* Replay on disk needs a writable descriptor, for this alone. */
+		int wfd = open(path, O_RDWR | O_CLOEXEC);
+
+		if (wfd < 0) {
+			ret = fail(err, -errno, path, "cannot open for log replay: %s",
+				   strerror(errno));
+			goto bad;
+		}
+		close(img->fd);
+		img->fd = wfd;
+		img->writable = true;
+		ret = replay_log(img, err);
+		img->writable = false;
+		if (!ret) {
+			int rfd = open(path, O_RDONLY | O_CLOEXEC);
+
+			if (rfd < 0) {
+				ret = fail(err, -errno, path, "cannot reopen: %s", strerror(errno));
+				goto bad;
+			}
+			close(img->fd);
+			img->fd = rfd;
+			img->overlay.file_size = img->info.file_size;
+		}
+	} else {
+		ret = replay_log(img, err);
+	}
+	if (ret)
+		goto bad;
+	ret = read_metadata_and_bat(img, err);
+	if (ret)
+		goto bad;
+	img->chunks = (img->info.payload_blocks + img->info.chunk_ratio - 1) /
+		      img->info.chunk_ratio;
+	if (img->info.has_parent) {
+		img->bitmaps = calloc(img->chunks ? img->chunks : 1, sizeof(*img->bitmaps));
+		if (!img->bitmaps) {
+			ret = fail(err, -ENOMEM, path, "out of memory");
+			goto bad;
+		}
+		if (!(flags & VHDX_OPEN_NO_PARENT)) {
+			ret = open_parent(img, flags, err);
+			if (ret)
+				goto bad;
+		}
+	}
+	*out = img;
+	return 0;
+bad:
+	vhdx_close(img);
+	return ret;
+}
+
+int vhdx_open(const char *path, unsigned flags, struct vhdx_image **out,
+	      struct vhdx_error *err)
+{
+	if (err)
+		err->msg[0] = '\0';
+	return open_one(path, flags, 0, out, err);
+}
+
+void vhdx_close(struct vhdx_image *img)
+{
+	uint64_t i;
+
+	if (!img)
+		return;
+	vhdx_close(img->parent);
+	if (img->fd >= 0)
+		close(img->fd);
+	if (img->bitmaps) {
+		for (i = 0; i < img->chunks; i++)
+			free(img->bitmaps[i]);
+		free(img->bitmaps);
+	}
+	overlay_free(&img->overlay);
+	vhdx_locator_free(img->info.locator, img->info.locator_count);
+	free(img->info.regions);
+	free(img->info.metadata);
+	free(img->info.parent_path);
+	free(img->bat);
+	pthread_mutex_destroy(&img->bitmap_lock);
+	free(img->path);
+	free(img);
+}
+
+const struct vhdx_info *vhdx_get_info(const struct vhdx_image *img)
+{
+	return &img->info;
+}
+
+struct vhdx_image *vhdx_get_parent(const struct vhdx_image *img)
+{
+	return img->parent;
+}
+
+int vhdx_get_fd(const struct vhdx_image *img)
+{
+	return img->fd;
+}
+
+int vhdx_bat_entry(const struct vhdx_image *img, uint64_t i, uint64_t *entry)
+{
+	if (i >= img->info.bat_entries)
+		return -ERANGE;
+	*entry = img->bat[i];
+	return 0;
+}

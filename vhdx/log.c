@@ -1,0 +1,294 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * log.c - the VHDX log (MS-VHDX 2.3): validating entries in the circular
+ * buffer, finding the active sequence, replaying it through a callback, and
+ * building entries for the writer.  Pure functions over an in-memory copy
+ * of the log, so that a read-only open can replay without writing.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Byte I of the entry that starts at OFF, in the circular log. */
+static inline const uint8_t *at(const uint8_t *log, uint32_t log_len,
+				uint32_t off, uint64_t i)
+{
+	return log + (off + i) % log_len;
+}
+
+/* Pointer to 4 KiB sector K of the entry at OFF (sectors never straddle
+ * the end of the log because both are 4 KiB multiples). */
+static inline const uint8_t *sector(const uint8_t *log, uint32_t log_len,
+				    uint32_t off, uint32_t k)
+{
+	return at(log, log_len, off, (uint64_t)k * VHDX_LOG_SECTOR);
+}
+
+static inline uint32_t header_sectors(uint32_t descriptors)
+{
+	return (descriptors + 2 + 127) / 128;
+}
+
+/* Descriptor slot I of the entry at OFF (slot 0 and 1 hold the header). */
+static const uint8_t *descriptor(const uint8_t *log, uint32_t log_len,
+				 uint32_t off, uint32_t i)
+{
+	uint32_t slot = i + 2;
+
+	return sector(log, log_len, off, slot / 128) + (slot % 128) * 32;
+}
+
+static void entry_header(const uint8_t *p, struct vhdx_log_entry_hdr *h)
+{
+	h->checksum = le32_get(p + VHDX_LOGE_CHECKSUM);
+	h->entry_length = le32_get(p + VHDX_LOGE_LENGTH);
+	h->tail = le32_get(p + VHDX_LOGE_TAIL);
+	h->sequence = le64_get(p + VHDX_LOGE_SEQUENCE);
+	h->descriptor_count = le32_get(p + VHDX_LOGE_DESC_COUNT);
+	vhdx_guid_from_le(p + VHDX_LOGE_LOG_GUID, &h->log_guid);
+	h->flushed_file_offset = le64_get(p + VHDX_LOGE_FLUSHED_OFFSET);
+	h->last_file_offset = le64_get(p + VHDX_LOGE_LAST_OFFSET);
+}
+
+int vhdx_log_entry_check(const uint8_t *log, uint32_t log_len, uint32_t off,
+			 const struct vhdx_guid *guid,
+			 struct vhdx_log_entry_hdr *hdr)
+{
+	const uint8_t *p;
+	uint32_t sectors, hs, i, k, data = 0, crc;
+	uint64_t seq;
+
+	if (log_len == 0 || log_len % VHDX_LOG_SECTOR || off % VHDX_LOG_SECTOR ||
+	    off >= log_len)
+		return -EINVAL;
+	p = sector(log, log_len, off, 0);
+	if (memcmp(p, VHDX_LOG_ENTRY_SIG, 4))
+		return -EINVAL;
+	entry_header(p, hdr);
+	seq = hdr->sequence;
+	if (hdr->entry_length == 0 || hdr->entry_length % VHDX_LOG_SECTOR ||
+	    hdr->entry_length > log_len || seq == 0 ||
+	    hdr->tail % VHDX_LOG_SECTOR || hdr->tail >= log_len)
+		return -EINVAL;
+	if (!vhdx_guid_equal(&hdr->log_guid, guid))
+		return -EINVAL;
+	sectors = hdr->entry_length / VHDX_LOG_SECTOR;
+	if (hdr->descriptor_count > (uint64_t)sectors * 128)
+		return -EINVAL;
+	hs = header_sectors(hdr->descriptor_count);
+	if (hs > sectors)
+		return -EINVAL;
+
+	/* The checksum covers the whole entry with its own field zeroed. */
+	crc = vhdx_crc32c_update(0xFFFFFFFFu, p, VHDX_LOGE_CHECKSUM);
+	crc = vhdx_crc32c_update(crc, "\0\0\0\0", 4);
+	crc = vhdx_crc32c_update(crc, p + 8, VHDX_LOG_SECTOR - 8);
+	for (k = 1; k < sectors; k++)
+		crc = vhdx_crc32c_update(crc, sector(log, log_len, off, k),
+					 VHDX_LOG_SECTOR);
+	if (~crc != hdr->checksum)
+		return -EINVAL;
+
+	for (i = 0; i < hdr->descriptor_count; i++) {
+		const uint8_t *d = descriptor(log, log_len, off, i);
+		bool is_data = !memcmp(d, VHDX_LOG_DESC_SIG, 4);
+
+		if (!is_data && memcmp(d, VHDX_LOG_ZERO_SIG, 4))
+			return -EINVAL;
+		if (le64_get(d + VHDX_LOGD_SEQUENCE) != seq ||
+		    le64_get(d + VHDX_LOGD_FILE_OFFSET) % VHDX_LOG_SECTOR)
+			return -EINVAL;
+		if (!is_data) {
+			uint64_t zl = le64_get(d + VHDX_LOGD_ZERO_LENGTH);
+
+			if (zl % VHDX_LOG_SECTOR)
+				return -EINVAL;
+			continue;
+		}
+		if (hs + data >= sectors)
+			return -EINVAL;
+		p = sector(log, log_len, off, hs + data);
+		if (memcmp(p, VHDX_LOG_DATA_SIG, 4) ||
+		    le32_get(p + VHDX_LOGS_SEQ_HIGH) != (uint32_t)(seq >> 32) ||
+		    le32_get(p + VHDX_LOGS_SEQ_LOW) != (uint32_t)seq)
+			return -EINVAL;
+		data++;
+	}
+	return 0;
+}
+
+struct found_entry {
+	uint32_t off;
+	struct vhdx_log_entry_hdr hdr;
+};
+
+static int by_sequence_desc(const void *a, const void *b)
+{
+	const struct found_entry *x = a, *y = b;
+
+	if (x->hdr.sequence == y->hdr.sequence)
+		return x->off < y->off ? -1 : x->off > y->off;
+	return x->hdr.sequence > y->hdr.sequence ? -1 : 1;
+}
+
+static const struct found_entry *find_at(const struct found_entry *v,
+					 unsigned n, uint32_t off)
+{
+	unsigned i;
+
+	for (i = 0; i < n; i++)
+		if (v[i].off == off)
+			return &v[i];
+	return NULL;
+}
+
+/*
+ * Walk from HEAD's tail forward; every entry on the way must be valid,
+ * contiguous and one sequence number further, and the walk must end at
+ * HEAD.  Fills SEQ on success.
+ */
+static bool chain_ok(const struct found_entry *v, unsigned n,
+		     const struct found_entry *head, uint32_t log_len,
+		     struct vhdx_log_seq *seq)
+{
+	const struct found_entry *e = find_at(v, n, head->hdr.tail);
+	unsigned count = 1, limit = log_len / VHDX_LOG_SECTOR;
+	uint32_t off;
+
+	if (!e)
+		return false;
+	while (e != head) {
+		if (count > limit)
+			return false;
+		off = (uint32_t)((e->off + (uint64_t)e->hdr.entry_length) % log_len);
+		const struct found_entry *next = find_at(v, n, off);
+
+		if (!next || next->hdr.sequence != e->hdr.sequence + 1)
+			return false;
+		e = next;
+		count++;
+	}
+	seq->tail_off = head->hdr.tail;
+	seq->head_off = head->off;
+	seq->count = count;
+	seq->head_sequence = head->hdr.sequence;
+	seq->flushed_file_offset = head->hdr.flushed_file_offset;
+	seq->last_file_offset = head->hdr.last_file_offset;
+	return true;
+}
+
+int vhdx_log_find_active(const uint8_t *log, uint32_t log_len,
+			 const struct vhdx_guid *guid,
+			 struct vhdx_log_seq *seq)
+{
+	struct found_entry *v;
+	unsigned n = 0, i;
+	uint32_t off;
+	int ret = -ENOENT;
+
+	if (log_len == 0 || log_len % VHDX_LOG_SECTOR)
+		return -ENOENT;
+	v = calloc(log_len / VHDX_LOG_SECTOR, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (off = 0; off < log_len; off += VHDX_LOG_SECTOR) {
+		if (vhdx_log_entry_check(log, log_len, off, guid, &v[n].hdr) == 0) {
+			v[n].off = off;
+			n++;
+		}
+	}
+	qsort(v, n, sizeof(*v), by_sequence_desc);
+	for (i = 0; i < n; i++) {
+		if (chain_ok(v, n, &v[i], log_len, seq)) {
+			ret = 0;
+			break;
+		}
+	}
+	free(v);
+	return ret;
+}
+
+int vhdx_log_replay(const uint8_t *log, uint32_t log_len,
+		    const struct vhdx_log_seq *seq, vhdx_log_apply_fn fn,
+		    void *ctx)
+{
+	uint8_t *buf = malloc(VHDX_LOG_SECTOR);
+	uint32_t off = seq->tail_off;
+	unsigned e;
+	int ret = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	for (e = 0; e < seq->count; e++) {
+		struct vhdx_log_entry_hdr h;
+		const uint8_t *p = sector(log, log_len, off, 0);
+		uint32_t hs, i, data = 0;
+
+		entry_header(p, &h);
+		hs = header_sectors(h.descriptor_count);
+		for (i = 0; i < h.descriptor_count; i++) {
+			const uint8_t *d = descriptor(log, log_len, off, i);
+			uint64_t foff = le64_get(d + VHDX_LOGD_FILE_OFFSET);
+
+			if (!memcmp(d, VHDX_LOG_ZERO_SIG, 4)) {
+				ret = fn(ctx, foff, NULL,
+					 le64_get(d + VHDX_LOGD_ZERO_LENGTH));
+			} else {
+				const uint8_t *s =
+					sector(log, log_len, off, hs + data++);
+
+				memcpy(buf, d + VHDX_LOGD_LEADING, 8);
+				memcpy(buf + 8, s + VHDX_LOGS_DATA,
+				       VHDX_LOGS_DATA_LEN);
+				memcpy(buf + 4092, d + VHDX_LOGD_TRAILING, 4);
+				ret = fn(ctx, foff, buf, VHDX_LOG_SECTOR);
+			}
+			if (ret < 0)
+				goto out;
+		}
+		off = (uint32_t)((off + (uint64_t)h.entry_length) % log_len);
+	}
+out:
+	free(buf);
+	return ret;
+}
+
+uint32_t vhdx_log_entry_build(uint8_t *buf, uint64_t sequence, uint32_t tail,
+			      const struct vhdx_guid *guid,
+			      uint64_t flushed_file_offset,
+			      uint64_t last_file_offset, unsigned count,
+			      const uint64_t *file_off,
+			      const uint8_t *const *data)
+{
+	uint32_t len = vhdx_log_entry_size(count);
+	uint32_t hs = header_sectors(count);
+	unsigned i;
+
+	memset(buf, 0, len);
+	memcpy(buf, VHDX_LOG_ENTRY_SIG, 4);
+	le32_put(buf + VHDX_LOGE_LENGTH, len);
+	le32_put(buf + VHDX_LOGE_TAIL, tail);
+	le64_put(buf + VHDX_LOGE_SEQUENCE, sequence);
+	le32_put(buf + VHDX_LOGE_DESC_COUNT, count);
+	vhdx_guid_to_le(guid, buf + VHDX_LOGE_LOG_GUID);
+	le64_put(buf + VHDX_LOGE_FLUSHED_OFFSET, flushed_file_offset);
+	le64_put(buf + VHDX_LOGE_LAST_OFFSET, last_file_offset);
+	for (i = 0; i < count; i++) {
+		uint8_t *d = buf + 64 + (size_t)i * VHDX_LOG_DESC_SIZE;
+		uint8_t *s = buf + (size_t)(hs + i) * VHDX_LOG_SECTOR;
+
+		memcpy(d, VHDX_LOG_DESC_SIG, 4);
+		memcpy(d + VHDX_LOGD_TRAILING, data[i] + 4092, 4);
+		memcpy(d + VHDX_LOGD_LEADING, data[i], 8);
+		le64_put(d + VHDX_LOGD_FILE_OFFSET, file_off[i]);
+		le64_put(d + VHDX_LOGD_SEQUENCE, sequence);
+		memcpy(s, VHDX_LOG_DATA_SIG, 4);
+		le32_put(s + VHDX_LOGS_SEQ_HIGH, (uint32_t)(sequence >> 32));
+		memcpy(s + VHDX_LOGS_DATA, data[i] + 8, VHDX_LOGS_DATA_LEN);
+		le32_put(s + VHDX_LOGS_SEQ_LOW, (uint32_t)sequence);
+	}
+	le32_put(buf + VHDX_LOGE_CHECKSUM, vhdx_checksum(buf, len, VHDX_LOGE_CHECKSUM));
+	return len;
+}
