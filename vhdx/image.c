@@ -213,7 +213,7 @@ static int replay_to_memory(void *ctx, uint64_t off, const uint8_t *data,
 	return 0;
 }
 
-static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+int vhdx_write_full(int fd, const void *buf, size_t len, uint64_t off)
 {
 	const uint8_t *p = buf;
 	ssize_t n;
@@ -240,9 +240,9 @@ static int replay_to_file(void *ctx, uint64_t off, const uint8_t *data,
 	int ret;
 
 	if (data)
-		return pwrite_full(fd, data, VHDX_LOG_SECTOR, off);
+		return vhdx_write_full(fd, data, VHDX_LOG_SECTOR, off);
 	for (o = 0; o < len; o += VHDX_LOG_SECTOR) {
-		ret = pwrite_full(fd, zero_sector, VHDX_LOG_SECTOR, off + o);
+		ret = vhdx_write_full(fd, zero_sector, VHDX_LOG_SECTOR, off + o);
 		if (ret)
 			return ret;
 	}
@@ -253,7 +253,7 @@ static int replay_to_file(void *ctx, uint64_t off, const uint8_t *data,
  * Header update (MS-VHDX 2.2.2.1): write the non-current header with the
  * next sequence number, flush, and it becomes current.
  */
-static int header_update(struct vhdx_image *img, struct vhdx_header_info *h)
+int vhdx_header_update(struct vhdx_image *img, struct vhdx_header_info *h)
 {
 	uint8_t *buf = calloc(1, VHDX_HEADER_SIZE);
 	int target = 1 - img->info.current_header, ret;
@@ -263,7 +263,7 @@ static int header_update(struct vhdx_image *img, struct vhdx_header_info *h)
 	h->sequence = img->info.header[img->info.current_header].sequence + 1;
 	h->valid = true;
 	vhdx_header_build(h, buf);
-	ret = pwrite_full(img->fd, buf, VHDX_HEADER_SIZE,
+	ret = vhdx_write_full(img->fd, buf, VHDX_HEADER_SIZE,
 			  target ? VHDX_HEADER2_OFFSET : VHDX_HEADER1_OFFSET);
 	free(buf);
 	if (ret)
@@ -436,7 +436,7 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 	/* On disk: a new FileWriteGuid first, as for any change. */
 	ret = vhdx_guid_generate(&h.file_write_guid);
 	if (!ret)
-		ret = header_update(img, &h);
+		ret = vhdx_header_update(img, &h);
 	if (!ret && seq.count)
 		ret = vhdx_log_replay(log, h.log_length, &seq, replay_to_file,
 				      &img->fd);
@@ -450,7 +450,7 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 		ret = -errno;
 	if (!ret) {
 		memset(&h.log_guid, 0, sizeof(h.log_guid));
-		ret = header_update(img, &h);
+		ret = vhdx_header_update(img, &h);
 	}
 	if (ret) {
 		fail(err, ret, img->path, "log replay on disk failed: %s",
@@ -919,6 +919,7 @@ static int open_one(const char *path, unsigned flags, unsigned depth,
 	img->fd = -1;
 	img->depth = depth;
 	pthread_mutex_init(&img->bitmap_lock, NULL);
+	pthread_mutex_init(&img->write_lock, NULL);
 	img->path = strdup(path);
 	if (!img->path) {
 		ret = fail(err, -ENOMEM, path, "out of memory");
@@ -1004,9 +1005,17 @@ static int open_one(const char *path, unsigned flags, unsigned depth,
 				goto bad;
 		}
 	}
+	if (rw) {
+		ret = vhdx_writer_init(img);
+		if (ret) {
+			fail(err, ret, path, "cannot prepare for writing: %s", strerror(-ret));
+			goto bad;
+		}
+	}
 	*out = img;
 	return 0;
 bad:
+	img->writable = false; /* nothing to commit on the way out */
 	vhdx_close(img);
 	return ret;
 }
@@ -1025,6 +1034,8 @@ void vhdx_close(struct vhdx_image *img)
 
 	if (!img)
 		return;
+	if (img->writable)
+		vhdx_writer_close(img);
 	vhdx_close(img->parent);
 	if (img->fd >= 0)
 		close(img->fd);
@@ -1039,6 +1050,8 @@ void vhdx_close(struct vhdx_image *img)
 	free(img->info.metadata);
 	free(img->info.parent_path);
 	free(img->bat);
+	free(img->dirty);
+	pthread_mutex_destroy(&img->write_lock);
 	pthread_mutex_destroy(&img->bitmap_lock);
 	free(img->path);
 	free(img);

@@ -262,7 +262,27 @@ struct vhdx_image {
 
 	struct vhdx_image *parent;
 	unsigned depth;
+
+	/* Writer state (write.c); all under write_lock. */
+	pthread_mutex_t write_lock;
+	bool guids_changed;       /* FileWriteGuid/DataWriteGuid renewed */
+	struct vhdx_guid log_guid; /* zero until the first log entry */
+	uint64_t log_seq;          /* next entry's sequence number */
+	uint32_t log_pos;          /* where the next entry goes */
+	uint64_t *dirty;           /* file offsets of 4 KiB sectors to log */
+	unsigned ndirty, dirty_cap;
+	int write_error;           /* sticky: after a failed commit */
 };
+
+/* pwrite all of BUF, retrying short writes and EINTR. */
+int vhdx_write_full(int fd, const void *buf, size_t len, uint64_t off);
+/* The sector bitmap of CHUNK of a differencing disk, read on first use. */
+uint8_t *vhdx_get_bitmap(struct vhdx_image *img, uint64_t chunk, int *err);
+
+/* Writer hooks used by image.c. */
+int vhdx_writer_init(struct vhdx_image *img);
+int vhdx_writer_close(struct vhdx_image *img);
+int vhdx_header_update(struct vhdx_image *img, struct vhdx_header_info *h);
 
 /* pread through the in-memory overlay; reads past EOF (within the size the
  * replay extended the file to) return zeros.  Returns 0 or -errno

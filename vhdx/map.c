@@ -13,7 +13,7 @@
 
 #include "internal.h"
 
-static const uint8_t *get_bitmap(struct vhdx_image *img, uint64_t chunk, int *err)
+uint8_t *vhdx_get_bitmap(struct vhdx_image *img, uint64_t chunk, int *err)
 {
 	uint8_t *bm = __atomic_load_n(&img->bitmaps[chunk], __ATOMIC_ACQUIRE);
 	uint64_t e;
@@ -26,6 +26,15 @@ static const uint8_t *get_bitmap(struct vhdx_image *img, uint64_t chunk, int *er
 	if (bm)
 		goto out;
 	e = img->bat[vhdx_bat_bitmap_index(chunk, img->info.chunk_ratio)];
+	if (vhdx_bat_state(e) != VHDX_SB_STATE_PRESENT) {
+		/* No bitmap block yet: no sector is in this file. */
+		bm = calloc(1, VHDX_SECTOR_BITMAP_SIZE);
+		if (!bm)
+			*err = -ENOMEM;
+		else
+			__atomic_store_n(&img->bitmaps[chunk], bm, __ATOMIC_RELEASE);
+		goto out;
+	}
 	bm = malloc(VHDX_SECTOR_BITMAP_SIZE);
 	if (!bm) {
 		*err = -ENOMEM;
@@ -46,7 +55,7 @@ out:
 
 static inline bool bit(const uint8_t *bm, uint64_t i)
 {
-	return (bm[i >> 3] >> (i & 7)) & 1;
+	return (__atomic_load_n(&bm[i >> 3], __ATOMIC_RELAXED) >> (i & 7)) & 1;
 }
 
 /*
@@ -65,7 +74,8 @@ static int block_run(struct vhdx_image *img, uint64_t off, uint64_t end,
 
 	if (block_end > end)
 		block_end = end;
-	e = img->bat[vhdx_bat_payload_index(j, in->chunk_ratio)];
+	e = __atomic_load_n(&img->bat[vhdx_bat_payload_index(j, in->chunk_ratio)],
+			    __ATOMIC_ACQUIRE);
 	st = vhdx_bat_state(e);
 	ext->off = off;
 	ext->len = block_end - off;
@@ -85,7 +95,7 @@ static int block_run(struct vhdx_image *img, uint64_t off, uint64_t end,
 		uint64_t s = off / lss, last = (block_end + lss - 1) / lss;
 		uint64_t base = chunk * VHDX_SECTORS_PER_CHUNK;
 		int err = 0;
-		const uint8_t *bm = get_bitmap(img, chunk, &err);
+		const uint8_t *bm = vhdx_get_bitmap(img, chunk, &err);
 		bool present;
 
 		if (!bm)

@@ -251,4 +251,55 @@ static inline int vhdx_map_next(struct vhdx_map_iter *it,
 ssize_t vhdx_pread(struct vhdx_image *img, void *buf, size_t len,
 		   uint64_t off);
 
+/* --- Creating and writing (create.c, write.c, merge.c) ------------------ */
+
+struct vhdx_create_opts {
+	uint64_t virtual_size;         /* bytes; ignored for a child (parent's) */
+	uint32_t block_size;           /* 0: 32 MiB (2 MiB for a child) */
+	uint32_t logical_sector_size;  /* 0: 512 (a child takes its parent's) */
+	uint32_t physical_sector_size; /* 0: 4096 */
+	bool fixed;                    /* allocate every block up front */
+	const char *parent;            /* make a differencing child of this */
+};
+
+/*
+ * Create a new image at PATH (never over an existing file).  A child gets
+ * a parent locator with parent_linkage (the parent's DataWriteGuid) and a
+ * relative_path from the child's directory.  Returns 0 or a negative errno
+ * with err filled; on failure nothing is left at PATH.
+ */
+int vhdx_create(const char *path, const struct vhdx_create_opts *opts,
+		struct vhdx_error *err);
+
+/*
+ * Write LEN bytes at virtual offset OFF of an image opened with
+ * VHDX_OPEN_RDWR.  New payload blocks are allocated at the end of the file
+ * (1 MiB aligned); a write that turns a whole block into zeros marks it
+ * ZERO instead of storing zeros.  BAT and sector-bitmap changes reach the
+ * file only through the log, at vhdx_flush() (or when enough pile up), so
+ * a crash at any point leaves each block with its old or its new content.
+ * Returns 0 or a negative errno.
+ */
+int vhdx_pwrite(struct vhdx_image *img, const void *buf, size_t len,
+		uint64_t off);
+/* Make LEN bytes at OFF read as zeros; whole blocks become ZERO. */
+int vhdx_write_zeroes(struct vhdx_image *img, uint64_t off, uint64_t len);
+/* Commit pending BAT and bitmap changes through the log and make all
+ * written data durable. */
+int vhdx_flush(struct vhdx_image *img);
+/* Flush, clear the LogGuid and close: vhdx_close() does this for a
+ * writable image and reports nothing; call this to see the error. */
+int vhdx_close_checked(struct vhdx_image *img);
+
+typedef void (*vhdx_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+
+/*
+ * Merge the differencing disk CHILD into its parent and delete CHILD.
+ * Crash-safe and idempotent: a marker file CHILD.merging records the
+ * parent's identity before the parent is touched, so an interrupted merge
+ * completes when run again (the parent must not be used until then).
+ */
+int vhdx_merge(const char *child, unsigned flags, vhdx_progress_fn progress,
+	       void *ctx, struct vhdx_error *err);
+
 #endif

@@ -1,0 +1,474 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * write.c - writing into fixed, dynamic and differencing images.
+ *
+ * Durability discipline (MS-VHDX 2.3, "a writer puts each BAT or metadata
+ * change through the log"):
+ *   1. payload data goes to blocks that are either already allocated or
+ *      freshly appended at the end of the file, never referenced by the
+ *      on-disk BAT until step 3;
+ *   2. fdatasync, so the data is durable before anything points to it;
+ *   3. the changed 4 KiB BAT and sector-bitmap sectors are written as one
+ *      log entry (under a LogGuid set in the header), fdatasync;
+ *   4. the same sectors are written in place, fdatasync.
+ * A crash before 3 completes leaves the old BAT (the appended space is
+ * unreferenced); a crash after it is repaired by log replay at the next
+ * open.  Either way every block reads its old or its new content.  The
+ * LogGuid is cleared on a clean close.  In-memory BAT entries and bitmap
+ * bits are published with release stores after the data is written, so
+ * concurrent readers (the FUSE view) never see a block before its data.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* Pending sectors that trigger a commit on their own. */
+#define COMMIT_THRESHOLD 128
+#define ZERO_CHUNK (1 * MiB)
+
+static const uint8_t zero_buf[ZERO_CHUNK];
+
+int vhdx_writer_init(struct vhdx_image *img)
+{
+	img->log_seq = 1;
+	img->log_pos = 0;
+	img->dirty_cap = 64;
+	img->dirty = calloc(img->dirty_cap, sizeof(*img->dirty));
+	return img->dirty ? 0 : -ENOMEM;
+}
+
+/* FileWriteGuid and DataWriteGuid change before the first write of each
+ * open: a differencing child made earlier no longer matches its parent,
+ * which is the point. */
+static int renew_guids(struct vhdx_image *img)
+{
+	struct vhdx_header_info h = img->info.header[img->info.current_header];
+	int ret;
+
+	if (img->guids_changed)
+		return 0;
+	ret = vhdx_guid_generate(&h.file_write_guid);
+	if (!ret)
+		ret = vhdx_guid_generate(&h.data_write_guid);
+	if (!ret)
+		ret = vhdx_header_update(img, &h);
+	if (!ret)
+		img->guids_changed = true;
+	return ret;
+}
+
+static int mark_dirty(struct vhdx_image *img, uint64_t sector_off)
+{
+	unsigned i;
+
+	for (i = 0; i < img->ndirty; i++)
+		if (img->dirty[i] == sector_off)
+			return 0;
+	if (img->ndirty == img->dirty_cap) {
+		uint64_t *d = realloc(img->dirty, 2 * img->dirty_cap * sizeof(*d));
+
+		if (!d)
+			return -ENOMEM;
+		img->dirty = d;
+		img->dirty_cap *= 2;
+	}
+	img->dirty[img->ndirty++] = sector_off;
+	return 0;
+}
+
+static int set_bat(struct vhdx_image *img, uint64_t idx, uint64_t entry)
+{
+	uint64_t off = img->info.bat_offset + idx * 8;
+
+	__atomic_store_n(&img->bat[idx], entry, __ATOMIC_RELEASE);
+	return mark_dirty(img, off - off % VHDX_LOG_SECTOR);
+}
+
+/* Append LEN bytes of zeros at the next 1 MiB boundary of the file. */
+static int alloc_space(struct vhdx_image *img, uint64_t len, uint64_t *off)
+{
+	uint64_t at = (img->info.file_size + VHDX_ALIGN - 1) / VHDX_ALIGN * VHDX_ALIGN;
+
+	if (ftruncate(img->fd, (off_t)(at + len)))
+		return -errno;
+	img->info.file_size = at + len;
+	img->overlay.file_size = at + len;
+	*off = at;
+	return 0;
+}
+
+static int write_range(struct vhdx_image *img, uint64_t off, const uint8_t *data,
+		       uint64_t len)
+{
+	uint64_t done = 0, n;
+	int ret;
+
+	if (data)
+		return vhdx_write_full(img->fd, data, len, off);
+	while (done < len) {
+		n = len - done < ZERO_CHUNK ? len - done : ZERO_CHUNK;
+		ret = vhdx_write_full(img->fd, zero_buf, n, off + done);
+		if (ret)
+			return ret;
+		done += n;
+	}
+	return 0;
+}
+
+static bool all_zero(const uint8_t *p, uint64_t len)
+{
+	if (!p)
+		return true;
+	if (len == 0)
+		return true;
+	/* p[0] == 0 and p[i] == p[i + 1] for all i: all bytes are zero */
+	return p[0] == 0 && !memcmp(p, p + 1, len - 1);
+}
+
+static int bitmap_offset(struct vhdx_image *img, uint64_t chunk, uint64_t *off)
+{
+	uint64_t idx = vhdx_bat_bitmap_index(chunk, img->info.chunk_ratio);
+	uint64_t e = img->bat[idx];
+	int ret;
+
+	if (vhdx_bat_state(e) == VHDX_SB_STATE_PRESENT) {
+		*off = vhdx_bat_file_offset(e);
+		return 0;
+	}
+	ret = alloc_space(img, VHDX_SECTOR_BITMAP_SIZE, off);
+	if (ret)
+		return ret;
+	return set_bat(img, idx, vhdx_bat_make(VHDX_SB_STATE_PRESENT, *off));
+}
+
+/* Mark sectors [first, first + count) of the virtual disk as present in
+ * this file. */
+static int set_bits(struct vhdx_image *img, uint64_t first, uint64_t count)
+{
+	uint64_t chunk = first / VHDX_SECTORS_PER_CHUNK;
+	uint64_t base = chunk * VHDX_SECTORS_PER_CHUNK, boff = 0, i, s, last_sec = UINT64_MAX;
+	uint8_t *bm;
+	int ret = 0;
+
+	ret = bitmap_offset(img, chunk, &boff);
+	if (ret)
+		return ret;
+	bm = vhdx_get_bitmap(img, chunk, &ret);
+	if (!bm)
+		return ret;
+	for (i = first - base; i < first - base + count; i++) {
+		__atomic_fetch_or(&bm[i >> 3], (uint8_t)(1u << (i & 7)), __ATOMIC_RELEASE);
+		s = (i >> 3) / VHDX_LOG_SECTOR;
+		if (s != last_sec) {
+			ret = mark_dirty(img, boff + s * VHDX_LOG_SECTOR);
+			if (ret)
+				return ret;
+			last_sec = s;
+		}
+	}
+	return 0;
+}
+
+/* Write N bytes (DATA, or zeros when NULL) at IN_BLOCK of payload block J. */
+static int write_block(struct vhdx_image *img, uint64_t j, uint64_t in_block,
+		       const uint8_t *data, uint64_t n)
+{
+	const struct vhdx_info *in = &img->info;
+	uint64_t idx = vhdx_bat_payload_index(j, in->chunk_ratio);
+	uint64_t e = img->bat[idx], bs = in->block_size, blen, off = 0;
+	unsigned st = vhdx_bat_state(e);
+	bool diff = in->has_parent, whole, zero;
+	int ret;
+
+	blen = in->virtual_size - j * bs < bs ? in->virtual_size - j * bs : bs;
+	whole = in_block == 0 && n == blen;
+	zero = all_zero(data, n);
+
+	switch (st) {
+	case VHDX_PAYLOAD_FULLY_PRESENT:
+	case VHDX_PAYLOAD_PARTIALLY_PRESENT:
+		if (whole && zero && !in->leave_blocks_allocated)
+			return set_bat(img, idx, vhdx_bat_make(VHDX_PAYLOAD_ZERO, 0));
+		off = vhdx_bat_file_offset(e);
+		ret = write_range(img, off + in_block, data, n);
+		if (ret)
+			return ret;
+		if (st == VHDX_PAYLOAD_FULLY_PRESENT)
+			return 0;
+		if (whole)
+			return set_bat(img, idx, vhdx_bat_make(VHDX_PAYLOAD_FULLY_PRESENT, off));
+		return set_bits(img, (j * bs + in_block) / in->logical_sector_size,
+				n / in->logical_sector_size);
+	case VHDX_PAYLOAD_NOT_PRESENT:
+	case VHDX_PAYLOAD_UNDEFINED:
+		if (diff) {
+			if (whole && zero)
+				return set_bat(img, idx, vhdx_bat_make(VHDX_PAYLOAD_ZERO, 0));
+			ret = alloc_space(img, bs, &off);
+			if (!ret)
+				ret = write_range(img, off + in_block, data, n);
+			if (ret)
+				return ret;
+			if (whole)
+				return set_bat(img, idx,
+					       vhdx_bat_make(VHDX_PAYLOAD_FULLY_PRESENT, off));
+			ret = set_bits(img, (j * bs + in_block) / in->logical_sector_size,
+				       n / in->logical_sector_size);
+			if (ret)
+				return ret;
+			return set_bat(img, idx,
+				       vhdx_bat_make(VHDX_PAYLOAD_PARTIALLY_PRESENT, off));
+		}
+		/* reads as zeros without a parent, like the states below */
+		__attribute__((fallthrough));
+	default: /* ZERO, UNMAPPED */
+		if (zero)
+			return 0; /* already reads as zeros */
+		ret = alloc_space(img, bs, &off);
+		if (!ret)
+			ret = write_range(img, off + in_block, data, n);
+		if (ret)
+			return ret;
+		return set_bat(img, idx, vhdx_bat_make(VHDX_PAYLOAD_FULLY_PRESENT, off));
+	}
+}
+
+/* The current 4 KiB sector at file offset OFF as this writer sees it. */
+static int sector_image(struct vhdx_image *img, uint64_t off, uint8_t *buf)
+{
+	const struct vhdx_info *in = &img->info;
+	uint64_t c, i, first, e;
+	int ret;
+
+	if (off >= in->bat_offset && off < in->bat_offset + in->bat_length) {
+		ret = vhdx_file_read(img, buf, VHDX_LOG_SECTOR, off);
+		if (ret)
+			return ret;
+		first = (off - in->bat_offset) / 8;
+		for (i = 0; i < VHDX_LOG_SECTOR / 8 && first + i < in->bat_entries; i++)
+			le64_put(buf + i * 8, img->bat[first + i]);
+		return 0;
+	}
+	for (c = 0; c < img->chunks; c++) {
+		e = img->bat[vhdx_bat_bitmap_index(c, in->chunk_ratio)];
+		if (vhdx_bat_state(e) != VHDX_SB_STATE_PRESENT)
+			continue;
+		if (off >= vhdx_bat_file_offset(e) &&
+		    off < vhdx_bat_file_offset(e) + VHDX_SECTOR_BITMAP_SIZE) {
+			const uint8_t *bm = vhdx_get_bitmap(img, c, &ret);
+			uint64_t k;
+
+			if (!bm)
+				return ret;
+			for (k = 0; k < VHDX_LOG_SECTOR; k++)
+				buf[k] = __atomic_load_n(&bm[off - vhdx_bat_file_offset(e) + k],
+							 __ATOMIC_RELAXED);
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+static int commit(struct vhdx_image *img)
+{
+	struct vhdx_header_info h;
+	const struct vhdx_header_info *cur = &img->info.header[img->info.current_header];
+	uint32_t log_len = cur->log_length, len;
+	unsigned max_desc, done = 0, n, i;
+	uint64_t *offs = NULL;
+	uint8_t *sectors = NULL, *entry = NULL;
+	const uint8_t **ptrs = NULL;
+	int ret = 0;
+
+	if (fdatasync(img->fd))
+		return -errno;
+	if (img->ndirty == 0)
+		return 0;
+	if (log_len < 2 * VHDX_LOG_SECTOR)
+		return -ENOSPC;
+	if (vhdx_guid_is_zero(&img->log_guid)) {
+		h = *cur;
+		ret = vhdx_guid_generate(&img->log_guid);
+		if (ret)
+			return ret;
+		h.log_guid = img->log_guid;
+		ret = vhdx_header_update(img, &h);
+		if (ret)
+			return ret;
+		img->log_pos = 0;
+	}
+	for (max_desc = 1; vhdx_log_entry_size(max_desc + 1) <= log_len && max_desc < 1024;)
+		max_desc++;
+	offs = calloc(max_desc, sizeof(*offs));
+	ptrs = calloc(max_desc, sizeof(*ptrs));
+	sectors = malloc((size_t)max_desc * VHDX_LOG_SECTOR);
+	entry = malloc(vhdx_log_entry_size(max_desc));
+	if (!offs || !ptrs || !sectors || !entry) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	while (done < img->ndirty) {
+		n = img->ndirty - done < max_desc ? img->ndirty - done : max_desc;
+		for (i = 0; i < n; i++) {
+			offs[i] = img->dirty[done + i];
+			ptrs[i] = sectors + (size_t)i * VHDX_LOG_SECTOR;
+			ret = sector_image(img, offs[i], sectors + (size_t)i * VHDX_LOG_SECTOR);
+			if (ret)
+				goto out;
+		}
+		if (img->log_pos + vhdx_log_entry_size(n) > log_len)
+			img->log_pos = 0;
+		len = vhdx_log_entry_build(entry, img->log_seq, img->log_pos, &img->log_guid,
+					   img->info.file_size, img->info.file_size, n,
+					   offs, ptrs);
+		ret = vhdx_write_full(img->fd, entry, len, cur->log_offset + img->log_pos);
+		if (!ret && fdatasync(img->fd))
+			ret = -errno;
+		for (i = 0; !ret && i < n; i++)
+			ret = vhdx_write_full(img->fd, ptrs[i], VHDX_LOG_SECTOR, offs[i]);
+		if (!ret && fdatasync(img->fd))
+			ret = -errno;
+		if (ret)
+			goto out;
+		img->log_pos += len;
+		img->log_seq++;
+		done += n;
+	}
+	img->ndirty = 0;
+out:
+	free(offs);
+	free(ptrs);
+	free(sectors);
+	free(entry);
+	return ret;
+}
+
+static int write_locked(struct vhdx_image *img, const uint8_t *data,
+			uint64_t len, uint64_t off)
+{
+	uint64_t bs = img->info.block_size, done = 0;
+	int ret;
+
+	ret = renew_guids(img);
+	while (!ret && done < len) {
+		uint64_t pos = off + done, j = pos / bs, in_block = pos % bs;
+		uint64_t n = bs - in_block < len - done ? bs - in_block : len - done;
+
+		ret = write_block(img, j, in_block, data ? data + done : NULL, n);
+		done += n;
+	}
+	if (!ret && img->ndirty >= COMMIT_THRESHOLD)
+		ret = commit(img);
+	return ret;
+}
+
+static int do_write(struct vhdx_image *img, const uint8_t *buf, uint64_t len,
+		    uint64_t off)
+{
+	uint64_t lss = img->info.logical_sector_size, a, b;
+	uint8_t *tmp = NULL;
+	ssize_t got;
+	int ret;
+
+	if (!img->writable)
+		return -EBADF;
+	if (off > img->info.virtual_size || len > img->info.virtual_size - off)
+		return -ENOSPC;
+	if (len == 0)
+		return 0;
+	pthread_mutex_lock(&img->write_lock);
+	ret = img->write_error;
+	if (ret)
+		goto out;
+	if (off % lss || len % lss) {
+		/* Sector bitmaps and blocks work in whole logical sectors:
+		 * read around a partial one and write whole sectors. */
+		a = off - off % lss;
+		b = (off + len + lss - 1) / lss * lss;
+		tmp = malloc(b - a);
+		if (!tmp) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		got = vhdx_pread(img, tmp, b - a, a);
+		if (got < 0) {
+			ret = (int)got;
+			goto out;
+		}
+		if (buf)
+			memcpy(tmp + (off - a), buf, len);
+		else
+			memset(tmp + (off - a), 0, len);
+		ret = write_locked(img, tmp, b - a, a);
+	} else {
+		ret = write_locked(img, buf, len, off);
+	}
+	if (ret)
+		img->write_error = ret;
+out:
+	pthread_mutex_unlock(&img->write_lock);
+	free(tmp);
+	return ret;
+}
+
+int vhdx_pwrite(struct vhdx_image *img, const void *buf, size_t len, uint64_t off)
+{
+	if (!buf)
+		return -EINVAL;
+	return do_write(img, buf, len, off);
+}
+
+int vhdx_write_zeroes(struct vhdx_image *img, uint64_t off, uint64_t len)
+{
+	return do_write(img, NULL, len, off);
+}
+
+int vhdx_flush(struct vhdx_image *img)
+{
+	int ret;
+
+	if (!img->writable)
+		return 0;
+	pthread_mutex_lock(&img->write_lock);
+	ret = img->write_error;
+	if (!ret)
+		ret = commit(img);
+	if (ret)
+		img->write_error = ret;
+	pthread_mutex_unlock(&img->write_lock);
+	return ret;
+}
+
+int vhdx_writer_close(struct vhdx_image *img)
+{
+	struct vhdx_header_info h;
+	int ret;
+
+	ret = vhdx_flush(img);
+	if (!ret && !vhdx_guid_is_zero(&img->log_guid)) {
+		h = img->info.header[img->info.current_header];
+		memset(&h.log_guid, 0, sizeof(h.log_guid));
+		ret = vhdx_header_update(img, &h);
+		if (!ret)
+			memset(&img->log_guid, 0, sizeof(img->log_guid));
+	}
+	if (!ret && fsync(img->fd))
+		ret = -errno;
+	img->writable = false;
+	return ret;
+}
+
+int vhdx_close_checked(struct vhdx_image *img)
+{
+	int ret = 0;
+
+	if (!img)
+		return 0;
+	if (img->writable)
+		ret = vhdx_writer_close(img);
+	vhdx_close(img);
+	return ret;
+}
