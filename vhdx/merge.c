@@ -1,0 +1,255 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * merge.c - merging a differencing child into its parent.
+ *
+ * The parent's DataWriteGuid changes at its first write, after which the
+ * child no longer links to it; so before touching the parent we record
+ * its path in CHILD.merging (fsync'd with its directory).  Copying the
+ * child's blocks is idempotent, so a merge interrupted at any point is
+ * completed by running it again: the marker says the linkage mismatch is
+ * our own doing.  The child and then the marker are removed last.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define COPY_CHUNK (4 * MiB)
+
+static int fail(struct vhdx_error *err, int ret, const char *path,
+		const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int fail(struct vhdx_error *err, int ret, const char *path,
+		const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (!err)
+		return ret;
+	n = snprintf(err->msg, sizeof(err->msg), "%.600s: ", path);
+	if (n > 0 && (size_t)n < sizeof(err->msg)) {
+		va_start(ap, fmt);
+		vsnprintf(err->msg + n, sizeof(err->msg) - (size_t)n, fmt, ap);
+		va_end(ap);
+	}
+	return ret;
+}
+
+static int fsync_dir_of(const char *path)
+{
+	char *tmp = strdup(path);
+	int fd, ret = 0;
+
+	if (!tmp)
+		return -ENOMEM;
+	fd = open(dirname(tmp), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(tmp);
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd))
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+static int write_marker(const char *marker, const char *parent)
+{
+	char tmp[PATH_MAX + 16];
+	int fd, ret = 0;
+	size_t len = strlen(parent);
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", marker);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, parent, len) != (ssize_t)len || write(fd, "\n", 1) != 1)
+		ret = -EIO;
+	if (!ret && fsync(fd))
+		ret = -errno;
+	close(fd);
+	if (!ret && rename(tmp, marker))
+		ret = -errno;
+	if (ret)
+		unlink(tmp);
+	else
+		ret = fsync_dir_of(marker);
+	return ret;
+}
+
+static int read_marker(const char *marker, char *parent, size_t len)
+{
+	FILE *f = fopen(marker, "re");
+	size_t n;
+
+	if (!f)
+		return -errno;
+	if (!fgets(parent, (int)len, f)) {
+		fclose(f);
+		return -EINVAL;
+	}
+	fclose(f);
+	n = strlen(parent);
+	if (n && parent[n - 1] == '\n')
+		parent[--n] = '\0';
+	return n ? 0 : -EINVAL;
+}
+
+/* Copy every run the child holds itself into the parent. */
+static int copy_runs(struct vhdx_image *child, struct vhdx_image *parent,
+		     vhdx_progress_fn progress, void *ctx, struct vhdx_error *err)
+{
+	uint64_t size = child->info.virtual_size;
+	struct vhdx_map_iter it;
+	struct vhdx_extent e;
+	uint8_t *buf = malloc(COPY_CHUNK);
+	int ret;
+
+	if (!buf)
+		return fail(err, -ENOMEM, child->path, "out of memory");
+	vhdx_map_iter_init(&it, child, 0, size, VHDX_MAP_NO_RESOLVE);
+	while ((ret = vhdx_map_next(&it, &e)) > 0) {
+		uint64_t done = 0, n;
+
+		switch (e.kind) {
+		case VHDX_EXT_DATA:
+		case VHDX_EXT_MEM:
+			while (done < e.len) {
+				n = e.len - done < COPY_CHUNK ? e.len - done : COPY_CHUNK;
+				if (e.kind == VHDX_EXT_MEM) {
+					memcpy(buf, (const uint8_t *)e.mem + done, n);
+				} else {
+					ret = vhdx_file_read(child, buf, n, e.file_off + done);
+					if (ret) {
+						fail(err, ret, child->path, "read at %llu: %s",
+						     (unsigned long long)(e.file_off + done),
+						     strerror(-ret));
+						goto out;
+					}
+				}
+				ret = vhdx_pwrite(parent, buf, n, e.off + done);
+				if (ret) {
+					fail(err, ret, parent->path, "write at %llu: %s",
+					     (unsigned long long)(e.off + done), strerror(-ret));
+					goto out;
+				}
+				done += n;
+				if (progress)
+					progress(ctx, e.off + done, size);
+			}
+			break;
+		case VHDX_EXT_ZERO:
+			ret = vhdx_write_zeroes(parent, e.off, e.len);
+			if (ret) {
+				fail(err, ret, parent->path, "zeroing at %llu: %s",
+				     (unsigned long long)e.off, strerror(-ret));
+				goto out;
+			}
+			break;
+		default: /* the parent's own data: nothing to do */
+			break;
+		}
+	}
+	if (ret < 0)
+		fail(err, ret, child->path, "mapping failed: %s", strerror(-ret));
+out:
+	free(buf);
+	return ret < 0 ? ret : 0;
+}
+
+int vhdx_merge(const char *child_path, unsigned flags, vhdx_progress_fn progress,
+	       void *ctx, struct vhdx_error *err)
+{
+	struct vhdx_image *child = NULL, *parent = NULL;
+	struct vhdx_error perr;
+	char marker[PATH_MAX], ppath[PATH_MAX];
+	bool resuming;
+	int ret;
+
+	if (err)
+		err->msg[0] = '\0';
+	if (snprintf(marker, sizeof(marker), "%s.merging", child_path) >= (int)sizeof(marker))
+		return fail(err, -ENAMETOOLONG, child_path, "path too long");
+	resuming = access(marker, F_OK) == 0;
+	if (resuming) {
+		ret = read_marker(marker, ppath, sizeof(ppath));
+		if (ret)
+			return fail(err, ret, marker, "unreadable merge marker");
+		if (access(child_path, F_OK)) {
+			/* Crashed after the child was removed: finished. */
+			unlink(marker);
+			return fsync_dir_of(marker);
+		}
+		ret = vhdx_open(child_path, VHDX_OPEN_NO_PARENT, &child, err);
+		if (ret)
+			return ret;
+	} else {
+		ret = vhdx_open(child_path, flags & VHDX_OPEN_IGNORE_LINKAGE, &child, err);
+		if (ret)
+			return ret;
+		if (!child->info.has_parent) {
+			ret = fail(err, -EINVAL, child_path,
+				   "not a differencing disk: nothing to merge");
+			goto out;
+		}
+		if (!realpath(child->info.parent_path, ppath)) {
+			ret = fail(err, -errno, child->info.parent_path, "%s", strerror(errno));
+			goto out;
+		}
+		/* The chain stays open only for the checks above. */
+		vhdx_close(child);
+		child = NULL;
+		ret = vhdx_open(child_path, VHDX_OPEN_NO_PARENT, &child, err);
+		if (ret)
+			return ret;
+		ret = write_marker(marker, ppath);
+		if (ret) {
+			fail(err, ret, marker, "cannot write merge marker: %s", strerror(-ret));
+			goto out;
+		}
+	}
+	ret = vhdx_open(ppath, VHDX_OPEN_RDWR | VHDX_OPEN_IGNORE_LINKAGE, &parent, &perr);
+	if (ret) {
+		fail(err, ret, child_path, "parent %s", perr.msg);
+		goto out;
+	}
+	if (parent->info.virtual_size < child->info.virtual_size) {
+		ret = fail(err, -EINVAL, child_path, "parent %s is smaller than the child", ppath);
+		goto out;
+	}
+	ret = copy_runs(child, parent, progress, ctx, err);
+	if (ret)
+		goto out;
+	ret = vhdx_close_checked(parent);
+	parent = NULL;
+	if (ret) {
+		fail(err, ret, ppath, "flush failed: %s", strerror(-ret));
+		goto out;
+	}
+	vhdx_close(child);
+	child = NULL;
+	if (unlink(child_path) && errno != ENOENT) {
+		ret = fail(err, -errno, child_path, "cannot remove after merging: %s",
+			   strerror(errno));
+		goto out;
+	}
+	ret = fsync_dir_of(child_path);
+	if (!ret && unlink(marker) && errno != ENOENT)
+		ret = -errno;
+	if (!ret)
+		ret = fsync_dir_of(marker);
+	if (ret)
+		fail(err, ret, marker, "cannot remove merge marker: %s", strerror(-ret));
+out:
+	vhdx_close(parent);
+	vhdx_close(child);
+	return ret;
+}
