@@ -35,7 +35,8 @@ UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 HELPER_SRC := $(sort $(wildcard tests/helpers/*.c))
 
 LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
-AGENT_OBJ := $(AGENT_SRC:%.c=$(B)/obj/%.o)
+AGENT_OBJ := $(filter-out $(B)/obj/agent/main.o,$(AGENT_SRC:%.c=$(B)/obj/%.o))
+SAN_AGENT_OBJ := $(AGENT_OBJ:$(B)/obj/%=$(B)/san/obj/%)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 UNIT_SAN_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/san/tests/%)
 SAN_LIB_OBJ := $(LIB_SRC:%.c=$(B)/san/obj/%.o)
@@ -65,22 +66,31 @@ $(B)/san/libhvresync.a: $(SAN_LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(AR) rcs $@ $^
 
-$(B)/hvresync: $(AGENT_OBJ) $(B)/libhvresync.a
-	$(CC) $(ALL_CFLAGS) -o $@ $(AGENT_OBJ) $(B)/libhvresync.a $(LIBS)
-
-$(B)/tests/%: tests/unit/%.c $(B)/libhvresync.a
+$(B)/libagent.a: $(AGENT_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(CMOCKA_CFLAGS) -o $@ $< $(B)/libhvresync.a \
-		$(CMOCKA_LIBS) $(LIBS)
+	$(AR) rcs $@ $^
 
-$(B)/san/tests/%: tests/unit/%.c $(B)/san/libhvresync.a
+$(B)/san/libagent.a: $(SAN_AGENT_OBJ)
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+$(B)/hvresync: $(B)/obj/agent/main.o $(B)/libagent.a $(B)/libhvresync.a
+	$(CC) $(ALL_CFLAGS) -o $@ $(B)/obj/agent/main.o $(B)/libagent.a \
+		$(B)/libhvresync.a $(LIBS)
+
+$(B)/tests/%: tests/unit/%.c $(B)/libagent.a $(B)/libhvresync.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(CMOCKA_CFLAGS) -o $@ $< $(B)/libagent.a \
+		$(B)/libhvresync.a $(CMOCKA_LIBS) $(LIBS)
+
+$(B)/san/tests/%: tests/unit/%.c $(B)/san/libagent.a $(B)/san/libhvresync.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) $(CMOCKA_CFLAGS) -o $@ $< \
-		$(B)/san/libhvresync.a $(CMOCKA_LIBS) $(LIBS)
+		$(B)/san/libagent.a $(B)/san/libhvresync.a $(CMOCKA_LIBS) $(LIBS)
 
-$(B)/helpers/%: tests/helpers/%.c $(B)/libhvresync.a
+$(B)/helpers/%: tests/helpers/%.c $(B)/libagent.a $(B)/libhvresync.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libhvresync.a $(LIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libagent.a $(B)/libhvresync.a $(LIBS)
 
 unit: $(UNIT_BIN)
 unit-san: $(UNIT_SAN_BIN)
