@@ -355,8 +355,8 @@ static int check_current_header(struct vhdx_image *img, struct vhdx_error *err)
 	if (h->log_length && h->log_offset < VHDX_HEADER_SECTION_SIZE)
 		return fail(err, -EINVAL, img->path,
 			    "log overlaps the header section");
-	if (h->log_length &&
-	    h->log_offset + h->log_length > img->info.file_size)
+	if (h->log_length && (h->log_offset > img->info.file_size ||
+			      h->log_length > img->info.file_size - h->log_offset))
 		return fail(err, -EINVAL, img->path,
 			    "log (%u bytes at %llu) extends past the end of the file (%llu bytes; truncated?)",
 			    h->log_length, (unsigned long long)h->log_offset,
@@ -591,7 +591,7 @@ static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
 			if (len > in->block_size)
 				len = in->block_size;
 		}
-		if (off < VHDX_HEADER_SECTION_SIZE || off + len > size) {
+		if (off < VHDX_HEADER_SECTION_SIZE || off > size || len > size - off) {
 			ret = fail(err, -EINVAL, img->path,
 				   "BAT entry %llu points to %llu, %s (file is %llu bytes)",
 				   (unsigned long long)i, (unsigned long long)off,
@@ -846,6 +846,12 @@ static char *find_parent(const struct vhdx_image *img, char *descr, size_t dlen)
 	return NULL;
 found:
 	free(tmp);
+	/* Report and reopen the parent by its canonical path. */
+	conv = realpath(cand, NULL);
+	if (conv) {
+		free(cand);
+		cand = conv;
+	}
 	return cand;
 }
 

@@ -76,6 +76,8 @@ int vhdx_region_table_parse(const uint8_t *buf, uint64_t file_size,
 				free(e);
 				return -ENOTSUP;
 			}
+			/* never read: where it claims to be cannot hurt */
+			continue;
 		}
 		if (e[i].file_offset % VHDX_ALIGN || e[i].length % VHDX_ALIGN ||
 		    e[i].length == 0) {
@@ -86,12 +88,13 @@ int vhdx_region_table_parse(const uint8_t *buf, uint64_t file_size,
 			*why = "a region overlaps the header section";
 			goto bad;
 		}
-		if (e[i].file_offset + e[i].length > file_size) {
+		if (e[i].length > file_size ||
+		    e[i].file_offset > file_size - e[i].length) {
 			*why = "a region extends past the end of the file (truncated?)";
 			goto bad;
 		}
 		for (j = 0; j < i; j++)
-			if (overlaps(e[i].file_offset, e[i].length,
+			if (strcmp(e[j].name, "unknown") && overlaps(e[i].file_offset, e[i].length,
 				     e[j].file_offset, e[j].length)) {
 				*why = "two regions overlap";
 				goto bad;

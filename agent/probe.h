@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * probe.h - find the partition table and filesystems inside a VHDX's raw
+ * view with libblkid, without a mount and without privileges.
+ */
+#ifndef HVRESYNC_PROBE_H
+#define HVRESYNC_PROBE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vhdx/vhdx.h"
+
+#define PROBE_STR_LEN 512
+
+/* What libblkid's superblock chain said about one area. */
+struct probe_fs {
+	bool found;
+	bool ambivalent; /* more than one signature; nothing reported */
+	char type[64];   /* "ext4", "vfat", "ntfs", ... */
+	char version[64];
+	char usage[32];  /* "filesystem", "raid", "crypto", "other" */
+	char label[PROBE_STR_LEN];
+	char uuid[128];
+};
+
+struct probe_part {
+	int number;     /* as libblkid numbers it: 1.. (5.. for logical) */
+	uint64_t start; /* bytes from the start of the disk */
+	uint64_t size;  /* bytes */
+	char type[64];  /* "0x83" (MBR) or the GPT type GUID */
+	char uuid[64];  /* PARTUUID */
+	char name[PROBE_STR_LEN]; /* GPT partition name, or "" */
+	bool extended;  /* an MBR extended container */
+	bool logical;
+	bool past_end;  /* the table says it runs past the virtual size */
+	struct probe_fs fs;
+};
+
+struct probe_result {
+	bool table_found;
+	bool table_ambivalent;
+	char table_type[16]; /* "dos", "gpt", ... */
+	char table_id[64];   /* PTUUID: disk signature or disk GUID */
+	unsigned nparts;
+	struct probe_part *parts;
+	struct probe_fs disk_fs; /* a filesystem on the whole disk */
+};
+
+/*
+ * Probe the raw view of IMG.  Returns 0 with RES filled, or a negative
+ * errno with WHY (WHY_LEN bytes) saying what failed; RES then holds what
+ * was found before the failure.  Free RES with probe_result_free() in
+ * both cases.
+ */
+int probe_image(struct vhdx_image *img, struct probe_result *res, char *why,
+		size_t why_len);
+void probe_result_free(struct probe_result *res);
+
+#endif
