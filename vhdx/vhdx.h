@@ -35,6 +35,12 @@ struct vhdx_guid {
 	uint8_t d4[8];
 };
 
+/* CRC-32C (Castagnoli), as VHDX checksums use it; also used by the
+ * network protocol's frames.  The _update form starts at 0xFFFFFFFF and is
+ * finished with ~crc. */
+uint32_t vhdx_crc32c(const void *buf, size_t len);
+uint32_t vhdx_crc32c_update(uint32_t crc, const void *buf, size_t len);
+
 #define VHDX_GUID_STR_LEN 37 /* "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" + NUL */
 
 void vhdx_guid_format(const struct vhdx_guid *g, char out[VHDX_GUID_STR_LEN]);
