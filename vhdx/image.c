@@ -856,7 +856,8 @@ found:
 }
 
 static int open_one(const char *path, unsigned flags, unsigned depth,
-		    struct vhdx_image **out, struct vhdx_error *err);
+		    const struct vhdx_image *below, struct vhdx_image **out,
+		    struct vhdx_error *err);
 
 static int open_parent(struct vhdx_image *img, unsigned flags,
 		       struct vhdx_error *err)
@@ -883,7 +884,7 @@ static int open_parent(struct vhdx_image *img, unsigned flags,
 	img->info.parent_path = ppath;
 	/* Parents are only ever read: whatever writes goes to the child. */
 	ret = open_one(ppath, flags & VHDX_OPEN_IGNORE_LINKAGE, img->depth + 1,
-		       &parent, &perr);
+		       img, &parent, &perr);
 	if (ret)
 		return fail(err, ret, img->path, "parent %s", perr.msg);
 	pdw = parent->info.header[parent->info.current_header].data_write_guid;
@@ -911,8 +912,10 @@ static int open_parent(struct vhdx_image *img, unsigned flags,
 }
 
 static int open_one(const char *path, unsigned flags, unsigned depth,
-		    struct vhdx_image **out, struct vhdx_error *err)
+		    const struct vhdx_image *below, struct vhdx_image **out,
+		    struct vhdx_error *err)
 {
+	const struct vhdx_image *b;
 	struct vhdx_image *img;
 	struct stat st;
 	bool rw = flags & VHDX_OPEN_RDWR;
@@ -942,6 +945,15 @@ static int open_one(const char *path, unsigned flags, unsigned depth,
 		ret = fail(err, -errno, path, "cannot stat: %s", strerror(errno));
 		goto bad;
 	}
+	img->dev = st.st_dev;
+	img->ino = st.st_ino;
+	img->below = below;
+	for (b = below; b; b = b->below)
+		if (b->dev == st.st_dev && b->ino == st.st_ino) {
+			ret = fail(err, -ELOOP, path, "the parent chain loops back to %s",
+				   b->path);
+			goto bad;
+		}
 	if (S_ISBLK(st.st_mode)) {
 		uint64_t sz;
 
@@ -1018,6 +1030,7 @@ static int open_one(const char *path, unsigned flags, unsigned depth,
 			goto bad;
 		}
 	}
+	img->below = NULL;
 	*out = img;
 	return 0;
 bad:
@@ -1031,7 +1044,7 @@ int vhdx_open(const char *path, unsigned flags, struct vhdx_image **out,
 {
 	if (err)
 		err->msg[0] = '\0';
-	return open_one(path, flags, 0, out, err);
+	return open_one(path, flags, 0, NULL, out, err);
 }
 
 void vhdx_close(struct vhdx_image *img)

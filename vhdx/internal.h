@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "format.h"
 #include "vhdx.h"
@@ -262,6 +263,9 @@ struct vhdx_image {
 
 	struct vhdx_image *parent;
 	unsigned depth;
+	dev_t dev;                       /* identity of the file, to catch */
+	ino_t ino;                       /* a parent chain that loops */
+	const struct vhdx_image *below;  /* the child opening us (open only) */
 
 	/* Writer state (write.c); all under write_lock. */
 	pthread_mutex_t write_lock;
