@@ -33,5 +33,18 @@ int parse_size(const char *s, uint64_t *out);
 int cmd_inspect(int argc, char **argv);
 int cmd_mount(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
+int cmd_create(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
+int cmd_dm_table(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+int cmd_unmap(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_push(int argc, char **argv);
+int cmd_keygen(int argc, char **argv);
+int cmd_agent(int argc, char **argv);
+int cmd_resync(int argc, char **argv);
+int cmd_job(int argc, char **argv);
+int cmd_vm(int argc, char **argv);
 
 #endif

@@ -158,8 +158,11 @@ static int vm_key(struct parse *p, const char *name, const char *value)
 			vm->role = VM_ROLE_PRIMARY;
 		else if (!strcmp(value, "replica"))
 			vm->role = VM_ROLE_REPLICA;
+		else if (!strcmp(value, "extended-replica"))
+			vm->role = VM_ROLE_EXTENDED_REPLICA;
 		else
-			return bad(p, "role: expected primary or replica, not '%s'", value, "");
+			return bad(p, "role: expected primary, replica or extended-replica, not '%s'",
+				   value, "");
 		return 1;
 	}
 	if (!strcmp(name, "replica")) {
@@ -267,6 +270,12 @@ int config_load(const char *path, struct agent_config *cfg, char *err, size_t er
 	for (i = 0; i < cfg->nvms; i++) {
 		struct vm_config *vm = &cfg->vms[i];
 
+		if (vm->role == VM_ROLE_EXTENDED_REPLICA && vm->replica) {
+			snprintf(err, errlen,
+				 "%s:%d: [vm %s] is an extended replica, the last hop: it cannot name a replica",
+				 path, vm->line, vm->name);
+			return -EINVAL;
+		}
 		if (vm->role == VM_ROLE_PRIMARY && !vm->replica) {
 			snprintf(err, errlen, "%s:%d: [vm %s] is primary but names no replica = HOST:PORT",
 				 path, vm->line, vm->name);

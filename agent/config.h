@@ -15,6 +15,7 @@
 enum vm_role {
 	VM_ROLE_PRIMARY,
 	VM_ROLE_REPLICA,
+	VM_ROLE_EXTENDED_REPLICA, /* the last hop: receives, never sends on */
 };
 
 struct vm_config {

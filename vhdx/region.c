@@ -76,8 +76,6 @@ int vhdx_region_table_parse(const uint8_t *buf, uint64_t file_size,
 				free(e);
 				return -ENOTSUP;
 			}
-			/* never read: where it claims to be cannot hurt */
-			continue;
 		}
 		if (e[i].file_offset % VHDX_ALIGN || e[i].length % VHDX_ALIGN ||
 		    e[i].length == 0) {
@@ -94,7 +92,7 @@ int vhdx_region_table_parse(const uint8_t *buf, uint64_t file_size,
 			goto bad;
 		}
 		for (j = 0; j < i; j++)
-			if (strcmp(e[j].name, "unknown") && overlaps(e[i].file_offset, e[i].length,
+			if (overlaps(e[i].file_offset, e[i].length,
 				     e[j].file_offset, e[j].length)) {
 				*why = "two regions overlap";
 				goto bad;

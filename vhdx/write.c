@@ -272,9 +272,25 @@ static int sector_image(struct vhdx_image *img, uint64_t off, uint8_t *buf)
 	return -EINVAL;
 }
 
+/* Put a fresh LogGuid in the header; the log starts again at offset 0. */
+static int new_log_guid(struct vhdx_image *img)
+{
+	struct vhdx_header_info h = img->info.header[img->info.current_header];
+	int ret;
+
+	ret = vhdx_guid_generate(&img->log_guid);
+	if (ret)
+		return ret;
+	h.log_guid = img->log_guid;
+	ret = vhdx_header_update(img, &h);
+	if (ret)
+		return ret;
+	img->log_pos = 0;
+	return 0;
+}
+
 static int commit(struct vhdx_image *img)
 {
-	struct vhdx_header_info h;
 	const struct vhdx_header_info *cur = &img->info.header[img->info.current_header];
 	uint32_t log_len = cur->log_length, len;
 	unsigned max_desc, done = 0, n, i;
@@ -290,15 +306,9 @@ static int commit(struct vhdx_image *img)
 	if (log_len < 2 * VHDX_LOG_SECTOR)
 		return -ENOSPC;
 	if (vhdx_guid_is_zero(&img->log_guid)) {
-		h = *cur;
-		ret = vhdx_guid_generate(&img->log_guid);
+		ret = new_log_guid(img);
 		if (ret)
 			return ret;
-		h.log_guid = img->log_guid;
-		ret = vhdx_header_update(img, &h);
-		if (ret)
-			return ret;
-		img->log_pos = 0;
 	}
 	for (max_desc = 1; vhdx_log_entry_size(max_desc + 1) <= log_len && max_desc < 1024;)
 		max_desc++;
@@ -319,8 +329,17 @@ static int commit(struct vhdx_image *img)
 			if (ret)
 				goto out;
 		}
-		if (img->log_pos + vhdx_log_entry_size(n) > log_len)
-			img->log_pos = 0;
+		if (img->log_pos + vhdx_log_entry_size(n) > log_len) {
+			/* Every entry so far is applied and flushed.  Start
+			 * over under a new LogGuid so that no reader can chain
+			 * the stale entries of the last pass onto new ones
+			 * (qemu chains any run of consecutive sequence
+			 * numbers, whatever the Tail says). */
+			ret = new_log_guid(img);
+			if (ret)
+				goto out;
+			cur = &img->info.header[img->info.current_header];
+		}
 		len = vhdx_log_entry_build(entry, img->log_seq, img->log_pos, &img->log_guid,
 					   img->info.file_size, img->info.file_size, n,
 					   offs, ptrs);

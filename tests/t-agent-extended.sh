@@ -1,0 +1,99 @@
+#!/bin/bash
+# t-agent-extended.sh - extended replication with three agents on
+# loopback: primary -> recovery (JobType 107), then the recovery agent's
+# replica VM -> the extended replica (JobType 121), each checked with
+# qemu-img compare; Resynchronize on the end of the chain is 32770, and on
+# the recovery agent while its disks are receiving from the primary 32774.
+. "$(dirname "$0")/lib.sh"
+. "$TOP/tests/helpers/agent.sh"
+
+S=$SCRATCH
+cd "$S" || exit 1
+
+say "setup: three agents (plain TCP on loopback)"
+mkdir -p p r e
+for d in p r e; do
+	"$HVRESYNC" create $d/os.vhdx 48M >/dev/null &&
+		"$HVRESYNC" create $d/data.vhdx 16M >/dev/null || fail "hvresync create in $d"
+done
+fill p/os.vhdx 0 4M
+fill p/os.vhdx 30M 2M
+fill p/data.vhdx 1M 1M
+fill e/os.vhdx 10M 1M # the extended replica has diverged on its own
+PP=$(free_port)
+RP=$(free_port)
+EP=$(free_port)
+conf() { # NAME PORT ROLE [REPLICA_PORT]
+	cat <<EOF
+[agent]
+listen = 127.0.0.1:$2
+control = $S/run/$1.sock
+state-dir = $S/$1-state
+insecure = true
+
+[vm demo]
+role = $3
+${4:+replica = 127.0.0.1:$4}
+disk = $S/$1/os.vhdx
+disk = $S/$1/data.vhdx
+EOF
+}
+conf p "$PP" primary "$RP" >p.conf
+conf r "$RP" replica "$EP" >r.conf
+conf e "$EP" extended-replica >e.conf
+# vm list loads the configuration before it looks for the socket
+if timeout 10 "$HVRESYNC" vm list --config e.conf 2>&1 >/dev/null | grep -q "role"; then
+	echo "NOTE: the configuration has no role = extended-replica yet; the extended replica is role = replica"
+	conf e "$EP" replica >e.conf
+	EXT_MODE=2
+else
+	EXT_MODE=4
+fi
+start_agent e || { fail "extended replica agent"; finish; }
+start_agent r || { fail "recovery agent"; finish; }
+start_agent p || { fail "primary agent"; finish; }
+check "ReplicationMode: primary 1, replica 2, extended replica $EXT_MODE" test \
+	"$(vmf p demo ReplicationMode) $(vmf r demo ReplicationMode) $(vmf e demo ReplicationMode)" = \
+	"1 2 $EXT_MODE"
+
+say "primary -> recovery (107), then recovery -> extended replica (121)"
+hv p resync demo --wait >p.out 2>p.err
+check "the primary's resync Completed ($(tail -n1 p.err))" test $? -eq 0
+J=$(sed -n 's/^Job: //p' p.out)
+check "  ... as JobType 107" test "$(jobf p "$J" JobType)" = 107
+check "recovery os.vhdx identical to the primary's" same p/os.vhdx r/os.vhdx
+check "recovery data.vhdx identical to the primary's" same p/data.vhdx r/data.vhdx
+check "the extended replica still differs" bash -c "! qemu-img compare -q r/os.vhdx e/os.vhdx"
+
+hv r resync demo --wait >r.out 2>r.err
+check "the recovery agent's resync of its replica VM Completed ($(tail -n1 r.err))" test $? -eq 0
+J=$(sed -n 's/^Job: //p' r.out)
+check "  ... as JobType 121 (Resynchronizing extended replication)" \
+	test "$(jobf r "$J" JobType)" = 121
+check "  ... sent to the extended replica's agent" test "$(jobf r "$J" Peer)" = "127.0.0.1:$EP"
+check "extended os.vhdx identical to the recovery's" same r/os.vhdx e/os.vhdx
+check "extended data.vhdx identical to the recovery's" same r/data.vhdx e/data.vhdx
+check "  ... and so to the primary's" same p/os.vhdx e/os.vhdx
+check "the recovery VM is 3 Replicating after its 121 job" test "$(vmf r demo ReplicationState)" = 3
+expect_rv "Resynchronize on the extended replica (end of the chain)" 32770 e demo
+
+say "the recovery agent's replica VM is busy while its primary sends to it"
+stop_agent p
+start_agent p --bwlimit 4M || fail "primary with --bwlimit"
+fill p/os.vhdx 8M 24M
+expect_rv "primary resync (slow)" 4096 p demo
+JP=$JOB
+wait_percent p "$JP" 10 20 || fail "the primary's job makes progress"
+check "while receiving, the replica VM shows 10 Resynchronizing" \
+	test "$(vmf r demo ReplicationState)" = 10
+expect_rv "Resynchronize (121) while the disks receive from the primary" 32774 r demo
+wait_job p "$JP" 60 7 8 9 10 || fail "the primary's job finishes"
+check "the primary's slow job Completed" test "$(jobf p "$JP" JobState)" = 7
+check "recovery os.vhdx identical again" same p/os.vhdx r/os.vhdx
+hv r resync demo --wait >/dev/null 2>r.err
+check "then the 121 job runs and Completes ($(tail -n1 r.err))" test $? -eq 0
+check "extended os.vhdx identical at the end" same p/os.vhdx e/os.vhdx
+stop_agent p
+stop_agent r
+stop_agent e
+finish

@@ -1,0 +1,249 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_config.c - hvresync.conf parsing (config.c): the documented keys
+ * and defaults, VM lookup by name and id, the auto-resync window, and that
+ * every mistake is refused as "FILE:LINE: problem" with the right line.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "agent/config.h"
+
+static char dir[] = "/tmp/test_config.XXXXXX";
+static char path[600];
+
+static int setup(void **state)
+{
+	(void)state;
+	if (!mkdtemp(dir))
+		return -1;
+	snprintf(path, sizeof(path), "%s/hvresync.conf", dir);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	unlink(path);
+	return rmdir(dir);
+}
+
+static void write_conf(const char *text)
+{
+	FILE *f = fopen(path, "w");
+
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+}
+
+static const char example[] =
+	"; the example of issue 5\n"
+	"[agent]\n"
+	"listen = 0.0.0.0:7500          ; peers, TLS\n"
+	"control = /run/hvresync/control.sock\n"
+	"state-dir = /var/lib/hvresync\n"
+	"psk-file = /etc/hvresync/psk   ; or cert-file / key-file / ca-file\n"
+	"admin-group = hvresync         ; besides root, who may call the control API\n"
+	"\n"
+	"[vm web01]\n"
+	"id = 0b5e1f3c-6a57-4d0e-9d43-0c1a3e5f7a21\n"
+	"role = primary                 ; primary | replica\n"
+	"replica = 10.0.0.2:7433        ; the recovery agent\n"
+	"disk = /srv/vms/web01/os.vhdx  ; replication-enabled disks, any number\n"
+	"disk = /srv/vms/web01/data.vhdx\n"
+	"exclude = /srv/vms/web01/swap.vhdx   ; never read or sent\n"
+	"auto-resync = 18:30-06:00      ; optional window, local time\n"
+	"\n"
+	"[vm db01]\n"
+	"role = replica\n"
+	"disk = /srv/replica/db01/db.vhdx\n";
+
+static void test_example(void **state)
+{
+	struct agent_config c;
+	const struct vm_config *vm;
+	char err[512];
+
+	(void)state;
+	write_conf(example);
+	if (config_load(path, &c, err, sizeof(err)))
+		fail_msg("%s", err);
+	assert_string_equal(c.listen, "0.0.0.0:7500");
+	assert_string_equal(c.control, "/run/hvresync/control.sock");
+	assert_string_equal(c.state_dir, "/var/lib/hvresync");
+	assert_string_equal(c.psk_file, "/etc/hvresync/psk");
+	assert_string_equal(c.admin_group, "hvresync");
+	assert_false(c.insecure);
+	assert_int_equal(c.nvms, 2);
+
+	vm = config_find_vm(&c, "web01");
+	assert_non_null(vm);
+	assert_int_equal(vm->role, VM_ROLE_PRIMARY);
+	assert_string_equal(vm->replica, "10.0.0.2:7433");
+	assert_int_equal(vm->ndisks, 2);
+	assert_string_equal(vm->disks[0], "/srv/vms/web01/os.vhdx");
+	assert_string_equal(vm->disks[1], "/srv/vms/web01/data.vhdx");
+	assert_int_equal(vm->nexcludes, 1);
+	assert_string_equal(vm->excludes[0], "/srv/vms/web01/swap.vhdx");
+	assert_true(vm->auto_resync);
+	assert_int_equal(vm->window_start, 18 * 60 + 30);
+	assert_int_equal(vm->window_end, 6 * 60);
+
+	/* by id: plain, braced, any case */
+	assert_ptr_equal(config_find_vm(&c, "0b5e1f3c-6a57-4d0e-9d43-0c1a3e5f7a21"), vm);
+	assert_ptr_equal(config_find_vm(&c, "{0B5E1F3C-6A57-4D0E-9D43-0C1A3E5F7A21}"), vm);
+	assert_null(config_find_vm(&c, "0b5e1f3c-6a57-4d0e-9d43-0c1a3e5f7a22"));
+	assert_null(config_find_vm(&c, "web"));
+	assert_null(config_find_vm(&c, "WEB01")); /* names are exact */
+	assert_null(config_find_vm(&c, NULL));
+
+	vm = config_find_vm(&c, "db01");
+	assert_non_null(vm);
+	assert_int_equal(vm->role, VM_ROLE_REPLICA);
+	assert_null(vm->replica);
+	assert_false(vm->auto_resync);
+	assert_string_equal(config_basename(vm->disks[0]), "db.vhdx");
+	config_free(&c);
+}
+
+static void test_defaults(void **state)
+{
+	struct agent_config c;
+	char err[512];
+
+	(void)state;
+	write_conf("[vm a]\nrole = replica\n");
+	if (config_load(path, &c, err, sizeof(err)))
+		fail_msg("%s", err);
+	assert_string_equal(c.listen, "0.0.0.0:7433");
+	assert_string_equal(c.control, "/run/hvresync/control.sock");
+	assert_string_equal(c.state_dir, "/var/lib/hvresync");
+	assert_string_equal(c.psk_file, "/etc/hvresync/psk");
+	assert_string_equal(c.admin_group, "hvresync");
+	assert_int_equal(c.vms[0].ndisks, 0);
+	config_free(&c);
+
+	/* insecure = true or certificates: no default key file */
+	write_conf("[agent]\ninsecure = true\nlisten = 127.0.0.1:9\n");
+	if (config_load(path, &c, err, sizeof(err)))
+		fail_msg("%s", err);
+	assert_true(c.insecure);
+	assert_null(c.psk_file);
+	config_free(&c);
+	write_conf("[agent]\ncert-file = /c\nkey-file = /k\nca-file = /ca\n");
+	if (config_load(path, &c, err, sizeof(err)))
+		fail_msg("%s", err);
+	assert_null(c.psk_file);
+	assert_string_equal(c.cert_file, "/c");
+	config_free(&c);
+}
+
+static void test_window(void **state)
+{
+	struct vm_config vm = { .auto_resync = true };
+
+	(void)state;
+	vm.window_start = 18 * 60 + 30; /* across midnight */
+	vm.window_end = 6 * 60;
+	assert_true(config_in_window(&vm, 18 * 60 + 30));
+	assert_true(config_in_window(&vm, 23 * 60 + 59));
+	assert_true(config_in_window(&vm, 0));
+	assert_true(config_in_window(&vm, 5 * 60 + 59));
+	assert_false(config_in_window(&vm, 6 * 60));
+	assert_false(config_in_window(&vm, 12 * 60));
+	assert_false(config_in_window(&vm, 18 * 60 + 29));
+	vm.window_start = 1 * 60; /* inside one day */
+	vm.window_end = 3 * 60;
+	assert_true(config_in_window(&vm, 2 * 60));
+	assert_false(config_in_window(&vm, 3 * 60));
+	assert_false(config_in_window(&vm, 0));
+	vm.auto_resync = false;
+	assert_false(config_in_window(&vm, 2 * 60));
+}
+
+/* TEXT must be refused with "PATH:LINE: " and NEEDLE in the message. */
+static void refuse(const char *text, int line, const char *needle)
+{
+	struct agent_config c;
+	char err[512], want[700];
+
+	write_conf(text);
+	if (!config_load(path, &c, err, sizeof(err)))
+		fail_msg("accepted:\n%s", text);
+	config_free(&c);
+	if (line > 0)
+		snprintf(want, sizeof(want), "%s:%d: ", path, line);
+	else if (line < 0) /* some line of the section, which is named */
+		snprintf(want, sizeof(want), "%s:", path);
+	else
+		snprintf(want, sizeof(want), "%s: ", path);
+	if (strncmp(err, want, strlen(want)))
+		fail_msg("'%s' does not start with '%s'", err, want);
+	if (!strstr(err, needle))
+		fail_msg("'%s' does not say '%s'", err, needle);
+	assert_null(strchr(err, '\n'));
+}
+
+static void test_errors(void **state)
+{
+	(void)state;
+	refuse("[agent]\nlisten = 0.0.0.0:7433\ncolour = blue\n", 3, "colour");
+	refuse("[agent]\nlisten = nowhere\n", 2, "listen");
+	refuse("[agent]\nlisten = 1.2.3.4:70000\n", 2, "listen");
+	refuse("[agent]\ninsecure = yes\n", 2, "insecure");
+	refuse("[agnet]\nlisten = 1.2.3.4:5\n", 2, "agnet");
+	refuse("[vm]\nrole = primary\n", 2, "[vm]");
+	refuse("[vm a]\nrole = master\n", 2, "role");
+	refuse("[vm a]\nrole = replica\nreplica = host\n", 3, "replica");
+	refuse("[vm a]\nrole = replica\ndisk = relative.vhdx\n", 3, "absolute");
+	refuse("[vm a]\nrole = replica\nexclude = x.vhdx\n", 3, "absolute");
+	refuse("[vm a]\nrole = replica\nid = not-a-guid\n", 3, "GUID");
+	refuse("[vm a]\nrole = replica\nauto-resync = 18:30\n", 3, "window");
+	refuse("[vm a]\nrole = replica\nauto-resync = 25:00-06:00\n", 3, "window");
+	refuse("[vm a]\nrole = replica\nauto-resync = 18:60-06:00\n", 3, "window");
+	refuse("[vm a]\nrole = replica\nspeed = 3\n", 3, "speed");
+	refuse("[vm a]\nrole = replica\n[vm b]\nrole = replica\n[vm a]\ndisk = /x\n", 6,
+	       "twice");
+	refuse("[agent]\nthis line has no equals sign\n", 2, "not a valid line");
+	/* checks over a whole section name the section and a line of it */
+	refuse("[agent]\ninsecure = true\n\n[vm web01]\nrole = primary\ndisk = /a.vhdx\n", -1,
+	       "[vm web01] is primary but names no replica");
+	refuse("[vm a]\nrole = replica\ndisk = /x/os.vhdx\ndisk = /y/os.vhdx\n", -1,
+	       "[vm a] has two disks named os.vhdx");
+	refuse("[vm a]\nrole = replica\ndisk = /x/os.vhdx\nexclude = /x/os.vhdx\n", -1,
+	       "both");
+	refuse("[agent]\ncert-file = /c\n", 0, "key-file");
+}
+
+static void test_missing_file(void **state)
+{
+	struct agent_config c;
+	char err[512], p[700];
+
+	(void)state;
+	snprintf(p, sizeof(p), "%s/none.conf", dir);
+	assert_int_equal(config_load(p, &c, err, sizeof(err)), -2);
+	assert_non_null(strstr(err, p));
+	config_free(&c);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_example),
+		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_window),
+		cmocka_unit_test(test_errors),
+		cmocka_unit_test(test_missing_file),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,251 @@
+/* SPDX-License-Identifier: MIT */
+/* source.c - VHDX, raw file and block device sources (see source.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "uring/source.h"
+
+const char *ur_source_type_name(enum ur_source_type t)
+{
+	switch (t) {
+	case UR_SRC_VHDX:
+		return "vhdx";
+	case UR_SRC_FILE:
+		return "raw";
+	case UR_SRC_BLOCKDEV:
+		return "block device";
+	}
+	return "?";
+}
+
+static int open_raw(struct ur_source *s, int fd, const struct stat *st,
+		    char *err, size_t errlen)
+{
+	s->fd = fd;
+	if (S_ISBLK(st->st_mode)) {
+		uint64_t size;
+		int ssz;
+
+		s->type = UR_SRC_BLOCKDEV;
+		if (ioctl(fd, BLKGETSIZE64, &size) < 0 ||
+		    ioctl(fd, BLKSSZGET, &ssz) < 0) {
+			snprintf(err, errlen, "%s: cannot read the block "
+				 "device's geometry: %s", s->path,
+				 strerror(errno));
+			return -errno;
+		}
+		s->size = size;
+		s->sector_size = (uint32_t)ssz;
+		/* Block devices report one data run from SEEK_DATA at
+		 * best; do not bother. */
+		s->no_seek_data = true;
+	} else {
+		s->type = UR_SRC_FILE;
+		s->size = (uint64_t)st->st_size;
+		s->sector_size = 512;
+	}
+	return 0;
+}
+
+int ur_source_open(const char *path, struct ur_source **out, char *err,
+		   size_t errlen)
+{
+	struct ur_source *s;
+	struct vhdx_error verr;
+	struct stat st;
+	char sig[8];
+	ssize_t n;
+	int fd, ret;
+
+	*out = NULL;
+	s = calloc(1, sizeof(*s));
+	if (!s || !(s->path = strdup(path))) {
+		free(s);
+		snprintf(err, errlen, "%s: out of memory", path);
+		return -ENOMEM;
+	}
+	s->fd = -1;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: cannot open: %s", path,
+			 strerror(errno));
+		goto fail;
+	}
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: cannot stat: %s", path,
+			 strerror(errno));
+		goto fail_fd;
+	}
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+		ret = -EINVAL;
+		snprintf(err, errlen, "%s: not a regular file or block device",
+			 path);
+		goto fail_fd;
+	}
+	do
+		n = pread(fd, sig, sizeof(sig), 0);
+	while (n < 0 && errno == EINTR);
+	if (n < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: cannot read at offset 0: %s", path,
+			 strerror(errno));
+		goto fail_fd;
+	}
+	if (n == (ssize_t)sizeof(sig) && !memcmp(sig, "vhdxfile", 8)) {
+		close(fd);
+		ret = vhdx_open(path, 0, &s->img, &verr);
+		if (ret < 0) {
+			snprintf(err, errlen, "%s", verr.msg);
+			goto fail;
+		}
+		s->own_img = true;
+		s->type = UR_SRC_VHDX;
+		s->size = vhdx_get_info(s->img)->virtual_size;
+		s->sector_size = vhdx_get_info(s->img)->logical_sector_size;
+		*out = s;
+		return 0;
+	}
+	ret = open_raw(s, fd, &st, err, errlen);
+	if (ret < 0)
+		goto fail_fd;
+	*out = s;
+	return 0;
+
+fail_fd:
+	close(fd);
+fail:
+	free(s->path);
+	free(s);
+	return ret;
+}
+
+int ur_source_from_vhdx(struct vhdx_image *img, struct ur_source **out)
+{
+	const struct vhdx_info *info = vhdx_get_info(img);
+	struct ur_source *s;
+
+	*out = NULL;
+	s = calloc(1, sizeof(*s));
+	if (!s || !(s->path = strdup(info->path))) {
+		free(s);
+		return -ENOMEM;
+	}
+	s->type = UR_SRC_VHDX;
+	s->img = img;
+	s->fd = -1;
+	s->size = info->virtual_size;
+	s->sector_size = info->logical_sector_size;
+	*out = s;
+	return 0;
+}
+
+void ur_source_close(struct ur_source *s)
+{
+	if (!s)
+		return;
+	if (s->img && s->own_img)
+		vhdx_close(s->img);
+	if (s->fd >= 0)
+		close(s->fd);
+	free(s->path);
+	free(s);
+}
+
+static int map_vhdx(struct ur_source *s, uint64_t off, uint64_t len,
+		    struct ur_run *run)
+{
+	struct vhdx_extent e;
+	int ret;
+
+	ret = vhdx_map(s->img, off, len, 0, &e);
+	if (ret < 0)
+		return ret;
+	memset(run, 0, sizeof(*run));
+	run->off = e.off;
+	run->len = e.len;
+	run->fd = -1;
+	switch (e.kind) {
+	case VHDX_EXT_DATA:
+		run->kind = UR_RUN_DATA;
+		run->fd = e.fd;
+		run->file_off = e.file_off;
+		run->path = e.source ? vhdx_get_info(e.source)->path : s->path;
+		break;
+	case VHDX_EXT_MEM:
+		run->kind = UR_RUN_MEM;
+		run->mem = e.mem;
+		break;
+	case VHDX_EXT_ZERO:
+	case VHDX_EXT_UNALLOC:
+		run->kind = UR_RUN_ZERO;
+		break;
+	default:
+		/* Parent runs only appear with VHDX_MAP_NO_RESOLVE. */
+		return -EIO;
+	}
+	return 0;
+}
+
+static int map_raw(struct ur_source *s, uint64_t off, uint64_t len,
+		   struct ur_run *run)
+{
+	off_t d, h;
+
+	memset(run, 0, sizeof(*run));
+	run->off = off;
+	run->fd = s->fd;
+	run->path = s->path;
+	run->kind = UR_RUN_DATA;
+	run->file_off = off;
+	run->len = len;
+	if (s->no_seek_data)
+		return 0;
+	d = lseek(s->fd, (off_t)off, SEEK_DATA);
+	if (d < 0) {
+		if (errno == ENXIO) {
+			/* No data from here to the end of the file. */
+			run->kind = UR_RUN_ZERO;
+			run->fd = -1;
+			return 0;
+		}
+		if (errno == EINVAL || errno == EOPNOTSUPP) {
+			s->no_seek_data = true;
+			return 0;
+		}
+		return -errno;
+	}
+	if ((uint64_t)d > off) {
+		run->kind = UR_RUN_ZERO;
+		run->fd = -1;
+		if ((uint64_t)d - off < len)
+			run->len = (uint64_t)d - off;
+		return 0;
+	}
+	h = lseek(s->fd, (off_t)off, SEEK_HOLE);
+	if (h < 0)
+		return errno == ENXIO ? 0 : -errno;
+	if ((uint64_t)h > off && (uint64_t)h - off < len)
+		run->len = (uint64_t)h - off;
+	return 0;
+}
+
+int ur_source_map(void *ctx, uint64_t off, uint64_t len, struct ur_run *run)
+{
+	struct ur_source *s = ctx;
+
+	if (off >= s->size)
+		return -EINVAL;
+	if (len > s->size - off)
+		len = s->size - off;
+	return s->type == UR_SRC_VHDX ? map_vhdx(s, off, len, run) :
+					map_raw(s, off, len, run);
+}

@@ -1,0 +1,48 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * source.h - what the reader reads: a VHDX (through its extent map) or a
+ * raw image, block device or FUSE raw view (an identity map whose holes
+ * come from SEEK_DATA/SEEK_HOLE).  A file is a VHDX when it starts with
+ * the "vhdxfile" signature; anything else is raw.
+ */
+#ifndef HVRESYNC_URING_SOURCE_H
+#define HVRESYNC_URING_SOURCE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "uring/plan.h"
+#include "vhdx/vhdx.h"
+
+enum ur_source_type {
+	UR_SRC_VHDX,
+	UR_SRC_FILE,     /* raw regular file (a FUSE view is one too) */
+	UR_SRC_BLOCKDEV, /* raw block device */
+};
+
+struct ur_source {
+	char *path;
+	enum ur_source_type type;
+	uint64_t size;        /* virtual size in bytes */
+	uint32_t sector_size; /* logical sector size */
+	struct vhdx_image *img; /* VHDX */
+	bool own_img;
+	int fd;               /* raw: the file, read-only */
+	bool no_seek_data;    /* raw: SEEK_DATA unsupported, all data */
+};
+
+/* Open PATH read-only, telling VHDX from raw by its signature.  On error
+ * ERR holds one line naming the file. */
+int ur_source_open(const char *path, struct ur_source **out, char *err,
+		   size_t errlen);
+/* Wrap an image the caller opened (and keeps open; not closed here). */
+int ur_source_from_vhdx(struct vhdx_image *img, struct ur_source **out);
+void ur_source_close(struct ur_source *s);
+
+const char *ur_source_type_name(enum ur_source_type t);
+
+/* The ur_map_fn of a source (CTX is the struct ur_source). */
+int ur_source_map(void *ctx, uint64_t off, uint64_t len, struct ur_run *run);
+
+#endif
