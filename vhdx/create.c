@@ -26,25 +26,6 @@
 #define BAT_OFFSET (3 * MiB)
 #define CREATOR "hvresync"
 
-static int fail(struct vhdx_error *err, int ret, const char *path,
-		const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-
-static int fail(struct vhdx_error *err, int ret, const char *path,
-		const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	if (!err)
-		return ret;
-	n = snprintf(err->msg, sizeof(err->msg), "%.600s: ", path);
-	if (n > 0 && (size_t)n < sizeof(err->msg)) {
-		va_start(ap, fmt);
-		vsnprintf(err->msg + n, sizeof(err->msg) - (size_t)n, fmt, ap);
-		va_end(ap);
-	}
-	return ret;
-}
 
 /* ASCII/UTF-8 to UTF-16LE; returns bytes written.  Non-ASCII bytes of the
  * UTF-8 input are decoded to their code points (BMP only). */
@@ -195,7 +176,7 @@ int vhdx_create(const char *path, const struct vhdx_create_opts *o,
 
 		ret = vhdx_open(opts.parent, 0, &parent, &perr);
 		if (ret)
-			return fail(err, ret, path, "parent %s", perr.msg);
+			return vhdx_fail(err, ret, path, "parent %s", perr.msg);
 		opts.virtual_size = parent->info.virtual_size;
 		opts.logical_sector_size = parent->info.logical_sector_size;
 		if (!opts.physical_sector_size)
@@ -206,7 +187,7 @@ int vhdx_create(const char *path, const struct vhdx_create_opts *o,
 		opts.fixed = false;
 		rel = relative_path(path, opts.parent);
 		if (!rel || !realpath(opts.parent, pabs)) {
-			ret = fail(err, -errno ? -errno : -EINVAL, path,
+			ret = vhdx_fail(err, -errno ? -errno : -EINVAL, path,
 				   "cannot work out the path to parent %s", opts.parent);
 			goto out_noclean;
 		}
@@ -220,19 +201,19 @@ int vhdx_create(const char *path, const struct vhdx_create_opts *o,
 		opts.physical_sector_size = 4096;
 	if (opts.block_size < VHDX_MIN_BLOCK_SIZE || opts.block_size > VHDX_MAX_BLOCK_SIZE ||
 	    (opts.block_size & (opts.block_size - 1))) {
-		ret = fail(err, -EINVAL, path,
+		ret = vhdx_fail(err, -EINVAL, path,
 			   "block size %u is not a power of two from 1 MiB to 256 MiB",
 			   opts.block_size);
 		goto out_noclean;
 	}
 	if ((opts.logical_sector_size != 512 && opts.logical_sector_size != 4096) ||
 	    (opts.physical_sector_size != 512 && opts.physical_sector_size != 4096)) {
-		ret = fail(err, -EINVAL, path, "sector sizes must be 512 or 4096");
+		ret = vhdx_fail(err, -EINVAL, path, "sector sizes must be 512 or 4096");
 		goto out_noclean;
 	}
 	if (opts.virtual_size == 0 || opts.virtual_size % opts.logical_sector_size ||
 	    opts.virtual_size > VHDX_MAX_VIRTUAL_SIZE) {
-		ret = fail(err, -EINVAL, path,
+		ret = vhdx_fail(err, -EINVAL, path,
 			   "size %llu is not a multiple of the %u-byte sector from one sector to 64 TiB",
 			   (unsigned long long)opts.virtual_size, opts.logical_sector_size);
 		goto out_noclean;
@@ -244,21 +225,21 @@ int vhdx_create(const char *path, const struct vhdx_create_opts *o,
 	/* Room for a differencing child's full interleave either way. */
 	bat_len = ((blocks + cr - 1) / cr * (cr + 1) * 8 + VHDX_ALIGN - 1) / VHDX_ALIGN * VHDX_ALIGN;
 	if (bat_len > UINT32_MAX) {
-		ret = fail(err, -EINVAL, path, "BAT would be larger than 4 GiB");
+		ret = vhdx_fail(err, -EINVAL, path, "BAT would be larger than 4 GiB");
 		goto out_noclean;
 	}
 	data_off = BAT_OFFSET + bat_len;
 
 	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (fd < 0) {
-		ret = fail(err, -errno, path, "cannot create: %s", strerror(errno));
+		ret = vhdx_fail(err, -errno, path, "cannot create: %s", strerror(errno));
 		goto out_noclean;
 	}
 	buf = calloc(1, VHDX_HEADER_SECTION_SIZE > METADATA_LENGTH ? VHDX_HEADER_SECTION_SIZE
 								  : METADATA_LENGTH);
 	bat = calloc(entries ? entries : 1, sizeof(*bat));
 	if (!buf || !bat) {
-		ret = fail(err, -ENOMEM, path, "out of memory");
+		ret = vhdx_fail(err, -ENOMEM, path, "out of memory");
 		goto out;
 	}
 
@@ -277,7 +258,7 @@ int vhdx_create(const char *path, const struct vhdx_create_opts *o,
 	if (!ret)
 		ret = vhdx_guid_generate(&page83);
 	if (ret) {
-		fail(err, ret, path, "cannot generate GUIDs: %s", strerror(-ret));
+		vhdx_fail(err, ret, path, "cannot generate GUIDs: %s", strerror(-ret));
 		goto out;
 	}
 	h.sequence = 0;
@@ -332,7 +313,7 @@ int vhdx_create(const char *path, const struct vhdx_create_opts *o,
 		/* absolute_win32_path: the parent's file name is all a
 		 * Windows host or our own lookup can use from a Linux path */
 		if (asprintf(&abs, "C:%s", pabs) < 0) {
-			ret = fail(err, -ENOMEM, path, "out of memory");
+			ret = vhdx_fail(err, -ENOMEM, path, "out of memory");
 			goto out;
 		}
 		for (c = abs; *c; c++)
@@ -356,7 +337,7 @@ int vhdx_create(const char *path, const struct vhdx_create_opts *o,
 		uint8_t *raw = calloc(1, bat_len);
 
 		if (!raw) {
-			ret = fail(err, -ENOMEM, path, "out of memory");
+			ret = vhdx_fail(err, -ENOMEM, path, "out of memory");
 			goto out;
 		}
 		for (j = 0; j < entries; j++)
@@ -386,7 +367,7 @@ int vhdx_create(const char *path, const struct vhdx_create_opts *o,
 	ret = 0;
 	goto out;
 io:
-	fail(err, ret, path, "write failed: %s", strerror(-ret));
+	vhdx_fail(err, ret, path, "write failed: %s", strerror(-ret));
 out:
 	if (fd >= 0) {
 		close(fd);

@@ -28,11 +28,8 @@
 
 static const uint8_t zero_sector[VHDX_LOG_SECTOR];
 
-static int fail(struct vhdx_error *err, int ret, const char *path,
-		const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-
-static int fail(struct vhdx_error *err, int ret, const char *path,
-		const char *fmt, ...)
+int vhdx_fail(struct vhdx_error *err, int ret, const char *path,
+	      const char *fmt, ...)
 {
 	va_list ap;
 	int n;
@@ -287,24 +284,24 @@ static int read_header_section(struct vhdx_image *img, struct vhdx_error *err)
 	char *creator;
 
 	if (in->file_size < 8)
-		return fail(err, -EINVAL, img->path,
+		return vhdx_fail(err, -EINVAL, img->path,
 			    "not a VHDX file (only %llu bytes)",
 			    (unsigned long long)in->file_size);
 	buf = malloc(VHDX_HEADER_SECTION_SIZE);
 	if (!buf)
-		return fail(err, -ENOMEM, img->path, "out of memory");
+		return vhdx_fail(err, -ENOMEM, img->path, "out of memory");
 	ret = pread_full(img->fd, buf, VHDX_HEADER_SECTION_SIZE, 0, &got);
 	if (ret < 0) {
-		fail(err, ret, img->path, "cannot read: %s", strerror(-ret));
+		vhdx_fail(err, ret, img->path, "cannot read: %s", strerror(-ret));
 		goto out;
 	}
 	if (got < 8 || memcmp(buf, VHDX_FILE_ID_SIG, 8)) {
-		ret = fail(err, -EINVAL, img->path,
+		ret = vhdx_fail(err, -EINVAL, img->path,
 			   "not a VHDX file (no 'vhdxfile' signature at offset 0)");
 		goto out;
 	}
 	if (got < VHDX_HEADER_SECTION_SIZE) {
-		ret = fail(err, -EINVAL, img->path,
+		ret = vhdx_fail(err, -EINVAL, img->path,
 			   "truncated: %llu bytes, shorter than the 1 MiB header section",
 			   (unsigned long long)got);
 		goto out;
@@ -322,12 +319,12 @@ static int read_header_section(struct vhdx_image *img, struct vhdx_error *err)
 				 !memcmp(h1, h2, VHDX_HEADER_SIZE), &why);
 	if (ret < 0) {
 		if (!in->header[0].valid)
-			fail(err, ret, img->path,
+			vhdx_fail(err, ret, img->path,
 			     "%s (header 1: %s; header 2: %s)", why,
 			     r1 == -EBADMSG ? "checksum mismatch" : "bad signature",
 			     r2 == -EBADMSG ? "checksum mismatch" : "bad signature");
 		else
-			fail(err, ret, img->path, "%s", why);
+			vhdx_fail(err, ret, img->path, "%s", why);
 		goto out;
 	}
 	in->current_header = ret;
@@ -342,22 +339,22 @@ static int check_current_header(struct vhdx_image *img, struct vhdx_error *err)
 	const struct vhdx_header_info *h = &img->info.header[img->info.current_header];
 
 	if (h->version != VHDX_VERSION)
-		return fail(err, -ENOTSUP, img->path,
+		return vhdx_fail(err, -ENOTSUP, img->path,
 			    "unsupported VHDX version %u (header %d)", h->version,
 			    img->info.current_header + 1);
 	if (h->log_version != VHDX_LOG_VERSION)
-		return fail(err, -ENOTSUP, img->path,
+		return vhdx_fail(err, -ENOTSUP, img->path,
 			    "unsupported log version %u", h->log_version);
 	if (h->log_length % VHDX_ALIGN || h->log_offset % VHDX_ALIGN)
-		return fail(err, -EINVAL, img->path,
+		return vhdx_fail(err, -EINVAL, img->path,
 			    "log offset %llu or length %u is not a multiple of 1 MiB",
 			    (unsigned long long)h->log_offset, h->log_length);
 	if (h->log_length && h->log_offset < VHDX_HEADER_SECTION_SIZE)
-		return fail(err, -EINVAL, img->path,
+		return vhdx_fail(err, -EINVAL, img->path,
 			    "log overlaps the header section");
 	if (h->log_length && (h->log_offset > img->info.file_size ||
 			      h->log_length > img->info.file_size - h->log_offset))
-		return fail(err, -EINVAL, img->path,
+		return vhdx_fail(err, -EINVAL, img->path,
 			    "log (%u bytes at %llu) extends past the end of the file (%llu bytes; truncated?)",
 			    h->log_length, (unsigned long long)h->log_offset,
 			    (unsigned long long)img->info.file_size);
@@ -378,24 +375,24 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 		return 0;
 	in->log_dirty = true;
 	if (h.log_length == 0)
-		return fail(err, -EINVAL, img->path,
+		return vhdx_fail(err, -EINVAL, img->path,
 			    "header names a log (LogGuid set) but the log length is zero");
 	if (h.log_length > VHDX_MAX_LOG_LENGTH)
-		return fail(err, -EINVAL, img->path, "log of %u bytes is too large",
+		return vhdx_fail(err, -EINVAL, img->path, "log of %u bytes is too large",
 			    h.log_length);
 	log = malloc(h.log_length);
 	if (!log)
-		return fail(err, -ENOMEM, img->path, "out of memory reading the log");
+		return vhdx_fail(err, -ENOMEM, img->path, "out of memory reading the log");
 	ret = pread_full(img->fd, log, h.log_length, h.log_offset, &got);
 	if (ret < 0 || got < h.log_length) {
-		ret = fail(err, ret < 0 ? ret : -EINVAL, img->path,
+		ret = vhdx_fail(err, ret < 0 ? ret : -EINVAL, img->path,
 			   "cannot read the log: %s",
 			   ret < 0 ? strerror(-ret) : "file too short");
 		goto out;
 	}
 	ret = vhdx_log_find_active(log, h.log_length, &h.log_guid, &seq);
 	if (ret == -ENOMEM) {
-		fail(err, ret, img->path, "out of memory searching the log");
+		vhdx_fail(err, ret, img->path, "out of memory searching the log");
 		goto out;
 	}
 	if (ret == -ENOENT) {
@@ -407,7 +404,7 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 		ret = 0;
 	}
 	if (seq.count && seq.flushed_file_offset > in->file_size) {
-		ret = fail(err, -EINVAL, img->path,
+		ret = vhdx_fail(err, -EINVAL, img->path,
 			   "file is %llu bytes, shorter than the log's FlushedFileOffset %llu (truncated?)",
 			   (unsigned long long)in->file_size,
 			   (unsigned long long)seq.flushed_file_offset);
@@ -422,7 +419,7 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 			ret = vhdx_log_replay(log, h.log_length, &seq,
 					      replay_to_memory, &img->overlay);
 			if (ret < 0) {
-				fail(err, ret, img->path,
+				vhdx_fail(err, ret, img->path,
 				     "cannot replay the log in memory: %s",
 				     strerror(-ret));
 				goto out;
@@ -453,7 +450,7 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 		ret = vhdx_header_update(img, &h);
 	}
 	if (ret) {
-		fail(err, ret, img->path, "log replay on disk failed: %s",
+		vhdx_fail(err, ret, img->path, "log replay on disk failed: %s",
 		     strerror(-ret));
 		goto out;
 	}
@@ -472,7 +469,7 @@ static int read_regions(struct vhdx_image *img, struct vhdx_regions *r,
 	int ret;
 
 	if (!buf)
-		return fail(err, -ENOMEM, img->path, "out of memory");
+		return vhdx_fail(err, -ENOMEM, img->path, "out of memory");
 	ret = vhdx_file_read(img, buf, VHDX_REGION_TABLE_SIZE,
 			     VHDX_REGION_TABLE1_OFFSET);
 	if (!ret)
@@ -482,7 +479,7 @@ static int read_regions(struct vhdx_image *img, struct vhdx_regions *r,
 		goto out;
 	}
 	if (ret == -ENOTSUP || ret == -ENOMEM) {
-		fail(err, ret, img->path, "%s", why1);
+		vhdx_fail(err, ret, img->path, "%s", why1);
 		goto out;
 	}
 	ret = vhdx_file_read(img, buf, VHDX_REGION_TABLE_SIZE,
@@ -493,7 +490,7 @@ static int read_regions(struct vhdx_image *img, struct vhdx_regions *r,
 		img->info.region_table = 1;
 		goto out;
 	}
-	fail(err, ret, img->path, "region table 1: %s; region table 2: %s",
+	vhdx_fail(err, ret, img->path, "region table 1: %s; region table 2: %s",
 	     why1 ? why1 : "unreadable", why2 ? why2 : "unreadable");
 out:
 	free(buf);
@@ -531,7 +528,7 @@ static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
 
 	sp = calloc(in->bat_entries ? in->bat_entries : 1, sizeof(*sp));
 	if (!sp)
-		return fail(err, -ENOMEM, img->path, "out of memory checking the BAT");
+		return vhdx_fail(err, -ENOMEM, img->path, "out of memory checking the BAT");
 	for (i = 0; i < in->bat_entries; i++) {
 		uint64_t e = img->bat[i], off = vhdx_bat_file_offset(e), len;
 		unsigned st = vhdx_bat_state(e);
@@ -539,7 +536,7 @@ static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
 
 		if (bitmap) {
 			if (st != VHDX_SB_STATE_NOT_PRESENT && st != VHDX_SB_STATE_PRESENT) {
-				ret = fail(err, -EINVAL, img->path,
+				ret = vhdx_fail(err, -EINVAL, img->path,
 					   "BAT entry %llu (sector bitmap) has invalid state %u",
 					   (unsigned long long)i, st);
 				goto out;
@@ -557,14 +554,14 @@ static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
 			switch (st) {
 			case VHDX_PAYLOAD_PARTIALLY_PRESENT:
 				if (!diff) {
-					ret = fail(err, -EINVAL, img->path,
+					ret = vhdx_fail(err, -EINVAL, img->path,
 						   "BAT entry %llu is partially present in a disk that has no parent",
 						   (unsigned long long)i);
 					goto out;
 				}
 				if (vhdx_bat_state(img->bat[vhdx_bat_bitmap_index(j / cr, cr)]) !=
 				    VHDX_SB_STATE_PRESENT) {
-					ret = fail(err, -EINVAL, img->path,
+					ret = vhdx_fail(err, -EINVAL, img->path,
 						   "block %llu is partially present but its chunk has no sector bitmap",
 						   (unsigned long long)j);
 					goto out;
@@ -580,7 +577,7 @@ static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
 				in->block_states[st]++;
 				continue;
 			default:
-				ret = fail(err, -EINVAL, img->path,
+				ret = vhdx_fail(err, -EINVAL, img->path,
 					   "BAT entry %llu has invalid state %u",
 					   (unsigned long long)i, st);
 				goto out;
@@ -592,7 +589,7 @@ static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
 				len = in->block_size;
 		}
 		if (off < VHDX_HEADER_SECTION_SIZE || off > size || len > size - off) {
-			ret = fail(err, -EINVAL, img->path,
+			ret = vhdx_fail(err, -EINVAL, img->path,
 				   "BAT entry %llu points to %llu, %s (file is %llu bytes)",
 				   (unsigned long long)i, (unsigned long long)off,
 				   off < VHDX_HEADER_SECTION_SIZE ? "inside the header section"
@@ -603,7 +600,7 @@ static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
 		if (overlaps(off, len, in->bat_offset, in->bat_length) ||
 		    overlaps(off, len, in->metadata_offset, in->metadata_length) ||
 		    (h->log_length && overlaps(off, len, h->log_offset, h->log_length))) {
-			ret = fail(err, -EINVAL, img->path,
+			ret = vhdx_fail(err, -EINVAL, img->path,
 				   "BAT entry %llu (file offset %llu) overlaps the %s",
 				   (unsigned long long)i, (unsigned long long)off,
 				   overlaps(off, len, in->bat_offset, in->bat_length) ? "BAT region"
@@ -614,7 +611,7 @@ static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
 		for (j = 0; j < in->region_count; j++)
 			if (overlaps(off, len, in->regions[j].file_offset,
 				     in->regions[j].length)) {
-				ret = fail(err, -EINVAL, img->path,
+				ret = vhdx_fail(err, -EINVAL, img->path,
 					   "BAT entry %llu (file offset %llu) overlaps a region",
 					   (unsigned long long)i, (unsigned long long)off);
 				goto out;
@@ -627,7 +624,7 @@ static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
 	qsort(sp, n, sizeof(*sp), by_offset);
 	for (i = 1; i < n; i++)
 		if (sp[i - 1].off + sp[i - 1].len > sp[i].off) {
-			ret = fail(err, -EINVAL, img->path,
+			ret = vhdx_fail(err, -EINVAL, img->path,
 				   "BAT entries %llu and %llu share file space at %llu",
 				   (unsigned long long)sp[i - 1].index,
 				   (unsigned long long)sp[i].index,
@@ -661,25 +658,25 @@ static int read_metadata_and_bat(struct vhdx_image *img, struct vhdx_error *err)
 	for (i = 0; h->log_length && i < r.count; i++)
 		if (overlaps(h->log_offset, h->log_length, r.entry[i].file_offset,
 			     r.entry[i].length))
-			return fail(err, -EINVAL, img->path,
+			return vhdx_fail(err, -EINVAL, img->path,
 				    "the log overlaps the %s region", r.entry[i].name);
 
 	if (r.metadata_length > VHDX_MAX_METADATA_LENGTH)
-		return fail(err, -EINVAL, img->path,
+		return vhdx_fail(err, -EINVAL, img->path,
 			    "metadata region of %u bytes is too large", r.metadata_length);
 	md = malloc(r.metadata_length);
 	if (!md)
-		return fail(err, -ENOMEM, img->path, "out of memory");
+		return vhdx_fail(err, -ENOMEM, img->path, "out of memory");
 	ret = vhdx_file_read(img, md, r.metadata_length, r.metadata_offset);
 	if (ret) {
-		fail(err, ret, img->path, "cannot read the metadata region: %s",
+		vhdx_fail(err, ret, img->path, "cannot read the metadata region: %s",
 		     strerror(-ret));
 		goto out;
 	}
 	ret = vhdx_metadata_parse(md, r.metadata_length, &img->params,
 				  &in->metadata, &in->metadata_count, &why);
 	if (ret) {
-		fail(err, ret, img->path, "%s", why);
+		vhdx_fail(err, ret, img->path, "%s", why);
 		goto out;
 	}
 	in->virtual_size = img->params.virtual_size;
@@ -698,7 +695,7 @@ static int read_metadata_and_bat(struct vhdx_image *img, struct vhdx_error *err)
 					 img->params.locator_length, &in->locator,
 					 &in->locator_count, &why);
 		if (ret) {
-			fail(err, ret, img->path, "%s", why);
+			vhdx_fail(err, ret, img->path, "%s", why);
 			goto out;
 		}
 	}
@@ -710,7 +707,7 @@ static int read_metadata_and_bat(struct vhdx_image *img, struct vhdx_error *err)
 	/* A differencing disk always reads its last chunk's bitmap entry;
 	 * other disks may omit the padding entries after the last block. */
 	if (in->bat_entries * 8 > r.bat_length) {
-		ret = fail(err, -EINVAL, img->path,
+		ret = vhdx_fail(err, -EINVAL, img->path,
 			   "BAT region (%u bytes) is too small for %llu entries",
 			   r.bat_length, (unsigned long long)in->bat_entries);
 		goto out;
@@ -718,12 +715,12 @@ static int read_metadata_and_bat(struct vhdx_image *img, struct vhdx_error *err)
 	bat = malloc(in->bat_entries * 8 + 8);
 	img->bat = calloc(in->bat_entries + 1, sizeof(*img->bat));
 	if (!bat || !img->bat) {
-		ret = fail(err, -ENOMEM, img->path, "out of memory reading the BAT");
+		ret = vhdx_fail(err, -ENOMEM, img->path, "out of memory reading the BAT");
 		goto out;
 	}
 	ret = vhdx_file_read(img, bat, in->bat_entries * 8, r.bat_offset);
 	if (ret) {
-		fail(err, ret, img->path, "cannot read the BAT: %s", strerror(-ret));
+		vhdx_fail(err, ret, img->path, "cannot read the BAT: %s", strerror(-ret));
 		goto out;
 	}
 	for (i = 0; i < in->bat_entries; i++)
@@ -873,20 +870,20 @@ static int open_parent(struct vhdx_image *img, unsigned flags,
 	int ret;
 
 	if (img->depth + 1 >= VHDX_MAX_CHAIN)
-		return fail(err, -ELOOP, img->path,
+		return vhdx_fail(err, -ELOOP, img->path,
 			    "parent chain is deeper than %d (a loop?)", VHDX_MAX_CHAIN);
 	if (!link1 || vhdx_guid_parse(link1, &g1))
-		return fail(err, -EINVAL, img->path,
+		return vhdx_fail(err, -EINVAL, img->path,
 			    "parent locator has no valid parent_linkage GUID");
 	ppath = find_parent(img, where, sizeof(where));
 	if (!ppath)
-		return fail(err, -ENOENT, img->path, "parent not found: looked for %s", where);
+		return vhdx_fail(err, -ENOENT, img->path, "parent not found: looked for %s", where);
 	img->info.parent_path = ppath;
 	/* Parents are only ever read: whatever writes goes to the child. */
 	ret = open_one(ppath, flags & VHDX_OPEN_IGNORE_LINKAGE, img->depth + 1,
 		       img, &parent, &perr);
 	if (ret)
-		return fail(err, ret, img->path, "parent %s", perr.msg);
+		return vhdx_fail(err, ret, img->path, "parent %s", perr.msg);
 	pdw = parent->info.header[parent->info.current_header].data_write_guid;
 	if (!vhdx_guid_equal(&g1, &pdw) &&
 	    !(link2 && !vhdx_guid_parse(link2, &g2) && vhdx_guid_equal(&g2, &pdw)) &&
@@ -895,12 +892,12 @@ static int open_parent(struct vhdx_image *img, unsigned flags,
 
 		vhdx_guid_format(&pdw, a);
 		vhdx_close(parent);
-		return fail(err, -ESTALE, img->path,
+		return vhdx_fail(err, -ESTALE, img->path,
 			    "parent %s has DataWriteGuid {%s} but parent_linkage is %s: the parent changed since this disk was made (--ignore-parent-linkage reads it anyway)",
 			    ppath, a, link1);
 	}
 	if (parent->info.logical_sector_size != in->logical_sector_size) {
-		ret = fail(err, -EINVAL, img->path,
+		ret = vhdx_fail(err, -EINVAL, img->path,
 			   "parent %s has %u-byte logical sectors, this disk %u",
 			   ppath, parent->info.logical_sector_size,
 			   in->logical_sector_size);
@@ -924,25 +921,25 @@ static int open_one(const char *path, unsigned flags, unsigned depth,
 	*out = NULL;
 	img = calloc(1, sizeof(*img));
 	if (!img)
-		return fail(err, -ENOMEM, path, "out of memory");
+		return vhdx_fail(err, -ENOMEM, path, "out of memory");
 	img->fd = -1;
 	img->depth = depth;
 	pthread_mutex_init(&img->bitmap_lock, NULL);
 	pthread_mutex_init(&img->write_lock, NULL);
 	img->path = strdup(path);
 	if (!img->path) {
-		ret = fail(err, -ENOMEM, path, "out of memory");
+		ret = vhdx_fail(err, -ENOMEM, path, "out of memory");
 		goto bad;
 	}
 	img->info.path = img->path;
 	img->fd = open(path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
 	if (img->fd < 0) {
-		ret = fail(err, -errno, path, "cannot open: %s", strerror(errno));
+		ret = vhdx_fail(err, -errno, path, "cannot open: %s", strerror(errno));
 		goto bad;
 	}
 	img->writable = rw;
 	if (fstat(img->fd, &st)) {
-		ret = fail(err, -errno, path, "cannot stat: %s", strerror(errno));
+		ret = vhdx_fail(err, -errno, path, "cannot stat: %s", strerror(errno));
 		goto bad;
 	}
 	img->dev = st.st_dev;
@@ -950,7 +947,7 @@ static int open_one(const char *path, unsigned flags, unsigned depth,
 	img->below = below;
 	for (b = below; b; b = b->below)
 		if (b->dev == st.st_dev && b->ino == st.st_ino) {
-			ret = fail(err, -ELOOP, path, "the parent chain loops back to %s",
+			ret = vhdx_fail(err, -ELOOP, path, "the parent chain loops back to %s",
 				   b->path);
 			goto bad;
 		}
@@ -958,14 +955,14 @@ static int open_one(const char *path, unsigned flags, unsigned depth,
 		uint64_t sz;
 
 		if (ioctl(img->fd, BLKGETSIZE64, &sz)) {
-			ret = fail(err, -errno, path, "cannot size device: %s", strerror(errno));
+			ret = vhdx_fail(err, -errno, path, "cannot size device: %s", strerror(errno));
 			goto bad;
 		}
 		img->info.file_size = sz;
 	} else if (S_ISREG(st.st_mode)) {
 		img->info.file_size = (uint64_t)st.st_size;
 	} else {
-		ret = fail(err, -EINVAL, path, "not a regular file or block device");
+		ret = vhdx_fail(err, -EINVAL, path, "not a regular file or block device");
 		goto bad;
 	}
 	img->overlay.file_size = img->info.file_size;
@@ -981,7 +978,7 @@ static int open_one(const char *path, unsigned flags, unsigned depth,
 		int wfd = open(path, O_RDWR | O_CLOEXEC);
 
 		if (wfd < 0) {
-			ret = fail(err, -errno, path, "cannot open for log replay: %s",
+			ret = vhdx_fail(err, -errno, path, "cannot open for log replay: %s",
 				   strerror(errno));
 			goto bad;
 		}
@@ -994,7 +991,7 @@ static int open_one(const char *path, unsigned flags, unsigned depth,
 			int rfd = open(path, O_RDONLY | O_CLOEXEC);
 
 			if (rfd < 0) {
-				ret = fail(err, -errno, path, "cannot reopen: %s", strerror(errno));
+				ret = vhdx_fail(err, -errno, path, "cannot reopen: %s", strerror(errno));
 				goto bad;
 			}
 			close(img->fd);
@@ -1014,7 +1011,7 @@ static int open_one(const char *path, unsigned flags, unsigned depth,
 	if (img->info.has_parent) {
 		img->bitmaps = calloc(img->chunks ? img->chunks : 1, sizeof(*img->bitmaps));
 		if (!img->bitmaps) {
-			ret = fail(err, -ENOMEM, path, "out of memory");
+			ret = vhdx_fail(err, -ENOMEM, path, "out of memory");
 			goto bad;
 		}
 		if (!(flags & VHDX_OPEN_NO_PARENT)) {
@@ -1026,7 +1023,7 @@ static int open_one(const char *path, unsigned flags, unsigned depth,
 	if (rw) {
 		ret = vhdx_writer_init(img);
 		if (ret) {
-			fail(err, ret, path, "cannot prepare for writing: %s", strerror(-ret));
+			vhdx_fail(err, ret, path, "cannot prepare for writing: %s", strerror(-ret));
 			goto bad;
 		}
 	}

@@ -278,6 +278,10 @@ struct vhdx_image {
 	int write_error;           /* sticky: after a failed commit */
 };
 
+/* Fill ERR with "PATH: message" and return RET: the library's one way of
+ * reporting a refusal. */
+int vhdx_fail(struct vhdx_error *err, int ret, const char *path,
+	      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /* pwrite all of BUF, retrying short writes and EINTR. */
 int vhdx_write_full(int fd, const void *buf, size_t len, uint64_t off);
 /* The sector bitmap of CHUNK of a differencing disk, read on first use. */

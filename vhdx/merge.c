@@ -24,25 +24,6 @@
 
 #define COPY_CHUNK (4 * MiB)
 
-static int fail(struct vhdx_error *err, int ret, const char *path,
-		const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-
-static int fail(struct vhdx_error *err, int ret, const char *path,
-		const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	if (!err)
-		return ret;
-	n = snprintf(err->msg, sizeof(err->msg), "%.600s: ", path);
-	if (n > 0 && (size_t)n < sizeof(err->msg)) {
-		va_start(ap, fmt);
-		vsnprintf(err->msg + n, sizeof(err->msg) - (size_t)n, fmt, ap);
-		va_end(ap);
-	}
-	return ret;
-}
 
 static int fsync_dir_of(const char *path)
 {
@@ -114,7 +95,7 @@ static int copy_runs(struct vhdx_image *child, struct vhdx_image *parent,
 	int ret;
 
 	if (!buf)
-		return fail(err, -ENOMEM, child->path, "out of memory");
+		return vhdx_fail(err, -ENOMEM, child->path, "out of memory");
 	vhdx_map_iter_init(&it, child, 0, size, VHDX_MAP_NO_RESOLVE);
 	while ((ret = vhdx_map_next(&it, &e)) > 0) {
 		uint64_t done = 0, n;
@@ -129,7 +110,7 @@ static int copy_runs(struct vhdx_image *child, struct vhdx_image *parent,
 				} else {
 					ret = vhdx_file_read(child, buf, n, e.file_off + done);
 					if (ret) {
-						fail(err, ret, child->path, "read at %llu: %s",
+						vhdx_fail(err, ret, child->path, "read at %llu: %s",
 						     (unsigned long long)(e.file_off + done),
 						     strerror(-ret));
 						goto out;
@@ -137,7 +118,7 @@ static int copy_runs(struct vhdx_image *child, struct vhdx_image *parent,
 				}
 				ret = vhdx_pwrite(parent, buf, n, e.off + done);
 				if (ret) {
-					fail(err, ret, parent->path, "write at %llu: %s",
+					vhdx_fail(err, ret, parent->path, "write at %llu: %s",
 					     (unsigned long long)(e.off + done), strerror(-ret));
 					goto out;
 				}
@@ -149,7 +130,7 @@ static int copy_runs(struct vhdx_image *child, struct vhdx_image *parent,
 		case VHDX_EXT_ZERO:
 			ret = vhdx_write_zeroes(parent, e.off, e.len);
 			if (ret) {
-				fail(err, ret, parent->path, "zeroing at %llu: %s",
+				vhdx_fail(err, ret, parent->path, "zeroing at %llu: %s",
 				     (unsigned long long)e.off, strerror(-ret));
 				goto out;
 			}
@@ -159,7 +140,7 @@ static int copy_runs(struct vhdx_image *child, struct vhdx_image *parent,
 		}
 	}
 	if (ret < 0)
-		fail(err, ret, child->path, "mapping failed: %s", strerror(-ret));
+		vhdx_fail(err, ret, child->path, "mapping failed: %s", strerror(-ret));
 out:
 	free(buf);
 	return ret < 0 ? ret : 0;
@@ -177,12 +158,12 @@ int vhdx_merge(const char *child_path, unsigned flags, vhdx_progress_fn progress
 	if (err)
 		err->msg[0] = '\0';
 	if (snprintf(marker, sizeof(marker), "%s.merging", child_path) >= (int)sizeof(marker))
-		return fail(err, -ENAMETOOLONG, child_path, "path too long");
+		return vhdx_fail(err, -ENAMETOOLONG, child_path, "path too long");
 	resuming = access(marker, F_OK) == 0;
 	if (resuming) {
 		ret = read_marker(marker, ppath, sizeof(ppath));
 		if (ret)
-			return fail(err, ret, marker, "unreadable merge marker");
+			return vhdx_fail(err, ret, marker, "unreadable merge marker");
 		if (access(child_path, F_OK)) {
 			/* Crashed after the child was removed: finished. */
 			unlink(marker);
@@ -196,12 +177,12 @@ int vhdx_merge(const char *child_path, unsigned flags, vhdx_progress_fn progress
 		if (ret)
 			return ret;
 		if (!child->info.has_parent) {
-			ret = fail(err, -EINVAL, child_path,
+			ret = vhdx_fail(err, -EINVAL, child_path,
 				   "not a differencing disk: nothing to merge");
 			goto out;
 		}
 		if (!realpath(child->info.parent_path, ppath)) {
-			ret = fail(err, -errno, child->info.parent_path, "%s", strerror(errno));
+			ret = vhdx_fail(err, -errno, child->info.parent_path, "%s", strerror(errno));
 			goto out;
 		}
 		/* The chain stays open only for the checks above. */
@@ -212,17 +193,17 @@ int vhdx_merge(const char *child_path, unsigned flags, vhdx_progress_fn progress
 			return ret;
 		ret = write_marker(marker, ppath);
 		if (ret) {
-			fail(err, ret, marker, "cannot write merge marker: %s", strerror(-ret));
+			vhdx_fail(err, ret, marker, "cannot write merge marker: %s", strerror(-ret));
 			goto out;
 		}
 	}
 	ret = vhdx_open(ppath, VHDX_OPEN_RDWR | VHDX_OPEN_IGNORE_LINKAGE, &parent, &perr);
 	if (ret) {
-		fail(err, ret, child_path, "parent %s", perr.msg);
+		vhdx_fail(err, ret, child_path, "parent %s", perr.msg);
 		goto out;
 	}
 	if (parent->info.virtual_size < child->info.virtual_size) {
-		ret = fail(err, -EINVAL, child_path, "parent %s is smaller than the child", ppath);
+		ret = vhdx_fail(err, -EINVAL, child_path, "parent %s is smaller than the child", ppath);
 		goto out;
 	}
 	ret = copy_runs(child, parent, progress, ctx, err);
@@ -231,13 +212,13 @@ int vhdx_merge(const char *child_path, unsigned flags, vhdx_progress_fn progress
 	ret = vhdx_close_checked(parent);
 	parent = NULL;
 	if (ret) {
-		fail(err, ret, ppath, "flush failed: %s", strerror(-ret));
+		vhdx_fail(err, ret, ppath, "flush failed: %s", strerror(-ret));
 		goto out;
 	}
 	vhdx_close(child);
 	child = NULL;
 	if (unlink(child_path) && errno != ENOENT) {
-		ret = fail(err, -errno, child_path, "cannot remove after merging: %s",
+		ret = vhdx_fail(err, -errno, child_path, "cannot remove after merging: %s",
 			   strerror(errno));
 		goto out;
 	}
@@ -247,7 +228,7 @@ int vhdx_merge(const char *child_path, unsigned flags, vhdx_progress_fn progress
 	if (!ret)
 		ret = fsync_dir_of(marker);
 	if (ret)
-		fail(err, ret, marker, "cannot remove merge marker: %s", strerror(-ret));
+		vhdx_fail(err, ret, marker, "cannot remove merge marker: %s", strerror(-ret));
 out:
 	vhdx_close(parent);
 	vhdx_close(child);
