@@ -12,6 +12,14 @@
  * errors are seen (see stage_data()), and replies with fuse_reply_data(),
  * which splices the pages on to the kernel.  Per read only the bufvec is
  * allocated.
+ *
+ * A writable view hands writes to vhdx_pwrite() and hole punching to
+ * vhdx_write_zeroes(); the writer serialises them per image and publishes
+ * each BAT entry only after its data, so a read running beside a write
+ * sees old or new data.  Every read maps its range afresh, and never
+ * reuses a run across requests.  Writable opens are direct I/O: with no
+ * page cache there is nothing the kernel could serve stale after a write,
+ * a punched hole or a block the writer turned into a ZERO block.
  */
 #define FUSE_USE_VERSION 35
 
@@ -66,6 +74,7 @@ struct view_file {
 	uint64_t size;
 	uint64_t alloc; /* bytes the image itself holds, for st_blocks */
 	atomic_bool error_logged;
+	atomic_bool write_error_logged;
 };
 
 struct view {
@@ -77,6 +86,7 @@ struct view {
 	uid_t uid;
 	gid_t gid;
 	struct timespec created;
+	bool writable;
 };
 
 /*
@@ -110,9 +120,7 @@ static void view_vlog(int prio, const char *fmt, va_list ap)
 		syslog(prio, "%s", line);
 }
 
-static void view_log(int prio, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-static void view_log(int prio, const char *fmt, ...)
+void view_log(int prio, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -198,6 +206,29 @@ static void report_error(struct view_file *f, const char *op, uint64_t off,
 		 f->path, op, (unsigned long long)off, what, strerror(-err));
 }
 
+/*
+ * The writer keeps its first failure and fails every later write and flush
+ * of the image with it, so one line per image says it all.  A write past
+ * the end is the caller's mistake and is not logged.
+ */
+static void report_write_error(struct view_file *f, const char *op,
+			       uint64_t off, uint64_t len, int err)
+{
+	char where[96] = "";
+
+	if (atomic_exchange(&f->write_error_logged, true))
+		return;
+	if (len)
+		snprintf(where, sizeof(where),
+			 " of %llu bytes at virtual offset %llu",
+			 (unsigned long long)len, (unsigned long long)off);
+	view_log(LOG_ERR,
+		 "%s: %s%s failed: %s; the error is sticky: every later "
+		 "write and flush of this image fails with it until it is "
+		 "unmounted (reads still work; writes not yet flushed may be "
+		 "lost)", f->path, op, where, strerror(-err));
+}
+
 /* --- helpers ----------------------------------------------------------- */
 
 static struct view_file *ino_file(struct view *v, fuse_ino_t ino)
@@ -214,7 +245,7 @@ static void file_stat(const struct view *v, const struct view_file *f,
 
 	memset(st, 0, sizeof(*st));
 	st->st_ino = FIRST_FILE_INO + (fuse_ino_t)(f - v->files);
-	st->st_mode = S_IFREG | 0444;
+	st->st_mode = S_IFREG | (v->writable ? 0644 : 0444);
 	st->st_nlink = 1;
 	st->st_uid = v->uid;
 	st->st_gid = v->gid;
@@ -257,6 +288,15 @@ static void view_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_readahead = UINT32_MAX;
 	conn->max_background = VIEW_MAX_BACKGROUND;
 	conn->congestion_threshold = VIEW_MAX_BACKGROUND * 3 / 4;
+	/*
+	 * A writeback cache would acknowledge writes we never saw, and the
+	 * writer wants the data in memory anyway: no splice from /dev/fuse.
+	 * O_TRUNC is better refused by open than by a size change after the
+	 * file was opened.
+	 */
+	conn->want &= ~(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_READ);
+	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
 }
 
 static void view_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -372,18 +412,25 @@ static void view_open(fuse_req_t req, fuse_ino_t ino,
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	if ((fi->flags & O_ACCMODE) != O_RDONLY ||
-	    (fi->flags & (O_TRUNC | O_APPEND))) {
+	if (!v->writable && ((fi->flags & O_ACCMODE) != O_RDONLY ||
+			     (fi->flags & (O_TRUNC | O_APPEND)))) {
 		fuse_reply_err(req, EROFS);
+		return;
+	}
+	/* The size is fixed: nothing can be cut off or appended. */
+	if (fi->flags & (O_TRUNC | O_APPEND)) {
+		fuse_reply_err(req, EPERM);
 		return;
 	}
 	/*
 	 * No keep_cache: each open drops pages cached by an earlier one, so
 	 * it reads what the image file holds now (through the block map
-	 * loaded at mount time).
+	 * loaded at mount time).  A writable view caches nothing at all.
 	 */
 	fi->keep_cache = 0;
-	fi->noflush = 1;
+	fi->direct_io = v->writable;
+	/* close() of a descriptor that wrote flushes, as on a disk device. */
+	fi->noflush = (fi->flags & O_ACCMODE) == O_RDONLY;
 	fuse_reply_open(req, fi);
 }
 
@@ -822,6 +869,310 @@ static void view_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		fuse_reply_lseek(req, (off_t)f->size);
 }
 
+/* --- writing ----------------------------------------------------------- */
+
+/*
+ * How much of a LEN-byte write at OFF fits before the end: like a disk
+ * device, a write that starts inside is cut short and one that starts at
+ * or past the end fails with ENOSPC.
+ */
+static int write_span(const struct view_file *f, off_t off, size_t len,
+		      size_t *n)
+{
+	if (off < 0)
+		return -EINVAL;
+	if ((uint64_t)off >= f->size)
+		return -ENOSPC;
+	*n = f->size - (uint64_t)off < len ? (size_t)(f->size - (uint64_t)off) :
+					       len;
+	return 0;
+}
+
+static struct view_file *write_file(fuse_req_t req, fuse_ino_t ino)
+{
+	struct view *v = fuse_req_userdata(req);
+	struct view_file *f = ino_file(v, ino);
+
+	if (!f) {
+		fuse_reply_err(req, ino == ROOT_INO ? EISDIR : ENOENT);
+		return NULL;
+	}
+	if (!v->writable) {
+		fuse_reply_err(req, EROFS);
+		return NULL;
+	}
+	return f;
+}
+
+static void do_write(fuse_req_t req, struct view_file *f, const void *buf,
+		     size_t n, off_t off)
+{
+	int ret = vhdx_pwrite(f->img, buf, n, (uint64_t)off);
+
+	if (ret < 0) {
+		report_write_error(f, "write", (uint64_t)off, n, ret);
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	fuse_reply_write(req, n);
+}
+
+static void view_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+		       size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct view_file *f = write_file(req, ino);
+	size_t n;
+	int ret;
+
+	(void)fi;
+	if (!f)
+		return;
+	ret = write_span(f, off, size, &n);
+	if (ret < 0) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	do_write(req, f, buf, n, off);
+}
+
+/*
+ * libfuse prefers this to view_write().  Without splice from /dev/fuse the
+ * data is one buffer in libfuse's memory, handed on as it is; anything
+ * else is gathered into one buffer first.
+ */
+static void view_write_buf(fuse_req_t req, fuse_ino_t ino,
+			   struct fuse_bufvec *in, off_t off,
+			   struct fuse_file_info *fi)
+{
+	struct view_file *f = write_file(req, ino);
+	struct fuse_bufvec dst = FUSE_BUFVEC_INIT(0);
+	const struct fuse_buf *b;
+	size_t n;
+	ssize_t got;
+	char *tmp;
+	int ret;
+
+	(void)fi;
+	if (!f)
+		return;
+	ret = write_span(f, off, fuse_buf_size(in), &n);
+	if (ret < 0) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	b = &in->buf[in->idx];
+	if (in->idx < in->count && !(b->flags & FUSE_BUF_IS_FD) &&
+	    b->size - in->off >= n) {
+		do_write(req, f, (const char *)b->mem + in->off, n, off);
+		return;
+	}
+	tmp = malloc(n ? n : 1);
+	if (!tmp) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	dst.buf[0].mem = tmp;
+	dst.buf[0].size = n;
+	got = fuse_buf_copy(&dst, in, 0);
+	if (got < 0 || (size_t)got != n) {
+		fuse_reply_err(req, got < 0 ? (int)-got : EIO);
+		free(tmp);
+		return;
+	}
+	do_write(req, f, tmp, n, off);
+	free(tmp);
+}
+
+/*
+ * Punching a hole and zeroing a range are the same to a virtual disk:
+ * vhdx_write_zeroes() turns whole blocks into ZERO blocks (or zeros them
+ * in place when the image wants its blocks kept allocated) and writes
+ * zeros into partial ones.  Plain preallocation means nothing here.
+ */
+static void view_fallocate(fuse_req_t req, fuse_ino_t ino, int mode,
+			   off_t off, off_t len, struct fuse_file_info *fi)
+{
+	struct view_file *f = write_file(req, ino);
+	const char *op;
+	uint64_t n;
+	int ret;
+
+	(void)fi;
+	if (!f)
+		return;
+	if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) {
+		op = "punching a hole";
+	} else if (mode == FALLOC_FL_ZERO_RANGE ||
+		   mode == (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)) {
+		op = "zeroing a range";
+	} else {
+		fuse_reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	if (off < 0 || len <= 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	/* Without KEEP_SIZE the range may not reach past the end. */
+	if (!(mode & FALLOC_FL_KEEP_SIZE) && ((uint64_t)off >= f->size ||
+	    (uint64_t)len > f->size - (uint64_t)off)) {
+		fuse_reply_err(req, ENOSPC);
+		return;
+	}
+	if ((uint64_t)off >= f->size) {
+		fuse_reply_err(req, 0);
+		return;
+	}
+	n = f->size - (uint64_t)off < (uint64_t)len ? f->size - (uint64_t)off :
+						     (uint64_t)len;
+	ret = vhdx_write_zeroes(f->img, (uint64_t)off, n);
+	if (ret < 0)
+		report_write_error(f, op, (uint64_t)off, n, ret);
+	fuse_reply_err(req, -ret);
+}
+
+static void do_flush(fuse_req_t req, fuse_ino_t ino, const char *op)
+{
+	struct view *v = fuse_req_userdata(req);
+	struct view_file *f = ino_file(v, ino);
+	int ret;
+
+	if (!f || !v->writable) {
+		fuse_reply_err(req, 0);
+		return;
+	}
+	ret = vhdx_flush(f->img);
+	if (ret < 0)
+		report_write_error(f, op, 0, 0, ret);
+	fuse_reply_err(req, -ret);
+}
+
+/* fsync and fdatasync alike: data and the block map are both needed to
+ * read the data back. */
+static void view_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+		       struct fuse_file_info *fi)
+{
+	(void)datasync;
+	(void)fi;
+	do_flush(req, ino, "fsync");
+}
+
+static void view_flush(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	(void)fi;
+	do_flush(req, ino, "flush on close");
+}
+
+/*
+ * Times and modes are not the image's to keep: a touch is accepted and
+ * changes nothing.  Ownership, mode and size changes are refused.
+ */
+static void view_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+			 int to_set, struct fuse_file_info *fi)
+{
+	struct view *v = fuse_req_userdata(req);
+	struct view_file *f = ino_file(v, ino);
+	struct stat st;
+
+	(void)fi;
+	if (ino != ROOT_INO && !f) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (!v->writable) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID |
+		      FUSE_SET_ATTR_GID)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	if (to_set & FUSE_SET_ATTR_SIZE) {
+		if (!f) {
+			fuse_reply_err(req, EISDIR);
+			return;
+		}
+		if ((uint64_t)attr->st_size != f->size) {
+			fuse_reply_err(req, EPERM);
+			return;
+		}
+	}
+	if (f)
+		file_stat(v, f, &st);
+	else
+		root_stat(v, &st);
+	fuse_reply_attr(req, &st, VIEW_ATTR_TIMEOUT);
+}
+
+/* The set of files is fixed. */
+static void view_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+		       mode_t mode, dev_t rdev)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	(void)rdev;
+	fuse_reply_err(req, EPERM);
+}
+
+static void view_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
+		       mode_t mode)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	fuse_reply_err(req, EPERM);
+}
+
+static void view_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	(void)parent;
+	(void)name;
+	fuse_reply_err(req, EPERM);
+}
+
+static void view_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
+			 const char *name)
+{
+	(void)link;
+	(void)parent;
+	(void)name;
+	fuse_reply_err(req, EPERM);
+}
+
+static void view_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+			fuse_ino_t newparent, const char *newname,
+			unsigned int flags)
+{
+	(void)parent;
+	(void)name;
+	(void)newparent;
+	(void)newname;
+	(void)flags;
+	fuse_reply_err(req, EPERM);
+}
+
+static void view_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+		      const char *newname)
+{
+	(void)ino;
+	(void)newparent;
+	(void)newname;
+	fuse_reply_err(req, EPERM);
+}
+
+static void view_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+			mode_t mode, struct fuse_file_info *fi)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	(void)fi;
+	fuse_reply_err(req, EPERM);
+}
+
 static void view_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	struct view *v = fuse_req_userdata(req);
@@ -852,6 +1203,20 @@ static const struct fuse_lowlevel_ops view_ops = {
 	.release = view_release,
 	.lseek = view_lseek,
 	.statfs = view_statfs,
+	.write = view_write,
+	.write_buf = view_write_buf,
+	.fallocate = view_fallocate,
+	.fsync = view_fsync,
+	.flush = view_flush,
+	.setattr = view_setattr,
+	.mknod = view_mknod,
+	.mkdir = view_mkdir,
+	.unlink = view_unlink,
+	.rmdir = view_unlink,
+	.symlink = view_symlink,
+	.rename = view_rename,
+	.link = view_link,
+	.create = view_create,
 };
 
 /* --- setup ------------------------------------------------------------- */
@@ -924,8 +1289,8 @@ int view_new(const struct view_image *images, unsigned count,
 	view_max_read = pick_max_read();
 	/* subtype: /proc/mounts shows VIEW_FSTYPE, which umount checks. */
 	snprintf(mopts, sizeof(mopts),
-		 "ro,fsname=hvresync,subtype=hvresync,max_read=%u",
-		 view_max_read);
+		 "%s,fsname=hvresync,subtype=hvresync,max_read=%u",
+		 cfg && cfg->writable ? "rw" : "ro", view_max_read);
 	if (err && errlen)
 		err[0] = '\0';
 	log_stderr = cfg ? cfg->log_stderr : true;
@@ -938,6 +1303,7 @@ int view_new(const struct view_image *images, unsigned count,
 	if (!v->files)
 		goto fail;
 	v->count = count;
+	v->writable = cfg && cfg->writable;
 	v->uid = getuid();
 	v->gid = getgid();
 	clock_gettime(CLOCK_REALTIME, &v->created);
@@ -954,6 +1320,7 @@ int view_new(const struct view_image *images, unsigned count,
 		f->size = info->virtual_size;
 		f->alloc = image_alloc(info);
 		atomic_init(&f->error_logged, false);
+		atomic_init(&f->write_error_logged, false);
 	}
 
 	capture_start(err, errlen);

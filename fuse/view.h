@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * view.h - the FUSE raw view: each opened VHDX image appears under one
- * mountpoint as a flat, read-only regular file of its virtual size, served
- * straight from the extent map (splice from the image file for data runs,
- * holes reported through SEEK_DATA/SEEK_HOLE).
+ * mountpoint as a flat regular file of its virtual size, served straight
+ * from the extent map (splice from the image file for data runs, holes
+ * reported through SEEK_DATA/SEEK_HOLE).  Read-only unless the view is made
+ * writable, in which case writes, hole punching and fsync go to the VHDX
+ * writer (the images must then be opened with VHDX_OPEN_RDWR).
  *
  * The caller opens the images, names them and decides whether to fork;
  * this layer knows nothing of agent/.  Functions return 0 or a negative
@@ -14,6 +16,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <syslog.h>
 
 #include "vhdx/vhdx.h"
 
@@ -26,6 +29,14 @@ struct view_image {
 struct view_config {
 	/* Log to stderr ("hvresync: ...") instead of syslog. */
 	bool log_stderr;
+	/*
+	 * Serve the files mode 0644 and pass writes, FALLOC_FL_PUNCH_HOLE /
+	 * FALLOC_FL_ZERO_RANGE and fsync on to the writer.  Every open is
+	 * direct I/O, so the kernel keeps no page of a file that could go
+	 * stale; shared writable mmap is refused.  The size stays fixed:
+	 * writes past the end fail with ENOSPC, size changes with EPERM.
+	 */
+	bool writable;
 };
 
 struct view;
@@ -55,6 +66,13 @@ int view_serve(struct view *v, int ready_fd, bool detach);
 
 /* Unmount if still mounted and free the view (not the images). */
 void view_free(struct view *v);
+
+/*
+ * Log one line the way the view does: "hvresync: ..." on stderr, or to
+ * syslog with priority PRIO once view_serve() has detached.
+ */
+void view_log(int prio, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 
 /* --- /proc/self/mountinfo ---------------------------------------------- */
 

@@ -339,7 +339,6 @@ expect_refusal() {
 		ok "$desc: $(cat "$SCRATCH/ref.err")"
 	fi
 }
-expect_refusal "--rw" "--rw.*writ" mount --rw "$img" "$M3"
 expect_refusal "missing image" "nothere\\.vhdx" \
 	mount "$img" "$SCRATCH/nothere.vhdx" "$M3"
 expect_refusal "nonexistent mountpoint" "nomnt.*(exist|no such)" \

@@ -121,7 +121,7 @@ int vhdx_file_read(const struct vhdx_image *img, void *buf, size_t len,
 	if (ret < 0)
 		return ret;
 	if (got < len) {
-		if (off + len > ov->file_size)
+		if (off + len > __atomic_load_n(&ov->file_size, __ATOMIC_RELAXED))
 			return -ENODATA;
 		memset(p + got, 0, len - got); /* extended by the log replay */
 	}

@@ -129,7 +129,8 @@ static int block_run(struct vhdx_image *img, uint64_t off, uint64_t end,
 static void apply_overlay(const struct vhdx_image *img, struct vhdx_extent *ext)
 {
 	const struct vhdx_overlay *ov = &img->overlay;
-	uint64_t fo = ext->file_off, real = img->info.file_size;
+	uint64_t fo = ext->file_off;
+	uint64_t real = __atomic_load_n(&img->info.file_size, __ATOMIC_RELAXED);
 	unsigned lo = 0, hi = ov->count;
 
 	if (ext->kind != VHDX_EXT_DATA)

@@ -94,8 +94,9 @@ static int alloc_space(struct vhdx_image *img, uint64_t len, uint64_t *off)
 
 	if (ftruncate(img->fd, (off_t)(at + len)))
 		return -errno;
-	img->info.file_size = at + len;
-	img->overlay.file_size = at + len;
+	/* readers (map.c) look at the size without the write lock */
+	__atomic_store_n(&img->info.file_size, at + len, __ATOMIC_RELAXED);
+	__atomic_store_n(&img->overlay.file_size, at + len, __ATOMIC_RELAXED);
 	*off = at;
 	return 0;
 }
