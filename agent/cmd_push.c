@@ -88,7 +88,7 @@ static void on_progress(void *ctx, const struct push_stats *st)
 
 static void human(char *out, size_t len, uint64_t v)
 {
-	static const char *units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+	static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
 	double d = (double)v;
 	unsigned u = 0;
 
@@ -169,8 +169,8 @@ static void print_summary(const struct push_params *p, const char *target,
 	human(d, sizeof(d), st->bytes_zeroed);
 	human(e, sizeof(e), st->wire_bytes);
 	printf("%s -> %s: %s\n", p->src, target,
-	       p->flags & PUSH_HOLD ? "copied, held unmerged" :
-				      "identical now");
+	       p->flags & PUSH_HOLD ? "copied, held unmerged"
+				    : "identical now");
 	if (st->resume_offset)
 		printf("resumed at offset %" PRIu64 "\n", st->resume_offset);
 	printf("compared %s; %s differed (in %" PRIu64 " block%s)\n", a, b,
@@ -184,24 +184,24 @@ static void print_summary(const struct push_params *p, const char *target,
 int cmd_push(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "psk-file", required_argument, NULL, 'p' },
-		{ "cert", required_argument, NULL, 'C' },
-		{ "key", required_argument, NULL, 'K' },
-		{ "ca", required_argument, NULL, 'A' },
-		{ "insecure", no_argument, NULL, 'I' },
-		{ "block-size", required_argument, NULL, 'b' },
-		{ "hash", required_argument, NULL, 'H' },
-		{ "compress", no_argument, NULL, 'z' },
-		{ "bwlimit", required_argument, NULL, 'l' },
-		{ "restart", no_argument, NULL, 'r' },
-		{ "hold", no_argument, NULL, 'o' },
-		{ "check", no_argument, NULL, 'c' },
-		{ "merge", no_argument, NULL, 'm' },
-		{ "discard", no_argument, NULL, 'd' },
-		{ "timeout", required_argument, NULL, 't' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+		{"json", no_argument, NULL, 'j'},
+		{"psk-file", required_argument, NULL, 'p'},
+		{"cert", required_argument, NULL, 'C'},
+		{"key", required_argument, NULL, 'K'},
+		{"ca", required_argument, NULL, 'A'},
+		{"insecure", no_argument, NULL, 'I'},
+		{"block-size", required_argument, NULL, 'b'},
+		{"hash", required_argument, NULL, 'H'},
+		{"compress", no_argument, NULL, 'z'},
+		{"bwlimit", required_argument, NULL, 'l'},
+		{"restart", no_argument, NULL, 'r'},
+		{"hold", no_argument, NULL, 'o'},
+		{"check", no_argument, NULL, 'c'},
+		{"merge", no_argument, NULL, 'm'},
+		{"discard", no_argument, NULL, 'd'},
+		{"timeout", required_argument, NULL, 't'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *psk = NULL, *cert = NULL, *key = NULL, *ca = NULL;
 	char addr[300], name[PROTO_NAME_MAX + 1], err[1024];
@@ -223,29 +223,18 @@ int cmd_push(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
-		case 'j':
-			json = true;
-			break;
-		case 'p':
-			psk = optarg;
-			break;
-		case 'C':
-			cert = optarg;
-			break;
-		case 'K':
-			key = optarg;
-			break;
-		case 'A':
-			ca = optarg;
-			break;
-		case 'I':
-			insecure = true;
-			break;
+		case 'j': json = true; break;
+		case 'p': psk = optarg; break;
+		case 'C': cert = optarg; break;
+		case 'K': key = optarg; break;
+		case 'A': ca = optarg; break;
+		case 'I': insecure = true; break;
 		case 'b':
 			if (parse_size(optarg, &v) < 0 || !ur_is_pow2(v) ||
 			    v < PROTO_BLOCK_MIN || v > PROTO_BLOCK_MAX) {
 				error_msg("--block-size: '%s' is not a power "
-					  "of two from 4K to 4M", optarg);
+					  "of two from 4K to 4M",
+					  optarg);
 				return EXIT_ERROR;
 			}
 			p.block_size = (uint32_t)v;
@@ -253,40 +242,31 @@ int cmd_push(int argc, char **argv)
 		case 'H':
 			if (ur_hash_parse(optarg, &p.hash) < 0) {
 				error_msg("--hash: '%s' is not a known hash "
-					  "(xxh3 or sha256)", optarg);
+					  "(xxh3 or sha256)",
+					  optarg);
 				return EXIT_ERROR;
 			}
 			break;
-		case 'z':
-			p.compress = true;
-			break;
+		case 'z': p.compress = true; break;
 		case 'l':
 			if (parse_size(optarg, &v) < 0 || v < 1024) {
 				error_msg("--bwlimit: '%s' is not a rate of at "
-					  "least 1K bytes per second", optarg);
+					  "least 1K bytes per second",
+					  optarg);
 				return EXIT_ERROR;
 			}
 			p.bwlimit = v;
 			break;
-		case 'r':
-			p.flags |= PUSH_RESTART;
-			break;
-		case 'o':
-			p.flags |= PUSH_HOLD;
-			break;
-		case 'c':
-			p.flags |= PUSH_CHECK;
-			break;
-		case 'm':
-			p.flags |= PUSH_MERGE;
-			break;
-		case 'd':
-			p.flags |= PUSH_DISCARD;
-			break;
+		case 'r': p.flags |= PUSH_RESTART; break;
+		case 'o': p.flags |= PUSH_HOLD; break;
+		case 'c': p.flags |= PUSH_CHECK; break;
+		case 'm': p.flags |= PUSH_MERGE; break;
+		case 'd': p.flags |= PUSH_DISCARD; break;
 		case 't':
 			if (parse_size(optarg, &v) < 0 || v < 1 || v > 86400) {
 				error_msg("--timeout: '%s' is not a number of "
-					  "seconds from 1 to 86400", optarg);
+					  "seconds from 1 to 86400",
+					  optarg);
 				return EXIT_ERROR;
 			}
 			p.timeout_ms = (int)v * 1000;
@@ -298,7 +278,8 @@ int cmd_push(int argc, char **argv)
 			if (optopt)
 				error_msg("push: option '%s' needs a value or "
 					  "is unknown; see 'hvresync push "
-					  "--help'", argv[optind - 1]);
+					  "--help'",
+					  argv[optind - 1]);
 			else
 				error_msg("push: unknown option '%s'; see "
 					  "'hvresync push --help'",

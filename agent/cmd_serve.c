@@ -60,18 +60,18 @@ static void on_signal(int sig)
 int cmd_serve(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "listen", required_argument, NULL, 'l' },
-		{ "export", required_argument, NULL, 'e' },
-		{ "psk-file", required_argument, NULL, 'p' },
-		{ "cert", required_argument, NULL, 'C' },
-		{ "key", required_argument, NULL, 'K' },
-		{ "ca", required_argument, NULL, 'A' },
-		{ "insecure", no_argument, NULL, 'I' },
-		{ "state-dir", required_argument, NULL, 's' },
-		{ "window", required_argument, NULL, 'w' },
-		{ "max-sessions", required_argument, NULL, 'n' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+		{"listen", required_argument, NULL, 'l'},
+		{"export", required_argument, NULL, 'e'},
+		{"psk-file", required_argument, NULL, 'p'},
+		{"cert", required_argument, NULL, 'C'},
+		{"key", required_argument, NULL, 'K'},
+		{"ca", required_argument, NULL, 'A'},
+		{"insecure", no_argument, NULL, 'I'},
+		{"state-dir", required_argument, NULL, 's'},
+		{"window", required_argument, NULL, 'w'},
+		{"max-sessions", required_argument, NULL, 'n'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *psk = NULL, *cert = NULL, *key = NULL, *ca = NULL;
 	struct server_config cfg;
@@ -90,43 +90,30 @@ int cmd_serve(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
-		case 'l':
-			cfg.listen = optarg;
-			break;
-		case 'e':
-			exports[nexp++] = optarg;
-			break;
-		case 'p':
-			psk = optarg;
-			break;
-		case 'C':
-			cert = optarg;
-			break;
-		case 'K':
-			key = optarg;
-			break;
-		case 'A':
-			ca = optarg;
-			break;
-		case 'I':
-			insecure = true;
-			break;
-		case 's':
-			cfg.state_dir = optarg;
-			break;
+		case 'l': cfg.listen = optarg; break;
+		case 'e': exports[nexp++] = optarg; break;
+		case 'p': psk = optarg; break;
+		case 'C': cert = optarg; break;
+		case 'K': key = optarg; break;
+		case 'A': ca = optarg; break;
+		case 'I': insecure = true; break;
+		case 's': cfg.state_dir = optarg; break;
 		case 'w':
 			if (parse_size(optarg, &v) < 0 || v < 4096 ||
 			    v > (256u << 20)) {
 				error_msg("--window: '%s' is not a size from "
-					  "4K to 256M", optarg);
+					  "4K to 256M",
+					  optarg);
 				goto out;
 			}
 			cfg.window_bytes = v;
 			break;
 		case 'n':
 			if (parse_size(optarg, &v) < 0 || v < 1 || v > 1024) {
-				error_msg("--max-sessions: '%s' is not a number "
-					  "from 1 to 1024", optarg);
+				error_msg(
+					"--max-sessions: '%s' is not a number "
+					"from 1 to 1024",
+					optarg);
 				goto out;
 			}
 			cfg.max_sessions = (unsigned)v;
@@ -139,7 +126,8 @@ int cmd_serve(int argc, char **argv)
 			if (optopt)
 				error_msg("serve: option '%s' needs a value or "
 					  "is unknown; see 'hvresync serve "
-					  "--help'", argv[optind - 1]);
+					  "--help'",
+					  argv[optind - 1]);
 			else
 				error_msg("serve: unknown option '%s'; see "
 					  "'hvresync serve --help'",
@@ -170,7 +158,8 @@ int cmd_serve(int argc, char **argv)
 		char *eq = strchr(exports[i], '=');
 
 		if (!eq || eq == exports[i] || !eq[1]) {
-			error_msg("--export: '%s' is not NAME=PATH", exports[i]);
+			error_msg("--export: '%s' is not NAME=PATH",
+				  exports[i]);
 			goto out_srv;
 		}
 		*eq = '\0';

@@ -53,9 +53,9 @@ struct sub_msg {
 struct pend {
 	uint64_t block;
 	uint32_t len;
-	bool zero;	/* reads as zeros here: no copy */
-	uint8_t *data;	/* block_size bytes, kept for reuse */
-	uint8_t *sub;	/* nsub_max local sub-hashes of PROTO_HASH_LEN */
+	bool zero;     /* reads as zeros here: no copy */
+	uint8_t *data; /* block_size bytes, kept for reuse */
+	uint8_t *sub;  /* nsub_max local sub-hashes of PROTO_HASH_LEN */
 };
 
 struct push {
@@ -78,21 +78,21 @@ struct push {
 	struct ur_source *src;
 	struct ur_engine *eng;
 	struct ur_stream *stream;
-	struct ur_hasher *hasher;	/* sub-block hashes, this thread's */
-	uint8_t zero_block[PROTO_HASH_LEN];	/* hash of bs zero bytes */
+	struct ur_hasher *hasher; /* sub-block hashes, this thread's */
+	uint8_t zero_block[PROTO_HASH_LEN];	 /* hash of bs zero bytes */
 	uint8_t zero_block_last[PROTO_HASH_LEN]; /* of the short last block */
-	uint8_t zero_sub[PROTO_HASH_LEN];	/* of 4 KiB of zeros */
-	uint8_t zero_sub_last[PROTO_HASH_LEN];	/* of the disk's short end */
+	uint8_t zero_sub[PROTO_HASH_LEN];	 /* of 4 KiB of zeros */
+	uint8_t zero_sub_last[PROTO_HASH_LEN];	 /* of the disk's short end */
 
 	/* Shared with the receiver, under lock. */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	uint8_t *ring;		/* window entries of PROTO_HASH_ENTRY_LEN */
-	uint64_t recv_block;	/* next block the HASHES stream covers */
-	uint64_t granted;	/* blocks from resume_block on we took */
+	uint8_t *ring;	     /* window entries of PROTO_HASH_ENTRY_LEN */
+	uint64_t recv_block; /* next block the HASHES stream covers */
+	uint64_t granted;    /* blocks from resume_block on we took */
 	struct sub_msg *subs, *subs_tail;
 	unsigned nsubs;
-	int rx_err;		/* transport or protocol failure */
+	int rx_err; /* transport or protocol failure */
 	char rx_msg[600];
 	bool remote_error;
 	struct msg_error remote;
@@ -103,15 +103,15 @@ struct push {
 	pthread_t rx;
 
 	/* The main thread's own. */
-	uint64_t next_block;	/* next block to compare */
-	struct pend *pend;	/* FIFO of window slots */
+	uint64_t next_block; /* next block to compare */
+	struct pend *pend;   /* FIFO of window slots */
 	unsigned pend_head, pend_count;
-	uint64_t told_block;	/* done_through last sent, in blocks */
+	uint64_t told_block; /* done_through last sent, in blocks */
 	ZSTD_CCtx *cctx;
 	uint8_t *zbuf;
 	size_t zcap;
-	uint8_t *scratch;	/* nsub_max packed sub-hashes */
-	uint32_t data_cap;	/* largest DATA run */
+	uint8_t *scratch;  /* nsub_max packed sub-hashes */
+	uint32_t data_cap; /* largest DATA run */
 	double tokens, last_refill;
 	double start, last_progress;
 
@@ -153,7 +153,7 @@ static bool stopping(const struct push *ps)
 	return ps->p->stop && __atomic_load_n(ps->p->stop, __ATOMIC_RELAXED);
 }
 
-/* ---- small public helpers ----------------------------------------------- */
+/* ---- small public helpers ------------------------------------------------ */
 
 bool push_export_name_ok(const char *name)
 {
@@ -192,9 +192,11 @@ int push_parse_target(const char *target, char *addr, size_t addrlen,
 	addr[hl] = '\0';
 	strcpy(name, slash + 1);
 	if (!push_export_name_ok(name)) {
-		snprintf(err, errlen, "%s: the export name must be 1-255 bytes "
+		snprintf(err, errlen,
+			 "%s: the export name must be 1-255 bytes "
 			 "without '/' or control characters, and not '.' or "
-			 "'..'", target);
+			 "'..'",
+			 target);
 		return -EINVAL;
 	}
 	return 0;
@@ -210,13 +212,15 @@ int push_security_config(struct tls_config *cfg, const char *psk_file,
 
 	memset(cfg, 0, sizeof(*cfg));
 	if (kinds == 0) {
-		snprintf(err, errlen, "no authentication: give --psk-file "
+		snprintf(err, errlen,
+			 "no authentication: give --psk-file "
 			 "FILE, or --cert/--key/--ca, or --insecure "
 			 "(loopback only)");
 		return -EINVAL;
 	}
 	if (kinds > 1) {
-		snprintf(err, errlen, "--psk-file, --cert/--key/--ca and "
+		snprintf(err, errlen,
+			 "--psk-file, --cert/--key/--ca and "
 			 "--insecure exclude each other");
 		return -EINVAL;
 	}
@@ -279,7 +283,7 @@ static void report(struct push *ps, bool force)
 		ps->p->progress(ps->p->ctx, ps->st);
 }
 
-/* ---- sending -------------------------------------------------------------- */
+/* ---- sending ------------------------------------------------------------- */
 
 /* Token bucket: wait until @n more bytes fit under --bwlimit. */
 static int throttle(struct push *ps, size_t n)
@@ -348,7 +352,7 @@ static int send_msg(struct push *ps, const struct msg *m, size_t payload)
 static int send_credit(struct push *ps, bool final)
 {
 	uint64_t d = done_block(ps);
-	struct msg m = { .type = PROTO_CREDIT };
+	struct msg m = {.type = PROTO_CREDIT};
 
 	if (d == ps->told_block && !final)
 		return 0;
@@ -363,7 +367,7 @@ static int send_credit(struct push *ps, bool final)
 
 static int send_zero(struct push *ps, uint64_t off, uint64_t len)
 {
-	struct msg m = { .type = PROTO_ZERO };
+	struct msg m = {.type = PROTO_ZERO};
 
 	m.u.zero.offset = off;
 	m.u.zero.length = len;
@@ -374,16 +378,16 @@ static int send_zero(struct push *ps, uint64_t off, uint64_t len)
 static int send_data(struct push *ps, uint64_t off, const uint8_t *data,
 		     uint32_t len)
 {
-	struct msg m = { .type = PROTO_DATA };
+	struct msg m = {.type = PROTO_DATA};
 
 	m.u.data.offset = off;
 	m.u.data.length = len;
 	m.u.data.data = data;
 	m.u.data.data_len = len;
 	if (ps->cctx) {
-		size_t z = ZSTD_compressCCtx(ps->cctx, ps->zbuf, ps->zcap, data,
-					     len, ps->p->compress_level ?
-					     ps->p->compress_level : 1);
+		size_t z = ZSTD_compressCCtx(
+			ps->cctx, ps->zbuf, ps->zcap, data, len,
+			ps->p->compress_level ? ps->p->compress_level : 1);
 
 		if (!ZSTD_isError(z) && z < len) {
 			m.u.data.compressed = true;
@@ -423,23 +427,24 @@ static int send_pieces(struct push *ps, uint64_t block, uint32_t len,
 		if (i < nsub) {
 			const uint8_t *zh;
 
-			plen = len - off < PROTO_SUBBLOCK ? len - off :
-							    PROTO_SUBBLOCK;
-			zh = plen == PROTO_SUBBLOCK ? ps->zero_sub :
-						      ps->zero_sub_last;
-			if (memcmp(local ? local + (size_t)i * PROTO_HASH_LEN :
-				   zh, remote ? remote + (size_t)i *
-				   PROTO_HASH_LEN : zh, PROTO_HASH_LEN)) {
+			plen = len - off < PROTO_SUBBLOCK ? len - off
+							  : PROTO_SUBBLOCK;
+			zh = plen == PROTO_SUBBLOCK ? ps->zero_sub
+						    : ps->zero_sub_last;
+			if (memcmp(local ? local + (size_t)i * PROTO_HASH_LEN
+					 : zh,
+				   remote ? remote + (size_t)i * PROTO_HASH_LEN
+					  : zh,
+				   PROTO_HASH_LEN)) {
 				ps->st->bytes_different += plen;
 				k = !data || is_zero(data + off, plen) ? 1 : 2;
 			}
 		}
-		if (kind && (k != kind ||
-			     (k == 2 && run_len + plen > ps->data_cap))) {
-			ret = kind == 1 ?
-			      send_zero(ps, base + run_off, run_len) :
-			      send_data(ps, base + run_off, data + run_off,
-					run_len);
+		if (kind &&
+		    (k != kind || (k == 2 && run_len + plen > ps->data_cap))) {
+			ret = kind == 1 ? send_zero(ps, base + run_off, run_len)
+					: send_data(ps, base + run_off,
+						    data + run_off, run_len);
 			if (ret < 0)
 				return ret;
 			kind = 0;
@@ -454,7 +459,7 @@ static int send_pieces(struct push *ps, uint64_t block, uint32_t len,
 	return 0;
 }
 
-/* ---- receiving ------------------------------------------------------------ */
+/* ---- receiving ----------------------------------------------------------- */
 
 static void rx_fail(struct push *ps, int ret, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -476,8 +481,8 @@ static void rx_fail(struct push *ps, int ret, const char *fmt, ...)
 
 static size_t rx_cap(void)
 {
-	static const unsigned types[] = { PROTO_HASHES, PROTO_SUBHASHES,
-					  PROTO_ERROR, PROTO_FINISHED };
+	static const unsigned types[] = {PROTO_HASHES, PROTO_SUBHASHES,
+					 PROTO_ERROR, PROTO_FINISHED};
 	size_t cap = 0, i;
 
 	for (i = 0; i < sizeof(types) / sizeof(types[0]); i++)
@@ -500,31 +505,34 @@ static bool rx_one(struct push *ps, const struct msg *m)
 		if (h->first_block != ps->recv_block || !h->count ||
 		    h->first_block + h->count > ps->nblocks ||
 		    h->first_block + h->count >
-		    ps->resume_block + ps->granted) {
+			    ps->resume_block + ps->granted) {
 			pthread_mutex_unlock(&ps->lock);
-			rx_fail(ps, -EPROTO, "peer %s: malformed frame: HASHES "
+			rx_fail(ps, -EPROTO,
+				"peer %s: malformed frame: HASHES "
 				"for blocks %" PRIu64 "+%u out of order or "
-				"beyond the credit", ps->peer, h->first_block,
-				h->count);
+				"beyond the credit",
+				ps->peer, h->first_block, h->count);
 			return false;
 		}
 		for (i = 0; i < h->count; i++)
 			memcpy(ps->ring + ((h->first_block + i) % ps->window) *
-			       PROTO_HASH_ENTRY_LEN, h->entries +
-			       i * PROTO_HASH_ENTRY_LEN, PROTO_HASH_ENTRY_LEN);
+						  PROTO_HASH_ENTRY_LEN,
+			       h->entries + i * PROTO_HASH_ENTRY_LEN,
+			       PROTO_HASH_ENTRY_LEN);
 		ps->recv_block += h->count;
 		pthread_cond_broadcast(&ps->cond);
 		pthread_mutex_unlock(&ps->lock);
 		return true;
 	case PROTO_SUBHASHES:
 		if (m->u.subhashes.count > ps->nsub_max) {
-			rx_fail(ps, -EPROTO, "peer %s: malformed frame: "
+			rx_fail(ps, -EPROTO,
+				"peer %s: malformed frame: "
 				"SUBHASHES with %u hashes for %u-byte blocks",
 				ps->peer, m->u.subhashes.count, ps->bs);
 			return false;
 		}
-		s = malloc(sizeof(*s) + (size_t)m->u.subhashes.count *
-			   PROTO_HASH_LEN);
+		s = malloc(sizeof(*s) +
+			   (size_t)m->u.subhashes.count * PROTO_HASH_LEN);
 		if (!s) {
 			rx_fail(ps, -ENOMEM, "out of memory");
 			return false;
@@ -540,8 +548,10 @@ static bool rx_one(struct push *ps, const struct msg *m)
 		if (ps->nsubs >= ps->window) {
 			pthread_mutex_unlock(&ps->lock);
 			free(s);
-			rx_fail(ps, -EPROTO, "peer %s: malformed frame: "
-				"SUBHASHES nobody asked for", ps->peer);
+			rx_fail(ps, -EPROTO,
+				"peer %s: malformed frame: "
+				"SUBHASHES nobody asked for",
+				ps->peer);
 			return false;
 		}
 		if (ps->subs_tail)
@@ -564,8 +574,10 @@ static bool rx_one(struct push *ps, const struct msg *m)
 		pthread_mutex_lock(&ps->lock);
 		if (!ps->done_sent) {
 			pthread_mutex_unlock(&ps->lock);
-			rx_fail(ps, -EPROTO, "peer %s: malformed frame: "
-				"FINISHED before DONE", ps->peer);
+			rx_fail(ps, -EPROTO,
+				"peer %s: malformed frame: "
+				"FINISHED before DONE",
+				ps->peer);
 			return false;
 		}
 		ps->finished = true;
@@ -609,8 +621,8 @@ static void *rx_main(void *arg)
 				continue;
 		}
 		if (ret < 0) {
-			rx_fail(ps, ret, "%s", terr.msg[0] ? terr.msg :
-				strerror(-ret));
+			rx_fail(ps, ret, "%s",
+				terr.msg[0] ? terr.msg : strerror(-ret));
 			break;
 		}
 		if (!rx_one(ps, &m))
@@ -620,7 +632,7 @@ static void *rx_main(void *arg)
 	return NULL;
 }
 
-/* ---- the watchdog --------------------------------------------------------- */
+/* ---- the watchdog -------------------------------------------------------- */
 
 static void *wd_main(void *arg)
 {
@@ -651,7 +663,7 @@ static void *wd_main(void *arg)
 	return NULL;
 }
 
-/* ---- comparing ------------------------------------------------------------- */
+/* ---- comparing ----------------------------------------------------------- */
 
 static int map_remote_error(struct push *ps)
 {
@@ -659,24 +671,12 @@ static int map_remote_error(struct push *ps)
 	int ret;
 
 	switch (e->code) {
-	case PROTO_ERR_UNKNOWN_EXPORT:
-		ret = -ENOENT;
-		break;
-	case PROTO_ERR_BUSY:
-		ret = -EBUSY;
-		break;
-	case PROTO_ERR_GEOMETRY:
-		ret = -EXDEV;
-		break;
-	case PROTO_ERR_UNSUPPORTED:
-		ret = -EPROTONOSUPPORT;
-		break;
-	case PROTO_ERR_PROTOCOL:
-		ret = -EPROTO;
-		break;
-	default:
-		ret = -EIO;
-		break;
+	case PROTO_ERR_UNKNOWN_EXPORT: ret = -ENOENT; break;
+	case PROTO_ERR_BUSY: ret = -EBUSY; break;
+	case PROTO_ERR_GEOMETRY: ret = -EXDEV; break;
+	case PROTO_ERR_UNSUPPORTED: ret = -EPROTONOSUPPORT; break;
+	case PROTO_ERR_PROTOCOL: ret = -EPROTO; break;
+	default: ret = -EIO; break;
 	}
 	return fail(ps, ret, "peer %s: %s", ps->peer,
 		    e->message[0] ? e->message : "error without a message");
@@ -713,8 +713,8 @@ static int pack_sub(struct push *ps, const struct ur_block *b, uint8_t *out)
 	int ret;
 
 	for (off = 0; off < b->len; off += PROTO_SUBBLOCK) {
-		plen = b->len - off < PROTO_SUBBLOCK ? b->len - off :
-						       PROTO_SUBBLOCK;
+		plen = b->len - off < PROTO_SUBBLOCK ? b->len - off
+						     : PROTO_SUBBLOCK;
 		ret = ur_hasher_hash(ps->hasher, b->data + off, plen, &h);
 		if (ret < 0)
 			return fail(ps, ret, "hashing: %s", strerror(-ret));
@@ -728,11 +728,12 @@ static int add_pending(struct push *ps, uint64_t block, uint32_t len,
 		       const struct ur_block *b)
 {
 	struct pend *pd;
-	struct msg m = { .type = PROTO_SUBREQ };
+	struct msg m = {.type = PROTO_SUBREQ};
 	int ret;
 
 	if (ps->pend_count >= ps->window)
-		return fail(ps, -EIO, "internal error: more than a window "
+		return fail(ps, -EIO,
+			    "internal error: more than a window "
 			    "of blocks pending");
 	pd = &ps->pend[(ps->pend_head + ps->pend_count) % ps->window];
 	pd->block = block;
@@ -762,12 +763,15 @@ static int handle_sub(struct push *ps, const struct sub_msg *s)
 	int ret;
 
 	if (!ps->pend_count || s->block != pd->block)
-		return fail(ps, -EPROTO, "peer %s: malformed frame: SUBHASHES "
+		return fail(ps, -EPROTO,
+			    "peer %s: malformed frame: SUBHASHES "
 			    "for block %" PRIu64 ", which was not asked for "
-			    "next", ps->peer, s->block);
+			    "next",
+			    ps->peer, s->block);
 	want = (pd->len + PROTO_SUBBLOCK - 1) / PROTO_SUBBLOCK;
 	if (s->count != want)
-		return fail(ps, -EPROTO, "peer %s: malformed frame: SUBHASHES "
+		return fail(ps, -EPROTO,
+			    "peer %s: malformed frame: SUBHASHES "
 			    "for block %" PRIu64 " has %u hashes, want %u",
 			    ps->peer, s->block, s->count, want);
 	ret = send_pieces(ps, pd->block, pd->len, pd->zero ? NULL : pd->data,
@@ -792,7 +796,8 @@ static int64_t compare_next(struct push *ps, uint64_t avail)
 	if (ret < 0)
 		return fail(ps, ret, "%s", ur_engine_error(ps->eng));
 	if (ret == 0 || b.index != ps->next_block)
-		return fail(ps, -EIO, "internal error: the reader is at block "
+		return fail(ps, -EIO,
+			    "internal error: the reader is at block "
 			    "%" PRIu64 ", expected %" PRIu64,
 			    ret ? b.index : ps->nblocks, ps->next_block);
 	if (b.zero) {
@@ -803,7 +808,8 @@ static int64_t compare_next(struct push *ps, uint64_t avail)
 			uint64_t blk = ps->next_block + i;
 			uint32_t len = ur_block_len(ps->size, ps->bs, blk);
 
-			e = ps->ring + (blk % ps->window) * PROTO_HASH_ENTRY_LEN;
+			e = ps->ring +
+			    (blk % ps->window) * PROTO_HASH_ENTRY_LEN;
 			ps->st->bytes_compared += len;
 			if (e[0] == PROTO_KIND_ZERO ||
 			    !memcmp(e + 1, zero_hash_for(ps, len),
@@ -821,7 +827,8 @@ static int64_t compare_next(struct push *ps, uint64_t avail)
 	e = ps->ring + (b.index % ps->window) * PROTO_HASH_ENTRY_LEN;
 	ps->st->bytes_compared += b.len;
 	if (e[0] == PROTO_KIND_ZERO) {
-		if (memcmp(b.hash.b, zero_hash_for(ps, b.len), PROTO_HASH_LEN)) {
+		if (memcmp(b.hash.b, zero_hash_for(ps, b.len),
+			   PROTO_HASH_LEN)) {
 			/* The other side is all zeros: its sub-hashes are
 			 * known, no need to ask for them. */
 			ps->st->blocks_different++;
@@ -884,7 +891,8 @@ static int skip_to(struct push *ps, uint64_t block)
 		if (ret < 0)
 			return fail(ps, ret, "%s", ur_engine_error(ps->eng));
 		if (ret == 0)
-			return fail(ps, -EIO, "internal error: the reader "
+			return fail(ps, -EIO,
+				    "internal error: the reader "
 				    "ended early");
 		if (b.zero && b.run > 1) {
 			uint64_t n = block - ps->next_block;
@@ -960,7 +968,7 @@ static int compare_all(struct push *ps)
 
 static int wait_finished(struct push *ps)
 {
-	struct msg m = { .type = PROTO_DONE };
+	struct msg m = {.type = PROTO_DONE};
 	int ret;
 
 	pthread_mutex_lock(&ps->lock);
@@ -969,7 +977,7 @@ static int wait_finished(struct push *ps)
 	ret = send_msg(ps, &m, 0);
 	if (ret < 0) {
 		pthread_mutex_lock(&ps->lock);
-		ret = rx_state(ps) ? : ret;
+		ret = rx_state(ps) ?: ret;
 		pthread_mutex_unlock(&ps->lock);
 		return ret;
 	}
@@ -995,7 +1003,7 @@ static int wait_finished(struct push *ps)
 /* Tell the peer why we give up; best effort, never throttled. */
 static void send_error(struct push *ps, uint32_t code, const char *text)
 {
-	struct msg m = { .type = PROTO_ERROR };
+	struct msg m = {.type = PROTO_ERROR};
 	struct tls_err terr;
 
 	if (!ps->c || ps->aborted)
@@ -1006,18 +1014,19 @@ static void send_error(struct push *ps, uint32_t code, const char *text)
 	proto_send_msg(ps->c, &m, &terr);
 }
 
-/* ---- setting up ------------------------------------------------------------- */
+/* ---- setting up ---------------------------------------------------------- */
 
 static int check_params(struct push *ps)
 {
 	const struct push_params *p = ps->p;
-	unsigned kinds = p->flags & (PUSH_CHECK | PUSH_HOLD | PUSH_MERGE |
-				     PUSH_DISCARD);
+	unsigned kinds =
+		p->flags & (PUSH_CHECK | PUSH_HOLD | PUSH_MERGE | PUSH_DISCARD);
 
 	if (!p->addr || !*p->addr)
 		return fail(ps, -EINVAL, "no recovery address");
 	if (!push_export_name_ok(p->export_name))
-		return fail(ps, -EINVAL, "export name '%s': must be 1-255 "
+		return fail(ps, -EINVAL,
+			    "export name '%s': must be 1-255 "
 			    "bytes without '/' or control characters, and not "
 			    "'.' or '..'",
 			    p->export_name ? p->export_name : "");
@@ -1026,15 +1035,18 @@ static int check_params(struct push *ps)
 	ps->bs = p->block_size ? p->block_size : PUSH_DEFAULT_BLOCK;
 	if (!ur_is_pow2(ps->bs) || ps->bs < PROTO_BLOCK_MIN ||
 	    ps->bs > PROTO_BLOCK_MAX)
-		return fail(ps, -EINVAL, "block size %u is not a power of two "
-			    "from 4K to 4M", ps->bs);
+		return fail(ps, -EINVAL,
+			    "block size %u is not a power of two "
+			    "from 4K to 4M",
+			    ps->bs);
 	if (p->hash != UR_HASH_XXH3_128 && p->hash != UR_HASH_SHA256)
 		return fail(ps, -EINVAL, "unknown hash algorithm");
 	if (p->flags & ~PROTO_HELLO_KNOWN)
 		return fail(ps, -EINVAL, "unknown session flags 0x%x",
 			    p->flags);
 	if (kinds & (kinds - 1))
-		return fail(ps, -EINVAL, "check, hold, merge and discard "
+		return fail(ps, -EINVAL,
+			    "check, hold, merge and discard "
 			    "exclude each other");
 	if ((p->flags & PUSH_RESTART) && (kinds & ~PUSH_HOLD))
 		return fail(ps, -EINVAL, "restart goes with a copy only");
@@ -1056,9 +1068,10 @@ static int open_source(struct push *ps)
 	ps->size = ps->src->size;
 	ps->sector = ps->src->sector_size;
 	if (!ps->size || ps->size % PROTO_SECTOR)
-		return fail(ps, -EINVAL, "%s: size %" PRIu64 " is not a "
-			    "positive multiple of %u bytes", ps->p->src,
-			    ps->size, PROTO_SECTOR);
+		return fail(ps, -EINVAL,
+			    "%s: size %" PRIu64 " is not a "
+			    "positive multiple of %u bytes",
+			    ps->p->src, ps->size, PROTO_SECTOR);
 	ps->st->virtual_size = ps->size;
 	ps->nblocks = ur_block_count(ps->size, ps->bs);
 	ps->nsub_max = ps->bs / PROTO_SUBBLOCK;
@@ -1090,10 +1103,9 @@ static void keepalive(int fd)
 }
 
 /* HELLO, then the first answer (WELCOME, FINISHED or ERROR). */
-static int greet(struct push *ps, struct msg *reply, uint8_t *buf,
-		 size_t cap)
+static int greet(struct push *ps, struct msg *reply, uint8_t *buf, size_t cap)
 {
-	struct msg m = { .type = PROTO_HELLO };
+	struct msg m = {.type = PROTO_HELLO};
 	struct msg_hello *h = &m.u.hello;
 	struct tls_err terr;
 	int ret, rret;
@@ -1103,8 +1115,8 @@ static int greet(struct push *ps, struct msg *reply, uint8_t *buf,
 	h->version = PROTO_VERSION;
 	h->flags = ps->p->flags;
 	h->block_size = ps->bs;
-	h->hash = ps->p->hash == UR_HASH_SHA256 ? PROTO_HASH_SHA256 :
-						  PROTO_HASH_XXH3_128;
+	h->hash = ps->p->hash == UR_HASH_SHA256 ? PROTO_HASH_SHA256
+						: PROTO_HASH_XXH3_128;
 	memcpy(h->seed, ps->seed, sizeof(h->seed));
 	h->virtual_size = ps->size;
 	/* MERGE and DISCARD may come without a source: size 0 tells the
@@ -1153,27 +1165,32 @@ static int check_welcome(struct push *ps, const struct msg_welcome *w)
 	char msg[PROTO_ERRMSG_MAX];
 
 	if (w->version != PROTO_VERSION)
-		return fail(ps, -EPROTO, "peer %s: malformed frame: WELCOME "
-			    "for version %u", ps->peer, w->version);
+		return fail(ps, -EPROTO,
+			    "peer %s: malformed frame: WELCOME "
+			    "for version %u",
+			    ps->peer, w->version);
 	if (w->virtual_size != ps->size || w->logical_sector != ps->sector) {
-		snprintf(msg, sizeof(msg), "geometry mismatch: %s has virtual "
+		snprintf(msg, sizeof(msg),
+			 "geometry mismatch: %s has virtual "
 			 "size %" PRIu64 " and %u-byte logical sectors, export "
 			 "%s has virtual size %" PRIu64 " and %u-byte logical "
-			 "sectors", ps->p->src, ps->size, ps->sector,
-			 ps->p->export_name, w->virtual_size,
-			 w->logical_sector);
+			 "sectors",
+			 ps->p->src, ps->size, ps->sector, ps->p->export_name,
+			 w->virtual_size, w->logical_sector);
 		send_error(ps, PROTO_ERR_GEOMETRY, msg);
 		return fail(ps, -EXDEV, "peer %s: %s", ps->peer, msg);
 	}
 	if (w->resume_offset > ps->size ||
 	    (w->resume_offset % ps->bs && w->resume_offset != ps->size))
-		return fail(ps, -EPROTO, "peer %s: malformed frame: resume "
+		return fail(ps, -EPROTO,
+			    "peer %s: malformed frame: resume "
 			    "offset %" PRIu64 " is not a block boundary",
 			    ps->peer, w->resume_offset);
 	/* The window bounds this side's memory too: refuse a silly one. */
 	if (!w->window || w->window > (1u << 16) ||
 	    (uint64_t)w->window * ps->bs > (256u << 20))
-		return fail(ps, -EPROTO, "peer %s: a window of %u blocks of "
+		return fail(ps, -EPROTO,
+			    "peer %s: a window of %u blocks of "
 			    "%u bytes is more than this side accepts",
 			    ps->peer, w->window, ps->bs);
 	ps->window = w->window;
@@ -1350,8 +1367,8 @@ local_error:
 	return ret;
 }
 
-int push_disk(const struct push_params *p, struct push_stats *st,
-	      char *err, size_t errlen)
+int push_disk(const struct push_params *p, struct push_stats *st, char *err,
+	      size_t errlen)
 {
 	struct push_stats local;
 	struct push *ps;
@@ -1408,9 +1425,10 @@ int push_disk(const struct push_params *p, struct push_stats *st,
 		goto out;
 	if (p->flags & (PUSH_MERGE | PUSH_DISCARD)) {
 		if (reply.type != PROTO_FINISHED) {
-			ret = fail(ps, -EPROTO, "peer %s: malformed frame: %s "
-				   "where FINISHED was due", ps->peer,
-				   proto_type_name(reply.type));
+			ret = fail(ps, -EPROTO,
+				   "peer %s: malformed frame: %s "
+				   "where FINISHED was due",
+				   ps->peer, proto_type_name(reply.type));
 			goto out;
 		}
 		ps->st->recovery_bytes_written = reply.u.finished.bytes_written;
@@ -1418,9 +1436,10 @@ int push_disk(const struct push_params *p, struct push_stats *st,
 		goto out;
 	}
 	if (reply.type != PROTO_WELCOME) {
-		ret = fail(ps, -EPROTO, "peer %s: malformed frame: %s where "
-			   "WELCOME was due", ps->peer,
-			   proto_type_name(reply.type));
+		ret = fail(ps, -EPROTO,
+			   "peer %s: malformed frame: %s where "
+			   "WELCOME was due",
+			   ps->peer, proto_type_name(reply.type));
 		goto out;
 	}
 	ret = check_welcome(ps, &reply.u.welcome);
@@ -1438,8 +1457,9 @@ out:
 	free_session(ps);
 	ps->st->seconds = ps->start ? now_s() - ps->start : 0;
 	ps->st->position = ret == 0 && !(p->flags & (PUSH_CHECK | PUSH_MERGE |
-						     PUSH_DISCARD)) ?
-			   ps->size : ps->st->position;
+						     PUSH_DISCARD))
+				   ? ps->size
+				   : ps->st->position;
 	free(ps);
 	return ret;
 }

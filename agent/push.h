@@ -34,19 +34,19 @@
 
 struct push_stats {
 	uint64_t virtual_size;
-	uint64_t resume_offset;	  /* where the recovery side resumed */
-	uint64_t position;	  /* every byte below this is decided */
-	uint64_t bytes_compared;  /* virtual bytes whose hashes were compared */
+	uint64_t resume_offset;	 /* where the recovery side resumed */
+	uint64_t position;	 /* every byte below this is decided */
+	uint64_t bytes_compared; /* virtual bytes whose hashes were compared */
 	uint64_t blocks_different; /* compare blocks whose hashes differed */
-	uint64_t bytes_different; /* in the 4 KiB pieces found different */
-	uint64_t bytes_sent;	  /* DATA payload bytes (compressed size) */
-	uint64_t bytes_data;	  /* disk bytes those DATA frames cover */
-	uint64_t bytes_zeroed;	  /* disk bytes sent as ZERO instructions */
-	uint64_t wire_bytes;	  /* TCP payload bytes sent and received,
-				   * TLS records included (TCP_INFO) */
+	uint64_t bytes_different;  /* in the 4 KiB pieces found different */
+	uint64_t bytes_sent;	   /* DATA payload bytes (compressed size) */
+	uint64_t bytes_data;	   /* disk bytes those DATA frames cover */
+	uint64_t bytes_zeroed;	   /* disk bytes sent as ZERO instructions */
+	uint64_t wire_bytes;	   /* TCP payload bytes sent and received,
+				    * TLS records included (TCP_INFO) */
 	uint64_t recovery_bytes_written; /* from FINISHED */
-	double merge_seconds;	  /* from FINISHED */
-	double seconds;		  /* connect to FINISHED */
+	double merge_seconds;		 /* from FINISHED */
+	double seconds;			 /* connect to FINISHED */
 };
 
 struct push_params {
@@ -55,13 +55,13 @@ struct push_params {
 	const char *addr;	 /* "HOST:PORT" (tls_parse_addr forms) */
 	const char *export_name; /* 1-255 bytes, no '/' */
 	const struct tls_config *tls;
-	uint32_t block_size;	 /* compare block; 0: 64 KiB */
-	enum ur_hash_algo hash;	 /* UR_HASH_XXH3_128 (0) or UR_HASH_SHA256 */
-	bool compress;		 /* zstd per DATA frame */
-	int compress_level;	 /* 0: 1 (fast) */
-	uint64_t bwlimit;	 /* bytes per second on sends; 0: none */
-	unsigned flags;		 /* PUSH_* */
-	int timeout_ms;		 /* connect and silence limit; 0: 60 s */
+	uint32_t block_size;	/* compare block; 0: 64 KiB */
+	enum ur_hash_algo hash; /* UR_HASH_XXH3_128 (0) or UR_HASH_SHA256 */
+	bool compress;		/* zstd per DATA frame */
+	int compress_level;	/* 0: 1 (fast) */
+	uint64_t bwlimit;	/* bytes per second on sends; 0: none */
+	unsigned flags;		/* PUSH_* */
+	int timeout_ms;		/* connect and silence limit; 0: 60 s */
 	/* Checked often (atomic loads; set it with __atomic_store_n, also
 	 * from a signal handler); when it becomes non-zero the connection
 	 * is closed and push_disk() returns -ECANCELED (the recovery side

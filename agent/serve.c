@@ -49,14 +49,15 @@
 #define WINDOW_MAX (1u << 16)
 #define WINDOW_BYTES_MAX (256u << 20)
 
-struct export {
+struct export
+{
 	struct export *next;
 	char *name;
-	char *path;	/* absolute, from the configuration */
-	bool vhdx;	/* as found when it was added */
+	char *path; /* absolute, from the configuration */
+	bool vhdx;  /* as found when it was added */
 	bool blockdev;
 	bool busy;
-	dev_t dev;	/* of the file while busy */
+	dev_t dev; /* of the file while busy */
 	ino_t ino;
 };
 
@@ -70,14 +71,14 @@ struct server {
 	char addr[128];
 
 	pthread_mutex_t lock;
-	pthread_cond_t cond;	/* a session ended */
+	pthread_cond_t cond; /* a session ended */
 	struct export *exports;
 	struct session *sessions;
 	unsigned nsessions;
 	unsigned next_id;
 
 	int stop_pipe[2];
-	int stop;		/* atomic: set by server_stop() */
+	int stop; /* atomic: set by server_stop() */
 };
 
 struct session {
@@ -98,7 +99,7 @@ struct session {
 	/* The disk. */
 	bool vhdx;
 	bool blockdev;
-	struct vhdx_image *img;	/* VHDX: the child, read-write */
+	struct vhdx_image *img; /* VHDX: the child, read-write */
 	int fd;			/* raw: read-write */
 	struct ur_source *src;
 	struct ur_engine *eng;
@@ -109,7 +110,7 @@ struct session {
 	uint64_t nblocks;
 	unsigned nsub_max;
 	uint32_t window;
-	uint64_t resume;	/* resume_offset sent in WELCOME */
+	uint64_t resume; /* resume_offset sent in WELCOME */
 	uint64_t resume_block;
 	uint8_t zero_sub[PROTO_HASH_LEN];
 	uint8_t zero_sub_last[PROTO_HASH_LEN];
@@ -117,17 +118,17 @@ struct session {
 	/* Flow control, shared with the hash thread under lock. */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	uint64_t credit_end;	/* blocks below this were granted */
-	uint64_t sent_block;	/* HASHES went out for blocks below this */
-	uint64_t done_block;	/* the primary decided blocks below this */
+	uint64_t credit_end; /* blocks below this were granted */
+	uint64_t sent_block; /* HASHES went out for blocks below this */
+	uint64_t done_block; /* the primary decided blocks below this */
 	bool abort;
 	int tx_err;
 	char tx_msg[600];
 	bool tx_running;
 	pthread_t tx;
-	pthread_mutex_t send_lock;	/* one writer at a time */
-	uint8_t *ring_sub;	/* window x nsub_max x PROTO_HASH_LEN */
-	uint8_t *ring_zero;	/* window flags: block reads as zeros */
+	pthread_mutex_t send_lock; /* one writer at a time */
+	uint8_t *ring_sub;	   /* window x nsub_max x PROTO_HASH_LEN */
+	uint8_t *ring_zero;	   /* window flags: block reads as zeros */
 
 	uint8_t *rbuf;
 	size_t rcap;
@@ -161,7 +162,7 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* ---- logging -------------------------------------------------------------- */
+/* ---- logging ------------------------------------------------------------- */
 
 static void slog(struct server *srv, int level, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -179,15 +180,17 @@ static void slog(struct server *srv, int level, const char *fmt, ...)
 		return;
 	}
 	fprintf(stderr, "hvresync serve: %s%s\n",
-		level <= SERVER_LOG_ERR ? "error: " :
-		level == SERVER_LOG_WARNING ? "warning: " : "", line);
+		level <= SERVER_LOG_ERR	      ? "error: "
+		: level == SERVER_LOG_WARNING ? "warning: "
+					      : "",
+		line);
 }
 
-#define S_LOG(s, level, fmt, ...)                                             \
+#define S_LOG(s, level, fmt, ...)                                              \
 	slog((s)->srv, level, "session %u: peer %s: " fmt, (s)->id, (s)->peer, \
 	     ##__VA_ARGS__)
 
-/* ---- small file helpers ----------------------------------------------------- */
+/* ---- small file helpers -------------------------------------------------- */
 
 static int fsync_dir_of(const char *path)
 {
@@ -222,7 +225,7 @@ static bool exists(const char *path)
 	return access(path, F_OK) == 0;
 }
 
-/* ---- progress records ----------------------------------------------------------- */
+/* ---- progress records ---------------------------------------------------- */
 
 /* The state file name: the export name with anything but [A-Za-z0-9_-]
  * percent-encoded, so no name can reach outside the directory. */
@@ -238,7 +241,8 @@ static int state_path(struct server *srv, const char *name, char *out,
 	n = (size_t)w;
 	for (i = 0; name[i]; i++) {
 		unsigned char ch = (unsigned char)name[i];
-		bool plain = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		bool plain = (ch >= 'a' && ch <= 'z') ||
+			     (ch >= 'A' && ch <= 'Z') ||
 			     (ch >= '0' && ch <= '9') || ch == '_' || ch == '-';
 
 		if (n + 4 >= len)
@@ -286,8 +290,8 @@ static int state_load(const char *path, struct state *st)
 			st->complete = v == 1;
 	}
 	fclose(f);
-	return magic && have_done && st->size && st->done <= st->size ?
-	       0 : -EINVAL;
+	return magic && have_done && st->size && st->done <= st->size ? 0
+								      : -EINVAL;
 }
 
 /* Write to a temporary file, fsync, rename over, fsync the directory. */
@@ -308,9 +312,11 @@ static int state_save(const char *path, const struct state *st)
 		unlink(tmp);
 		return ret;
 	}
-	fprintf(f, "hvresync-state 1\nimage %s\nvirtual_size %" PRIu64
+	fprintf(f,
+		"hvresync-state 1\nimage %s\nvirtual_size %" PRIu64
 		"\nlogical_sector %u\ndone_through %" PRIu64 "\ncomplete %d\n",
-		st->image, st->size, st->sector, st->done, st->complete ? 1 : 0);
+		st->image, st->size, st->sector, st->done,
+		st->complete ? 1 : 0);
 	if (fflush(f) || ferror(f) || fsync(fd))
 		ret = -(errno ? errno : EIO);
 	if (fclose(f) && !ret)
@@ -324,7 +330,7 @@ static int state_save(const char *path, const struct state *st)
 	return fsync_dir_of(path);
 }
 
-/* ---- exports ------------------------------------------------------------------------ */
+/* ---- exports ------------------------------------------------------------- */
 
 static bool name_ok(const char *name)
 {
@@ -364,14 +370,16 @@ static bool has_vhdx_signature(int fd)
 static void describe_export(struct server *srv, const struct export *e)
 {
 	if (e->vhdx)
-		slog(srv, SERVER_LOG_INFO, "export %s: %s (VHDX: sessions "
-		     "write to %s%s, merged at the end)", e->name, e->path,
-		     e->path, SERVER_CHILD_SUFFIX);
+		slog(srv, SERVER_LOG_INFO,
+		     "export %s: %s (VHDX: sessions "
+		     "write to %s%s, merged at the end)",
+		     e->name, e->path, e->path, SERVER_CHILD_SUFFIX);
 	else
-		slog(srv, SERVER_LOG_WARNING, "export %s: %s is a raw %s, "
+		slog(srv, SERVER_LOG_WARNING,
+		     "export %s: %s is a raw %s, "
 		     "written in place: not cancel-safe (a cancelled or "
-		     "failed session leaves it partly updated)", e->name,
-		     e->path, e->blockdev ? "block device" : "file");
+		     "failed session leaves it partly updated)",
+		     e->name, e->path, e->blockdev ? "block device" : "file");
 }
 
 int server_add_export(struct server *srv, const char *name, const char *path,
@@ -384,9 +392,11 @@ int server_add_export(struct server *srv, const char *name, const char *path,
 	int fd, ret;
 
 	if (!name_ok(name)) {
-		snprintf(err, errlen, "export name '%s': must be 1-255 bytes "
+		snprintf(err, errlen,
+			 "export name '%s': must be 1-255 bytes "
 			 "without '/', '=' or control characters, and not '.' "
-			 "or '..'", name);
+			 "or '..'",
+			 name);
 		return -EINVAL;
 	}
 	if (!realpath(path, real)) {
@@ -481,7 +491,7 @@ int server_export_busy(struct server *srv, const char *name)
 	return ret;
 }
 
-/* ---- server life ------------------------------------------------------------ */
+/* ---- server life --------------------------------------------------------- */
 
 struct server *server_new(const struct server_config *cfg, char *err,
 			  size_t errlen)
@@ -496,8 +506,8 @@ struct server *server_new(const struct server_config *cfg, char *err,
 	}
 	srv->cfg = *cfg;
 	srv->listen = strdup(cfg->listen ? cfg->listen : SERVER_DEFAULT_LISTEN);
-	srv->state_dir = strdup(cfg->state_dir ? cfg->state_dir :
-				SERVER_DEFAULT_STATE_DIR);
+	srv->state_dir = strdup(cfg->state_dir ? cfg->state_dir
+					       : SERVER_DEFAULT_STATE_DIR);
 	srv->stop_pipe[0] = srv->stop_pipe[1] = -1;
 	if (!srv->listen || !srv->state_dir) {
 		snprintf(err, errlen, "out of memory");
@@ -512,8 +522,10 @@ struct server *server_new(const struct server_config *cfg, char *err,
 		goto fail;
 	}
 	if (mkdir(srv->state_dir, 0700) && errno != EEXIST) {
-		snprintf(err, errlen, "%s: cannot create the state directory: "
-			 "%s", srv->state_dir, strerror(errno));
+		snprintf(err, errlen,
+			 "%s: cannot create the state directory: "
+			 "%s",
+			 srv->state_dir, strerror(errno));
 		goto fail;
 	}
 	if (stat(srv->state_dir, &st) || !S_ISDIR(st.st_mode) ||
@@ -573,8 +585,8 @@ int server_listen(struct server *srv, char *err, size_t errlen)
 	ret = tls_listen(srv->listen, &srv->cfg.tls, &srv->l, &terr);
 	if (ret < 0) {
 		srv->l = NULL;
-		snprintf(err, errlen, "%s", terr.msg[0] ? terr.msg :
-			 strerror(-ret));
+		snprintf(err, errlen, "%s",
+			 terr.msg[0] ? terr.msg : strerror(-ret));
 		return ret;
 	}
 	snprintf(srv->addr, sizeof(srv->addr), "%s", tls_listener_addr(srv->l));
@@ -595,7 +607,7 @@ void server_stop(struct server *srv)
 	(void)n;
 }
 
-/* ---- sending ------------------------------------------------------------------- */
+/* ---- sending ------------------------------------------------------------- */
 
 static int send_locked(struct session *s, const struct msg *m)
 {
@@ -615,7 +627,7 @@ static int send_error(struct session *s, uint32_t code, const char *fmt, ...)
 
 static int send_error(struct session *s, uint32_t code, const char *fmt, ...)
 {
-	struct msg m = { .type = PROTO_ERROR };
+	struct msg m = {.type = PROTO_ERROR};
 	va_list ap;
 
 	va_start(ap, fmt);
@@ -627,25 +639,29 @@ static int send_error(struct session *s, uint32_t code, const char *fmt, ...)
 		s->error_sent = true;
 		send_locked(s, &m);
 	}
-	S_LOG(s, code == PROTO_ERR_IO || code == PROTO_ERR_INTERNAL ?
-	      SERVER_LOG_ERR : SERVER_LOG_WARNING, "%s", m.u.error.message);
+	S_LOG(s,
+	      code == PROTO_ERR_IO || code == PROTO_ERR_INTERNAL
+		      ? SERVER_LOG_ERR
+		      : SERVER_LOG_WARNING,
+	      "%s", m.u.error.message);
 	return code == PROTO_ERR_PROTOCOL ? -EPROTO : -EIO;
 }
 
 /* The work is done whether or not the primary is still there to hear it. */
 static int send_finished(struct session *s)
 {
-	struct msg m = { .type = PROTO_FINISHED };
+	struct msg m = {.type = PROTO_FINISHED};
 
 	m.u.finished.bytes_written = s->bytes_written;
 	m.u.finished.seconds_merge = (uint32_t)(s->merge_seconds + 0.5);
 	if (send_locked(s, &m) < 0)
-		S_LOG(s, SERVER_LOG_WARNING, "the primary left before "
+		S_LOG(s, SERVER_LOG_WARNING,
+		      "the primary left before "
 		      "FINISHED");
 	return 0;
 }
 
-/* ---- the disk ------------------------------------------------------------------ */
+/* ---- the disk ------------------------------------------------------------ */
 
 /* Geometry of the export as it is now, without changing anything. */
 static int probe_export(struct session *s)
@@ -662,8 +678,10 @@ static int probe_export(struct session *s)
 
 		if (fd >= 0)
 			close(fd);
-		return send_error(s, PROTO_ERR_IO, "export %s: cannot open "
-				  "it: %s", s->name, strerror(e));
+		return send_error(s, PROTO_ERR_IO,
+				  "export %s: cannot open "
+				  "it: %s",
+				  s->name, strerror(e));
 	}
 	s->blockdev = S_ISBLK(st.st_mode);
 	s->vhdx = S_ISREG(st.st_mode) && has_vhdx_signature(fd);
@@ -673,7 +691,8 @@ static int probe_export(struct session *s)
 			int e = errno;
 
 			close(fd);
-			return send_error(s, PROTO_ERR_IO, "export %s: cannot "
+			return send_error(s, PROTO_ERR_IO,
+					  "export %s: cannot "
 					  "read the device's geometry: %s",
 					  s->name, strerror(e));
 		}
@@ -701,12 +720,13 @@ static int check_geometry(struct session *s)
 
 	if (h->virtual_size == s->size && h->logical_sector == s->sector)
 		return 0;
-	return send_error(s, PROTO_ERR_GEOMETRY, "geometry mismatch: the "
+	return send_error(s, PROTO_ERR_GEOMETRY,
+			  "geometry mismatch: the "
 			  "primary disk has virtual size %" PRIu64 " and "
 			  "%u-byte logical sectors, export %s has virtual "
 			  "size %" PRIu64 " and %u-byte logical sectors",
-			  h->virtual_size, h->logical_sector, s->name,
-			  s->size, s->sector);
+			  h->virtual_size, h->logical_sector, s->name, s->size,
+			  s->sector);
 }
 
 /* A merge that a crash or an error interrupted must complete before
@@ -718,13 +738,16 @@ static int finish_interrupted_merge(struct session *s)
 
 	if (!s->vhdx || !exists(s->marker))
 		return 0;
-	S_LOG(s, SERVER_LOG_WARNING, "export %s: completing an interrupted "
-	      "merge of %s", s->name, s->child);
+	S_LOG(s, SERVER_LOG_WARNING,
+	      "export %s: completing an interrupted "
+	      "merge of %s",
+	      s->name, s->child);
 	ret = vhdx_merge(s->child, 0, NULL, NULL, &verr);
 	if (ret < 0)
-		return send_error(s, PROTO_ERR_IO, "export %s: cannot complete "
-				  "the interrupted merge: %s", s->name,
-				  verr.msg);
+		return send_error(s, PROTO_ERR_IO,
+				  "export %s: cannot complete "
+				  "the interrupted merge: %s",
+				  s->name, verr.msg);
 	remove_durably(s->state);
 	return 0;
 }
@@ -736,14 +759,17 @@ static int discard_partial(struct session *s)
 	if (s->vhdx && exists(s->child)) {
 		ret = remove_durably(s->child);
 		if (ret < 0)
-			return send_error(s, PROTO_ERR_IO, "export %s: cannot "
-					  "remove %s: %s", s->name, s->child,
-					  strerror(-ret));
+			return send_error(s, PROTO_ERR_IO,
+					  "export %s: cannot "
+					  "remove %s: %s",
+					  s->name, s->child, strerror(-ret));
 	}
 	ret = remove_durably(s->state);
 	if (ret < 0)
-		return send_error(s, PROTO_ERR_IO, "export %s: cannot remove "
-				  "%s: %s", s->name, s->state, strerror(-ret));
+		return send_error(s, PROTO_ERR_IO,
+				  "export %s: cannot remove "
+				  "%s: %s",
+				  s->name, s->state, strerror(-ret));
 	return 0;
 }
 
@@ -769,7 +795,7 @@ static uint64_t resume_offset(struct session *s, const struct state *st,
 /* Open (or create) the child and decide where to resume. */
 static int prepare_vhdx(struct session *s, uint64_t *resume)
 {
-	struct vhdx_create_opts opts = { .parent = s->image };
+	struct vhdx_create_opts opts = {.parent = s->image};
 	struct vhdx_error verr;
 	struct state st;
 	bool have;
@@ -792,17 +818,20 @@ static int prepare_vhdx(struct session *s, uint64_t *resume)
 			    strcmp(real, s->image)) {
 				vhdx_close(s->img);
 				s->img = NULL;
-				snprintf(verr.msg, sizeof(verr.msg), "%.400s: not "
-					 "a child of %.400s", s->child,
-					 s->image);
+				snprintf(verr.msg, sizeof(verr.msg),
+					 "%.400s: not "
+					 "a child of %.400s",
+					 s->child, s->image);
 				ret = -EINVAL;
 			}
 		}
 		if (ret < 0) {
 			/* The image changed under it, or it is damaged:
 			 * what it holds is of no use any more. */
-			S_LOG(s, SERVER_LOG_WARNING, "export %s: starting "
-			      "over: %s", s->name, verr.msg);
+			S_LOG(s, SERVER_LOG_WARNING,
+			      "export %s: starting "
+			      "over: %s",
+			      s->name, verr.msg);
 			ret = discard_partial(s);
 			if (ret < 0)
 				return ret;
@@ -815,7 +844,8 @@ static int prepare_vhdx(struct session *s, uint64_t *resume)
 	if (!s->img) {
 		ret = vhdx_create(s->child, &opts, &verr);
 		if (ret < 0)
-			return send_error(s, PROTO_ERR_IO, "export %s: cannot "
+			return send_error(s, PROTO_ERR_IO,
+					  "export %s: cannot "
 					  "create the differencing child: %s",
 					  s->name, verr.msg);
 		ret = vhdx_open(s->child, VHDX_OPEN_RDWR, &s->img, &verr);
@@ -845,8 +875,10 @@ static int prepare_raw(struct session *s, uint64_t *resume)
 	*resume = resume_offset(s, &st, have);
 	s->fd = open(s->image, O_RDWR | O_CLOEXEC);
 	if (s->fd < 0)
-		return send_error(s, PROTO_ERR_IO, "export %s: cannot open it "
-				  "for writing: %s", s->name, strerror(errno));
+		return send_error(s, PROTO_ERR_IO,
+				  "export %s: cannot open it "
+				  "for writing: %s",
+				  s->name, strerror(errno));
 	/* Our own raw source: the signature must not decide the format of
 	 * a raw export whose guest data starts with "vhdxfile". */
 	s->src = calloc(1, sizeof(*s->src));
@@ -858,10 +890,14 @@ static int prepare_raw(struct session *s, uint64_t *resume)
 	s->src->no_seek_data = s->blockdev;
 	s->src->fd = open(s->image, O_RDONLY | O_CLOEXEC);
 	if (s->src->fd < 0)
-		return send_error(s, PROTO_ERR_IO, "export %s: cannot open it: "
-				  "%s", s->name, strerror(errno));
-	S_LOG(s, SERVER_LOG_WARNING, "export %s: raw, written in place: not "
-	      "cancel-safe", s->name);
+		return send_error(s, PROTO_ERR_IO,
+				  "export %s: cannot open it: "
+				  "%s",
+				  s->name, strerror(errno));
+	S_LOG(s, SERVER_LOG_WARNING,
+	      "export %s: raw, written in place: not "
+	      "cancel-safe",
+	      s->name);
 	return 0;
 }
 
@@ -889,7 +925,7 @@ static int disk_write(struct session *s, const void *buf, size_t len,
 static int disk_zero(struct session *s, uint64_t off, uint64_t len)
 {
 	static const uint8_t zeros[1 << 16];
-	uint64_t range[2] = { off, len };
+	uint64_t range[2] = {off, len};
 	int ret;
 
 	if (s->vhdx)
@@ -897,8 +933,8 @@ static int disk_zero(struct session *s, uint64_t off, uint64_t len)
 	if (s->blockdev) {
 		if (!ioctl(s->fd, BLKZEROOUT, range))
 			return 0;
-	} else if (!fallocate(s->fd, FALLOC_FL_PUNCH_HOLE |
-			      FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len)) {
+	} else if (!fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      (off_t)off, (off_t)len)) {
 		return 0;
 	}
 	while (len) {
@@ -964,7 +1000,7 @@ static int maybe_persist(struct session *s, bool force)
 	return 0;
 }
 
-/* ---- the hash stream ----------------------------------------------------------- */
+/* ---- the hash stream ----------------------------------------------------- */
 
 static uint64_t send_limit(const struct session *s)
 {
@@ -995,7 +1031,7 @@ static void tx_fail(struct session *s, int ret, const char *fmt, ...)
 static int flush_hashes(struct session *s, uint64_t first, uint32_t n,
 			const uint8_t *entries)
 {
-	struct msg m = { .type = PROTO_HASHES };
+	struct msg m = {.type = PROTO_HASHES};
 
 	if (!n)
 		return 0;
@@ -1008,8 +1044,8 @@ static int flush_hashes(struct session *s, uint64_t first, uint32_t n,
 static void *tx_main(void *arg)
 {
 	struct session *s = arg;
-	uint32_t cap = s->window < PROTO_HASHES_MAX ? s->window :
-						      PROTO_HASHES_MAX;
+	uint32_t cap =
+		s->window < PROTO_HASHES_MAX ? s->window : PROTO_HASHES_MAX;
 	uint8_t *ent = malloc((size_t)cap * PROTO_HASH_ENTRY_LEN);
 	uint64_t block = 0, limit, i, n;
 	uint32_t nent = 0;
@@ -1063,7 +1099,8 @@ static void *tx_main(void *arg)
 		if (n > cap - nent)
 			n = cap - nent;
 		for (i = 0; i < n; i++) {
-			uint8_t *e = ent + (size_t)(nent + i) * PROTO_HASH_ENTRY_LEN;
+			uint8_t *e =
+				ent + (size_t)(nent + i) * PROTO_HASH_ENTRY_LEN;
 			uint64_t slot = (block + i) % s->window;
 
 			memset(e, 0, PROTO_HASH_ENTRY_LEN);
@@ -1076,11 +1113,10 @@ static void *tx_main(void *arg)
 				goto read_error;
 			for (unsigned k = 0; k < b.nsub; k++)
 				memcpy(s->ring_sub + (slot * s->nsub_max + k) *
-				       PROTO_HASH_LEN, b.sub[k].b,
-				       PROTO_HASH_LEN);
+							     PROTO_HASH_LEN,
+				       b.sub[k].b, PROTO_HASH_LEN);
 		}
-		s->bytes_compared += ur_clip(s->size, block * s->bs,
-					     n * s->bs);
+		s->bytes_compared += ur_clip(s->size, block * s->bs, n * s->bs);
 		ur_stream_release(s->stream, n);
 		block += n;
 		nent += (uint32_t)n;
@@ -1097,10 +1133,11 @@ static void *tx_main(void *arg)
 	goto out;
 
 read_error:
-	tx_fail(s, -EIO, "export %s: %s", s->name, *ur_engine_error(s->eng) ?
-		ur_engine_error(s->eng) : "the reader lost its place");
+	tx_fail(s, -EIO, "export %s: %s", s->name,
+		*ur_engine_error(s->eng) ? ur_engine_error(s->eng)
+					 : "the reader lost its place");
 	{
-		struct msg m = { .type = PROTO_ERROR };
+		struct msg m = {.type = PROTO_ERROR};
 
 		m.u.error.code = PROTO_ERR_IO;
 		snprintf(m.u.error.message, sizeof(m.u.error.message), "%s",
@@ -1118,7 +1155,7 @@ out:
 	return NULL;
 }
 
-/* ---- receiving ------------------------------------------------------------------ */
+/* ---- receiving ----------------------------------------------------------- */
 
 static int protocol_error(struct session *s, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -1153,20 +1190,24 @@ static int on_credit(struct session *s, const struct msg_credit *c)
 	}
 	pthread_mutex_unlock(&s->lock);
 	if (ret < 0)
-		return protocol_error(s, "CREDIT done_through %" PRIu64
+		return protocol_error(s,
+				      "CREDIT done_through %" PRIu64
 				      " (+%u blocks) does not fit the blocks "
-				      "sent", d, c->blocks);
+				      "sent",
+				      d, c->blocks);
 	ret = maybe_persist(s, false);
 	if (ret < 0)
-		return send_error(s, PROTO_ERR_IO, "export %s: cannot record "
-				  "progress: %s", s->name, strerror(-ret));
+		return send_error(s, PROTO_ERR_IO,
+				  "export %s: cannot record "
+				  "progress: %s",
+				  s->name, strerror(-ret));
 	return 0;
 }
 
 static int on_subreq(struct session *s, uint64_t block)
 {
 	uint8_t hashes[PROTO_SUBHASHES_MAX * PROTO_HASH_LEN];
-	struct msg m = { .type = PROTO_SUBHASHES };
+	struct msg m = {.type = PROTO_SUBHASHES};
 	uint64_t slot = block % s->window;
 	uint32_t len, nsub, k;
 	bool ok, zero;
@@ -1177,16 +1218,18 @@ static int on_subreq(struct session *s, uint64_t block)
 	zero = ok && s->ring_zero[slot];
 	pthread_mutex_unlock(&s->lock);
 	if (!ok)
-		return protocol_error(s, "SUBREQ for block %" PRIu64 ", which "
-				      "is not in flight", block);
+		return protocol_error(s,
+				      "SUBREQ for block %" PRIu64 ", which "
+				      "is not in flight",
+				      block);
 	len = ur_block_len(s->size, s->bs, block);
 	nsub = (len + PROTO_SUBBLOCK - 1) / PROTO_SUBBLOCK;
 	for (k = 0; k < nsub; k++) {
 		const uint8_t *h;
 
 		if (!zero)
-			h = s->ring_sub + (slot * s->nsub_max + k) *
-			    PROTO_HASH_LEN;
+			h = s->ring_sub +
+			    (slot * s->nsub_max + k) * PROTO_HASH_LEN;
 		else if (len - k * PROTO_SUBBLOCK >= PROTO_SUBBLOCK)
 			h = s->zero_sub;
 		else
@@ -1210,11 +1253,14 @@ static int check_write(struct session *s, const char *what, uint64_t off,
 	lo = s->done_block * s->bs;
 	hi = ur_clip(s->size, 0, s->sent_block * s->bs);
 	pthread_mutex_unlock(&s->lock);
-	if (off % PROTO_SECTOR || (len % PROTO_SECTOR && off + len != s->size) ||
-	    off < lo || off > hi || len > hi - off)
-		return protocol_error(s, "%s at %" PRIu64 "+%" PRIu64 " is "
+	if (off % PROTO_SECTOR ||
+	    (len % PROTO_SECTOR && off + len != s->size) || off < lo ||
+	    off > hi || len > hi - off)
+		return protocol_error(s,
+				      "%s at %" PRIu64 "+%" PRIu64 " is "
 				      "outside the blocks in flight [%" PRIu64
-				      ", %" PRIu64 ")", what, off, len, lo, hi);
+				      ", %" PRIu64 ")",
+				      what, off, len, lo, hi);
 	return 0;
 }
 
@@ -1238,16 +1284,17 @@ static int on_data(struct session *s, const struct msg_data *d)
 		n = ZSTD_decompressDCtx(s->dctx, s->dbuf, d->length, d->data,
 					d->data_len);
 		if (ZSTD_isError(n) || n != d->length)
-			return protocol_error(s, "DATA at %" PRIu64 ": the zstd "
+			return protocol_error(s,
+					      "DATA at %" PRIu64 ": the zstd "
 					      "payload does not give %u bytes",
 					      d->offset, d->length);
 		buf = s->dbuf;
 	}
 	ret = disk_write(s, buf, d->length, d->offset);
 	if (ret < 0)
-		return send_error(s, PROTO_ERR_IO, "export %s: write at %"
-				  PRIu64 ": %s", s->name, d->offset,
-				  strerror(-ret));
+		return send_error(s, PROTO_ERR_IO,
+				  "export %s: write at %" PRIu64 ": %s",
+				  s->name, d->offset, strerror(-ret));
 	s->bytes_written += d->length;
 	s->bytes_received += d->data_len;
 	s->written_since += d->length;
@@ -1263,9 +1310,9 @@ static int on_zero(struct session *s, const struct msg_zero *z)
 		return ret;
 	ret = disk_zero(s, z->offset, z->length);
 	if (ret < 0)
-		return send_error(s, PROTO_ERR_IO, "export %s: zeroing at %"
-				  PRIu64 ": %s", s->name, z->offset,
-				  strerror(-ret));
+		return send_error(s, PROTO_ERR_IO,
+				  "export %s: zeroing at %" PRIu64 ": %s",
+				  s->name, z->offset, strerror(-ret));
 	s->bytes_written += z->length;
 	s->written_since += z->length;
 	return 0;
@@ -1302,11 +1349,13 @@ static int receive_loop(struct session *s)
 				return ret;
 			}
 			if (ret == -EPROTO || ret == -EMSGSIZE) {
-				struct msg e = { .type = PROTO_ERROR };
+				struct msg e = {.type = PROTO_ERROR};
 
 				/* The message already names the peer. */
-				slog(s->srv, SERVER_LOG_WARNING, "session %u: "
-				     "%s", s->id, terr.msg);
+				slog(s->srv, SERVER_LOG_WARNING,
+				     "session %u: "
+				     "%s",
+				     s->id, terr.msg);
 				e.u.error.code = PROTO_ERR_PROTOCOL;
 				snprintf(e.u.error.message,
 					 sizeof(e.u.error.message), "%s",
@@ -1322,18 +1371,10 @@ static int receive_loop(struct session *s)
 			return ret;
 		}
 		switch (m.type) {
-		case PROTO_CREDIT:
-			ret = on_credit(s, &m.u.credit);
-			break;
-		case PROTO_SUBREQ:
-			ret = on_subreq(s, m.u.subreq.block);
-			break;
-		case PROTO_DATA:
-			ret = on_data(s, &m.u.data);
-			break;
-		case PROTO_ZERO:
-			ret = on_zero(s, &m.u.zero);
-			break;
+		case PROTO_CREDIT: ret = on_credit(s, &m.u.credit); break;
+		case PROTO_SUBREQ: ret = on_subreq(s, m.u.subreq.block); break;
+		case PROTO_DATA: ret = on_data(s, &m.u.data); break;
+		case PROTO_ZERO: ret = on_zero(s, &m.u.zero); break;
 		case PROTO_DONE:
 			pthread_mutex_lock(&s->lock);
 			ret = s->done_block == s->nblocks;
@@ -1341,10 +1382,12 @@ static int receive_loop(struct session *s)
 			if (ret)
 				return 1;
 			return protocol_error(s, "DONE before every block was "
-					      "decided");
+						 "decided");
 		case PROTO_ERROR:
-			S_LOG(s, SERVER_LOG_WARNING, "the primary gave up: %s "
-			      "(code %u)", m.u.error.message, m.u.error.code);
+			S_LOG(s, SERVER_LOG_WARNING,
+			      "the primary gave up: %s "
+			      "(code %u)",
+			      m.u.error.message, m.u.error.code);
 			s->error_sent = true;
 			return -ECONNABORTED;
 		default:
@@ -1356,14 +1399,14 @@ static int receive_loop(struct session *s)
 	}
 }
 
-/* ---- a copy session ----------------------------------------------------------------- */
+/* ---- a copy session ------------------------------------------------------ */
 
 static int start_engine(struct session *s)
 {
 	struct ur_config cfg = {
 		.block_size = s->bs,
-		.hash = s->hello.hash == PROTO_HASH_SHA256 ? UR_HASH_SHA256 :
-							     UR_HASH_XXH3_128,
+		.hash = s->hello.hash == PROTO_HASH_SHA256 ? UR_HASH_SHA256
+							   : UR_HASH_XXH3_128,
 		.seed_set = true,
 		.sub_hashes = true,
 	};
@@ -1382,10 +1425,13 @@ static int start_engine(struct session *s)
 	if (!ret)
 		ret = ur_engine_start(s->eng);
 	if (ret < 0)
-		return send_error(s, PROTO_ERR_IO, "export %s: cannot start "
-				  "reading: %s", s->name,
-				  *ur_engine_error(s->eng) ?
-				  ur_engine_error(s->eng) : strerror(-ret));
+		return send_error(s, PROTO_ERR_IO,
+				  "export %s: cannot start "
+				  "reading: %s",
+				  s->name,
+				  *ur_engine_error(s->eng)
+					  ? ur_engine_error(s->eng)
+					  : strerror(-ret));
 	ret = ur_engine_zero_hash(s->eng, PROTO_SUBBLOCK, &h);
 	memcpy(s->zero_sub, h.b, PROTO_HASH_LEN);
 	if (!ret && s->size % PROTO_SUBBLOCK) {
@@ -1393,8 +1439,10 @@ static int start_engine(struct session *s)
 		memcpy(s->zero_sub_last, h.b, PROTO_HASH_LEN);
 	}
 	if (ret < 0)
-		return send_error(s, PROTO_ERR_INTERNAL, "cannot hash zeros: "
-				  "%s", strerror(-ret));
+		return send_error(s, PROTO_ERR_INTERNAL,
+				  "cannot hash zeros: "
+				  "%s",
+				  strerror(-ret));
 	return 0;
 }
 
@@ -1458,12 +1506,15 @@ static void release_disk(struct session *s, bool failed)
 		if (!ret)
 			ret = save_progress(s, done, false);
 		if (ret < 0)
-			S_LOG(s, SERVER_LOG_ERR, "export %s: cannot record "
-			      "progress: %s", s->name, strerror(-ret));
+			S_LOG(s, SERVER_LOG_ERR,
+			      "export %s: cannot record "
+			      "progress: %s",
+			      s->name, strerror(-ret));
 		else if (done)
-			S_LOG(s, SERVER_LOG_INFO, "export %s: progress kept: "
-			      "a later push resumes at %" PRIu64, s->name,
-			      done);
+			S_LOG(s, SERVER_LOG_INFO,
+			      "export %s: progress kept: "
+			      "a later push resumes at %" PRIu64,
+			      s->name, done);
 	}
 	if (s->img) {
 		vhdx_close(s->img);
@@ -1484,7 +1535,8 @@ static int merge_child(struct session *s)
 	ret = vhdx_merge(s->child, 0, NULL, NULL, &verr);
 	s->merge_seconds = now_s() - t0;
 	if (ret < 0)
-		return send_error(s, PROTO_ERR_IO, "export %s: merge failed "
+		return send_error(s, PROTO_ERR_IO,
+				  "export %s: merge failed "
 				  "(it completes at the next session): %s",
 				  s->name, verr.msg);
 	remove_durably(s->state);
@@ -1506,8 +1558,10 @@ static int finish_copy(struct session *s, const char **result)
 		close(s->fd);
 		s->fd = -1;
 		if (ret < 0)
-			return send_error(s, PROTO_ERR_IO, "export %s: flush: "
-					  "%s", s->name, strerror(-ret));
+			return send_error(s, PROTO_ERR_IO,
+					  "export %s: flush: "
+					  "%s",
+					  s->name, strerror(-ret));
 		remove_durably(s->state);
 		*result = "done";
 		return send_finished(s);
@@ -1517,8 +1571,10 @@ static int finish_copy(struct session *s, const char **result)
 	if (!ret)
 		ret = save_progress(s, s->size, true);
 	if (ret < 0)
-		return send_error(s, PROTO_ERR_IO, "export %s: cannot flush "
-				  "%s: %s", s->name, s->child, strerror(-ret));
+		return send_error(s, PROTO_ERR_IO,
+				  "export %s: cannot flush "
+				  "%s: %s",
+				  s->name, s->child, strerror(-ret));
 	if (s->hello.flags & PROTO_HELLO_HOLD) {
 		*result = "held (complete, not merged)";
 		return send_finished(s);
@@ -1532,7 +1588,7 @@ static int finish_copy(struct session *s, const char **result)
 
 static int do_copy(struct session *s, const char **result)
 {
-	struct msg m = { .type = PROTO_WELCOME };
+	struct msg m = {.type = PROTO_WELCOME};
 	struct state st;
 	uint64_t resume = 0;
 	int ret;
@@ -1541,11 +1597,12 @@ static int do_copy(struct session *s, const char **result)
 	if (ret < 0)
 		return ret;
 	if (s->hello.flags & PROTO_HELLO_CHECK) {
-		resume = resume_offset(s, &st, load_progress(s, &st) &&
-				       (!s->vhdx || exists(s->child)));
+		resume = resume_offset(s, &st,
+				       load_progress(s, &st) &&
+					       (!s->vhdx || exists(s->child)));
 	} else {
-		ret = s->vhdx ? prepare_vhdx(s, &resume) :
-				prepare_raw(s, &resume);
+		ret = s->vhdx ? prepare_vhdx(s, &resume)
+			      : prepare_raw(s, &resume);
 		if (!ret)
 			ret = setup_flow(s, resume);
 		/* A complete held copy needs no reading, only DONE. */
@@ -1568,8 +1625,10 @@ static int do_copy(struct session *s, const char **result)
 	if (s->eng) {
 		ret = pthread_create(&s->tx, NULL, tx_main, s);
 		if (ret) {
-			ret = send_error(s, PROTO_ERR_INTERNAL, "cannot start "
-					 "a thread: %s", strerror(ret));
+			ret = send_error(s, PROTO_ERR_INTERNAL,
+					 "cannot start "
+					 "a thread: %s",
+					 strerror(ret));
 			goto fail;
 		}
 		s->tx_running = true;
@@ -1600,9 +1659,11 @@ static int do_merge(struct session *s, const char **result)
 		return send_finished(s);
 	}
 	if (!load_progress(s, &st) || !st.complete)
-		return send_error(s, PROTO_ERR_IO, "export %s: the copy held "
+		return send_error(s, PROTO_ERR_IO,
+				  "export %s: the copy held "
 				  "in %s is incomplete: push it again before "
-				  "merging", s->name, s->child);
+				  "merging",
+				  s->name, s->child);
 	ret = merge_child(s);
 	if (ret < 0)
 		return ret;
@@ -1624,7 +1685,7 @@ static int do_discard(struct session *s, const char **result)
 	return send_finished(s);
 }
 
-/* ---- session threads ---------------------------------------------------------------- */
+/* ---- session threads ----------------------------------------------------- */
 
 static int claim_export(struct session *s)
 {
@@ -1637,8 +1698,10 @@ static int claim_export(struct session *s)
 	e = find_export(s->srv, s->hello.name);
 	if (!e) {
 		pthread_mutex_unlock(&s->srv->lock);
-		return send_error(s, PROTO_ERR_UNKNOWN_EXPORT, "unknown export "
-				  "'%s'", s->hello.name);
+		return send_error(s, PROTO_ERR_UNKNOWN_EXPORT,
+				  "unknown export "
+				  "'%s'",
+				  s->hello.name);
 	}
 	if (stat(e->path, &st) < 0) {
 		ret = errno;
@@ -1651,8 +1714,10 @@ static int claim_export(struct session *s)
 		busy = o->busy && o->dev == st.st_dev && o->ino == st.st_ino;
 	if (busy) {
 		pthread_mutex_unlock(&s->srv->lock);
-		return send_error(s, PROTO_ERR_BUSY, "export '%s' is busy in "
-				  "another session", s->hello.name);
+		return send_error(s, PROTO_ERR_BUSY,
+				  "export '%s' is busy in "
+				  "another session",
+				  s->hello.name);
 	}
 	e->busy = true;
 	e->dev = st.st_dev;
@@ -1666,8 +1731,10 @@ static int claim_export(struct session *s)
 	snprintf(s->marker, sizeof(s->marker), "%s.merging", s->child);
 	ret = state_path(s->srv, s->name, s->state, sizeof(s->state));
 	if (ret < 0)
-		return send_error(s, PROTO_ERR_INTERNAL, "export %s: state "
-				  "path too long", s->name);
+		return send_error(s, PROTO_ERR_INTERNAL,
+				  "export %s: state "
+				  "path too long",
+				  s->name);
 	return 0;
 }
 
@@ -1690,8 +1757,8 @@ static const char *kind_name(uint32_t flags)
 	if (flags & PROTO_HELLO_DISCARD)
 		return "discard";
 	if (flags & PROTO_HELLO_HOLD)
-		return flags & PROTO_HELLO_RESTART ? "copy (restart, hold)" :
-						     "copy (hold)";
+		return flags & PROTO_HELLO_RESTART ? "copy (restart, hold)"
+						   : "copy (hold)";
 	return flags & PROTO_HELLO_RESTART ? "copy (restart)" : "copy";
 }
 
@@ -1732,13 +1799,14 @@ static void serve_session(struct session *s)
 	if (claim_export(s) < 0)
 		return;
 	s->start = now_s();
-	S_LOG(s, SERVER_LOG_INFO, "session start (%s): export %s (%s): %s, "
-	      "block size %u", s->auth, s->name, s->image,
-	      kind_name(s->hello.flags), s->bs);
+	S_LOG(s, SERVER_LOG_INFO,
+	      "session start (%s): export %s (%s): %s, "
+	      "block size %u",
+	      s->auth, s->name, s->image, kind_name(s->hello.flags), s->bs);
 	ret = probe_export(s);
 	/* MERGE and DISCARD may come without a source disk (size 0). */
-	if (!ret && (s->hello.flags & (PROTO_HELLO_MERGE |
-				       PROTO_HELLO_DISCARD)) &&
+	if (!ret &&
+	    (s->hello.flags & (PROTO_HELLO_MERGE | PROTO_HELLO_DISCARD)) &&
 	    s->hello.virtual_size)
 		ret = check_geometry(s);
 	if (!ret && (s->hello.flags & PROTO_HELLO_MERGE))
@@ -1747,13 +1815,17 @@ static void serve_session(struct session *s)
 		ret = do_discard(s, &result);
 	else if (!ret)
 		ret = do_copy(s, &result);
-	S_LOG(s, SERVER_LOG_INFO, "session end: export %s: %s: from %" PRIu64
-	      " of %" PRIu64 ", compared %" PRIu64 " bytes, different %"
-	      PRIu64 ", received %" PRIu64 ", in %.2f s%s", s->name,
-	      ret < 0 ? "failed" : result, s->resume, s->size,
+	S_LOG(s, SERVER_LOG_INFO,
+	      "session end: export %s: %s: from %" PRIu64 " of %" PRIu64
+	      ", compared %" PRIu64 " bytes, different %" PRIu64
+	      ", received %" PRIu64 ", in %.2f s%s",
+	      s->name, ret < 0 ? "failed" : result, s->resume, s->size,
 	      s->bytes_compared, s->bytes_written, s->bytes_received,
-	      now_s() - s->start, s->vhdx && ret < 0 && exists(s->child) ?
-	      " (the image is unchanged; the child is kept for resume)" : "");
+	      now_s() - s->start,
+	      s->vhdx && ret < 0 && exists(s->child)
+		      ? " (the image is unchanged; the child is kept for "
+			"resume)"
+		      : "");
 	unclaim_export(s);
 }
 
@@ -1790,12 +1862,9 @@ static void *session_main(void *arg)
 static const char *mode_name(enum tls_mode m)
 {
 	switch (m) {
-	case TLS_MODE_PSK:
-		return "TLS 1.3, pre-shared key";
-	case TLS_MODE_X509:
-		return "TLS 1.3, certificates";
-	case TLS_MODE_INSECURE:
-		return "plain TCP, insecure, loopback only";
+	case TLS_MODE_PSK: return "TLS 1.3, pre-shared key";
+	case TLS_MODE_X509: return "TLS 1.3, certificates";
+	case TLS_MODE_INSECURE: return "plain TCP, insecure, loopback only";
 	}
 	return "?";
 }
@@ -1809,8 +1878,10 @@ static void start_session(struct server *srv, struct conn *c)
 	pthread_mutex_lock(&srv->lock);
 	if (srv->nsessions >= srv->cfg.max_sessions) {
 		pthread_mutex_unlock(&srv->lock);
-		slog(srv, SERVER_LOG_WARNING, "peer %s: refused: %u sessions "
-		     "already", conn_peer(c), srv->cfg.max_sessions);
+		slog(srv, SERVER_LOG_WARNING,
+		     "peer %s: refused: %u sessions "
+		     "already",
+		     conn_peer(c), srv->cfg.max_sessions);
 		conn_close(c);
 		return;
 	}
@@ -1833,7 +1904,7 @@ static void start_session(struct server *srv, struct conn *c)
 	srv->nsessions++;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	ret = pthread_create(&(pthread_t){ 0 }, &attr, session_main, s);
+	ret = pthread_create(&(pthread_t){0}, &attr, session_main, s);
 	pthread_attr_destroy(&attr);
 	if (ret) {
 		srv->sessions = s->next;

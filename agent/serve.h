@@ -35,13 +35,13 @@
 #define SERVER_LOG_INFO 6
 
 struct server_config {
-	const char *listen;	  /* "ADDR:PORT"; NULL: 0.0.0.0:7433 */
-	struct tls_config tls;	  /* copied; its strings must outlive the
-				   * server */
-	const char *state_dir;	  /* NULL: SERVER_DEFAULT_STATE_DIR */
-	uint64_t window_bytes;	  /* flow-control window in disk bytes;
-				   * 0: 8 MiB (at least 8 blocks) */
-	unsigned max_sessions;	  /* 0: 16 */
+	const char *listen;    /* "ADDR:PORT"; NULL: 0.0.0.0:7433 */
+	struct tls_config tls; /* copied; its strings must outlive the
+				* server */
+	const char *state_dir; /* NULL: SERVER_DEFAULT_STATE_DIR */
+	uint64_t window_bytes; /* flow-control window in disk bytes;
+				* 0: 8 MiB (at least 8 blocks) */
+	unsigned max_sessions; /* 0: 16 */
 	/* One line per call, no newline.  NULL: "hvresync serve: MSG" on
 	 * stderr.  Called from session threads. */
 	void (*log)(void *ctx, int level, const char *msg);
