@@ -530,6 +530,34 @@ static void discard_all(struct agent *a, struct ajob *aj)
 	pthread_mutex_unlock(&a->lock);
 }
 
+/*
+ * A replica VM's job reads disks that its primary also sends to: hold the
+ * exports for the run so no primary session starts under it.  Under the
+ * lock; returns 0 or -EBUSY (with every hold released again).
+ */
+static int hold_exports(struct agent *a, const struct vm_config *vm, bool hold)
+{
+	char name[PROTO_NAME_MAX + 1];
+	unsigned i;
+	int ret;
+
+	if (vm->role == VM_ROLE_PRIMARY || !a->server)
+		return 0;
+	for (i = 0; i < vm->ndisks; i++) {
+		snprintf(name, sizeof(name), "%s:%s", vm->name, config_basename(vm->disks[i]));
+		ret = server_hold_export(a->server, name, hold);
+		if (ret == -EBUSY) {
+			while (i--) {
+				snprintf(name, sizeof(name), "%s:%s", vm->name,
+					 config_basename(vm->disks[i]));
+				server_hold_export(a->server, name, false);
+			}
+			return ret;
+		}
+	}
+	return 0;
+}
+
 static void *runner(void *arg)
 {
 	struct ajob *aj = arg;
@@ -538,6 +566,7 @@ static void *runner(void *arg)
 	struct vmrt *vm;
 	char err[1024];
 	unsigned i, flags;
+	bool held = false;
 	int ret = 0;
 
 	pthread_mutex_lock(&a->lock);
@@ -552,6 +581,15 @@ static void *runner(void *arg)
 		discard_all(a, aj);
 		goto out;
 	}
+	if (vm && hold_exports(a, vm->cfg, true)) {
+		snprintf(err, sizeof(err),
+			 "VM %s: a disk is receiving from the primary right now", j->vm);
+		ret = -EBUSY;
+		i = j->ndisks;
+		pthread_mutex_unlock(&a->lock);
+		goto stopped_nohold;
+	}
+	held = vm != NULL;
 	if (!j->started)
 		j->started = now_us();
 	j->running_since = now_us();
@@ -627,6 +665,7 @@ static void *runner(void *arg)
 	goto out_locked;
 
 stopped:
+stopped_nohold:
 	pthread_mutex_lock(&a->lock);
 	if (aj->stop && aj->stop_req) {
 		if (!handle_stop(a, aj)) {
@@ -641,11 +680,15 @@ stopped:
 		 j->phase == JOB_PHASE_SEND ? "comparison and copy" : "merge",
 		 i < j->ndisks ? j->disks[i].name : "-", err);
 out_locked:
+	if (held)
+		hold_exports(a, vm->cfg, false);
 	runner_exit(aj);
 	pthread_mutex_unlock(&a->lock);
 	return NULL;
 out:
 	pthread_mutex_lock(&a->lock);
+	if (held)
+		hold_exports(a, vm->cfg, false);
 	runner_exit(aj);
 	pthread_mutex_unlock(&a->lock);
 	return NULL;

@@ -57,6 +57,7 @@ struct export
 	bool vhdx;  /* as found when it was added */
 	bool blockdev;
 	bool busy;
+	bool held; /* server_hold_export(): refuse sessions */
 	dev_t dev; /* of the file while busy */
 	ino_t ino;
 };
@@ -475,6 +476,23 @@ int server_remove_export(struct server *srv, const char *name)
 		ret = 0;
 		break;
 	}
+	pthread_mutex_unlock(&srv->lock);
+	return ret;
+}
+
+int server_hold_export(struct server *srv, const char *name, bool hold)
+{
+	struct export *e;
+	int ret = 0;
+
+	pthread_mutex_lock(&srv->lock);
+	e = find_export(srv, name);
+	if (!e)
+		ret = -ENOENT;
+	else if (hold && e->busy)
+		ret = -EBUSY;
+	else
+		e->held = hold;
 	pthread_mutex_unlock(&srv->lock);
 	return ret;
 }
@@ -1709,7 +1727,7 @@ static int claim_export(struct session *s)
 		return send_error(s, PROTO_ERR_IO, "export %s: %s", e->name,
 				  strerror(ret));
 	}
-	busy = e->busy;
+	busy = e->busy || e->held;
 	for (o = s->srv->exports; o && !busy; o = o->next)
 		busy = o->busy && o->dev == st.st_dev && o->ino == st.st_ino;
 	if (busy) {

@@ -65,6 +65,11 @@ int server_add_export(struct server *s, const char *name, const char *path,
 /* Forget an export; -EBUSY while it is in a session, -ENOENT if unknown. */
 int server_remove_export(struct server *s, const char *name);
 /* 1 if export @name is in a session, 0 if not, -ENOENT if unknown. */
+/* Hold an export (HOLD true): new sessions on it get ERROR busy until it
+ * is released, so the agent can read a replica's disk for its own extended
+ * replication without a primary writing under it.  0, -EBUSY when a
+ * session has it now, or -ENOENT. */
+int server_hold_export(struct server *srv, const char *name, bool hold);
 int server_export_busy(struct server *s, const char *name);
 
 /* Bind the listener now (server_run does it otherwise), so the caller
