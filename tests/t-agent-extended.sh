@@ -93,6 +93,27 @@ check "recovery os.vhdx identical again" same p/os.vhdx r/os.vhdx
 hv r resync demo --wait >/dev/null 2>r.err
 check "then the 121 job runs and Completes ($(tail -n1 r.err))" test $? -eq 0
 check "extended os.vhdx identical at the end" same p/os.vhdx e/os.vhdx
+
+say "the primary cannot send into a replica disk while the replica's own 121 job reads it"
+stop_agent r
+start_agent r --bwlimit 4M || fail "recovery agent with --bwlimit"
+fill r/os.vhdx 8M 38M # make the 121 job long: the extended replica differs again
+cp r/os.vhdx r-before.vhdx
+expect_rv "the replica VM's resync (121, slow)" 4096 r demo
+JR=$JOB
+wait_percent r "$JR" 10 20 || fail "the 121 job makes progress"
+# the primary changes a block the 121 job has not read yet; without the
+# hold it would land on the recovery disk under the 121 job's reads
+fill p/os.vhdx 44M 1M # allocated on the recovery disk, read late by the 121 job
+expect_rv "primary resync while the replica's 121 job runs" 4096 p demo
+JP=$JOB
+wait_job r "$JR" 120 7 8 9 10 || fail "the 121 job finishes"
+check "the 121 job Completed" test "$(jobf r "$JR" JobState)" = 7
+check "  ... and sent the recovery disk as it was when it started (the primary waited)" \
+	same r-before.vhdx e/os.vhdx
+wait_job p "$JP" 90 7 8 9 10 || fail "the primary's job finishes"
+check "the primary's job Completed after the hold was released" test "$(jobf p "$JP" JobState)" = 7
+check "recovery os.vhdx identical to the primary's" same p/os.vhdx r/os.vhdx
 stop_agent p
 stop_agent r
 stop_agent e
