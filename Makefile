@@ -107,6 +107,8 @@ demo: deps
 
 bench: all
 	tools/bench/view-read
+	tools/bench/verify
+	tools/bench/resync
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
@@ -118,10 +120,12 @@ install: all
 	install -m 0644 docs/man/hvresync.8 $(DESTDIR)$(MANDIR)/man8/
 	if [ -f docs/man/hvresync.conf.5 ]; then \
 		install -m 0644 docs/man/hvresync.conf.5 $(DESTDIR)$(MANDIR)/man5/; fi
-	if ls tools/systemd/*.service >/dev/null 2>&1; then \
-		install -d $(DESTDIR)$(SYSTEMDDIR) && \
-		install -m 0644 tools/systemd/*.service tools/systemd/*.timer \
-			$(DESTDIR)$(SYSTEMDDIR)/ 2>/dev/null || true; fi
+	install -d $(DESTDIR)$(SYSTEMDDIR)
+	for u in tools/systemd/*.service tools/systemd/*.timer; do \
+		sed 's|@BINDIR@|$(BINDIR)|g' "$$u" \
+			>"$(DESTDIR)$(SYSTEMDDIR)/$${u##*/}" && \
+		chmod 0644 "$(DESTDIR)$(SYSTEMDDIR)/$${u##*/}" || exit 1; \
+	done
 
 clean:
 	rm -rf $(B)

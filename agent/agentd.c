@@ -37,6 +37,7 @@
 #include "agent/control.h"
 #include "agent/job.h"
 #include "agent/push.h"
+#include "uring/source.h"
 #include "agent/serve.h"
 #include "agent/vmstate.h"
 
@@ -382,6 +383,34 @@ static void on_progress(void *ctx, const struct push_stats *st)
 }
 
 /* One protocol session for disk @i of the job; called without the lock. */
+/* The logical sector size of the configured disk that D stands for, when
+ * the job reads D from somewhere else; 0 to let the source say. */
+static uint32_t configured_sector_size(struct agent *a, struct ajob *aj,
+				       const struct job_disk *d)
+{
+	const struct vm_config *vm;
+	struct ur_source *src;
+	char msg[512];
+	uint32_t lss = 0;
+	unsigned k;
+
+	pthread_mutex_lock(&a->lock);
+	vm = config_find_vm(&a->cfg, aj->j.vm);
+	for (k = 0; vm && k < vm->ndisks; k++)
+		if (!strcmp(config_basename(vm->disks[k]), d->name))
+			break;
+	if (!vm || k == vm->ndisks || !strcmp(vm->disks[k], d->path)) {
+		pthread_mutex_unlock(&a->lock);
+		return 0;
+	}
+	pthread_mutex_unlock(&a->lock);
+	if (ur_source_open(vm->disks[k], &src, msg, sizeof(msg)) == 0) {
+		lss = src->sector_size;
+		ur_source_close(src);
+	}
+	return lss;
+}
+
 static int session(struct ajob *aj, unsigned i, unsigned flags, char *err,
 		   size_t errlen)
 {
@@ -413,6 +442,9 @@ static int session(struct ajob *aj, unsigned i, unsigned flags, char *err,
 			 aj->j.vm, d->name, PROTO_NAME_MAX);
 		return -EINVAL;
 	}
+	/* A source given in place of the configured disk (a raw view from
+	 * mount-and-resync) announces the configured disk's sector size. */
+	p.sector_size = configured_sector_size(a, aj, d);
 	memset(&st, 0, sizeof(st));
 	pthread_mutex_lock(&a->lock);
 	aj->cur_disk = i;

@@ -46,5 +46,6 @@ int cmd_agent(int argc, char **argv);
 int cmd_resync(int argc, char **argv);
 int cmd_job(int argc, char **argv);
 int cmd_vm(int argc, char **argv);
+int cmd_mount_resync(int argc, char **argv);
 
 #endif

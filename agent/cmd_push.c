@@ -99,15 +99,10 @@ static void human(char *out, size_t len, uint64_t v)
 	snprintf(out, len, u ? "%.1f %s" : "%.0f %s", d, units[u]);
 }
 
-/* The JSON writer has integers only: write the whole seconds through it
- * and the fraction after them (it places separators lazily). */
 static void json_kv_seconds(struct json_writer *w, const char *key, double s)
 {
-	uint64_t ms = (uint64_t)(s * 1000 + 0.5);
-
-	json_kv_u64(w, key, ms / 1000);
-	if (!w->err)
-		fprintf(w->out, ".%03u", (unsigned)(ms % 1000));
+	json_key(w, key);
+	json_double(w, s, 3);
 }
 
 static const char *result_word(unsigned flags)

@@ -2,6 +2,7 @@
 /* json.c - streaming JSON writer with RFC 8259 string escaping. */
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <string.h>
 
 #include "agent/json.h"
@@ -285,6 +286,18 @@ void json_u64(struct json_writer *w, uint64_t v)
 	char buf[24];
 
 	snprintf(buf, sizeof(buf), "%" PRIu64, v);
+	scalar(w, buf);
+}
+
+void json_double(struct json_writer *w, double v, unsigned decimals)
+{
+	char buf[64];
+
+	if (!isfinite(v)) { /* JSON has no NaN or infinity */
+		json_null(w);
+		return;
+	}
+	snprintf(buf, sizeof(buf), "%.*f", decimals > 9 ? 9 : (int)decimals, v);
 	scalar(w, buf);
 }
 

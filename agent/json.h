@@ -58,6 +58,8 @@ void json_string_n(struct json_writer *w, const char *s, size_t len);
 void json_u64(struct json_writer *w, uint64_t v);
 void json_i64(struct json_writer *w, int64_t v);
 void json_bool(struct json_writer *w, bool v);
+/* A number with DECIMALS digits after the point (null if not finite). */
+void json_double(struct json_writer *w, double v, unsigned decimals);
 void json_null(struct json_writer *w);
 
 /* Key and value in one call, for the common flat members. */

@@ -32,6 +32,7 @@ static const struct command commands[] = {
 	{ "resync", cmd_resync, "resynchronize a VM through the agent (Hyper-V's Resynchronize)" },
 	{ "job", cmd_job, "list, show, cancel, suspend or resume the agent's jobs" },
 	{ "vm", cmd_vm, "list or show the agent's VMs and their replication state" },
+	{ "mount-and-resync", cmd_mount_resync, "mount a VM's disks as views, resync from them, check, unmount" },
 };
 
 static void print_help(FILE *f)

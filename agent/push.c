@@ -1066,7 +1066,10 @@ static int open_source(struct push *ps)
 	if (ret < 0)
 		return fail(ps, ret, "%s", msg);
 	ps->size = ps->src->size;
-	ps->sector = ps->src->sector_size;
+	ps->sector = ps->p->sector_size ? ps->p->sector_size : ps->src->sector_size;
+	if (ps->size % ps->sector)
+		return fail(ps, -EINVAL, "%s: size %" PRIu64 " is not a multiple of the %u-byte sector",
+			    ps->p->src, ps->size, ps->sector);
 	if (!ps->size || ps->size % PROTO_SECTOR)
 		return fail(ps, -EINVAL,
 			    "%s: size %" PRIu64 " is not a "

@@ -62,6 +62,9 @@ struct push_params {
 	uint64_t bwlimit;	/* bytes per second on sends; 0: none */
 	unsigned flags;		/* PUSH_* */
 	int timeout_ms;		/* connect and silence limit; 0: 60 s */
+	uint32_t sector_size;	/* logical sector size to announce; 0: the
+				 * source's (a raw view of a 4096-byte-sector
+				 * VHDX reads as 512 unless told) */
 	/* Checked often (atomic loads; set it with __atomic_store_n, also
 	 * from a signal handler); when it becomes non-zero the connection
 	 * is closed and push_disk() returns -ECANCELED (the recovery side
