@@ -1167,47 +1167,6 @@ static void json_probe(struct json_writer *w, const char *key,
 	json_object_end(w);
 }
 
-/* Copy a parsed JSON value to the writer. */
-static void write_jv(struct json_writer *w, const struct jv *v)
-{
-	size_t i;
-
-	switch (v->type) {
-	case JV_NULL:
-		json_null(w);
-		break;
-	case JV_BOOL:
-		json_bool(w, v->b);
-		break;
-	case JV_NUMBER:
-		if (v->is_int) {
-			json_i64(w, v->i);
-		} else {
-			char s[64];
-
-			snprintf(s, sizeof(s), "%.17g", v->num);
-			json_string(w, s);
-		}
-		break;
-	case JV_STRING:
-		json_string(w, v->s);
-		break;
-	case JV_ARRAY:
-		json_array_begin(w);
-		for (i = 0; i < v->n; i++)
-			write_jv(w, &v->items[i]);
-		json_array_end(w);
-		break;
-	case JV_OBJECT:
-		json_object_begin(w);
-		for (i = 0; i < v->n; i++) {
-			json_key(w, v->keys[i]);
-			write_jv(w, &v->items[i]);
-		}
-		json_object_end(w);
-		break;
-	}
-}
 
 /* The job as the agent shows it now (GetJob's Instance), or null. */
 static void json_instance(struct json_writer *w, struct mr *m)
@@ -1226,7 +1185,7 @@ static void json_instance(struct json_writer *w, struct mr *m)
 	}
 	json_key(w, "Instance");
 	if (inst)
-		write_jv(w, inst);
+		jv_write(w, inst);
 	else
 		json_null(w);
 	jv_free(reply);

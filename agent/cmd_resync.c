@@ -117,53 +117,12 @@ static int parse_opts(int argc, char **argv, struct opts *o, const char *usage,
 
 /* --- printing replies --- */
 
-static void write_jv(struct json_writer *w, const struct jv *v)
-{
-	size_t i;
-
-	switch (v->type) {
-	case JV_NULL:
-		json_null(w);
-		break;
-	case JV_BOOL:
-		json_bool(w, v->b);
-		break;
-	case JV_NUMBER:
-		if (v->is_int)
-			json_i64(w, v->i);
-		else {
-			char s[64];
-
-			snprintf(s, sizeof(s), "%.17g", v->num);
-			json_string(w, s);
-		}
-		break;
-	case JV_STRING:
-		json_string(w, v->s);
-		break;
-	case JV_ARRAY:
-		json_array_begin(w);
-		for (i = 0; i < v->n; i++)
-			write_jv(w, &v->items[i]);
-		json_array_end(w);
-		break;
-	case JV_OBJECT:
-		json_object_begin(w);
-		for (i = 0; i < v->n; i++) {
-			json_key(w, v->keys[i]);
-			write_jv(w, &v->items[i]);
-		}
-		json_object_end(w);
-		break;
-	}
-}
-
 static void print_json(const struct jv *v)
 {
 	struct json_writer w;
 
 	json_init(&w, stdout, 2);
-	write_jv(&w, v);
+	jv_write(&w, v);
 	if (json_end(&w))
 		die("stdout: cannot write");
 }
@@ -364,7 +323,7 @@ static int show_final_job(const struct opts *o, const char *id, unsigned rv_call
 		json_kv_u64(&w, "ReturnValue", rv_call);
 		json_kv_string(&w, "Job", id);
 		json_key(&w, "Instance");
-		write_jv(&w, inst);
+		jv_write(&w, inst);
 		json_object_end(&w);
 		if (json_end(&w))
 			die("stdout: cannot write");

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/json.h"
 #include "agent/jsonparse.h"
 
 #define MAX_DEPTH 64
@@ -387,4 +388,41 @@ const char *jv_type_name(enum jv_type t)
 	static const char *names[] = { "null", "boolean", "number", "string", "array", "object" };
 
 	return t <= JV_OBJECT ? names[t] : "?";
+}
+
+void jv_write(struct json_writer *w, const struct jv *v)
+{
+	size_t i;
+
+	switch (v->type) {
+	case JV_NULL:
+		json_null(w);
+		break;
+	case JV_BOOL:
+		json_bool(w, v->b);
+		break;
+	case JV_NUMBER:
+		if (v->is_int)
+			json_i64(w, v->i);
+		else
+			json_double(w, v->num, 6);
+		break;
+	case JV_STRING:
+		json_string(w, v->s);
+		break;
+	case JV_ARRAY:
+		json_array_begin(w);
+		for (i = 0; i < v->n; i++)
+			jv_write(w, &v->items[i]);
+		json_array_end(w);
+		break;
+	case JV_OBJECT:
+		json_object_begin(w);
+		for (i = 0; i < v->n; i++) {
+			json_key(w, v->keys[i]);
+			jv_write(w, &v->items[i]);
+		}
+		json_object_end(w);
+		break;
+	}
 }

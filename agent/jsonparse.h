@@ -33,4 +33,8 @@ void jv_free(struct jv *v);
 const struct jv *jv_get(const struct jv *obj, const char *key);
 const char *jv_type_name(enum jv_type t);
 
+struct json_writer;
+/* Write V through the JSON writer (agent/json.h). */
+void jv_write(struct json_writer *w, const struct jv *v);
+
 #endif
