@@ -16,50 +16,7 @@ STATE=$S/state
 SERVER_PID=
 trap 'stop_server; cleanup' EXIT
 
-make_key() {
-	"$HVRESYNC" keygen "$1" >/dev/null 2>&1 && [ -s "$1" ] && return 0
-	rm -f "$1"
-	python3 -c 'import os; print(os.urandom(32).hex())' >"$1"
-	chmod 600 "$1"
-}
-
-# start_server LOG ARGS...: serve on a free loopback port, set PORT.
-start_server() {
-	local log=$1 i skip
-	shift
-	skip=$(cat "$log" 2>/dev/null | wc -l)
-	"$HVRESYNC" serve --listen 127.0.0.1:0 --state-dir "$STATE" "$@" \
-		>>"$log" 2>&1 &
-	SERVER_PID=$!
-	for i in $(seq 100); do
-		PORT=$(tail -n +$((skip + 1)) "$log" |
-		       sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p')
-		[ -n "$PORT" ] && return 0
-		kill -0 "$SERVER_PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	fail "server did not start: $(tail -n 3 "$log")"
-	return 1
-}
-
-stop_server() {
-	[ -n "$SERVER_PID" ] || return 0
-	kill -TERM "$SERVER_PID" 2>/dev/null
-	timeout 20 tail --pid="$SERVER_PID" -f /dev/null 2>/dev/null ||
-		kill -KILL "$SERVER_PID" 2>/dev/null
-	wait "$SERVER_PID" 2>/dev/null
-	SERVER_PID=
-}
-
-kill_server() {
-	kill -KILL "$SERVER_PID" 2>/dev/null
-	wait "$SERVER_PID" 2>/dev/null
-	SERVER_PID=
-}
-
-jget() {
-	python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
-}
+. "$(dirname "$0")/helpers/serve.sh"
 
 # push_bg NAME SRC ARGS...: start a push in the background (PUSH_PID is
 # hvresync itself, for the signals; the test kills it within seconds).

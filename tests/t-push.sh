@@ -21,46 +21,9 @@ _loops=()
 trap 'stop_server; for l in "${_loops[@]:-}"; do [ -n "$l" ] && losetup -d "$l"; done; cleanup' EXIT
 
 # ---------------------------------------------------------------------------
-# helpers (t-push-crash.sh and t-push-security.sh carry the same few)
+# helpers
 
-make_key() {
-	"$HVRESYNC" keygen "$1" >/dev/null 2>&1 && [ -s "$1" ] && return 0
-	rm -f "$1"
-	python3 -c 'import os; print(os.urandom(32).hex())' >"$1"
-	chmod 600 "$1"
-}
-
-# start_server LOG ARGS...: serve on a free loopback port, set PORT.
-start_server() {
-	local log=$1 i
-	shift
-	"$HVRESYNC" serve --listen 127.0.0.1:0 --state-dir "$STATE" "$@" \
-		>"$log" 2>&1 &
-	SERVER_PID=$!
-	for i in $(seq 100); do
-		PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' \
-			"$log" | head -n1)
-		[ -n "$PORT" ] && return 0
-		kill -0 "$SERVER_PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	fail "server did not start: $(tail -n 3 "$log")"
-	return 1
-}
-
-stop_server() {
-	[ -n "$SERVER_PID" ] || return 0
-	kill -TERM "$SERVER_PID" 2>/dev/null
-	timeout 20 tail --pid="$SERVER_PID" -f /dev/null 2>/dev/null ||
-		kill -KILL "$SERVER_PID" 2>/dev/null
-	wait "$SERVER_PID" 2>/dev/null
-	SERVER_PID=
-}
-
-# jget FILE KEY: a member of the JSON object in FILE.
-jget() {
-	python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
-}
+. "$(dirname "$0")/helpers/serve.sh"
 
 # push NAME SRC ARGS...: push SRC to export NAME; JSON in $S/NAME.json,
 # stderr in $S/NAME.err, exit status in PUSH_RC.
