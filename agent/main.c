@@ -42,7 +42,7 @@ static void print_help(FILE *f)
 	fprintf(f, "usage: hvresync <command> [options] [args]\n\n");
 	fprintf(f, "commands:\n");
 	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-		fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+		fprintf(f, "  %-17s %s\n", commands[i].name, commands[i].summary);
 	fprintf(f, "\n'hvresync <command> --help' describes one command; "
 		   "see hvresync(8).\n");
 }
