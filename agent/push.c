@@ -878,37 +878,6 @@ static bool finish_ready(const struct push *ps)
 	return ps->finished;
 }
 
-/* Blocks below @block were never going to be compared: step over them. */
-static int skip_to(struct push *ps, uint64_t block)
-{
-	struct ur_block b;
-	int ret;
-
-	while (ps->next_block < block) {
-		if (stopping(ps))
-			return -ECANCELED;
-		ret = ur_stream_peek(ps->stream, &b);
-		if (ret < 0)
-			return fail(ps, ret, "%s", ur_engine_error(ps->eng));
-		if (ret == 0)
-			return fail(ps, -EIO,
-				    "internal error: the reader "
-				    "ended early");
-		if (b.zero && b.run > 1) {
-			uint64_t n = block - ps->next_block;
-
-			if (n > b.run)
-				n = b.run;
-			ur_stream_release(ps->stream, n);
-			ps->next_block += n;
-		} else {
-			ur_stream_release(ps->stream, 1);
-			ps->next_block++;
-		}
-	}
-	return 0;
-}
-
 static int compare_all(struct push *ps)
 {
 	uint64_t step = ps->window / 4 ? ps->window / 4 : 1;
@@ -1221,7 +1190,7 @@ static int start_engine(struct push *ps)
 	ret = ur_engine_new(&cfg, &ps->eng, msg, sizeof(msg));
 	if (ret < 0)
 		return fail(ps, ret, "%s: %s", ps->p->src, msg);
-	ret = ur_engine_add(ps->eng, ps->src, &ps->stream);
+	ret = ur_engine_add_from(ps->eng, ps->src, ps->resume_block, &ps->stream);
 	if (ret < 0)
 		return fail(ps, ret, "%s: %s", ps->p->src, strerror(-ret));
 	ret = ur_engine_start(ps->eng);
@@ -1341,6 +1310,7 @@ static int copy_session(struct push *ps)
 		ret = start_engine(ps);
 		if (ret < 0)
 			goto local_error;
+		ps->next_block = ps->resume_block; /* the reader starts there */
 	} else {
 		/* A complete held copy: nothing to read, only DONE. */
 		ps->next_block = ps->resume_block;
@@ -1353,9 +1323,7 @@ static int copy_session(struct push *ps)
 		return fail(ps, -ret, "cannot start a thread: %s",
 			    strerror(ret));
 	ps->rx_running = true;
-	ret = skip_to(ps, ps->resume_block);
-	if (!ret)
-		ret = compare_all(ps);
+	ret = compare_all(ps);
 	if (ret == -EPROTO)
 		send_error(ps, PROTO_ERR_PROTOCOL, ps->err);
 	if (ret < 0 && ps->eng && *ur_engine_error(ps->eng))

@@ -1065,7 +1065,7 @@ static void *tx_main(void *arg)
 	uint32_t cap =
 		s->window < PROTO_HASHES_MAX ? s->window : PROTO_HASHES_MAX;
 	uint8_t *ent = malloc((size_t)cap * PROTO_HASH_ENTRY_LEN);
-	uint64_t block = 0, limit, i, n;
+	uint64_t block = s->resume_block, limit, i, n; /* the reader starts there */
 	uint32_t nent = 0;
 	struct ur_block b;
 	int ret;
@@ -1073,22 +1073,6 @@ static void *tx_main(void *arg)
 	if (!ent) {
 		tx_fail(s, -ENOMEM, "out of memory");
 		goto out;
-	}
-	/* Blocks below the resume point were decided last time. */
-	while (block < s->resume_block) {
-		ret = ur_stream_peek(s->stream, &b);
-		if (ret <= 0)
-			goto read_error;
-		n = b.zero ? b.run : 1;
-		if (n > s->resume_block - block)
-			n = s->resume_block - block;
-		ur_stream_release(s->stream, n);
-		block += n;
-		pthread_mutex_lock(&s->lock);
-		ret = s->abort;
-		pthread_mutex_unlock(&s->lock);
-		if (ret)
-			goto out;
 	}
 	while (block < s->nblocks) {
 		pthread_mutex_lock(&s->lock);
@@ -1439,7 +1423,7 @@ static int start_engine(struct session *s)
 	if (ret < 0)
 		return send_error(s, PROTO_ERR_INTERNAL, "export %s: %s",
 				  s->name, msg);
-	ret = ur_engine_add(s->eng, s->src, &s->stream);
+	ret = ur_engine_add_from(s->eng, s->src, s->resume_block, &s->stream);
 	if (!ret)
 		ret = ur_engine_start(s->eng);
 	if (ret < 0)

@@ -235,6 +235,12 @@ int ur_engine_new(const struct ur_config *cfg, struct ur_engine **out,
 int ur_engine_add(struct ur_engine *e, struct ur_source *src,
 		  struct ur_stream **out)
 {
+	return ur_engine_add_from(e, src, 0, out);
+}
+
+int ur_engine_add_from(struct ur_engine *e, struct ur_source *src,
+		       uint64_t first_block, struct ur_stream **out)
+{
 	uint32_t bs = e->cfg.block_size;
 	struct ur_stream *s;
 	uint64_t q;
@@ -250,6 +256,12 @@ int ur_engine_add(struct ur_engine *e, struct ur_source *src,
 	s->src = src;
 	s->size = src->size;
 	s->nblocks = ur_block_count(src->size, bs);
+	if (first_block > s->nblocks) {
+		free(s);
+		return -EINVAL;
+	}
+	/* The cursor maps any position afresh: planning may start anywhere. */
+	s->plan_block = first_block;
 	ur_cursor_init(&s->cur, ur_source_map, src, src->size);
 	q = e->cfg.window / e->chunk_size;
 	if (q > e->cfg.queue_depth)

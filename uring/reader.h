@@ -89,6 +89,10 @@ int ur_engine_new(const struct ur_config *cfg, struct ur_engine **out,
  * own SRC, which must stay open until ur_engine_free(). */
 int ur_engine_add(struct ur_engine *e, struct ur_source *src,
 		  struct ur_stream **out);
+/* The same, streaming from block FIRST_BLOCK on (a resumed session reads
+ * nothing below it); blocks keep their indexes. */
+int ur_engine_add_from(struct ur_engine *e, struct ur_source *src,
+		       uint64_t first_block, struct ur_stream **out);
 /* Allocate and register the buffers and start the lanes. */
 int ur_engine_start(struct ur_engine *e);
 /* Stop the lanes, wait for reads in flight, free everything. */
