@@ -15,21 +15,7 @@
 #include <cmocka.h>
 
 #include "vhdx/internal.h"
-
-/* Bit at a time, reflected polynomial 0x82F63B78: slow but obviously right. */
-static uint32_t ref_crc32c(const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-	uint32_t crc = 0xFFFFFFFFu;
-	int k;
-
-	while (len--) {
-		crc ^= *p++;
-		for (k = 0; k < 8; k++)
-			crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
-	}
-	return ~crc;
-}
+#include "tests/unit/oracle.h"
 
 /* Deterministic pseudo-random bytes (xorshift32), so failures reproduce. */
 static void fill_random(uint8_t *p, size_t len, uint32_t seed)

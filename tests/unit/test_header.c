@@ -14,36 +14,9 @@
 #include <cmocka.h>
 
 #include "vhdx/internal.h"
+#include "tests/unit/oracle.h"
 
 #define HSIZE 4096
-
-static uint32_t ref_crc32c(const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-	uint32_t crc = 0xFFFFFFFFu;
-	int k;
-
-	while (len--) {
-		crc ^= *p++;
-		for (k = 0; k < 8; k++)
-			crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
-	}
-	return ~crc;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)v);
-	put32(p + 4, (uint32_t)(v >> 32));
-}
 
 /* Stored forms of three GUIDs, and their text. */
 static const uint8_t fw_le[16] = { 0x78, 0x56, 0x34, 0x12, 0xbc, 0x9a, 0xf0,

@@ -17,44 +17,13 @@
 #include <cmocka.h>
 
 #include "vhdx/internal.h"
+#include "tests/unit/oracle.h"
 
 #define SEC 4096u
 #define SMALL_LOG (16 * SEC)
 #define BIG_LOG (1024u * 1024u)
 
 /* --- byte-level helpers ------------------------------------------------ */
-
-static uint32_t ref_crc32c_update(uint32_t crc, const uint8_t *p, size_t len)
-{
-	int k;
-
-	while (len--) {
-		crc ^= *p++;
-		for (k = 0; k < 8; k++)
-			crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
-	}
-	return crc;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)v);
-	put32(p + 4, (uint32_t)(v >> 32));
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	       (uint32_t)p[3] << 24;
-}
 
 /* Two LogGuids, in their stored form. */
 static const uint8_t GUID_A[16] = { 0x10, 0x32, 0x54, 0x76, 0x98, 0xba,

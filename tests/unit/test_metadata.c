@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "vhdx/internal.h"
+#include "tests/unit/oracle.h"
 
 #define K 1024u
 #define M (1024u * 1024u)
@@ -35,26 +36,6 @@
 #define IS_USER 1u
 #define IS_VDISK 2u
 #define IS_REQ 4u
-
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)v);
-	put32(p + 4, (uint32_t)(v >> 32));
-}
 
 static unsigned hex(char c)
 {

@@ -25,6 +25,7 @@
 
 #include "agent/proto.h"
 #include "agent/tls.h"
+#include "tests/unit/oracle.h"
 
 /* ---- an independent writer of the documented wire layout ---------------- */
 
@@ -60,21 +61,6 @@ static void wbytes(struct wb *w, const void *p, size_t n)
 {
 	memcpy(w->b + w->n, p, n);
 	w->n += n;
-}
-
-/* Bit at a time, reflected 0x82F63B78: slow but obviously CRC-32C. */
-static uint32_t ref_crc32c(const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-	uint32_t crc = 0xFFFFFFFFu;
-	int k;
-
-	while (len--) {
-		crc ^= *p++;
-		for (k = 0; k < 8; k++)
-			crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
-	}
-	return ~crc;
 }
 
 /* Header bytes for a payload, per the table in docs/protocol.md. */

@@ -25,6 +25,7 @@
 #include <cmocka.h>
 
 #include "vhdx/internal.h"
+#include "tests/unit/oracle.h"
 
 #define MB (1024ull * 1024)
 
@@ -62,20 +63,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-static uint32_t ref_crc32c(const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-	uint32_t crc = 0xFFFFFFFFu;
-	int k;
-
-	while (len--) {
-		crc ^= *p++;
-		for (k = 0; k < 8; k++)
-			crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
-	}
-	return ~crc;
-}
-
 static uint64_t get64(const uint8_t *p)
 {
 	uint64_t v = 0;
@@ -84,12 +71,6 @@ static uint64_t get64(const uint8_t *p)
 	for (i = 7; i >= 0; i--)
 		v = v << 8 | p[i];
 	return v;
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	       (uint32_t)p[3] << 24;
 }
 
 static void read_file(const char *path, void *buf, size_t len, uint64_t off)
