@@ -24,24 +24,7 @@ MiB=$((1024 * 1024))
 STRACE=$(command -v strace || true)
 [ -n "$STRACE" ] || echo "note: strace not installed: only timed kills (install strace)"
 
-# verify DESC ORACLE IMAGE EXPECTED
-verify() {
-	local out=$S/read.raw
-	rm -f "$out"
-	if $M read "$2" "$3" "$out" && $M cmp "$out" "$4"; then
-		ok "$1: $2 reads the model"
-	else
-		fail "$1: $2 does not read the model"
-	fi
-	rm -f "$out"
-}
-
-io() {
-	if ! "$IO" "$@" >/dev/null 2>"$S/io.err"; then
-		fail "vhdx-io $*: $(tail -n1 "$S/io.err")"
-		return 1
-	fi
-}
+. "$(dirname "$0")/helpers/writer.sh"
 
 # merged DESC DIR CHILD: CHILD and its marker files are gone from DIR.
 merged() {

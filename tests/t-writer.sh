@@ -21,18 +21,7 @@ M="python3 $TOP/tests/helpers/writer_model.py"
 S=$SCRATCH
 MiB=$((1024 * 1024))
 
-# verify DESC ORACLE IMAGE EXPECTED: ORACLE (qemu, vhdi, cat) reads IMAGE
-# as EXPECTED; qemu also runs `qemu-img check` first.
-verify() {
-	local out=$S/read.raw
-	rm -f "$out"
-	if $M read "$2" "$3" "$out" && $M cmp "$out" "$4"; then
-		ok "$1: $2 reads the model"
-	else
-		fail "$1: $2 does not read the model"
-	fi
-	rm -f "$out"
-}
+. "$(dirname "$0")/helpers/writer.sh"
 
 # jget FILE KEY.PATH: a value from a JSON file.
 jget() {
@@ -41,14 +30,6 @@ d = json.load(open(sys.argv[1]))
 for k in sys.argv[2].split("."):
     d = d[int(k)] if k.isdigit() else d[k]
 print(d)' "$1" "$2"
-}
-
-# io IMAGE CMD...: vhdx-io, failing the test when it fails.
-io() {
-	if ! "$IO" "$@" >"$S/io.out" 2>"$S/io.err"; then
-		fail "vhdx-io $*: $(tail -n1 "$S/io.err")"
-		return 1
-	fi
 }
 
 fsize() { stat -c %s "$1"; }
