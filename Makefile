@@ -13,10 +13,16 @@ B := build
 CC ?= cc
 PKG_CONFIG ?= pkg-config
 PKGS := fuse3 liburing blkid libxxhash libssl libcrypto devmapper inih libzstd libsystemd
-PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
-CMOCKA_CFLAGS := $(shell $(PKG_CONFIG) --cflags cmocka 2>/dev/null)
-CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
+# A package pkg-config cannot find is an error, not an empty flag list.
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) || echo PKG_CONFIG_FAILED)
+PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) || echo PKG_CONFIG_FAILED)
+CMOCKA_CFLAGS := $(shell $(PKG_CONFIG) --cflags cmocka || echo PKG_CONFIG_FAILED)
+CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka || echo PKG_CONFIG_FAILED)
+ifneq ($(filter deps clean format,$(MAKECMDGOALS)),$(MAKECMDGOALS))
+ifneq ($(findstring PKG_CONFIG_FAILED,$(PKG_CFLAGS) $(PKG_LIBS) $(CMOCKA_CFLAGS) $(CMOCKA_LIBS)),)
+$(error pkg-config cannot find some of: $(PKGS) cmocka; run tools/install-deps (or make check, which does))
+endif
+endif
 
 CFLAGS ?= -O2 -g
 WARNINGS := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
@@ -26,24 +32,52 @@ SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all \
 	-fno-omit-frame-pointer
 LIBS := $(PKG_LIBS) -lpthread
 
-VHDX_SRC := $(sort $(wildcard vhdx/*.c))
-URING_SRC := $(sort $(wildcard uring/*.c))
-FUSE_SRC := $(sort $(wildcard fuse/*.c))
-AGENT_SRC := $(sort $(wildcard agent/*.c))
-LIB_SRC := $(VHDX_SRC) $(URING_SRC) $(FUSE_SRC)
+# Layers, lowest first.  Each builds one archive; a program links its own
+# layer and those below it, so an upward call fails to link.
+#   vhdx <- uring, fuse <- agent/lib <- agent/sync <- agent/daemon <- agent/cli
+LAYERS := vhdx uring fuse lib sync daemon cli
+DIR_vhdx := vhdx
+DIR_uring := uring
+DIR_fuse := fuse
+DIR_lib := agent/lib
+DIR_sync := agent/sync
+DIR_daemon := agent/daemon
+DIR_cli := agent/cli
+# What each layer may use, itself first (link order).
+BELOW_vhdx := vhdx
+BELOW_uring := uring vhdx
+BELOW_fuse := fuse vhdx
+BELOW_lib := lib vhdx
+BELOW_sync := sync lib uring vhdx
+BELOW_daemon := daemon sync lib uring vhdx
+BELOW_cli := cli daemon sync lib fuse uring vhdx
+
+SRC_OF = $(sort $(wildcard $(DIR_$(1))/*.c))
+ARCHIVE = $(B)/layers/$(1).a
+SAN_ARCHIVE = $(B)/san/layers/$(1).a
+ARCHIVES_BELOW = $(foreach l,$(BELOW_$(1)),$(call ARCHIVE,$(l)))
+SAN_ARCHIVES_BELOW = $(foreach l,$(BELOW_$(1)),$(call SAN_ARCHIVE,$(l)))
+
+# The layer each unit test belongs to (it links only that and below).
+UNIT_LAYER_vhdx := test_bat test_crc32c test_guid test_header test_log \
+	test_metadata test_region test_writer
+UNIT_LAYER_uring := test_reader
+UNIT_LAYER_lib := test_jsonparse
+UNIT_LAYER_sync := test_proto
+UNIT_LAYER_daemon := test_cimtime test_config test_job test_methods
+UNIT_LAYER_cli :=
+layer_of = $(strip $(foreach l,$(LAYERS),$(if $(filter $(1),$(UNIT_LAYER_$(l))),$(l))))
+
 UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 HELPER_SRC := $(sort $(wildcard tests/helpers/*.c))
-
-LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
-AGENT_OBJ := $(filter-out $(B)/obj/agent/main.o,$(AGENT_SRC:%.c=$(B)/obj/%.o))
-SAN_AGENT_OBJ := $(AGENT_OBJ:$(B)/obj/%=$(B)/san/obj/%)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 UNIT_SAN_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/san/tests/%)
-SAN_LIB_OBJ := $(LIB_SRC:%.c=$(B)/san/obj/%.o)
 HELPER_BIN := $(HELPER_SRC:tests/helpers/%.c=$(B)/helpers/%)
+ALL_ARCHIVES := $(call ARCHIVES_BELOW,cli)
+FUZZ_BIN := $(B)/fuzz/fuzz_frame
 
-.PHONY: all deps check unit unit-san integration demo install clean \
-	format bench
+.PHONY: all deps check check-layers unit unit-san integration demo install \
+	clean format bench fuzz
 
 all: $(B)/hvresync $(HELPER_BIN)
 
@@ -58,39 +92,50 @@ $(B)/san/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -MMD -MP -c -o $@ $<
 
-$(B)/libhvresync.a: $(LIB_OBJ)
-	@mkdir -p $(dir $@)
-	$(AR) rcs $@ $^
+define LAYER_RULES
+$(call ARCHIVE,$(1)): $(patsubst %.c,$(B)/obj/%.o,$(call SRC_OF,$(1)))
+	@mkdir -p $$(dir $$@)
+	rm -f $$@
+	$$(AR) rcs $$@ $$^
+$(call SAN_ARCHIVE,$(1)): $(patsubst %.c,$(B)/san/obj/%.o,$(call SRC_OF,$(1)))
+	@mkdir -p $$(dir $$@)
+	rm -f $$@
+	$$(AR) rcs $$@ $$^
+endef
+$(foreach l,$(LAYERS),$(eval $(call LAYER_RULES,$(l))))
 
-$(B)/san/libhvresync.a: $(SAN_LIB_OBJ)
-	@mkdir -p $(dir $@)
-	$(AR) rcs $@ $^
+# main.o is in the cli archive; the archives go top layer first.
+$(B)/hvresync: $(ALL_ARCHIVES)
+	$(CC) $(ALL_CFLAGS) -o $@ -Wl,--whole-archive $(call ARCHIVE,cli) \
+		-Wl,--no-whole-archive $(filter-out $(call ARCHIVE,cli),$^) $(LIBS)
 
-$(B)/libagent.a: $(AGENT_OBJ)
-	@mkdir -p $(dir $@)
-	$(AR) rcs $@ $^
+define UNIT_RULES
+$(B)/tests/$(1): tests/unit/$(1).c $(call ARCHIVES_BELOW,$(2))
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(ALL_CFLAGS) $$(CMOCKA_CFLAGS) -o $$@ $$< \
+		$(call ARCHIVES_BELOW,$(2)) $$(CMOCKA_LIBS) $$(LIBS)
+$(B)/san/tests/$(1): tests/unit/$(1).c $(call SAN_ARCHIVES_BELOW,$(2))
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(ALL_CFLAGS) $$(SAN_FLAGS) $$(CMOCKA_CFLAGS) -o $$@ $$< \
+		$(call SAN_ARCHIVES_BELOW,$(2)) $$(CMOCKA_LIBS) $$(LIBS)
+endef
+$(foreach t,$(UNIT_SRC:tests/unit/%.c=%),$(if $(call layer_of,$(t)),\
+	$(eval $(call UNIT_RULES,$(t),$(call layer_of,$(t)))),\
+	$(error tests/unit/$(t).c: name its layer in the Makefile's UNIT_LAYER_*)))
 
-$(B)/san/libagent.a: $(SAN_AGENT_OBJ)
+$(B)/helpers/%: tests/helpers/%.c $(ALL_ARCHIVES)
 	@mkdir -p $(dir $@)
-	$(AR) rcs $@ $^
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(filter-out %/cli.a,$(ALL_ARCHIVES)) $(LIBS)
 
-$(B)/hvresync: $(B)/obj/agent/main.o $(B)/libagent.a $(B)/libhvresync.a
-	$(CC) $(ALL_CFLAGS) -o $@ $(B)/obj/agent/main.o $(B)/libagent.a \
-		$(B)/libhvresync.a $(LIBS)
-
-$(B)/tests/%: tests/unit/%.c $(B)/libagent.a $(B)/libhvresync.a
+# libFuzzer targets (clang).  The frame decoder links without OpenSSL.
+FUZZ_CC ?= clang
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 \
+	-D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. $(WARNINGS)
+FUZZ_frame_SRC := tools/fuzz/fuzz_frame.c agent/sync/proto.c vhdx/crc32c.c
+fuzz: $(FUZZ_BIN)
+$(B)/fuzz/fuzz_frame: $(FUZZ_frame_SRC) $(wildcard agent/sync/*.h vhdx/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(CMOCKA_CFLAGS) -o $@ $< $(B)/libagent.a \
-		$(B)/libhvresync.a $(CMOCKA_LIBS) $(LIBS)
-
-$(B)/san/tests/%: tests/unit/%.c $(B)/san/libagent.a $(B)/san/libhvresync.a
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) $(CMOCKA_CFLAGS) -o $@ $< \
-		$(B)/san/libagent.a $(B)/san/libhvresync.a $(CMOCKA_LIBS) $(LIBS)
-
-$(B)/helpers/%: tests/helpers/%.c $(B)/libagent.a $(B)/libhvresync.a
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libagent.a $(B)/libhvresync.a $(LIBS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(FUZZ_frame_SRC) -lpthread
 
 unit: $(UNIT_BIN)
 unit-san: $(UNIT_SAN_BIN)

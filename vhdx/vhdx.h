@@ -308,4 +308,7 @@ typedef void (*vhdx_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 int vhdx_merge(const char *child, unsigned flags, vhdx_progress_fn progress,
 	       void *ctx, struct vhdx_error *err);
 
+int vhdx_fsync_dir(const char *dir);
+int vhdx_fsync_parent_dir(const char *path);
+
 #endif

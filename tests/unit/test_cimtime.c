@@ -8,7 +8,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "agent/cimtime.h"
+#include "agent/daemon/cimtime.h"
 
 /* 2026-11-24 18:30:00 UTC, worked out by hand: 20781 days after 1970-01-01
  * (56 years incl. 14 leap days = 20454, + 327 days to Nov 24) */

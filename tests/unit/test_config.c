@@ -14,7 +14,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "agent/config.h"
+#include "agent/daemon/config.h"
 
 static char dir[] = "/tmp/test_config.XXXXXX";
 static char path[600];

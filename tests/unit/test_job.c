@@ -17,9 +17,9 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "agent/cimtime.h"
-#include "agent/job.h"
-#include "agent/vmstate.h"
+#include "agent/daemon/cimtime.h"
+#include "agent/daemon/job.h"
+#include "agent/daemon/vmstate.h"
 
 /* --- the state machine --- */
 

@@ -13,8 +13,8 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "agent/json.h"
-#include "agent/jsonparse.h"
+#include "agent/lib/json.h"
+#include "agent/lib/jsonparse.h"
 
 static struct jv *ok(const char *text)
 {

@@ -23,8 +23,8 @@
 
 #include <cmocka.h>
 
-#include "agent/proto.h"
-#include "agent/tls.h"
+#include "agent/sync/proto.h"
+#include "agent/sync/tls.h"
 #include "tests/unit/oracle.h"
 
 /* ---- an independent writer of the documented wire layout ---------------- */

@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cmd_serve.c - `hvresync serve`: the recovery side of `hvresync push`
+ * as a foreground server.  The work is the server library
+ * (agent/serve.c); this file is options and signals.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/cli/cli.h"
+#include "agent/sync/push.h"
+#include "agent/sync/serve.h"
+
+static const char serve_usage[] =
+	"hvresync serve [--listen ADDR:PORT] --export NAME=PATH ...\n"
+	"                      [--psk-file F | --cert C --key K --ca CA | "
+	"--insecure]\n"
+	"                      [--state-dir DIR] [--window N] "
+	"[--max-sessions N]";
+
+static const char serve_help[] =
+	"Serve recovery disks to 'hvresync push'.  Each --export names a\n"
+	"disk (a VHDX, raw image or block device); clients ask for it by\n"
+	"that name only.  A VHDX export receives data in a differencing\n"
+	"child next to it (IMAGE.hvresync.avhdx), merged when a push\n"
+	"completes, so a cancelled or failed push leaves it unchanged and\n"
+	"the next one resumes.  Raw exports are written in place.\n"
+	"\n"
+	"  --listen ADDR:PORT  where to listen (default 0.0.0.0:7433)\n"
+	"  --export NAME=PATH  a disk to serve (any number; NAME may hold\n"
+	"                      ':' but not '/' or '=')\n"
+	"  --psk-file F        pre-shared key file (64 hex digits, mode 0600)\n"
+	"  --cert C --key K --ca CA\n"
+	"                      X.509 instead of a pre-shared key\n"
+	"  --insecure          plain TCP, loopback addresses only (tests)\n"
+	"  --state-dir DIR     where progress is recorded for resume\n"
+	"                      (default " SERVER_DEFAULT_STATE_DIR ")\n"
+	"  --window N          flow-control window in bytes (default 8M)\n"
+	"  --max-sessions N    sessions at once (default 16)\n"
+	"\n"
+	"Runs until SIGINT or SIGTERM; sessions in progress are stopped and\n"
+	"keep their progress.  Exit status: 0 after a signal, 2 on error.\n";
+
+static struct server *the_server;
+
+static void on_signal(int sig)
+{
+	int e = errno;
+
+	(void)sig;
+	if (the_server)
+		server_stop(the_server);
+	errno = e;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"listen", required_argument, NULL, 'l'},
+		{"export", required_argument, NULL, 'e'},
+		{"psk-file", required_argument, NULL, 'p'},
+		{"cert", required_argument, NULL, 'C'},
+		{"key", required_argument, NULL, 'K'},
+		{"ca", required_argument, NULL, 'A'},
+		{"insecure", no_argument, NULL, 'I'},
+		{"state-dir", required_argument, NULL, 's'},
+		{"window", required_argument, NULL, 'w'},
+		{"max-sessions", required_argument, NULL, 'n'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *psk = NULL, *cert = NULL, *key = NULL, *ca = NULL;
+	struct server_config cfg;
+	struct sigaction sa;
+	struct server *srv;
+	char **exports = NULL, err[1024];
+	bool insecure = false;
+	int c, i, nexp = 0, ret, rc = EXIT_ERROR;
+	uint64_t v;
+
+	memset(&cfg, 0, sizeof(cfg));
+	exports = calloc((size_t)argc + 1, sizeof(*exports));
+	if (!exports)
+		die("out of memory");
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'l': cfg.listen = optarg; break;
+		case 'e': exports[nexp++] = optarg; break;
+		case 'p': psk = optarg; break;
+		case 'C': cert = optarg; break;
+		case 'K': key = optarg; break;
+		case 'A': ca = optarg; break;
+		case 'I': insecure = true; break;
+		case 's': cfg.state_dir = optarg; break;
+		case 'w':
+			if (parse_size(optarg, &v) < 0 || v < 4096 ||
+			    v > (256u << 20)) {
+				error_msg("--window: '%s' is not a size from "
+					  "4K to 256M",
+					  optarg);
+				goto out;
+			}
+			cfg.window_bytes = v;
+			break;
+		case 'n':
+			if (parse_size(optarg, &v) < 0 || v < 1 || v > 1024) {
+				error_msg(
+					"--max-sessions: '%s' is not a number "
+					"from 1 to 1024",
+					optarg);
+				goto out;
+			}
+			cfg.max_sessions = (unsigned)v;
+			break;
+		case 'h':
+			printf("usage: %s\n\n%s", serve_usage, serve_help);
+			rc = EXIT_OK;
+			goto out;
+		default:
+			if (optopt)
+				error_msg("serve: option '%s' needs a value or "
+					  "is unknown; see 'hvresync serve "
+					  "--help'",
+					  argv[optind - 1]);
+			else
+				error_msg("serve: unknown option '%s'; see "
+					  "'hvresync serve --help'",
+					  argv[optind - 1]);
+			goto out;
+		}
+	}
+	if (optind != argc) {
+		fprintf(stderr, "usage: %s\n", serve_usage);
+		goto out;
+	}
+	if (!nexp) {
+		error_msg("serve: no disks to serve: give --export NAME=PATH");
+		goto out;
+	}
+	if (push_security_config(&cfg.tls, psk, cert, key, ca, insecure, err,
+				 sizeof(err)) < 0) {
+		error_msg("%s", err);
+		goto out;
+	}
+	srv = server_new(&cfg, err, sizeof(err));
+	memset(cfg.tls.psk, 0, sizeof(cfg.tls.psk));
+	if (!srv) {
+		error_msg("%s", err);
+		goto out;
+	}
+	for (i = 0; i < nexp; i++) {
+		char *eq = strchr(exports[i], '=');
+
+		if (!eq || eq == exports[i] || !eq[1]) {
+			error_msg("--export: '%s' is not NAME=PATH",
+				  exports[i]);
+			goto out_srv;
+		}
+		*eq = '\0';
+		ret = server_add_export(srv, exports[i], eq + 1, err,
+					sizeof(err));
+		*eq = '=';
+		if (ret < 0) {
+			error_msg("--export: %s", err);
+			goto out_srv;
+		}
+	}
+	if (server_listen(srv, err, sizeof(err)) < 0) {
+		error_msg("%s", err);
+		goto out_srv;
+	}
+	the_server = srv;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	ret = server_run(srv);
+	the_server = NULL;
+	rc = ret < 0 ? EXIT_ERROR : EXIT_OK;
+out_srv:
+	server_free(srv);
+out:
+	free(exports);
+	return rc;
+}

@@ -1,0 +1,421 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cmd_verify.c - `hvresync verify`: compare two virtual disks block by
+ * block (each a VHDX, raw image, block device or FUSE raw view) and report
+ * where they differ.
+ *
+ * Both disks are read at once by the io_uring reader; blocks that are
+ * unallocated or zero on both sides are never read.  The differing blocks
+ * are merged into extents as they are found and printed straight away, so
+ * memory does not grow with the disk or with the number of differences.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/cli/cli.h"
+#include "agent/lib/json.h"
+#include "agent/cli/progress.h"
+#include "uring/reader.h"
+
+static const char verify_usage[] =
+	"hvresync verify [--json] [--block-size N] [--hash xxh3|sha256]\n"
+	"                       [--queue-depth N] [--threads N] [--direct] A B";
+
+static const char verify_help[] =
+	"Compare two disks block by block and report where they differ.\n"
+	"A and B are each a VHDX (by its 'vhdxfile' signature), a raw image,\n"
+	"a block device or a raw view from 'hvresync mount'.\n"
+	"\n"
+	"  --json            print one JSON object on stdout\n"
+	"  --block-size N    compare block: a power of two from 4K to 4M\n"
+	"                    (default 64K)\n"
+	"  --hash H          xxh3 (XXH3-128 with a random per-run seed, the\n"
+	"                    default) or sha256\n"
+	"  --queue-depth N   reads in flight per disk (default 16)\n"
+	"  --threads N       reading and hashing threads (default: CPUs)\n"
+	"  --direct          read with O_DIRECT where the offsets allow it\n"
+	"\n"
+	"Exit status: 0 identical, 1 different, 2 error.\n";
+
+struct side {
+	const char *name; /* "A" or "B" */
+	struct ur_source *src;
+	struct ur_stream *st;
+	struct ur_stream_stats stats;
+};
+
+struct verify {
+	bool json;
+	uint32_t bs;
+	struct ur_config cfg;
+	struct side s[2];
+	struct ur_engine *e;
+	struct json_writer w;
+	struct progress bar;
+	struct ur_acc acc;
+	uint64_t size;
+	uint64_t compared, skipped, different;
+	double seconds;
+};
+
+static void human(char *out, size_t len, uint64_t v)
+{
+	static const char *units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+	double d = (double)v;
+	unsigned u = 0;
+
+	while (d >= 1024 && u < sizeof(units) / sizeof(units[0]) - 1) {
+		d /= 1024;
+		u++;
+	}
+	snprintf(out, len, u ? "%.1f %s" : "%.0f %s", d, units[u]);
+}
+
+static void emit_extent(struct verify *v, const struct ur_range *r)
+{
+	char off[32], len[32];
+
+	if (v->json) {
+		json_object_begin(&v->w);
+		json_kv_u64(&v->w, "offset", r->off);
+		json_kv_u64(&v->w, "length", r->len);
+		json_object_end(&v->w);
+		return;
+	}
+	progress_clear(&v->bar);
+	human(off, sizeof(off), r->off);
+	human(len, sizeof(len), r->len);
+	printf("differ offset=%" PRIu64 " length=%" PRIu64 " (at %s, %s)\n",
+	       r->off, r->len, off, len);
+}
+
+static void json_side(struct json_writer *w, const char *key,
+		      const struct side *s)
+{
+	json_key(w, key);
+	json_object_begin(w);
+	json_kv_string(w, "path", s->src->path);
+	json_kv_string(w, "type", ur_source_type_name(s->src->type));
+	json_kv_u64(w, "virtual_size", s->src->size);
+	json_kv_u64(w, "logical_sector_size", s->src->sector_size);
+	json_object_end(w);
+}
+
+/* Bytes in N blocks from block INDEX on, the disk's short end included. */
+static uint64_t span_bytes(const struct verify *v, uint64_t index, uint64_t n)
+{
+	return ur_clip(v->size, index * v->bs, n * v->bs);
+}
+
+static int compare(struct verify *v)
+{
+	struct ur_block a, b;
+	struct ur_range r;
+	uint64_t next_draw = 0;
+	int ra, rb;
+
+	ur_acc_init(&v->acc);
+	for (;;) {
+		uint64_t n = 1;
+
+		ra = ur_stream_peek(v->s[0].st, &a);
+		if (ra < 0)
+			return ra;
+		rb = ur_stream_peek(v->s[1].st, &b);
+		if (rb < 0)
+			return rb;
+		if (!ra || !rb) {
+			if (ra != rb)
+				goto out_of_step;
+			break;
+		}
+		if (a.index != b.index || a.len != b.len)
+			goto out_of_step;
+		if (a.zero && b.zero) {
+			n = a.run < b.run ? a.run : b.run;
+			v->skipped += span_bytes(v, a.index, n);
+		} else {
+			v->compared += a.len;
+			if (!ur_hash_equal(&a.hash, &b.hash)) {
+				v->different += a.len;
+				if (ur_acc_add(&v->acc, a.off, a.len, &r))
+					emit_extent(v, &r);
+			}
+		}
+		ur_stream_release(v->s[0].st, n);
+		ur_stream_release(v->s[1].st, n);
+		if (v->compared + v->skipped >= next_draw) {
+			progress_update(&v->bar, v->compared + v->skipped);
+			next_draw = v->compared + v->skipped + (64u << 20);
+		}
+	}
+	if (ur_acc_flush(&v->acc, &r))
+		emit_extent(v, &r);
+	return 0;
+
+out_of_step:
+	return -EPROTO;
+}
+
+static void print_summary(struct verify *v)
+{
+	char c[32], s[32], d[32], ra[32], rb[32], rate[32];
+	uint64_t total = v->s[0].stats.bytes_read + v->s[1].stats.bytes_read;
+	uint64_t bps = v->seconds > 0 ? (uint64_t)(total / v->seconds) : 0;
+	uint64_t vps = v->seconds > 0 ? (uint64_t)(v->size / v->seconds) : 0;
+	bool same = v->different == 0;
+
+	if (v->json) {
+		json_kv_bool(&v->w, "identical", same);
+		json_kv_u64(&v->w, "bytes_compared", v->compared);
+		json_kv_u64(&v->w, "bytes_skipped", v->skipped);
+		json_kv_u64(&v->w, "bytes_different", v->different);
+		json_kv_u64(&v->w, "extent_count", v->acc.count);
+		json_kv_u64(&v->w, "bytes_read_a", v->s[0].stats.bytes_read);
+		json_kv_u64(&v->w, "bytes_read_b", v->s[1].stats.bytes_read);
+		/* The writer has no floats; milliseconds are enough. */
+		json_kv_u64(&v->w, "milliseconds",
+			    (uint64_t)(v->seconds * 1000 + 0.5));
+		json_kv_u64(&v->w, "throughput_bytes_per_second", bps);
+		json_kv_u64(&v->w, "virtual_bytes_per_second", vps);
+		json_kv_bool(&v->w, "io_uring", ur_engine_uses_io_uring(v->e));
+		json_object_end(&v->w);
+		return;
+	}
+	human(c, sizeof(c), v->compared);
+	human(s, sizeof(s), v->skipped);
+	human(d, sizeof(d), v->different);
+	human(ra, sizeof(ra), v->s[0].stats.bytes_read);
+	human(rb, sizeof(rb), v->s[1].stats.bytes_read);
+	human(rate, sizeof(rate), bps);
+	printf("bytes compared:  %" PRIu64 " (%s)\n", v->compared, c);
+	printf("bytes skipped:   %" PRIu64 " (%s, unallocated or zero on "
+	       "both sides)\n", v->skipped, s);
+	printf("bytes different: %" PRIu64 " (%s in %" PRIu64 " extent%s)\n",
+	       v->different, d, v->acc.count, v->acc.count == 1 ? "" : "s");
+	printf("read %s from A and %s from B in %.2f s (%s/s)\n", ra, rb,
+	       v->seconds, rate);
+	printf("%s\n", same ? "identical" : "differ");
+}
+
+static int open_side(struct side *s, const char *name, const char *path)
+{
+	char err[1024];
+	int ret;
+
+	s->name = name;
+	ret = ur_source_open(path, &s->src, err, sizeof(err));
+	if (ret < 0)
+		error_msg("%s", err);
+	return ret;
+}
+
+static int parse_block_size(const char *arg, uint32_t *out)
+{
+	uint64_t v;
+
+	if (parse_size(arg, &v) < 0) {
+		error_msg("--block-size: '%s' is not a size (try 64K)", arg);
+		return -EINVAL;
+	}
+	if (!ur_is_pow2(v) || v < UR_MIN_BLOCK || v > UR_MAX_BLOCK) {
+		error_msg("--block-size: %s is not a power of two from 4K to "
+			  "4M", arg);
+		return -EINVAL;
+	}
+	*out = (uint32_t)v;
+	return 0;
+}
+
+static int parse_count(const char *opt, const char *arg, unsigned max,
+		       unsigned *out)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(arg, &end, 10);
+	if (errno || end == arg || *end || v < 1 || v > max) {
+		error_msg("%s: '%s' is not a number from 1 to %u", opt, arg,
+			  max);
+		return -EINVAL;
+	}
+	*out = (unsigned)v;
+	return 0;
+}
+
+/* Whether getopt_long's '?' was for a known option lacking its value. */
+static bool needs_value(const struct option *opts, int opt)
+{
+	for (; opts->name; opts++)
+		if (opts->val == opt && opts->has_arg == required_argument)
+			return true;
+	return false;
+}
+
+int cmd_verify(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "block-size", required_argument, NULL, 'b' },
+		{ "hash", required_argument, NULL, 'H' },
+		{ "queue-depth", required_argument, NULL, 'q' },
+		{ "threads", required_argument, NULL, 't' },
+		{ "direct", no_argument, NULL, 'd' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct verify v;
+	char err[1024];
+	double start;
+	int c, i, ret, rc = EXIT_ERROR;
+
+	memset(&v, 0, sizeof(v));
+	v.cfg.block_size = UR_DEFAULT_BLOCK;
+	v.cfg.hash = UR_HASH_XXH3_128;
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			v.json = true;
+			break;
+		case 'b':
+			if (parse_block_size(optarg, &v.cfg.block_size) < 0)
+				return EXIT_ERROR;
+			break;
+		case 'H':
+			if (ur_hash_parse(optarg, &v.cfg.hash) < 0) {
+				error_msg("--hash: '%s' is not a known hash "
+					  "(xxh3 or sha256)", optarg);
+				return EXIT_ERROR;
+			}
+			break;
+		case 'q':
+			if (parse_count("--queue-depth", optarg, 1024,
+					&v.cfg.queue_depth) < 0)
+				return EXIT_ERROR;
+			break;
+		case 't':
+			if (parse_count("--threads", optarg, 64,
+					&v.cfg.threads) < 0)
+				return EXIT_ERROR;
+			break;
+		case 'd':
+			v.cfg.direct = true;
+			break;
+		case 'h':
+			printf("usage: %s\n\n%s", verify_usage, verify_help);
+			return EXIT_OK;
+		default:
+			if (needs_value(opts, optopt))
+				error_msg("verify: option '%s' needs a value; "
+					  "see 'hvresync verify --help'",
+					  argv[optind - 1]);
+			else
+				error_msg("verify: unknown option '%s'; see "
+					  "'hvresync verify --help'",
+					  argv[optind - 1]);
+			return EXIT_ERROR;
+		}
+	}
+	if (argc - optind != 2)
+		usage_die(verify_usage);
+	v.bs = v.cfg.block_size;
+	v.cfg.window = 0;
+
+	if (open_side(&v.s[0], "A", argv[optind]) < 0 ||
+	    open_side(&v.s[1], "B", argv[optind + 1]) < 0)
+		goto out;
+	if (v.s[0].src->size != v.s[1].src->size ||
+	    v.s[0].src->sector_size != v.s[1].src->sector_size) {
+		error_msg("%s and %s differ in geometry: A has virtual size "
+			  "%" PRIu64 " and logical sector size %u, B has "
+			  "virtual size %" PRIu64 " and logical sector size %u",
+			  v.s[0].src->path, v.s[1].src->path,
+			  v.s[0].src->size, v.s[0].src->sector_size,
+			  v.s[1].src->size, v.s[1].src->sector_size);
+		goto out;
+	}
+	v.size = v.s[0].src->size;
+
+	ret = ur_engine_new(&v.cfg, &v.e, err, sizeof(err));
+	if (ret < 0) {
+		error_msg("verify: %s", err);
+		goto out;
+	}
+	for (i = 0; i < 2; i++) {
+		ret = ur_engine_add(v.e, v.s[i].src, &v.s[i].st);
+		if (ret < 0) {
+			error_msg("verify: %s: %s", v.s[i].src->path,
+				  strerror(-ret));
+			goto out;
+		}
+	}
+	start = progress_now();
+	ret = ur_engine_start(v.e);
+	if (ret < 0) {
+		error_msg("verify: %s", ur_engine_error(v.e));
+		goto out;
+	}
+	if (v.json) {
+		json_init(&v.w, stdout, 2);
+		json_object_begin(&v.w);
+		json_side(&v.w, "a", &v.s[0]);
+		json_side(&v.w, "b", &v.s[1]);
+		json_kv_u64(&v.w, "virtual_size", v.size);
+		json_kv_u64(&v.w, "block_size", v.bs);
+		json_kv_string(&v.w, "hash", ur_hash_name(v.cfg.hash));
+		json_key(&v.w, "extents");
+		json_array_begin(&v.w);
+	}
+	progress_init(&v.bar, "verify", v.size);
+	ret = compare(&v);
+	progress_finish(&v.bar);
+	if (ret < 0) {
+		/* The reader's message names the file and offset. */
+		const char *why = ur_engine_error(v.e);
+
+		if (!*why)
+			why = ret == -EPROTO ? "internal error: the two "
+					       "disks' blocks came out of step" :
+					       strerror(-ret);
+
+		error_msg("%s", why);
+		if (v.json) {
+			/* Close the document: what was found so far, and
+			 * why it stopped (the exit status still says 2). */
+			json_array_end(&v.w);
+			json_kv_string(&v.w, "error", why);
+			json_object_end(&v.w);
+			json_end(&v.w);
+			fflush(stdout);
+		}
+		goto out;
+	}
+	v.seconds = progress_now() - start;
+	ur_stream_stats(v.s[0].st, &v.s[0].stats);
+	ur_stream_stats(v.s[1].st, &v.s[1].stats);
+	if (v.json)
+		json_array_end(&v.w);
+	print_summary(&v);
+	if (v.json && json_end(&v.w) < 0) {
+		error_msg("verify: cannot write the JSON output");
+		goto out;
+	}
+	if (fflush(stdout) == EOF || ferror(stdout)) {
+		error_msg("verify: cannot write to stdout: %s",
+			  strerror(errno));
+		goto out;
+	}
+	rc = v.different ? EXIT_DIFFER : EXIT_OK;
+out:
+	ur_engine_free(v.e);
+	ur_source_close(v.s[0].src);
+	ur_source_close(v.s[1].src);
+	return rc;
+}

@@ -1,0 +1,679 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * job.c - the resynchronization job model: CIM_ConcreteJob's state
+ * machine, names, JSON form and crash-safe persistence (see job.h).
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agent/daemon/cimtime.h"
+#include "agent/daemon/job.h"
+
+unsigned job_transition(unsigned current, unsigned requested, unsigned *next)
+{
+	*next = current;
+	switch (requested) {
+	case REQ_START:
+	case REQ_SUSPEND:
+	case REQ_TERMINATE:
+	case REQ_KILL:
+		break;
+	case REQ_SERVICE:
+		return RSC_NOT_SUPPORTED;
+	default:
+		return RSC_INVALID_PARAMETER;
+	}
+	if (job_state_final(current))
+		return RSC_INVALID_TRANSITION;
+
+	switch (requested) {
+	case REQ_START:
+		switch (current) {
+		case JS_SUSPENDED:
+			*next = JS_RUNNING;
+			return RSC_STARTED;
+		case JS_NEW:
+		case JS_STARTING:
+		case JS_RUNNING:
+			return RSC_OK;
+		}
+		return RSC_INVALID_TRANSITION;
+	case REQ_SUSPEND:
+		switch (current) {
+		case JS_STARTING:
+		case JS_RUNNING:
+			*next = JS_SUSPENDED;
+			return RSC_STARTED;
+		case JS_SUSPENDED:
+			return RSC_OK;
+		}
+		return RSC_INVALID_TRANSITION;
+	case REQ_TERMINATE:
+		switch (current) {
+		case JS_NEW:
+			*next = JS_TERMINATED;
+			return RSC_OK;
+		case JS_STARTING:
+		case JS_RUNNING:
+		case JS_SUSPENDED:
+		case JS_SHUTTING_DOWN:
+			*next = JS_SHUTTING_DOWN;
+			return RSC_STARTED;
+		}
+		return RSC_INVALID_TRANSITION;
+	case REQ_KILL:
+		switch (current) {
+		case JS_NEW:
+			*next = JS_KILLED;
+			return RSC_OK;
+		case JS_STARTING:
+		case JS_RUNNING:
+		case JS_SUSPENDED:
+		case JS_SHUTTING_DOWN:
+			*next = JS_SHUTTING_DOWN;
+			return RSC_STARTED;
+		}
+		return RSC_INVALID_TRANSITION;
+	}
+	return RSC_INVALID_PARAMETER;
+}
+
+bool job_state_final(unsigned s)
+{
+	return s == JS_COMPLETED || s == JS_TERMINATED || s == JS_KILLED ||
+	       s == JS_EXCEPTION || s == JS_COMPLETED_WARNINGS;
+}
+
+const char *job_state_name(unsigned s)
+{
+	switch (s) {
+	case JS_NEW: return "New";
+	case JS_STARTING: return "Starting";
+	case JS_RUNNING: return "Running";
+	case JS_SUSPENDED: return "Suspended";
+	case JS_SHUTTING_DOWN: return "Shutting Down";
+	case JS_COMPLETED: return "Completed";
+	case JS_TERMINATED: return "Terminated";
+	case JS_KILLED: return "Killed";
+	case JS_EXCEPTION: return "Exception";
+	case JS_SERVICE: return "Service";
+	case JS_COMPLETED_WARNINGS: return "Completed with warnings";
+	}
+	return "Unknown";
+}
+
+const char *job_type_name(unsigned t)
+{
+	switch (t) {
+	case JT_RESYNC: return "Resynchronizing";
+	case JT_STOP_RESYNC: return "Stop resynchronizing";
+	case JT_RESYNC_EXTENDED: return "Resynchronizing extended replication";
+	}
+	return "Unknown";
+}
+
+const char *rv_name(unsigned rv)
+{
+	switch (rv) {
+	case RV_OK: return "Completed with no error";
+	case RV_JOB_STARTED: return "Method parameters checked, job started";
+	case RV_FAILED: return "Failed";
+	case RV_ACCESS_DENIED: return "Access denied";
+	case RV_NOT_SUPPORTED: return "Not supported";
+	case RV_UNKNOWN: return "Status is unknown";
+	case RV_TIMEOUT: return "Timeout";
+	case RV_INVALID_PARAMETER: return "Invalid parameter";
+	case RV_IN_USE: return "System is in use";
+	case RV_INVALID_STATE: return "Invalid state for this operation";
+	case RV_BAD_TYPE: return "Incorrect data type";
+	case RV_NOT_AVAILABLE: return "System is not available";
+	case RV_NO_MEMORY: return "Out of memory";
+	case RV_NOT_FOUND: return "File not found";
+	}
+	return "Unknown return value";
+}
+
+const char *rsc_name(unsigned rv)
+{
+	switch (rv) {
+	case RSC_OK: return "Completed with no error";
+	case RSC_NOT_SUPPORTED: return "Not supported";
+	case RSC_UNKNOWN: return "Unknown or unspecified error";
+	case RSC_TIMEOUT: return "Cannot complete within timeout period";
+	case RSC_FAILED: return "Failed";
+	case RSC_INVALID_PARAMETER: return "Invalid parameter";
+	case RSC_IN_USE: return "In use";
+	case RSC_STARTED: return "Method parameters checked, transition started";
+	case RSC_INVALID_TRANSITION: return "Invalid state transition";
+	case RSC_TIMEOUT_UNSUPPORTED: return "Use of timeout parameter not supported";
+	case RSC_BUSY: return "Busy";
+	}
+	/* the control API answers type and access errors with 327xx */
+	return rv_name(rv);
+}
+
+static const char *const phase_names[] = {
+	[JOB_PHASE_CHECK] = "check",
+	[JOB_PHASE_SEND] = "send",
+	[JOB_PHASE_MERGE] = "merge",
+	[JOB_PHASE_DISCARD] = "discard",
+	[JOB_PHASE_DONE] = "done",
+};
+
+const char *job_phase_name(enum job_phase p)
+{
+	if ((unsigned)p < sizeof(phase_names) / sizeof(phase_names[0]))
+		return phase_names[p];
+	return "unknown";
+}
+
+int job_new_id(char out[JOB_ID_LEN])
+{
+	uint8_t b[16];
+	size_t got = 0;
+	ssize_t n;
+
+	while (got < sizeof(b)) {
+		n = getrandom(b + got, sizeof(b) - got, 0);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		got += (size_t)n;
+	}
+	b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* version 4, RFC 4122 */
+	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+	snprintf(out, JOB_ID_LEN,
+		 "%02X%02X%02X%02X-%02X%02X-%02X%02X-%02X%02X-%02X%02X%02X%02X%02X%02X",
+		 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9],
+		 b[10], b[11], b[12], b[13], b[14], b[15]);
+	return 0;
+}
+
+bool job_id_valid(const char *s)
+{
+	size_t i;
+
+	if (!s || strlen(s) != 36)
+		return false;
+	for (i = 0; i < 36; i++) {
+		if (i == 8 || i == 13 || i == 18 || i == 23) {
+			if (s[i] != '-')
+				return false;
+		} else if (!isxdigit((unsigned char)s[i])) {
+			return false;
+		}
+	}
+	return true;
+}
+
+int64_t job_elapsed(const struct job *j, int64_t now)
+{
+	int64_t e = j->elapsed;
+
+	if (j->running_since && now > j->running_since)
+		e += now - j->running_since;
+	return e;
+}
+
+static void kv_time(struct json_writer *w, const char *k, int64_t t)
+{
+	char s[CIM_DATETIME_LEN];
+
+	json_key(w, k);
+	if (!t) {
+		json_null(w);
+		return;
+	}
+	cim_datetime_format(t, local_offset_min(t), s);
+	json_string(w, s);
+}
+
+static void kv_interval(struct json_writer *w, const char *k, int64_t usec)
+{
+	char s[CIM_DATETIME_LEN];
+
+	cim_interval_format(usec, s);
+	json_kv_string(w, k, s);
+}
+
+void job_to_json(struct json_writer *w, const struct job *j, int64_t now)
+{
+	int64_t left = j->retention;
+	unsigned i;
+
+	if (j->finished) {
+		left = j->finished + j->retention - now;
+		if (left < 0)
+			left = 0;
+	}
+	json_object_begin(w);
+	json_kv_string(w, "InstanceID", j->id);
+	json_kv_u64(w, "JobType", j->type);
+	json_kv_string(w, "Caption", job_type_name(j->type));
+	json_kv_u64(w, "JobState", j->state);
+	json_kv_u64(w, "PercentComplete", j->percent);
+	json_kv_u64(w, "ErrorCode", j->error_code);
+	json_kv_string(w, "ErrorDescription", j->error_desc);
+	json_kv_string(w, "ErrorSummaryDescription", j->error_summary);
+	kv_time(w, "TimeSubmitted", j->submitted);
+	kv_time(w, "ScheduledStartTime", j->scheduled);
+	kv_time(w, "StartTime", j->started);
+	kv_interval(w, "ElapsedTime", job_elapsed(j, now));
+	kv_time(w, "TimeOfLastStateChange", j->last_change);
+	json_kv_bool(w, "Cancellable", j->cancellable);
+	kv_interval(w, "TimeBeforeRemoval", left);
+	/* hvresync's own */
+	json_kv_string(w, "ComputerSystem", j->vm_id ? j->vm_id : j->vm);
+	json_kv_string(w, "ElementName", j->vm);
+	json_kv_string(w, "Peer", j->peer);
+	json_kv_u64(w, "BytesCompared", j->bytes_compared);
+	json_kv_u64(w, "BytesDifferent", j->bytes_different);
+	json_kv_u64(w, "BytesSent", j->bytes_sent);
+	json_kv_string(w, "Phase", job_phase_name(j->phase));
+	json_kv_bool(w, "AutoResynchronize", j->auto_resync);
+	kv_time(w, "TimeFinished", j->finished);
+	json_key(w, "Disks");
+	json_array_begin(w);
+	for (i = 0; i < j->ndisks; i++) {
+		const struct job_disk *d = &j->disks[i];
+
+		json_object_begin(w);
+		json_kv_string(w, "Name", d->name);
+		json_kv_string(w, "Path", d->path);
+		json_kv_u64(w, "VirtualSize", d->size);
+		json_kv_u64(w, "BytesCompared", d->done);
+		json_kv_u64(w, "ResumeOffset", d->resumed);
+		json_kv_bool(w, "Started", d->started);
+		json_kv_bool(w, "Sent", d->sent);
+		json_kv_bool(w, "Merged", d->merged);
+		json_object_end(w);
+	}
+	json_array_end(w);
+	json_object_end(w);
+}
+
+/* --- reading a job back --- */
+
+struct rd {
+	const struct jv *obj;
+	char *err;
+	size_t errlen;
+	int ret;
+};
+
+static const struct jv *member(struct rd *r, const struct jv *obj, const char *k,
+			       enum jv_type t, bool nullable)
+{
+	const struct jv *v;
+
+	if (r->ret)
+		return NULL;
+	v = jv_get(obj, k);
+	if (!v) {
+		snprintf(r->err, r->errlen, "member %s is missing", k);
+		r->ret = -EINVAL;
+		return NULL;
+	}
+	if (nullable && v->type == JV_NULL)
+		return NULL;
+	if (v->type != t) {
+		snprintf(r->err, r->errlen, "member %s is %s, not %s", k,
+			 jv_type_name(v->type), jv_type_name(t));
+		r->ret = -EINVAL;
+		return NULL;
+	}
+	return v;
+}
+
+static uint64_t get_u64(struct rd *r, const struct jv *obj, const char *k)
+{
+	const struct jv *v = member(r, obj, k, JV_NUMBER, false);
+
+	if (!v)
+		return 0;
+	if (!v->is_int || v->i < 0) {
+		snprintf(r->err, r->errlen, "member %s is not a whole number", k);
+		r->ret = -EINVAL;
+		return 0;
+	}
+	return (uint64_t)v->i;
+}
+
+static bool get_bool(struct rd *r, const struct jv *obj, const char *k)
+{
+	const struct jv *v = member(r, obj, k, JV_BOOL, false);
+
+	return v ? v->b : false;
+}
+
+static char *get_str(struct rd *r, const struct jv *obj, const char *k, bool nullable)
+{
+	const struct jv *v = member(r, obj, k, JV_STRING, nullable);
+	char *s;
+
+	if (!v)
+		return NULL;
+	s = strdup(v->s);
+	if (!s)
+		r->ret = -ENOMEM;
+	return s;
+}
+
+static int64_t get_time(struct rd *r, const struct jv *obj, const char *k)
+{
+	const struct jv *v = member(r, obj, k, JV_STRING, true);
+	int64_t t;
+
+	if (!v)
+		return 0;
+	if (cim_datetime_parse(v->s, &t)) {
+		snprintf(r->err, r->errlen, "member %s is not a CIM datetime", k);
+		r->ret = -EINVAL;
+		return 0;
+	}
+	return t;
+}
+
+static int64_t get_interval(struct rd *r, const struct jv *obj, const char *k)
+{
+	const struct jv *v = member(r, obj, k, JV_STRING, false);
+	int64_t t;
+
+	if (!v)
+		return 0;
+	if (cim_interval_parse(v->s, &t)) {
+		snprintf(r->err, r->errlen, "member %s is not a CIM interval", k);
+		r->ret = -EINVAL;
+		return 0;
+	}
+	return t;
+}
+
+int job_from_json(const struct jv *v, struct job *j, char *err, size_t errlen)
+{
+	struct rd r = { .obj = v, .err = err, .errlen = errlen };
+	const struct jv *s, *disks;
+	char *phase;
+	unsigned i;
+
+	memset(j, 0, sizeof(*j));
+	err[0] = '\0';
+	if (v->type != JV_OBJECT) {
+		snprintf(err, errlen, "not a JSON object");
+		return -EINVAL;
+	}
+	s = member(&r, v, "InstanceID", JV_STRING, false);
+	if (s && !job_id_valid(s->s)) {
+		snprintf(err, errlen, "InstanceID '%.40s' is not a GUID", s->s);
+		return -EINVAL;
+	}
+	if (s)
+		memcpy(j->id, s->s, JOB_ID_LEN);
+	j->type = (unsigned)get_u64(&r, v, "JobType");
+	j->state = (unsigned)get_u64(&r, v, "JobState");
+	j->percent = (unsigned)get_u64(&r, v, "PercentComplete");
+	j->error_code = (unsigned)get_u64(&r, v, "ErrorCode");
+	j->error_desc = get_str(&r, v, "ErrorDescription", true);
+	j->error_summary = get_str(&r, v, "ErrorSummaryDescription", true);
+	j->submitted = get_time(&r, v, "TimeSubmitted");
+	j->scheduled = get_time(&r, v, "ScheduledStartTime");
+	j->started = get_time(&r, v, "StartTime");
+	j->elapsed = get_interval(&r, v, "ElapsedTime");
+	j->last_change = get_time(&r, v, "TimeOfLastStateChange");
+	j->cancellable = get_bool(&r, v, "Cancellable");
+	j->vm = get_str(&r, v, "ElementName", false);
+	s = member(&r, v, "ComputerSystem", JV_STRING, false);
+	if (s && j->vm && strcmp(s->s, j->vm)) {
+		j->vm_id = strdup(s->s);
+		if (!j->vm_id)
+			r.ret = -ENOMEM;
+	}
+	j->peer = get_str(&r, v, "Peer", true);
+	j->bytes_compared = get_u64(&r, v, "BytesCompared");
+	j->bytes_different = get_u64(&r, v, "BytesDifferent");
+	j->bytes_sent = get_u64(&r, v, "BytesSent");
+	j->auto_resync = get_bool(&r, v, "AutoResynchronize");
+	j->finished = get_time(&r, v, "TimeFinished");
+	phase = get_str(&r, v, "Phase", false);
+	if (phase) {
+		for (i = 0; i < sizeof(phase_names) / sizeof(phase_names[0]); i++)
+			if (!strcmp(phase, phase_names[i]))
+				break;
+		if (i == sizeof(phase_names) / sizeof(phase_names[0]) && !r.ret) {
+			snprintf(err, errlen, "Phase '%.20s' is not a phase", phase);
+			r.ret = -EINVAL;
+		}
+		j->phase = (enum job_phase)i;
+		free(phase);
+	}
+	/* a finished job keeps what is left of its TimeBeforeRemoval */
+	j->retention = (int64_t)JOB_DEFAULT_RETENTION_SEC * 1000000;
+	disks = member(&r, v, "Disks", JV_ARRAY, false);
+	if (disks && disks->n) {
+		j->disks = calloc(disks->n, sizeof(*j->disks));
+		if (!j->disks)
+			r.ret = -ENOMEM;
+		else
+			j->ndisks = (unsigned)disks->n;
+	}
+	for (i = 0; i < j->ndisks && !r.ret; i++) {
+		const struct jv *d = &disks->items[i];
+		struct job_disk *jd = &j->disks[i];
+
+		if (d->type != JV_OBJECT) {
+			snprintf(err, errlen, "Disks[%u] is not an object", i);
+			r.ret = -EINVAL;
+			break;
+		}
+		jd->name = get_str(&r, d, "Name", false);
+		jd->path = get_str(&r, d, "Path", false);
+		jd->size = get_u64(&r, d, "VirtualSize");
+		jd->done = get_u64(&r, d, "BytesCompared");
+		jd->resumed = get_u64(&r, d, "ResumeOffset");
+		jd->started = get_bool(&r, d, "Started");
+		jd->sent = get_bool(&r, d, "Sent");
+		jd->merged = get_bool(&r, d, "Merged");
+	}
+	if (!r.ret && (!j->vm || !j->vm[0])) {
+		snprintf(err, errlen, "ElementName is empty");
+		r.ret = -EINVAL;
+	}
+	if (!r.ret && j->percent > 100) {
+		snprintf(err, errlen, "PercentComplete %u is over 100", j->percent);
+		r.ret = -EINVAL;
+	}
+	if (r.ret == -ENOMEM)
+		snprintf(err, errlen, "out of memory");
+	return r.ret;
+}
+
+void job_clear(struct job *j)
+{
+	unsigned i;
+
+	for (i = 0; i < j->ndisks; i++) {
+		free(j->disks[i].name);
+		free(j->disks[i].path);
+	}
+	free(j->disks);
+	free(j->vm);
+	free(j->vm_id);
+	free(j->peer);
+	free(j->error_desc);
+	free(j->error_summary);
+	memset(j, 0, sizeof(*j));
+}
+
+/* --- persistence --- */
+
+static int fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd))
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+int state_write_atomic(const char *dir, const char *name, const void *buf,
+		       size_t len)
+{
+	char tmp[4096], dst[4096];
+	const char *p = buf;
+	int fd, ret = 0;
+	ssize_t n;
+
+	if ((size_t)snprintf(dst, sizeof(dst), "%s/%s", dir, name) >= sizeof(dst) ||
+	    (size_t)snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, name) >= sizeof(tmp))
+		return -ENAMETOOLONG;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return -errno;
+	while (len) {
+		n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			ret = -errno;
+			goto fail;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	if (fsync(fd)) {
+		ret = -errno;
+		goto fail;
+	}
+	if (close(fd)) {
+		fd = -1;
+		ret = -errno;
+		goto fail;
+	}
+	fd = -1;
+	if (rename(tmp, dst)) {
+		ret = -errno;
+		goto fail;
+	}
+	return fsync_dir(dir);
+fail:
+	if (fd >= 0)
+		close(fd);
+	unlink(tmp);
+	return ret;
+}
+
+int state_read_file(const char *dir, const char *name, char **out, size_t *len)
+{
+	char path[4096];
+	struct stat st;
+	char *buf;
+	size_t got = 0;
+	ssize_t n;
+	int fd, ret;
+
+	if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, name) >= sizeof(path))
+		return -ENAMETOOLONG;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st)) {
+		ret = -errno;
+		close(fd);
+		return ret;
+	}
+	if (!S_ISREG(st.st_mode) || st.st_size > (1 << 20)) {
+		close(fd);
+		return -EINVAL;
+	}
+	buf = malloc((size_t)st.st_size + 1);
+	if (!buf) {
+		close(fd);
+		return -ENOMEM;
+	}
+	while (got < (size_t)st.st_size) {
+		n = read(fd, buf + got, (size_t)st.st_size - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	close(fd);
+	buf[got] = '\0';
+	*out = buf;
+	*len = got;
+	return 0;
+}
+
+int job_save(const char *dir, const struct job *j, int64_t now)
+{
+	struct json_writer w;
+	char name[JOB_ID_LEN + 8];
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f;
+	int ret;
+
+	f = open_memstream(&buf, &len);
+	if (!f)
+		return -ENOMEM;
+	json_init(&w, f, 2);
+	job_to_json(&w, j, now);
+	ret = json_end(&w);
+	if (fclose(f) && !ret)
+		ret = -ENOMEM;
+	if (!ret) {
+		snprintf(name, sizeof(name), "%s.json", j->id);
+		ret = state_write_atomic(dir, name, buf, len);
+	}
+	free(buf);
+	return ret;
+}
+
+int job_remove(const char *dir, const char *id)
+{
+	char path[4096];
+
+	if (!job_id_valid(id))
+		return -EINVAL;
+	snprintf(path, sizeof(path), "%s/%s.json", dir, id);
+	if (unlink(path) && errno != ENOENT)
+		return -errno;
+	return fsync_dir(dir);
+}
+
+int job_load(const char *dir, const char *name, struct job *j, char *err,
+	     size_t errlen)
+{
+	struct jv *v = NULL;
+	char *buf = NULL;
+	size_t len;
+	int ret;
+
+	memset(j, 0, sizeof(*j));
+	ret = state_read_file(dir, name, &buf, &len);
+	if (ret) {
+		snprintf(err, errlen, "%s", strerror(-ret));
+		return ret;
+	}
+	ret = jv_parse(buf, len, &v, err, errlen);
+	free(buf);
+	if (ret)
+		return ret;
+	ret = job_from_json(v, j, err, errlen);
+	jv_free(v);
+	return ret;
+}

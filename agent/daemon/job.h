@@ -1,0 +1,208 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * job.h - a resynchronization job as the control API shows it: the
+ * Msvm_ConcreteJob model (states, RequestStateChange codes, property
+ * names), its JSON form and its persistence in the agent's state dir.
+ *
+ * Nothing here does I/O on disks or peers: the daemon (agentd.c) runs
+ * jobs and moves them between states; this module only says which moves
+ * are legal and how a job is written down, so it can be unit-tested.
+ */
+#ifndef HVRESYNC_JOB_H
+#define HVRESYNC_JOB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "agent/lib/json.h"
+#include "agent/lib/jsonparse.h"
+
+/* Msvm_ReplicationService method return values (and CLI outcomes). */
+#define RV_OK 0
+#define RV_JOB_STARTED 4096
+#define RV_FAILED 32768
+#define RV_ACCESS_DENIED 32769
+#define RV_NOT_SUPPORTED 32770
+#define RV_UNKNOWN 32771
+#define RV_TIMEOUT 32772
+#define RV_INVALID_PARAMETER 32773
+#define RV_IN_USE 32774
+#define RV_INVALID_STATE 32775
+#define RV_BAD_TYPE 32776
+#define RV_NOT_AVAILABLE 32777
+#define RV_NO_MEMORY 32778
+#define RV_NOT_FOUND 32779
+
+/* CIM_ConcreteJob.RequestStateChange return values. */
+#define RSC_OK 0
+#define RSC_NOT_SUPPORTED 1
+#define RSC_UNKNOWN 2
+#define RSC_TIMEOUT 3
+#define RSC_FAILED 4
+#define RSC_INVALID_PARAMETER 5
+#define RSC_IN_USE 6
+#define RSC_STARTED 4096
+#define RSC_INVALID_TRANSITION 4097
+#define RSC_TIMEOUT_UNSUPPORTED 4098
+#define RSC_BUSY 4099
+
+/* RequestStateChange's RequestedState. */
+#define REQ_START 2
+#define REQ_SUSPEND 3
+#define REQ_TERMINATE 4
+#define REQ_KILL 5
+#define REQ_SERVICE 6
+
+/* JobState. */
+#define JS_NEW 2
+#define JS_STARTING 3
+#define JS_RUNNING 4
+#define JS_SUSPENDED 5
+#define JS_SHUTTING_DOWN 6
+#define JS_COMPLETED 7
+#define JS_TERMINATED 8
+#define JS_KILLED 9
+#define JS_EXCEPTION 10
+#define JS_SERVICE 11
+#define JS_COMPLETED_WARNINGS 32768
+
+/* JobType. */
+#define JT_RESYNC 107
+#define JT_STOP_RESYNC 110
+#define JT_RESYNC_EXTENDED 121
+
+/* How long a finished job stays visible (TimeBeforeRemoval). */
+#define JOB_DEFAULT_RETENTION_SEC 300
+
+#define JOB_ID_LEN 37 /* a GUID and the NUL */
+
+/* Where a job is in Hyper-V's order of work. */
+enum job_phase {
+	JOB_PHASE_CHECK,   /* geometry of every disk, nothing written */
+	JOB_PHASE_SEND,    /* compare and send, into held children */
+	JOB_PHASE_MERGE,   /* merge the children: no longer cancellable */
+	JOB_PHASE_DISCARD, /* cancelled: remove the children */
+	JOB_PHASE_DONE,
+};
+
+struct job_disk {
+	char *name;        /* file name; the export is "VM:name" */
+	char *path;        /* what is read on this side */
+	uint64_t size;     /* virtual size, known after the check */
+	uint64_t done;     /* bytes of it compared in the send phase */
+	uint64_t resumed;  /* where the recovery side resumed the last
+			    * send session (0: from the start) */
+	bool started;      /* a send session began: later ones resume */
+	bool sent;         /* the send session finished (child held) */
+	bool merged;
+};
+
+struct job {
+	char id[JOB_ID_LEN];        /* InstanceID */
+	char *vm;                   /* VM name */
+	char *vm_id;                /* the VM's GUID, or NULL */
+	char *peer;                 /* HOST:PORT of the agent sent to */
+	unsigned type;              /* JobType */
+	unsigned state;             /* JobState */
+	unsigned percent;           /* PercentComplete */
+	unsigned error_code;        /* ErrorCode, a Resynchronize value */
+	char *error_desc;           /* ErrorDescription */
+	char *error_summary;        /* ErrorSummaryDescription */
+	int64_t submitted;          /* usec since the epoch (UTC) */
+	int64_t scheduled;          /* 0: start at once */
+	int64_t started;            /* first start, 0 before */
+	int64_t last_change;        /* TimeOfLastStateChange */
+	int64_t finished;           /* 0 while not finished */
+	int64_t elapsed;            /* usec run, up to running_since */
+	int64_t running_since;      /* 0 when not running; not persisted */
+	int64_t retention;          /* usec a finished job stays visible */
+	bool cancellable;
+	bool auto_resync;           /* submitted by the auto-resync window */
+	uint64_t bytes_compared;
+	uint64_t bytes_different;
+	uint64_t bytes_sent;
+	enum job_phase phase;
+	unsigned ndisks;
+	struct job_disk *disks;
+};
+
+/*
+ * The CIM_ConcreteJob state machine: may a job in JobState @current move
+ * to RequestedState @requested?  Returns the RequestStateChange value:
+ * RSC_OK (nothing left to do; *next is the state now), RSC_STARTED (the
+ * transition runs in the background; *next is the state to show while it
+ * does), RSC_INVALID_TRANSITION, RSC_NOT_SUPPORTED (Service) or
+ * RSC_INVALID_PARAMETER (not a RequestedState).  Pure.
+ *
+ *   Start (2):     Suspended -> Running (4096); New/Starting/Running: 0.
+ *   Suspend (3):   Starting/Running -> Suspended (4096); Suspended: 0.
+ *   Terminate (4): New -> Terminated (0); Starting/Running/Suspended ->
+ *                  Shutting Down (4096, Terminated when the children are
+ *                  gone); Shutting Down: 4096.
+ *   Kill (5):      New -> Killed (0); Starting/Running/Suspended/Shutting
+ *                  Down -> Shutting Down (4096, Killed when stopped).
+ *   Finished jobs: 4097 for every request.
+ * Whether a job may still be cancelled (its merge has not begun) is the
+ * caller's check: Suspend, Terminate and Kill of a job that is not
+ * Cancellable are 4097 too.
+ */
+unsigned job_transition(unsigned current, unsigned requested, unsigned *next);
+
+/* Is @state one a job never leaves (Completed, Terminated, Killed,
+ * Exception, Completed with warnings)? */
+bool job_state_final(unsigned state);
+/* "Running", "Completed", ...; "Unknown" for other numbers. */
+const char *job_state_name(unsigned state);
+/* "Resynchronizing", "Resynchronizing extended replication", ... */
+const char *job_type_name(unsigned type);
+/* Text of a Resynchronize return value ("Method parameters checked, job
+ * started"); "Unknown return value" when not one. */
+const char *rv_name(unsigned rv);
+/* Text of a RequestStateChange return value. */
+const char *rsc_name(unsigned rv);
+const char *job_phase_name(enum job_phase p);
+
+/* A new random InstanceID, uppercase GUID form.  0 or -errno. */
+int job_new_id(char out[JOB_ID_LEN]);
+/* Does @s look like an InstanceID (a GUID, any case, no braces)? */
+bool job_id_valid(const char *s);
+
+/* ElapsedTime at @now. */
+int64_t job_elapsed(const struct job *j, int64_t now);
+
+/*
+ * Write @j as one JSON object: the Msvm_ConcreteJob properties, then
+ * hvresync's ("ComputerSystem", "ElementName", counters, "Phase",
+ * "Disks", ...).  @now fills ElapsedTime and TimeBeforeRemoval.  The
+ * same form is persisted, so job_from_json() reads it back.
+ */
+void job_to_json(struct json_writer *w, const struct job *j, int64_t now);
+/*
+ * Fill @j from an object written by job_to_json().  Returns 0 or -EINVAL
+ * (ERR says which member is wrong) / -ENOMEM.  @j is zeroed first;
+ * job_clear() it afterwards in every case.
+ */
+int job_from_json(const struct jv *v, struct job *j, char *err, size_t errlen);
+void job_clear(struct job *j);
+
+/*
+ * Persistence: DIR/ID.json, written to a temporary file, fsync()ed,
+ * renamed over the old one and the directory fsync()ed, so a crash leaves
+ * the old or the new record, never a torn one.
+ */
+int job_save(const char *dir, const struct job *j, int64_t now);
+int job_remove(const char *dir, const char *id);
+/* Read DIR/NAME (a job file).  0, -ENOENT, -EINVAL (ERR says why) or
+ * another -errno. */
+int job_load(const char *dir, const char *name, struct job *j, char *err,
+	     size_t errlen);
+
+/* Shared by vmstate.c: atomically replace DIR/NAME with LEN bytes. */
+int state_write_atomic(const char *dir, const char *name, const void *buf,
+		       size_t len);
+/* Read a whole small file (at most 1 MiB) into a NUL-terminated buffer. */
+int state_read_file(const char *dir, const char *name, char **out,
+		    size_t *len);
+
+#endif

@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * serve.h - the recovery side of the hvresync protocol
+ * (docs/protocol.md) as a library: a TLS listener, a table of exports
+ * (name -> local path) and one thread per session.  `hvresync serve` is a
+ * thin CLI over it; the agent daemon embeds it.
+ *
+ * Clients name a disk by its export name only; the server never opens a
+ * path that came from the network.  For a VHDX export, received data goes
+ * to a differencing child next to the image (IMAGE.hvresync.avhdx), which
+ * is merged at the end of a successful session, so cancel or failure
+ * leaves the image byte-identical and the child kept for resume.  Raw
+ * files and block devices are written in place (not cancel-safe).
+ * Progress is recorded durably in the state directory so a dropped session
+ * resumes where it stopped.
+ */
+#ifndef HVRESYNC_SERVE_H
+#define HVRESYNC_SERVE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "agent/sync/tls.h"
+
+#define SERVER_DEFAULT_LISTEN "0.0.0.0:7433"
+#define SERVER_DEFAULT_STATE_DIR "/var/lib/hvresync/serve"
+#define SERVER_DEFAULT_WINDOW (8u << 20)
+#define SERVER_DEFAULT_MAX_SESSIONS 16
+#define SERVER_CHILD_SUFFIX ".hvresync.avhdx"
+
+/* Log levels: the syslog(3) values. */
+#define SERVER_LOG_ERR 3
+#define SERVER_LOG_WARNING 4
+#define SERVER_LOG_INFO 6
+
+struct server_config {
+	const char *listen;    /* "ADDR:PORT"; NULL: 0.0.0.0:7433 */
+	struct tls_config tls; /* copied; its strings must outlive the
+				* server */
+	const char *state_dir; /* NULL: SERVER_DEFAULT_STATE_DIR */
+	uint64_t window_bytes; /* flow-control window in disk bytes;
+				* 0: 8 MiB (at least 8 blocks) */
+	unsigned max_sessions; /* 0: 16 */
+	/* One line per call, no newline.  NULL: "hvresync serve: MSG" on
+	 * stderr.  Called from session threads. */
+	void (*log)(void *ctx, int level, const char *msg);
+	void *log_ctx;
+};
+
+struct server;
+
+/* Check the configuration and create the state directory (mode 0700). */
+struct server *server_new(const struct server_config *cfg, char *err,
+			  size_t errlen);
+/*
+ * Export @path (a VHDX, raw file or block device, opened only when a
+ * session starts) under @name (1-255 bytes, no '/', no '=', no control
+ * characters; ':' is fine).  May be called while the server runs.
+ * -EEXIST for a name already exported, -EINVAL for a bad name, -ENOENT or
+ * another -errno when @path cannot be opened.
+ */
+int server_add_export(struct server *s, const char *name, const char *path,
+		      char *err, size_t errlen);
+/* Forget an export; -EBUSY while it is in a session, -ENOENT if unknown. */
+int server_remove_export(struct server *s, const char *name);
+/* 1 if export @name is in a session, 0 if not, -ENOENT if unknown. */
+/* Hold an export (HOLD true): new sessions on it get ERROR busy until it
+ * is released, so the agent can read a replica's disk for its own extended
+ * replication without a primary writing under it.  0, -EBUSY when a
+ * session has it now, or -ENOENT. */
+int server_hold_export(struct server *srv, const char *name, bool hold);
+int server_export_busy(struct server *s, const char *name);
+
+/* Bind the listener now (server_run does it otherwise), so the caller
+ * can report the address; 0 or -errno with @err. */
+int server_listen(struct server *s, char *err, size_t errlen);
+/* The bound address ("127.0.0.1:7433"), or "" before listening. */
+const char *server_addr(const struct server *s);
+
+/*
+ * Accept and serve sessions until server_stop().  On the way out every
+ * session is aborted (children and progress are kept) and waited for.
+ * Returns 0, or -errno when the listener could not be set up or failed.
+ */
+int server_run(struct server *s);
+/* Make server_run() return soon.  Async-signal-safe; any thread. */
+void server_stop(struct server *s);
+/* Free a server that is not running. */
+void server_free(struct server *s);
+
+#endif
