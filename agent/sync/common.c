@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: MIT */
+/* common.c - what both protocol ends agree on (common.h). */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "agent/sync/common.h"
+#include "agent/sync/proto.h"
+
+/* Strict UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF. */
+static bool utf8_ok(const uint8_t *s, size_t n)
+{
+	size_t i = 0, k, need;
+	uint32_t cp, min;
+
+	while (i < n) {
+		uint8_t b = s[i++];
+
+		if (b < 0x80)
+			continue;
+		if ((b & 0xE0) == 0xC0) {
+			need = 1, cp = b & 0x1F, min = 0x80;
+		} else if ((b & 0xF0) == 0xE0) {
+			need = 2, cp = b & 0x0F, min = 0x800;
+		} else if ((b & 0xF8) == 0xF0) {
+			need = 3, cp = b & 0x07, min = 0x10000;
+		} else {
+			return false;
+		}
+		if (n - i < need)
+			return false;
+		for (k = 0; k < need; k++) {
+			if ((s[i] & 0xC0) != 0x80)
+				return false;
+			cp = cp << 6 | (s[i++] & 0x3F);
+		}
+		if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+			return false;
+	}
+	return true;
+}
+
+const char *sync_export_name_problem(const char *name, size_t len)
+{
+	const uint8_t *s = (const uint8_t *)name;
+	size_t i;
+
+	if (len < 1 || len > PROTO_NAME_MAX)
+		return "is not 1 to 255 bytes long";
+	for (i = 0; i < len; i++)
+		if (s[i] == '/' || s[i] == '=' || s[i] < 0x20 || s[i] == 0x7F)
+			return "has a '/', a '=' or a control character";
+	if ((len == 1 && s[0] == '.') || (len == 2 && s[0] == '.' && s[1] == '.'))
+		return "is '.' or '..'";
+	if (!utf8_ok(s, len))
+		return "is not UTF-8";
+	return NULL;
+}
+
+bool sync_export_name_ok(const char *name)
+{
+	return name && !sync_export_name_problem(name, strlen(name));
+}
+
+int sync_export_name(char *out, size_t outlen, const char *vm,
+		     const char *disk_path)
+{
+	const char *slash = strrchr(disk_path, '/');
+	const char *file = slash ? slash + 1 : disk_path;
+
+	if ((size_t)snprintf(out, outlen, "%s:%s", vm, file) >= outlen)
+		return -ENAMETOOLONG;
+	return sync_export_name_ok(out) ? 0 : -EINVAL;
+}
