@@ -14,13 +14,14 @@
 #include <string.h>
 
 #include "agent/sync/proto.h"
+#include "agent/sync/tls.h"
 #include "vhdx/vhdx.h"
 
 /* Coalesce small frames into one TLS record / one send(). */
 #define STAGE_LEN (16u << 10)
 
 static void __attribute__((format(printf, 2, 3)))
-seterr(struct tls_err *err, const char *fmt, ...)
+seterr(struct vhdx_error *err, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -137,7 +138,7 @@ void proto_put_header(uint8_t hdr[PROTO_HDR_LEN], uint8_t type,
 }
 
 int proto_parse_header(const uint8_t hdr[PROTO_HDR_LEN], struct frame *f,
-		       struct tls_err *err)
+		       struct vhdx_error *err)
 {
 	uint16_t magic = get16(hdr);
 
@@ -206,7 +207,7 @@ static bool utf8_ok(const uint8_t *s, size_t n)
 }
 
 /* An export name: 1-255 bytes of UTF-8, no '/', no control characters. */
-static int check_name(const uint8_t *s, size_t n, struct tls_err *err)
+static int check_name(const uint8_t *s, size_t n, struct vhdx_error *err)
 {
 	size_t i;
 
@@ -239,7 +240,7 @@ static bool pow2(uint64_t v)
 }
 
 /* HELLO fields other than the name, once the version is known to be 1. */
-static int check_hello(const struct msg_hello *h, struct tls_err *err)
+static int check_hello(const struct msg_hello *h, struct vhdx_error *err)
 {
 	uint32_t action = h->flags & (PROTO_HELLO_CHECK | PROTO_HELLO_MERGE |
 				      PROTO_HELLO_DISCARD);
@@ -278,7 +279,7 @@ static int check_hello(const struct msg_hello *h, struct tls_err *err)
 }
 
 static int check_range(const char *what, uint64_t offset, uint64_t length,
-		       uint64_t max, struct tls_err *err)
+		       uint64_t max, struct vhdx_error *err)
 {
 	if (!length || length > max) {
 		seterr(err, "malformed frame: %s length %llu (1 to %llu "
@@ -298,7 +299,7 @@ static int check_range(const char *what, uint64_t offset, uint64_t length,
 /* ---- decode ------------------------------------------------------------- */
 
 static int want_len(const char *what, size_t len, size_t want,
-		    struct tls_err *err)
+		    struct vhdx_error *err)
 {
 	if (len == want)
 		return 0;
@@ -308,7 +309,7 @@ static int want_len(const char *what, size_t len, size_t want,
 }
 
 static int decode_hello(const uint8_t *p, size_t len, struct msg_hello *h,
-			struct tls_err *err)
+			struct vhdx_error *err)
 {
 	int ret;
 
@@ -358,7 +359,7 @@ static int decode_hello(const uint8_t *p, size_t len, struct msg_hello *h,
 }
 
 static int decode_error(const uint8_t *p, size_t len, struct msg_error *e,
-			struct tls_err *err)
+			struct vhdx_error *err)
 {
 	size_t i;
 
@@ -390,7 +391,7 @@ static int decode_error(const uint8_t *p, size_t len, struct msg_error *e,
 }
 
 static int decode_hashes(const uint8_t *p, size_t len, struct msg_hashes *h,
-			 struct tls_err *err)
+			 struct vhdx_error *err)
 {
 	uint32_t i;
 
@@ -430,7 +431,7 @@ static int decode_hashes(const uint8_t *p, size_t len, struct msg_hashes *h,
 }
 
 static int decode_subhashes(const uint8_t *p, size_t len,
-			    struct msg_subhashes *s, struct tls_err *err)
+			    struct msg_subhashes *s, struct vhdx_error *err)
 {
 	if (len < PROTO_SUBHASHES_FIXED) {
 		seterr(err, "malformed frame: SUBHASHES of %zu bytes", len);
@@ -454,7 +455,7 @@ static int decode_subhashes(const uint8_t *p, size_t len,
 }
 
 static int decode_data(uint8_t flags, const uint8_t *p, size_t len,
-		       struct msg_data *d, struct tls_err *err)
+		       struct msg_data *d, struct vhdx_error *err)
 {
 	if (len <= PROTO_DATA_FIXED) {
 		seterr(err, "malformed frame: DATA of %zu bytes carries no "
@@ -480,7 +481,7 @@ static int decode_data(uint8_t flags, const uint8_t *p, size_t len,
 }
 
 int proto_decode(uint8_t type, uint8_t flags, const void *payload,
-		 size_t len, struct msg *out, struct tls_err *err)
+		 size_t len, struct msg *out, struct vhdx_error *err)
 {
 	const uint8_t *p = payload;
 
@@ -564,9 +565,9 @@ int proto_decode(uint8_t type, uint8_t flags, const void *payload,
  */
 static long split_msg(const struct msg *m, uint8_t *fixed,
 		      const void **tail, size_t *tail_len, uint8_t *flags,
-		      struct tls_err *err)
+		      struct vhdx_error *err)
 {
-	struct tls_err why;
+	struct vhdx_error why;
 	size_t n;
 	uint32_t i;
 	int ret;
@@ -709,7 +710,7 @@ invalid:
 }
 
 long proto_encode(const struct msg *m, void *buf, size_t cap,
-		  uint8_t *flags, struct tls_err *err)
+		  uint8_t *flags, struct vhdx_error *err)
 {
 	uint8_t fixed[64];
 	const void *tail;
@@ -733,7 +734,7 @@ long proto_encode(const struct msg *m, void *buf, size_t cap,
 /* ---- send and receive --------------------------------------------------- */
 
 int proto_sendv(struct conn *c, uint8_t type, uint8_t flags,
-		const struct iovec *iov, int n, struct tls_err *err)
+		const struct iovec *iov, int n, struct vhdx_error *err)
 {
 	static __thread uint8_t stage[STAGE_LEN];
 	uint32_t crc = 0xFFFFFFFFu;
@@ -777,14 +778,14 @@ int proto_sendv(struct conn *c, uint8_t type, uint8_t flags,
 }
 
 int proto_send(struct conn *c, uint8_t type, uint8_t flags,
-	       const void *payload, size_t len, struct tls_err *err)
+	       const void *payload, size_t len, struct vhdx_error *err)
 {
 	struct iovec iov = { .iov_base = (void *)payload, .iov_len = len };
 
 	return proto_sendv(c, type, flags, &iov, 1, err);
 }
 
-int proto_send_msg(struct conn *c, const struct msg *m, struct tls_err *err)
+int proto_send_msg(struct conn *c, const struct msg *m, struct vhdx_error *err)
 {
 	uint8_t fixed[64], flags;
 	struct iovec iov[2];
@@ -803,10 +804,10 @@ int proto_send_msg(struct conn *c, const struct msg *m, struct tls_err *err)
 }
 
 int proto_recv(struct conn *c, struct frame *f, void *buf, size_t cap,
-	       struct tls_err *err)
+	       struct vhdx_error *err)
 {
 	uint8_t hdr[PROTO_HDR_LEN];
-	struct tls_err why;
+	struct vhdx_error why;
 	uint32_t crc;
 	int ret;
 
@@ -840,9 +841,9 @@ int proto_recv(struct conn *c, struct frame *f, void *buf, size_t cap,
 }
 
 int proto_recv_msg(struct conn *c, struct msg *m, void *buf, size_t cap,
-		   struct tls_err *err)
+		   struct vhdx_error *err)
 {
-	struct tls_err why;
+	struct vhdx_error why;
 	struct frame f;
 	int ret;
 

@@ -21,7 +21,9 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-#include "agent/sync/tls.h"
+#include "vhdx/vhdx.h"
+
+struct conn; /* agent/sync/tls.h */
 
 #define PROTO_MAGIC 0x5248u	/* "HR" little-endian */
 #define PROTO_VERSION 1u
@@ -212,7 +214,7 @@ void proto_put_header(uint8_t hdr[PROTO_HDR_LEN], uint8_t type,
  * length within the type's limit (-EMSGSIZE when over).
  */
 int proto_parse_header(const uint8_t hdr[PROTO_HDR_LEN], struct frame *f,
-		       struct tls_err *err);
+		       struct vhdx_error *err);
 
 /*
  * Check and decode a payload of @len bytes.  Pure: no I/O, no allocation;
@@ -222,7 +224,7 @@ int proto_parse_header(const uint8_t hdr[PROTO_HDR_LEN], struct frame *f,
  * be read) filled in, so the caller can answer ERROR 4.
  */
 int proto_decode(uint8_t type, uint8_t flags, const void *payload,
-		 size_t len, struct msg *out, struct tls_err *err);
+		 size_t len, struct msg *out, struct vhdx_error *err);
 
 /*
  * Encode @m's payload into @buf (at most @cap bytes) and report the frame
@@ -230,19 +232,19 @@ int proto_decode(uint8_t type, uint8_t flags, const void *payload,
  * message proto_decode() would refuse, -EMSGSIZE when @cap is too small.
  */
 long proto_encode(const struct msg *m, void *buf, size_t cap,
-		  uint8_t *flags, struct tls_err *err);
+		  uint8_t *flags, struct vhdx_error *err);
 
 /* Send one frame whose payload is @len bytes at @payload. */
 int proto_send(struct conn *c, uint8_t type, uint8_t flags,
-	       const void *payload, size_t len, struct tls_err *err);
+	       const void *payload, size_t len, struct vhdx_error *err);
 /* Send one frame whose payload is the concatenation of @iov[0..n). */
 int proto_sendv(struct conn *c, uint8_t type, uint8_t flags,
-		const struct iovec *iov, int n, struct tls_err *err);
+		const struct iovec *iov, int n, struct vhdx_error *err);
 /*
  * Send @m (checked as by proto_encode).  Variable parts (name, message,
  * entries, hashes, data) are sent from where they are, not copied.
  */
-int proto_send_msg(struct conn *c, const struct msg *m, struct tls_err *err);
+int proto_send_msg(struct conn *c, const struct msg *m, struct vhdx_error *err);
 
 /*
  * Receive one frame: header checked before the payload is read (-EMSGSIZE
@@ -250,10 +252,10 @@ int proto_send_msg(struct conn *c, const struct msg *m, struct tls_err *err);
  * the payload.  Messages read "peer ADDR: malformed frame: ...".
  */
 int proto_recv(struct conn *c, struct frame *f, void *buf, size_t cap,
-	       struct tls_err *err);
+	       struct vhdx_error *err);
 /* proto_recv() then proto_decode(); @m points into @buf. */
 int proto_recv_msg(struct conn *c, struct msg *m, void *buf, size_t cap,
-		   struct tls_err *err);
+		   struct vhdx_error *err);
 
 /* The kind and hash of HASHES entry @i (no bounds check: i < count). */
 static inline uint8_t proto_hash_kind(const struct msg_hashes *h, uint32_t i)

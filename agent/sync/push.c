@@ -206,7 +206,7 @@ int push_security_config(struct tls_config *cfg, const char *psk_file,
 			 const char *cert, const char *key, const char *ca,
 			 bool insecure, char *err, size_t errlen)
 {
-	struct tls_err terr;
+	struct vhdx_error terr;
 	int kinds = !!psk_file + !!(cert || key || ca) + !!insecure;
 	int ret;
 
@@ -321,7 +321,7 @@ static int rx_state(struct push *ps);
 
 static int send_msg(struct push *ps, const struct msg *m, size_t payload)
 {
-	struct tls_err terr;
+	struct vhdx_error terr;
 	int ret, rx;
 
 	if (stopping(ps))
@@ -597,7 +597,7 @@ static void *rx_main(void *arg)
 	struct push *ps = arg;
 	size_t cap = rx_cap();
 	uint8_t *buf = malloc(cap);
-	struct tls_err terr;
+	struct vhdx_error terr;
 	struct msg m;
 	int ret;
 
@@ -973,7 +973,7 @@ static int wait_finished(struct push *ps)
 static void send_error(struct push *ps, uint32_t code, const char *text)
 {
 	struct msg m = {.type = PROTO_ERROR};
-	struct tls_err terr;
+	struct vhdx_error terr;
 
 	if (!ps->c || ps->aborted)
 		return;
@@ -1079,7 +1079,7 @@ static int greet(struct push *ps, struct msg *reply, uint8_t *buf, size_t cap)
 {
 	struct msg m = {.type = PROTO_HELLO};
 	struct msg_hello *h = &m.u.hello;
-	struct tls_err terr;
+	struct vhdx_error terr;
 	int ret, rret;
 
 	if (getrandom(ps->seed, sizeof(ps->seed), 0) != sizeof(ps->seed))
@@ -1343,7 +1343,7 @@ int push_disk(const struct push_params *p, struct push_stats *st, char *err,
 {
 	struct push_stats local;
 	struct push *ps;
-	struct tls_err terr;
+	struct vhdx_error terr;
 	struct msg reply;
 	uint8_t rbuf[PROTO_ERROR_FIXED + PROTO_ERRMSG_MAX + 64];
 	int ret, timeout;

@@ -591,7 +591,7 @@ void server_free(struct server *srv)
 
 int server_listen(struct server *srv, char *err, size_t errlen)
 {
-	struct tls_err terr;
+	struct vhdx_error terr;
 	int ret;
 
 	if (srv->l)
@@ -626,7 +626,7 @@ void server_stop(struct server *srv)
 
 static int send_locked(struct session *s, const struct msg *m)
 {
-	struct tls_err terr;
+	struct vhdx_error terr;
 	int ret;
 
 	pthread_mutex_lock(&s->send_lock);
@@ -1323,7 +1323,7 @@ static int on_zero(struct session *s, const struct msg_zero *z)
  */
 static int receive_loop(struct session *s)
 {
-	struct tls_err terr;
+	struct vhdx_error terr;
 	struct msg m;
 	int ret;
 
@@ -1765,7 +1765,7 @@ static void serve_session(struct session *s)
 {
 	const char *result = "failed";
 	uint8_t buf[HELLO_BUF];
-	struct tls_err terr;
+	struct vhdx_error terr;
 	struct msg m;
 	int ret;
 
@@ -1921,7 +1921,7 @@ static void start_session(struct server *srv, struct conn *c)
 int server_run(struct server *srv)
 {
 	struct pollfd p[2];
-	struct tls_err terr;
+	struct vhdx_error terr;
 	struct session *s;
 	struct export *e;
 	struct conn *c;

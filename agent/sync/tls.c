@@ -78,7 +78,7 @@ static void tls_init(void)
 }
 
 static void __attribute__((format(printf, 2, 3)))
-seterr(struct tls_err *err, const char *fmt, ...)
+seterr(struct vhdx_error *err, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -90,7 +90,7 @@ seterr(struct tls_err *err, const char *fmt, ...)
 }
 
 static void __attribute__((format(printf, 3, 4)))
-peer_err(const struct conn *c, struct tls_err *err, const char *fmt, ...)
+peer_err(const struct conn *c, struct vhdx_error *err, const char *fmt, ...)
 {
 	size_t n;
 	va_list ap;
@@ -246,7 +246,7 @@ static int hexval(char ch)
 }
 
 int tls_load_psk(const char *path, uint8_t psk[TLS_PSK_LEN],
-		 struct tls_err *err)
+		 struct vhdx_error *err)
 {
 	char buf[2 * TLS_PSK_LEN + 2];
 	struct stat st;
@@ -384,7 +384,7 @@ static int psk_find_cb(SSL *ssl, const unsigned char *id, size_t idlen,
 }
 
 static SSL_CTX *make_ctx(const struct tls_config *cfg, bool server,
-			 struct tls_err *err)
+			 struct vhdx_error *err)
 {
 	STACK_OF(X509_NAME) *names;
 	SSL_CTX *ctx;
@@ -509,7 +509,7 @@ static void set_sockopts(int fd)
 }
 
 /* Wait for @events on the socket for at most @ms (< 0: forever). */
-static int wait_fd(struct conn *c, short events, int ms, struct tls_err *err)
+static int wait_fd(struct conn *c, short events, int ms, struct vhdx_error *err)
 {
 	struct pollfd p = { .fd = c->fd, .events = events };
 	int r;
@@ -568,7 +568,7 @@ static bool auth_reason(int reason)
  * failing call, so the error queue and verify result are ours.
  */
 static int handshake_failed(struct conn *c, int sslerr, int sys_errno,
-			    struct tls_err *err)
+			    struct vhdx_error *err)
 {
 	unsigned long e = ERR_peek_last_error();
 	int reason = ERR_GET_REASON(e);
@@ -653,7 +653,7 @@ static void describe_auth(struct conn *c)
 }
 
 /* Drive SSL_do_handshake until done or @deadline (ms, 0: none). */
-static int do_handshake(struct conn *c, int64_t deadline, struct tls_err *err)
+static int do_handshake(struct conn *c, int64_t deadline, struct vhdx_error *err)
 {
 	int ret, sslerr, sys_errno, ms;
 	short ev;
@@ -709,7 +709,7 @@ static int do_handshake(struct conn *c, int64_t deadline, struct tls_err *err)
 	}
 }
 
-int conn_handshake(struct conn *c, struct tls_err *err)
+int conn_handshake(struct conn *c, struct vhdx_error *err)
 {
 	int64_t deadline = 0;
 
@@ -725,7 +725,7 @@ int conn_handshake(struct conn *c, struct tls_err *err)
  * -EAGAIN with *ev set to what to wait for, or another -errno.
  */
 static ssize_t io_step(struct conn *c, void *buf, size_t len, bool wr,
-		       short *ev, struct tls_err *err)
+		       short *ev, struct vhdx_error *err)
 {
 	size_t done = 0;
 	ssize_t r;
@@ -816,7 +816,7 @@ static ssize_t io_step(struct conn *c, void *buf, size_t len, bool wr,
 }
 
 int conn_read_full(struct conn *c, void *buf, size_t len,
-		   struct tls_err *err)
+		   struct vhdx_error *err)
 {
 	uint8_t *p = buf;
 	size_t got = 0;
@@ -848,7 +848,7 @@ int conn_read_full(struct conn *c, void *buf, size_t len,
 }
 
 int conn_write_full(struct conn *c, const void *buf, size_t len,
-		    struct tls_err *err)
+		    struct vhdx_error *err)
 {
 	const uint8_t *p = buf;
 	size_t put = 0;
@@ -944,7 +944,7 @@ void conn_close(struct conn *c)
 }
 
 /* Give @c its SSL object (client or server side). */
-static int conn_attach_ssl(struct conn *c, SSL_CTX *ctx, struct tls_err *err)
+static int conn_attach_ssl(struct conn *c, SSL_CTX *ctx, struct vhdx_error *err)
 {
 	ERR_clear_error();
 	c->ssl = SSL_new(ctx);
@@ -984,7 +984,7 @@ static int listen_on(const struct sockaddr *sa, socklen_t salen, bool dual,
 }
 
 int tls_listen(const char *addr, const struct tls_config *cfg,
-	       struct tls_listener **out, struct tls_err *err)
+	       struct tls_listener **out, struct vhdx_error *err)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
 				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
@@ -1119,7 +1119,7 @@ void tls_listener_close(struct tls_listener *l)
 }
 
 int tls_accept(struct tls_listener *l, struct conn **out,
-	       struct tls_err *err)
+	       struct vhdx_error *err)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
@@ -1217,7 +1217,7 @@ done:
 }
 
 int tls_connect(const char *addr, const struct tls_config *cfg,
-		int timeout_ms, struct conn **out, struct tls_err *err)
+		int timeout_ms, struct conn **out, struct vhdx_error *err)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
 				  .ai_flags = AI_NUMERICSERV };

@@ -24,13 +24,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vhdx/vhdx.h"
+
 #define TLS_DEFAULT_PORT 7433
 #define TLS_PSK_LEN 32
 #define TLS_PSK_IDENTITY "hvresync/1"
-
-struct tls_err {
-	char msg[512];
-};
 
 enum tls_mode {
 	TLS_MODE_PSK,		/* TLS 1.3 external PSK, no certificates */
@@ -55,7 +53,7 @@ struct conn;
  * names @path and never shows key material.
  */
 int tls_load_psk(const char *path, uint8_t psk[TLS_PSK_LEN],
-		 struct tls_err *err);
+		 struct vhdx_error *err);
 
 /*
  * Split "HOST:PORT", ":PORT", "[V6]:PORT", "HOST" or a bare IPv6 address
@@ -72,7 +70,7 @@ int tls_parse_addr(const char *addr, char *host, size_t hostlen,
  * The certificate files are loaded (and checked) here, once.
  */
 int tls_listen(const char *addr, const struct tls_config *cfg,
-	       struct tls_listener **out, struct tls_err *err);
+	       struct tls_listener **out, struct vhdx_error *err);
 /* The bound address, "127.0.0.1:7433" or "[::]:7433". */
 const char *tls_listener_addr(const struct tls_listener *l);
 /* The listening socket (non-blocking), for poll() in a server loop. */
@@ -88,9 +86,9 @@ void tls_listener_close(struct tls_listener *l);
  * timeout starts at 30 s.
  */
 int tls_accept(struct tls_listener *l, struct conn **out,
-	       struct tls_err *err);
+	       struct vhdx_error *err);
 /* Server side TLS handshake (a no-op in insecure mode). */
-int conn_handshake(struct conn *c, struct tls_err *err);
+int conn_handshake(struct conn *c, struct vhdx_error *err);
 
 /*
  * Resolve @addr (tls_parse_addr form), connect to the first address that
@@ -99,7 +97,7 @@ int conn_handshake(struct conn *c, struct tls_err *err);
  * TLS_MODE_INSECURE is refused unless the resolved address is loopback.
  */
 int tls_connect(const char *addr, const struct tls_config *cfg,
-		int timeout_ms, struct conn **out, struct tls_err *err);
+		int timeout_ms, struct conn **out, struct vhdx_error *err);
 
 /*
  * Read exactly @len bytes.  -ECONNRESET when the peer closed the
@@ -107,10 +105,10 @@ int tls_connect(const char *addr, const struct tls_config *cfg,
  * for a TLS failure, other -errno from the socket.
  */
 int conn_read_full(struct conn *c, void *buf, size_t len,
-		   struct tls_err *err);
+		   struct vhdx_error *err);
 /* Write all @len bytes.  -EPIPE/-ECONNRESET when the peer is gone. */
 int conn_write_full(struct conn *c, const void *buf, size_t len,
-		    struct tls_err *err);
+		    struct vhdx_error *err);
 
 /*
  * Wrap an already connected stream socket (socketpair, socket activation

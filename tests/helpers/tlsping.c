@@ -23,8 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent/proto.h"
-#include "agent/tls.h"
+#include "agent/sync/proto.h"
+#include "agent/sync/tls.h"
 
 #define IO_TIMEOUT_MS 10000
 
@@ -140,7 +140,7 @@ static void make_msg(unsigned i, size_t max_data, struct msg *m,
 
 static int serve_one(struct conn *c, uint8_t *buf)
 {
-	struct tls_err err;
+	struct vhdx_error err;
 	struct frame f;
 	struct msg m;
 	unsigned frames = 0;
@@ -185,7 +185,7 @@ static int run_server(const char *addr, const struct tls_config *cfg,
 		      long max)
 {
 	struct tls_listener *l;
-	struct tls_err err;
+	struct vhdx_error err;
 	struct conn *c;
 	uint8_t *buf = malloc(PROTO_MAX_PAYLOAD);
 	long n = 0;
@@ -220,7 +220,7 @@ struct client {
 	unsigned frames;
 	size_t max_data;
 	int ret;
-	struct tls_err err;
+	struct vhdx_error err;
 };
 
 static void *writer(void *arg)
@@ -251,7 +251,7 @@ static int run_client(const char *addr, const struct tls_config *cfg,
 	uint8_t *buf = malloc(PROTO_MAX_PAYLOAD);
 	uint8_t *store = malloc(PROTO_MAX_PAYLOAD);
 	uint8_t *want = malloc(PROTO_MAX_PAYLOAD);
-	struct tls_err err;
+	struct vhdx_error err;
 	struct frame f;
 	struct msg m;
 	unsigned long long bytes = 0;
@@ -310,7 +310,7 @@ static int run_client(const char *addr, const struct tls_config *cfg,
 int main(int argc, char **argv)
 {
 	struct tls_config cfg = { .mode = TLS_MODE_PSK };
-	struct tls_err err;
+	struct vhdx_error err;
 	const char *psk_file = NULL;
 	bool insecure = false;
 	unsigned long frames = 100, size = 1 << 20;

@@ -109,7 +109,7 @@ static void hello_bytes(struct wb *w, uint32_t version, uint32_t flags,
 static void assert_decode(uint8_t type, uint8_t flags, const struct wb *w,
 			  int want, struct msg *m)
 {
-	struct tls_err err = { "" };
+	struct vhdx_error err = { "" };
 	uint8_t *exact = malloc(w->n ? w->n : 1);
 	int ret;
 
@@ -143,7 +143,7 @@ static void assert_encodes_to(const struct msg *m, uint8_t flags,
 			      const struct wb *w)
 {
 	static uint8_t buf[PROTO_MAX_PAYLOAD];
-	struct tls_err err;
+	struct vhdx_error err;
 	uint8_t got_flags = 0xff;
 	long n;
 
@@ -618,7 +618,7 @@ static void test_encode_refuses(void **state)
 {
 	static uint8_t buf[PROTO_MAX_PAYLOAD];
 	uint8_t entries[17] = { 5 };
-	struct tls_err err;
+	struct vhdx_error err;
 	struct msg m;
 	uint8_t flags;
 
@@ -668,7 +668,7 @@ static void test_header(void **state)
 {
 	struct wb p = { .n = 0 }, f;
 	struct frame fr;
-	struct tls_err err;
+	struct vhdx_error err;
 	unsigned t;
 
 	(void)state;
@@ -756,7 +756,7 @@ static void test_recv(void **state)
 {
 	static uint8_t buf[PROTO_MAX_PAYLOAD];
 	struct wb p = { .n = 0 }, f;
-	struct tls_err err;
+	struct vhdx_error err;
 	struct frame fr;
 	struct msg m;
 	struct pair s;
@@ -887,7 +887,7 @@ static void make_typed(unsigned t, struct msg *m)
 static void *send_all(void *arg)
 {
 	struct conn *c = arg;
-	struct tls_err err;
+	struct vhdx_error err;
 	struct msg m;
 	unsigned t, round;
 
@@ -905,7 +905,7 @@ static void *send_all(void *arg)
 static void test_send_recv_all_types(void **state)
 {
 	static uint8_t buf[PROTO_MAX_PAYLOAD];
-	struct tls_err err;
+	struct vhdx_error err;
 	struct msg m, got;
 	struct conn *c;
 	pthread_t th;
@@ -1020,7 +1020,7 @@ static void test_mutations(void **state)
 	};
 	unsigned nseeds = 0, i, k, iters = 200000, accepted = 0;
 	uint64_t rs = 0x1234567887654321ull;
-	struct tls_err err;
+	struct vhdx_error err;
 	struct msg m;
 	struct wb w;
 	uint8_t *exact, flags;
@@ -1226,7 +1226,7 @@ static void test_load_psk(void **state)
 		"101112131415161718191A1B1C1D1E1F";
 	char dir[] = "/tmp/test_proto.XXXXXX", path[64], text[80];
 	uint8_t psk[TLS_PSK_LEN];
-	struct tls_err err;
+	struct vhdx_error err;
 	int i;
 
 	(void)state;

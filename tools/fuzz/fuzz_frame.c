@@ -15,14 +15,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent/proto.h"
+#include "agent/sync/proto.h"
 #include "vhdx/internal.h"	/* vhdx_crc32c() */
 
 static uint8_t enc[PROTO_MAX_PAYLOAD];
 
 static void check(uint8_t type, uint8_t flags, const uint8_t *p, size_t len)
 {
-	struct tls_err err;
+	struct vhdx_error err;
 	struct msg m;
 	uint8_t eflags;
 	uint8_t *exact;
@@ -60,7 +60,7 @@ out:
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct tls_err err;
+	struct vhdx_error err;
 	struct frame f;
 
 	if (size >= PROTO_HDR_LEN &&
