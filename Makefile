@@ -18,7 +18,7 @@ PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) || echo PKG_CONFIG_FAILED)
 PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) || echo PKG_CONFIG_FAILED)
 CMOCKA_CFLAGS := $(shell $(PKG_CONFIG) --cflags cmocka || echo PKG_CONFIG_FAILED)
 CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka || echo PKG_CONFIG_FAILED)
-ifneq ($(filter deps clean format,$(MAKECMDGOALS)),$(MAKECMDGOALS))
+ifneq ($(filter deps clean format check demo,$(MAKECMDGOALS)),$(MAKECMDGOALS))
 ifneq ($(findstring PKG_CONFIG_FAILED,$(PKG_CFLAGS) $(PKG_LIBS) $(CMOCKA_CFLAGS) $(CMOCKA_LIBS)),)
 $(error pkg-config cannot find some of: $(PKGS) cmocka; run tools/install-deps (or make check, which does))
 endif
@@ -60,10 +60,10 @@ SAN_ARCHIVES_BELOW = $(foreach l,$(BELOW_$(1)),$(call SAN_ARCHIVE,$(l)))
 
 # The layer each unit test belongs to (it links only that and below).
 UNIT_LAYER_vhdx := test_bat test_crc32c test_guid test_header test_log \
-	test_metadata test_region test_writer
+	test_log_active test_metadata test_region test_writer
 UNIT_LAYER_uring := test_reader
 UNIT_LAYER_lib := test_jsonparse
-UNIT_LAYER_sync := test_proto
+UNIT_LAYER_sync := test_proto test_wire
 UNIT_LAYER_daemon := test_cimtime test_config test_job test_methods
 UNIT_LAYER_cli :=
 layer_of = $(strip $(foreach l,$(LAYERS),$(if $(filter $(1),$(UNIT_LAYER_$(l))),$(l))))
@@ -131,7 +131,8 @@ $(B)/helpers/%: tests/helpers/%.c $(ALL_ARCHIVES)
 FUZZ_CC ?= clang
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 \
 	-D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. $(WARNINGS)
-FUZZ_frame_SRC := tools/fuzz/fuzz_frame.c agent/sync/proto.c vhdx/crc32c.c
+FUZZ_frame_SRC := tools/fuzz/fuzz_frame.c agent/sync/proto.c \
+	agent/sync/common.c agent/sync/errmsg.c vhdx/crc32c.c
 fuzz: $(FUZZ_BIN)
 $(B)/fuzz/fuzz_frame: $(FUZZ_frame_SRC) $(wildcard agent/sync/*.h vhdx/*.h)
 	@mkdir -p $(dir $@)

@@ -4,6 +4,8 @@
 # replica VM -> the extended replica (JobType 121), each checked with
 # qemu-img compare; Resynchronize on the end of the chain is 32770, and on
 # the recovery agent while its disks are receiving from the primary 32774.
+# The third agent runs role = extended-replica (ReplicationMode 4), with
+# no fallback to role = replica: an hvresync without that role is a SKIP.
 . "$(dirname "$0")/lib.sh"
 . "$TOP/tests/helpers/agent.sh"
 
@@ -41,20 +43,25 @@ EOF
 conf p "$PP" primary "$RP" >p.conf
 conf r "$RP" replica "$EP" >r.conf
 conf e "$EP" extended-replica >e.conf
-# vm list loads the configuration before it looks for the socket
-if timeout 10 "$HVRESYNC" vm list --config e.conf 2>&1 >/dev/null | grep -q "role"; then
-	echo "NOTE: the configuration has no role = extended-replica yet; the extended replica is role = replica"
-	conf e "$EP" replica >e.conf
-	EXT_MODE=2
-else
-	EXT_MODE=4
-fi
+# The extended replica is role = extended-replica, never a stand-in: vm
+# list loads the configuration before it looks for the socket, and an
+# hvresync that does not know the role cannot run this test (SKIP, 77).
+timeout 10 "$HVRESYNC" vm list --config e.conf >/dev/null 2>e.err
+grep -q "role: expected .*not 'extended-replica'" e.err &&
+	skip "$HVRESYNC does not know role = extended-replica: $(head -n1 e.err)"
+conf e "$EP" extended-replica "$PP" >e-bad.conf
+expect_error "an extended-replica that names a replica is refused (the role is its own, not replica)" \
+	"e-bad.conf:" "extended replica" "cannot name a replica" -- \
+	"$HVRESYNC" agent -f --config e-bad.conf
 start_agent e || { fail "extended replica agent"; finish; }
 start_agent r || { fail "recovery agent"; finish; }
 start_agent p || { fail "primary agent"; finish; }
-check "ReplicationMode: primary 1, replica 2, extended replica $EXT_MODE" test \
+check "ReplicationMode: primary 1, replica 2, extended replica 4" test \
 	"$(vmf p demo ReplicationMode) $(vmf r demo ReplicationMode) $(vmf e demo ReplicationMode)" = \
-	"1 2 $EXT_MODE"
+	"1 2 4"
+check "the extended replica's agent shows Role extended-replica" \
+	test "$(vmf e demo Role)" = extended-replica
+check "  ... and exports its disks to receive" grep -q 'VM demo: exporting .*/e/os.vhdx as demo:os.vhdx' e.log
 
 say "primary -> recovery (107), then recovery -> extended replica (121)"
 hv p resync demo --wait >p.out 2>p.err
@@ -64,6 +71,7 @@ check "  ... as JobType 107" test "$(jobf p "$J" JobType)" = 107
 check "recovery os.vhdx identical to the primary's" same p/os.vhdx r/os.vhdx
 check "recovery data.vhdx identical to the primary's" same p/data.vhdx r/data.vhdx
 check "the extended replica still differs" bash -c "! qemu-img compare -q r/os.vhdx e/os.vhdx"
+check "  ... and nothing has reached its agent yet" bash -c "! grep -q 'session start' e.log"
 
 hv r resync demo --wait >r.out 2>r.err
 check "the recovery agent's resync of its replica VM Completed ($(tail -n1 r.err))" test $? -eq 0
@@ -71,6 +79,17 @@ J=$(sed -n 's/^Job: //p' r.out)
 check "  ... as JobType 121 (Resynchronizing extended replication)" \
 	test "$(jobf r "$J" JobType)" = 121
 check "  ... sent to the extended replica's agent" test "$(jobf r "$J" Peer)" = "127.0.0.1:$EP"
+check "  ... as the recovery agent's log says" \
+	grep -q "job $J (VM demo, JobType 121) running: .* to 127.0.0.1:$EP\$" r.log
+check "the extended replica's agent received os.vhdx and data.vhdx and merged them" python3 - e.log <<'EOF'
+import re, sys
+log = open(sys.argv[1]).read()
+for d in ("os.vhdx", "data.vhdx"):
+    got = [int(n) for n in re.findall(r"session end: export demo:%s: held \(complete, not merged\):"
+                                      r".* received (\d+)," % re.escape(d), log)]
+    assert got and sum(got) > 0, (d, got)
+    assert re.search(r"session end: export demo:%s: merged:" % re.escape(d), log), d
+EOF
 check "extended os.vhdx identical to the recovery's" same r/os.vhdx e/os.vhdx
 check "extended data.vhdx identical to the recovery's" same r/data.vhdx e/data.vhdx
 check "  ... and so to the primary's" same p/os.vhdx e/os.vhdx

@@ -249,38 +249,99 @@ OUT=$(asuser vm show demo --json --control "$S/run/p.sock" 2>asuser.err)
 check "a member of admin-group (supplementary group) is let in" \
 	test "$(echo "$OUT" | py 'd["ReturnValue"]')" = 0
 
-# 32778: real allocation failures, injected under the agent with an
-# LD_PRELOAD calloc() that fails while a flag file exists
+# 32778 (out of memory): real allocation failures inside the agent, from
+# an LD_PRELOAD calloc() that, once the flag file appears, lets as many
+# calls through as the file has bytes (N) and fails every later one.
+# Swept from N = 0 up, a scheduled Resynchronize fails at each allocation
+# in turn (the control connection, its thread, the request, the job and
+# its record): every one must answer 32778, leave no job behind and the
+# agent answering, until the first N with room enough gives 4096.  Where
+# the shim cannot work, the sub-check says SKIP and the script goes on.
 stop_agent p
 cat >nomem.c <<'EOF'
 #include <errno.h>
 #include <stdlib.h>
-#include <unistd.h>
+#include <sys/stat.h>
 extern void *__libc_calloc(size_t n, size_t size);
 void *calloc(size_t n, size_t size)
 {
 	static const char *flag;
+	static unsigned long long gen;
+	static long seen;
+	struct stat st;
 
 	if (!flag)
 		flag = getenv("NOMEM_FLAG");
-	if (flag && access(flag, F_OK) == 0) {
-		errno = ENOMEM;
-		return NULL;
+	if (flag && stat(flag, &st) == 0) {
+		/* a new flag file (size, inode, mtime) starts the count again */
+		unsigned long long g = (unsigned long long)st.st_size << 48 ^
+				       (unsigned long long)st.st_ino << 20 ^
+				       (unsigned long long)st.st_mtim.tv_nsec;
+
+		if (__atomic_exchange_n(&gen, g, __ATOMIC_SEQ_CST) != g)
+			__atomic_store_n(&seen, 0, __ATOMIC_SEQ_CST);
+		if (__atomic_fetch_add(&seen, 1, __ATOMIC_SEQ_CST) >= st.st_size) {
+			errno = ENOMEM;
+			return NULL;
+		}
 	}
 	return __libc_calloc(n, size);
 }
 EOF
-if ldd "$HVRESYNC" 2>/dev/null | grep -q libasan; then
-	echo "NOTE: $HVRESYNC is built with ASan, which owns calloc(): 32778 not exercised"
-elif cc -shared -fPIC -O1 -o nomem.so nomem.c 2>nomem.err; then
-	LD_PRELOAD=$S/nomem.so NOMEM_FLAG=$S/nomem.flag start_agent p || fail "agent under nomem.so"
-	touch nomem.flag
-	expect_rv "allocation failure" 32778 p demo
-	rm -f nomem.flag
-	check "  ... and the agent still answers afterwards" test "$(vmf p demo ElementName)" = demo
+cat >nomem-probe.c <<'EOF'
+#include <stdlib.h>
+int main(void) { return calloc(1, 16) != NULL; } /* 0: the shim failed it */
+EOF
+NOMEM_SKIP=
+if ! command -v cc >/dev/null; then
+	NOMEM_SKIP="no C compiler for the calloc shim"
+elif ! cc -shared -fPIC -O1 -o nomem.so nomem.c 2>nomem.err ||
+	! cc -O1 -o nomem-probe nomem-probe.c 2>>nomem.err; then
+	NOMEM_SKIP="the calloc shim does not build: $(head -n1 nomem.err)"
+elif ! ldd "$HVRESYNC" 2>/dev/null | grep -q 'libc\.so'; then
+	NOMEM_SKIP="$HVRESYNC is not linked against a shared libc: LD_PRELOAD cannot reach its calloc()"
+elif ldd "$HVRESYNC" 2>/dev/null | grep -q libasan; then
+	NOMEM_SKIP="$HVRESYNC is built with ASan, which owns calloc()"
+elif ! { : >nomem.flag && LD_PRELOAD=$S/nomem.so NOMEM_FLAG=$S/nomem.flag ./nomem-probe 2>nomem.err; }; then
+	NOMEM_SKIP="the calloc shim does not take effect under LD_PRELOAD: $(head -n1 nomem.err)"
+fi
+rm -f nomem.flag
+if [ -n "$NOMEM_SKIP" ]; then
+	echo "SKIP: 32778 (out of memory) not exercised: $NOMEM_SKIP"
+elif LD_PRELOAD=$S/nomem.so NOMEM_FLAG=$S/nomem.flag start_agent p; then
+	LATER=$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)
+	njobs() { hv p job list --vm demo --json | py 'len(d["Jobs"])'; }
+	NJ0=$(njobs)
+	LOG0=$(wc -l <p.log)
+	NOMEM_BAD= NOMEM_N= NOMEM_WHY=()
+	for n in $(seq 0 40); do
+		rm -f nomem.flag
+		head -c "$n" /dev/zero >nomem.flag
+		rv p demo --start-time "$LATER"
+		rm -f nomem.flag
+		[ "$RV" = 4096 ] && { NOMEM_N=$n; break; }
+		if [ "$RV" != 32778 ]; then
+			NOMEM_BAD="N=$n: ReturnValue $RV, want 32778 ($(head -c 150 rv.err))"
+			break
+		fi
+		NOMEM_WHY+=("$n: $(sed -n 's/.*(Out of memory): //p' rv.err | cut -c1-40)")
+		if [ "$(vmf p demo ElementName)" != demo ] || [ "$(njobs)" != "$NJ0" ]; then
+			NOMEM_BAD="N=$n: after 32778 the agent does not answer or a job was left behind"
+			break
+		fi
+	done
+	check "allocation failures answer 32778, $NOMEM_N of them before the request fits${NOMEM_BAD:+: $NOMEM_BAD}" \
+		test -z "$NOMEM_BAD" -a "${NOMEM_N:-0}" -ge 1
+	printf '    %s\n' "${NOMEM_WHY[@]}"
+	REFUSED=$(tail -n +$((LOG0 + 1)) p.log | grep -c 'Resynchronize refused with 32778: ')
+	check "  ... $REFUSED of them in Resynchronize itself (its log says so), the rest before it (N=0: the control connection)" \
+		test "$REFUSED" -ge 1 -a "$REFUSED" -lt "${#NOMEM_WHY[@]}"
+	check "  ... the refused requests left no job, the one that fits left one" \
+		test "$(njobs)" = "$((NJ0 + 1))"
+	[ "$RV" = 4096 ] && { hv p job cancel "$JOB" >/dev/null || fail "cancel the job that fit"; }
 	stop_agent p
 else
-	echo "NOTE: no C compiler for the calloc shim, 32778 not exercised: $(head -n1 nomem.err)"
+	fail "agent under nomem.so"
 fi
 
 # ---------------------------------------------------------------------------

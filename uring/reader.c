@@ -1,150 +1,23 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * reader.c - the io_uring reader (see reader.h).
- *
- * Shared state (plan cursors, slot queues, the free buffer list) lives
- * under one engine mutex; buffer contents and hashes belong to the lane
- * that planned the chunk until it publishes the chunk as READY, then to
- * the consumer until it releases the last block.  Lanes plan in order, so
- * every stream's queue of slots is in virtual order and the consumer only
- * ever looks at its head.
+ * reader.c - the io_uring reader (see reader.h): the engine's life, from
+ * configuration and streams through the buffers to teardown, and the
+ * consumer's side, which takes the ready blocks of each stream in order.
+ * The lanes that fill the buffers are in lane.c; who owns what, and
+ * when, is in internal.h.
  */
 #include <errno.h>
-#include <fcntl.h>
-#include <liburing.h>
-#include <stdarg.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "uring/plan.h"
-#include "uring/reader.h"
+#include "uring/internal.h"
 
-#define MAX_LANES 16
-#define LANE_RING_ENTRIES 128
-/* EAGAIN/EINTR in a row on one read before giving up on it. */
-#define MAX_RETRIES 1000
-/* How long teardown waits for a read that does not come back. */
-#define DRAIN_TIMEOUT_MS 10000
-#define DIRECT_ALIGN 4096u
-
-enum chunk_state {
-	CHUNK_FREE,
-	CHUNK_BUSY,  /* planned; the lane is reading or hashing it */
-	CHUNK_READY, /* hashed; the consumer's until the last release */
-};
-
-struct lane;
-
-struct chunk {
-	unsigned idx; /* registered buffer index */
-	uint8_t *buf;
-	struct ur_stream *s;
-	uint64_t first; /* first block index */
-	unsigned nblocks;
-	enum chunk_state state;
-	struct ur_oplist ops;
-	unsigned pending; /* read ops not finished */
-	struct ur_hash *hashes;
-	struct ur_hash *sub;
-	struct chunk *next; /* free list, or a lane's completed list */
-};
-
-struct slot {
-	uint64_t first;
-	uint64_t n;
-	uint64_t consumed;
-	struct chunk *c; /* NULL: a run of zero blocks */
-};
-
-struct ur_stream {
-	struct ur_engine *e;
-	struct ur_source *src;
-	struct ur_cursor cur;
-	uint64_t size;
-	uint64_t nblocks;
-	uint64_t plan_block; /* next block to plan */
-	struct slot *fifo;
-	unsigned fifo_cap, head, count;
-	unsigned in_use, quota; /* chunk buffers held, and the cap */
-	struct ur_hash zero_hash;  /* of a full block of zeros */
-	struct ur_hash zero_last;  /* of the short last block, if any */
-	struct ur_stream_stats stats;
-
-	/* The consumer's copy of the head slot: blocks of a ready slot are
-	 * handed out without the lock, which is only taken per slot. */
-	struct slot cs;
-	bool cs_valid;
-};
-
-struct direct_fd {
-	int fd;
-	int dfd; /* -1 when O_DIRECT is not possible for it */
-};
-
-struct lane {
-	struct ur_engine *e;
-	pthread_t thread;
-	bool started;
-	struct io_uring ring;
-	bool ring_ok;
-	bool sync; /* no io_uring here: plain pread() in this thread */
-	bool fixed; /* buffers registered with this ring */
-	struct ur_hasher *hasher;
-	unsigned owned;    /* chunks planned and not yet published */
-	unsigned inflight; /* SQEs in flight */
-	struct ur_op *sq_head, *sq_tail; /* ops waiting for an SQE */
-	struct chunk *done; /* chunks read, waiting to be hashed */
-	bool leak; /* reads never came back: keep the buffers */
-};
-
-struct ur_engine {
-	struct ur_config cfg;
-	uint32_t chunk_size;
-	unsigned chunk_blocks;
-	unsigned subs_per_chunk;
-
-	pthread_mutex_t lock;
-	pthread_cond_t lane_cond; /* buffers or slots were freed; stop */
-	pthread_cond_t cons_cond; /* a chunk became ready; an error */
-	unsigned lanes_waiting;   /* on lane_cond */
-	bool cons_waiting;        /* on cons_cond */
-	unsigned ready;           /* slots ready and not yet released */
-	unsigned wake_batch;      /* wake the consumer for this many */
-
-	struct ur_stream *streams[UR_MAX_STREAMS];
-	unsigned nstreams;
-
-	struct lane lanes[MAX_LANES];
-	unsigned nlanes;
-	unsigned lane_cap; /* chunks a lane may own at once */
-
-	struct chunk *chunks;
-	unsigned nchunks;
-	struct chunk *free_list;
-	uint8_t *bufmem;
-	size_t bufbytes;
-
-	struct direct_fd direct[16];
-	unsigned ndirect;
-
-	struct ur_hasher *hasher; /* the consumer's, for zero hashes */
-	bool sync_fallback;       /* some lane had to do without io_uring */
-	bool started;
-	bool stop;
-	int err;
-	char errmsg[512];
-};
-
-static void set_error_locked(struct ur_engine *e, int err, const char *fmt,
-			     ...) __attribute__((format(printf, 3, 4)));
-
-static void set_error_locked(struct ur_engine *e, int err, const char *fmt,
-			     ...)
+void ur_fail_locked(struct ur_engine *e, int err, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -160,14 +33,10 @@ static void set_error_locked(struct ur_engine *e, int err, const char *fmt,
 
 /* --- setup -------------------------------------------------------------- */
 
-int ur_engine_new(const struct ur_config *cfg, struct ur_engine **out,
-		  char *err, size_t errlen)
+/* Is CFG one the engine can run?  If not, ERR says why. */
+static int check_config(const struct ur_config *cfg, char *err,
+			size_t errlen)
 {
-	struct ur_engine *e;
-	long ncpu;
-	int ret;
-
-	*out = NULL;
 	if (!ur_is_pow2(cfg->block_size) || cfg->block_size < 512 ||
 	    cfg->block_size > (256u << 20)) {
 		snprintf(err, errlen, "block size %u is not a power of two "
@@ -183,32 +52,58 @@ int ur_engine_new(const struct ur_config *cfg, struct ur_engine **out,
 		snprintf(err, errlen, "unknown hash algorithm");
 		return -EINVAL;
 	}
+	return 0;
+}
+
+/* Fill the zeros of CFG with defaults and pick a seed if none was set. */
+static int fill_defaults(struct ur_config *cfg, char *err, size_t errlen)
+{
+	long ncpu;
+	int ret;
+
+	if (!cfg->queue_depth)
+		cfg->queue_depth = UR_DEFAULT_QUEUE_DEPTH;
+	if (!cfg->chunk_size)
+		cfg->chunk_size = UR_DEFAULT_CHUNK;
+	if (!cfg->window)
+		cfg->window = UR_DEFAULT_WINDOW;
+	if (!cfg->threads) {
+		ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+		cfg->threads = ncpu > 0 ? (unsigned)ncpu : 1;
+	}
+	if (cfg->threads > MAX_LANES)
+		cfg->threads = MAX_LANES;
+	if (!cfg->seed_set) {
+		ret = ur_hash_random_seed(&cfg->seed);
+		if (ret < 0) {
+			snprintf(err, errlen, "getrandom: %s", strerror(-ret));
+			return ret;
+		}
+		cfg->seed_set = true;
+	}
+	return 0;
+}
+
+int ur_engine_new(const struct ur_config *cfg, struct ur_engine **out,
+		  char *err, size_t errlen)
+{
+	struct ur_engine *e;
+	int ret;
+
+	*out = NULL;
+	ret = check_config(cfg, err, errlen);
+	if (ret < 0)
+		return ret;
 	e = calloc(1, sizeof(*e));
 	if (!e) {
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
 	e->cfg = *cfg;
-	if (!e->cfg.queue_depth)
-		e->cfg.queue_depth = UR_DEFAULT_QUEUE_DEPTH;
-	if (!e->cfg.chunk_size)
-		e->cfg.chunk_size = UR_DEFAULT_CHUNK;
-	if (!e->cfg.window)
-		e->cfg.window = UR_DEFAULT_WINDOW;
-	if (!e->cfg.threads) {
-		ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-		e->cfg.threads = ncpu > 0 ? (unsigned)ncpu : 1;
-	}
-	if (e->cfg.threads > MAX_LANES)
-		e->cfg.threads = MAX_LANES;
-	if (!e->cfg.seed_set) {
-		ret = ur_hash_random_seed(&e->cfg.seed);
-		if (ret < 0) {
-			snprintf(err, errlen, "getrandom: %s", strerror(-ret));
-			free(e);
-			return ret;
-		}
-		e->cfg.seed_set = true;
+	ret = fill_defaults(&e->cfg, err, errlen);
+	if (ret < 0) {
+		free(e);
+		return ret;
 	}
 	/* A chunk is a whole number of compare blocks. */
 	e->chunk_blocks = e->cfg.chunk_size / e->cfg.block_size;
@@ -289,13 +184,10 @@ int ur_engine_add_from(struct ur_engine *e, struct ur_source *src,
 	return 0;
 }
 
-static void *lane_main(void *arg);
-
 int ur_engine_start(struct ur_engine *e)
 {
 	unsigned i, total = 0;
 	size_t hashes;
-	int ret;
 
 	if (e->started || !e->nstreams)
 		return -EINVAL;
@@ -333,29 +225,7 @@ int ur_engine_start(struct ur_engine *e)
 		e->free_list = c;
 	}
 	e->started = true;
-	for (i = 0; i < e->nlanes; i++) {
-		struct lane *l = &e->lanes[i];
-
-		l->e = e;
-		ret = ur_hasher_new(e->cfg.hash, e->cfg.seed, &l->hasher);
-		if (ret < 0) {
-			pthread_mutex_lock(&e->lock);
-			set_error_locked(e, ret, "cannot set up the hash: %s",
-					 strerror(-ret));
-			pthread_mutex_unlock(&e->lock);
-			return ret;
-		}
-		ret = pthread_create(&l->thread, NULL, lane_main, l);
-		if (ret) {
-			pthread_mutex_lock(&e->lock);
-			set_error_locked(e, -ret, "cannot start a thread: %s",
-					 strerror(ret));
-			pthread_mutex_unlock(&e->lock);
-			return -ret;
-		}
-		l->started = true;
-	}
-	return 0;
+	return ur_lanes_start(e);
 
 nomem:
 	snprintf(e->errmsg, sizeof(e->errmsg), "out of memory");
@@ -364,28 +234,12 @@ nomem:
 
 void ur_engine_free(struct ur_engine *e)
 {
-	bool leak = false;
+	bool leak;
 	unsigned i;
 
 	if (!e)
 		return;
-	pthread_mutex_lock(&e->lock);
-	e->stop = true;
-	pthread_cond_broadcast(&e->lane_cond);
-	pthread_mutex_unlock(&e->lock);
-	for (i = 0; i < e->nlanes; i++) {
-		struct lane *l = &e->lanes[i];
-
-		if (l->started)
-			pthread_join(l->thread, NULL);
-		if (l->ring_ok)
-			io_uring_queue_exit(&l->ring);
-		ur_hasher_free(l->hasher);
-		leak |= l->leak;
-	}
-	for (i = 0; i < e->ndirect; i++)
-		if (e->direct[i].dfd >= 0)
-			close(e->direct[i].dfd);
+	leak = ur_lanes_stop(e);
 	for (i = 0; i < e->nstreams; i++) {
 		free(e->streams[i]->fifo);
 		free(e->streams[i]);
@@ -456,643 +310,6 @@ void ur_stream_stats(struct ur_stream *s, struct ur_stream_stats *st)
 	pthread_mutex_unlock(&s->e->lock);
 }
 
-/* --- planning (engine lock held) --------------------------------------- */
-
-/*
- * Waking the consumer for every chunk costs two context switches per chunk
- * on a busy machine, so it is woken once a batch is ready, or as soon as
- * the lanes could stall without it (no buffer left, a stream at its quota
- * or fully planned).
- */
-static void wake_consumer(struct ur_engine *e)
-{
-	unsigned i;
-
-	if (!e->cons_waiting)
-		return;
-	if (e->ready < e->wake_batch && e->free_list) {
-		for (i = 0; i < e->nstreams; i++) {
-			struct ur_stream *s = e->streams[i];
-
-			if (s->plan_block >= s->nblocks ||
-			    s->in_use >= s->quota || s->count == s->fifo_cap)
-				break;
-		}
-		if (i == e->nstreams)
-			return;
-	}
-	pthread_cond_broadcast(&e->cons_cond);
-}
-
-static int direct_twin(struct ur_engine *e, int fd)
-{
-	char path[64];
-	unsigned i;
-	int dfd;
-
-	for (i = 0; i < e->ndirect; i++)
-		if (e->direct[i].fd == fd)
-			return e->direct[i].dfd;
-	if (e->ndirect == sizeof(e->direct) / sizeof(e->direct[0]))
-		return -1;
-	/* Reopen through /proc so an image's fd (owned by the VHDX library)
-	 * gets an O_DIRECT twin; filesystems without O_DIRECT refuse it and
-	 * the buffered fd is used instead. */
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
-	e->direct[e->ndirect].fd = fd;
-	e->direct[e->ndirect].dfd = dfd < 0 ? -1 : dfd;
-	e->ndirect++;
-	return dfd < 0 ? -1 : dfd;
-}
-
-static bool slot_push_zero(struct ur_stream *s, uint64_t n)
-{
-	struct slot *tail;
-
-	if (s->count) {
-		tail = &s->fifo[(s->head + s->count - 1) % s->fifo_cap];
-		if (!tail->c) {
-			tail->n += n;
-			return true;
-		}
-	}
-	if (s->count == s->fifo_cap)
-		return false;
-	tail = &s->fifo[(s->head + s->count) % s->fifo_cap];
-	tail->first = s->plan_block;
-	tail->n = n;
-	tail->consumed = 0;
-	tail->c = NULL;
-	s->count++;
-	s->e->ready++;
-	return true;
-}
-
-static int map_error(struct ur_engine *e, struct ur_stream *s, uint64_t pos,
-		     int ret)
-{
-	set_error_locked(e, ret, "%s: cannot map virtual offset %llu: %s",
-			 s->src->path, (unsigned long long)pos,
-			 ret == -EIO ? "bad extent map" : strerror(-ret));
-	return ret;
-}
-
-/*
- * Plan S forward: zero runs become zero slots, and the next data blocks
- * become one chunk, returned in *OUT.  Returns 1 when something was
- * planned, 0 when S cannot move (finished, or out of buffers or slots),
- * or a negative errno.
- */
-static int plan_stream(struct ur_engine *e, struct ur_stream *s,
-		       struct chunk **out)
-{
-	uint32_t bs = e->cfg.block_size;
-	struct chunk *c;
-	bool progress = false;
-	int64_t z;
-	unsigned i;
-	int ret = 0;
-
-	*out = NULL;
-	while (s->plan_block < s->nblocks) {
-		uint64_t pos = s->plan_block * bs;
-
-		if (s->count == s->fifo_cap)
-			break;
-		z = ur_zero_blocks(&s->cur, pos, bs,
-				   s->nblocks - s->plan_block);
-		if (z < 0)
-			return map_error(e, s, pos, (int)z);
-		if (z > 0) {
-			if (!slot_push_zero(s, (uint64_t)z))
-				break;
-			s->plan_block += (uint64_t)z;
-			s->stats.blocks_zero += (uint64_t)z;
-			progress = true;
-			/* Zero slots are ready as soon as they exist. */
-			wake_consumer(e);
-			continue;
-		}
-		if (s->in_use >= s->quota || !e->free_list)
-			break;
-		c = e->free_list;
-		e->free_list = c->next;
-		c->next = NULL;
-		c->s = s;
-		c->first = s->plan_block;
-		c->nblocks = 0;
-		c->state = CHUNK_BUSY;
-		ur_oplist_reset(&c->ops);
-		for (i = 0; i < e->chunk_blocks && s->plan_block < s->nblocks;
-		     i++) {
-			uint32_t len = ur_block_len(s->size, bs, s->plan_block);
-
-			pos = s->plan_block * bs;
-			if (i) {
-				/* A zero block ends the chunk: it costs no
-				 * read and belongs in a zero slot. */
-				z = ur_zero_blocks(&s->cur, pos, bs, 1);
-				if (z < 0)
-					ret = (int)z;
-				else
-					ret = z ? 1 : 0;
-				if (ret)
-					break;
-			}
-			ret = ur_plan_block(&s->cur, pos, len, i * bs,
-					    &c->ops);
-			if (ret < 0)
-				break;
-			s->plan_block++;
-			c->nblocks++;
-		}
-		if (ret < 0) {
-			/* Leave the chunk unqueued; the engine is failing. */
-			c->state = CHUNK_FREE;
-			c->next = e->free_list;
-			e->free_list = c;
-			if (ret != -ENOMEM)
-				return map_error(e, s, pos, ret);
-			set_error_locked(e, ret, "out of memory");
-			return ret;
-		}
-		s->stats.blocks_data += c->nblocks;
-		s->stats.bytes_read += c->ops.read_bytes;
-		s->stats.bytes_data += (uint64_t)c->nblocks * bs;
-		if (c->first + c->nblocks == s->nblocks && s->size % bs)
-			s->stats.bytes_data -= bs - s->size % bs;
-		s->in_use++;
-		s->fifo[(s->head + s->count) % s->fifo_cap] = (struct slot){
-			.first = c->first, .n = c->nblocks, .c = c };
-		s->count++;
-		if (e->cfg.direct) {
-			for (i = 0; i < c->ops.n; i++) {
-				struct ur_op *op = &c->ops.v[i];
-
-				op->fixed_fd = op->fd;
-				if (op->kind != UR_OP_READ ||
-				    op->file_off % DIRECT_ALIGN ||
-				    op->len % DIRECT_ALIGN ||
-				    op->buf_off % DIRECT_ALIGN)
-					continue;
-				ret = direct_twin(e, op->fd);
-				if (ret >= 0)
-					op->fixed_fd = ret;
-			}
-		} else {
-			for (i = 0; i < c->ops.n; i++)
-				c->ops.v[i].fixed_fd = c->ops.v[i].fd;
-		}
-		*out = c;
-		return 1;
-	}
-	return progress ? 1 : 0;
-}
-
-/* Plan for the stream that is furthest behind, so all streams advance
- * together.  Returns a chunk to read, or NULL. */
-static struct chunk *plan_next(struct ur_engine *e)
-{
-	bool tried[UR_MAX_STREAMS] = { false };
-	struct chunk *c;
-	unsigned i, k;
-	int ret;
-
-	for (k = 0; k < e->nstreams * 4 && !e->err; k++) {
-		struct ur_stream *best = NULL;
-		unsigned bi = 0;
-
-		for (i = 0; i < e->nstreams; i++) {
-			struct ur_stream *s = e->streams[i];
-
-			if (tried[i] || s->plan_block >= s->nblocks)
-				continue;
-			if (!best || s->plan_block < best->plan_block) {
-				best = s;
-				bi = i;
-			}
-		}
-		if (!best)
-			return NULL;
-		ret = plan_stream(e, best, &c);
-		if (ret < 0)
-			return NULL;
-		if (c)
-			return c;
-		/* Only zero slots, or stuck: look at the others. */
-		if (!ret)
-			tried[bi] = true;
-	}
-	return NULL;
-}
-
-/* --- the lanes ---------------------------------------------------------- */
-
-static void lane_queue(struct lane *l, struct ur_op *op)
-{
-	op->next = NULL;
-	if (l->sq_tail)
-		l->sq_tail->next = op;
-	else
-		l->sq_head = op;
-	l->sq_tail = op;
-}
-
-static void lane_fail(struct lane *l, int err, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void lane_fail(struct lane *l, int err, const char *fmt, ...)
-{
-	struct ur_engine *e = l->e;
-	char msg[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	pthread_mutex_lock(&e->lock);
-	set_error_locked(e, err, "%s", msg);
-	pthread_mutex_unlock(&e->lock);
-}
-
-/* Fill the parts of C that need no read, and queue its reads. */
-static void lane_prepare(struct lane *l, struct chunk *c)
-{
-	unsigned i;
-
-	c->pending = 0;
-	for (i = 0; i < c->ops.n; i++) {
-		struct ur_op *op = &c->ops.v[i];
-
-		switch (op->kind) {
-		case UR_OP_FILL:
-			memset(c->buf + op->buf_off, 0, op->len);
-			break;
-		case UR_OP_COPY:
-			memcpy(c->buf + op->buf_off, op->mem, op->len);
-			break;
-		case UR_OP_READ:
-			op->chunk = c;
-			op->done = 0;
-			op->piece = 0;
-			op->retries = 0;
-			c->pending++;
-			lane_queue(l, op);
-			break;
-		}
-	}
-	if (!c->pending) {
-		c->next = l->done;
-		l->done = c;
-	}
-}
-
-static void lane_complete(struct lane *l, struct ur_op *op, int res);
-
-/* Without io_uring: the same operations, one pread() at a time. */
-static void lane_submit_sync(struct lane *l)
-{
-	while (l->sq_head) {
-		struct ur_op *op = l->sq_head;
-		struct chunk *c = op->chunk;
-		uint32_t n = op->len - op->done;
-		ssize_t ret;
-
-		l->sq_head = op->next;
-		if (!l->sq_head)
-			l->sq_tail = NULL;
-		if (op->piece && n > op->piece)
-			n = op->piece;
-		ret = pread(op->fixed_fd, c->buf + op->buf_off + op->done, n,
-			    (off_t)(op->file_off + op->done));
-		l->inflight++;
-		lane_complete(l, op, ret < 0 ? -errno : (int)ret);
-	}
-}
-
-static void lane_submit(struct lane *l)
-{
-	struct io_uring_sqe *sqe;
-	struct ur_op *op;
-	int ret;
-
-	if (l->sync) {
-		lane_submit_sync(l);
-		return;
-	}
-	while (l->sq_head && l->inflight < LANE_RING_ENTRIES) {
-		struct chunk *c;
-		uint8_t *dst;
-		uint32_t n;
-
-		sqe = io_uring_get_sqe(&l->ring);
-		if (!sqe)
-			break;
-		op = l->sq_head;
-		l->sq_head = op->next;
-		if (!l->sq_head)
-			l->sq_tail = NULL;
-		c = op->chunk;
-		n = op->len - op->done;
-		if (op->piece && n > op->piece)
-			n = op->piece;
-		dst = c->buf + op->buf_off + op->done;
-		if (l->fixed)
-			io_uring_prep_read_fixed(sqe, op->fixed_fd, dst, n,
-						 op->file_off + op->done,
-						 c->idx);
-		else
-			io_uring_prep_read(sqe, op->fixed_fd, dst, n,
-					   op->file_off + op->done);
-		io_uring_sqe_set_data(sqe, op);
-		l->inflight++;
-	}
-	do
-		ret = io_uring_submit(&l->ring);
-	while (ret == -EINTR);
-	if (ret < 0 && ret != -EAGAIN && ret != -EBUSY)
-		lane_fail(l, ret, "io_uring_submit: %s", strerror(-ret));
-}
-
-static void lane_complete(struct lane *l, struct ur_op *op, int res)
-{
-	struct chunk *c = op->chunk;
-
-	l->inflight--;
-	if (__atomic_load_n(&l->e->err, __ATOMIC_RELAXED))
-		return; /* draining: nothing is used any more */
-	if (res > 0) {
-		op->done += (uint32_t)res;
-		op->retries = 0;
-		if (op->done < op->len) {
-			/* Short read: ask for the rest. */
-			lane_queue(l, op);
-			return;
-		}
-		if (!--c->pending) {
-			c->next = l->done;
-			l->done = c;
-		}
-		return;
-	}
-	if (res == -EAGAIN || res == -EINTR) {
-		uint32_t n = op->len - op->done;
-
-		/* Retry in smaller pieces: a large read that the kernel
-		 * splits into several requests fails as a whole when any
-		 * of them is interrupted, and could keep doing so. */
-		if (op->piece && op->piece < n)
-			n = op->piece;
-		if (n > 2 * UR_SUB_BLOCK)
-			op->piece = n / 2 / UR_SUB_BLOCK * UR_SUB_BLOCK;
-		if (++op->retries <= MAX_RETRIES) {
-			lane_queue(l, op);
-			return;
-		}
-	} else if (res == -EINVAL && op->fixed_fd != op->fd) {
-		/* O_DIRECT refused this one: read it through the cache. */
-		op->fixed_fd = op->fd;
-		lane_queue(l, op);
-		return;
-	}
-	if (!res)
-		lane_fail(l, -EIO, "%s: unexpected end of file at offset %llu "
-			  "(%u more bytes expected)", op->path,
-			  (unsigned long long)(op->file_off + op->done),
-			  op->len - op->done);
-	else
-		lane_fail(l, res, "%s: read error at offset %llu: %s",
-			  op->path,
-			  (unsigned long long)(op->file_off + op->done),
-			  strerror(-res));
-}
-
-/* Hash every block of C (and its 4 KiB pieces when asked). */
-static int lane_hash(struct lane *l, struct chunk *c)
-{
-	struct ur_engine *e = l->e;
-	uint32_t bs = e->cfg.block_size;
-	unsigned i;
-	int ret;
-
-	for (i = 0; i < c->nblocks; i++) {
-		uint32_t len = ur_block_len(c->s->size, bs, c->first + i);
-		const uint8_t *p = c->buf + (size_t)i * bs;
-
-		ret = ur_hasher_hash(l->hasher, p, len, &c->hashes[i]);
-		if (ret < 0)
-			return ret;
-		if (e->cfg.sub_hashes) {
-			unsigned j, per = bs / UR_SUB_BLOCK;
-			uint32_t o;
-
-			for (j = 0, o = 0; o < len; j++, o += UR_SUB_BLOCK) {
-				uint32_t n = len - o < UR_SUB_BLOCK ?
-						     len - o : UR_SUB_BLOCK;
-
-				ret = ur_hasher_hash(l->hasher, p + o, n,
-						     &c->sub[i * per + j]);
-				if (ret < 0)
-					return ret;
-			}
-		}
-	}
-	return 0;
-}
-
-/* Hash what finished reading and hand it to the consumer. */
-static void lane_publish(struct lane *l)
-{
-	struct ur_engine *e = l->e;
-
-	while (l->done) {
-		struct chunk *c = l->done;
-		int ret;
-
-		l->done = c->next;
-		c->next = NULL;
-		ret = lane_hash(l, c);
-		pthread_mutex_lock(&e->lock);
-		if (ret < 0)
-			set_error_locked(e, ret, "hashing failed: %s",
-					 strerror(-ret));
-		c->state = CHUNK_READY;
-		l->owned--;
-		e->ready++;
-		wake_consumer(e);
-		pthread_mutex_unlock(&e->lock);
-	}
-}
-
-static unsigned lane_reap(struct lane *l)
-{
-	struct io_uring_cqe *cqe;
-	unsigned n = 0;
-
-	while (io_uring_peek_cqe(&l->ring, &cqe) == 0) {
-		struct ur_op *op = io_uring_cqe_get_data(cqe);
-		int res = cqe->res;
-
-		io_uring_cqe_seen(&l->ring, cqe);
-		lane_complete(l, op, res);
-		n++;
-	}
-	return n;
-}
-
-static int lane_setup(struct lane *l)
-{
-	struct ur_engine *e = l->e;
-	struct io_uring_params p;
-	struct iovec *iov;
-	unsigned i;
-	int ret;
-
-	if (e->cfg.no_uring) {
-		l->sync = true;
-		return 0;
-	}
-	memset(&p, 0, sizeof(p));
-	/* Only this thread submits; completions can wait for it. */
-	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
-	ret = io_uring_queue_init_params(LANE_RING_ENTRIES, &l->ring, &p);
-	if (ret == -EINVAL) {
-		memset(&p, 0, sizeof(p));
-		ret = io_uring_queue_init_params(LANE_RING_ENTRIES, &l->ring,
-						 &p);
-	}
-	if (ret == -EPERM || ret == -ENOSYS || ret == -EACCES) {
-		/* io_uring disabled (sysctl, seccomp, old kernel): slower,
-		 * but still correct. */
-		l->sync = true;
-		__atomic_store_n(&e->sync_fallback, true, __ATOMIC_RELAXED);
-		return 0;
-	}
-	if (ret < 0) {
-		lane_fail(l, ret, "cannot set up io_uring: %s", strerror(-ret));
-		return ret;
-	}
-	l->ring_ok = true;
-	iov = calloc(e->nchunks, sizeof(*iov));
-	if (!iov) {
-		lane_fail(l, -ENOMEM, "out of memory");
-		return -ENOMEM;
-	}
-	for (i = 0; i < e->nchunks; i++) {
-		iov[i].iov_base = e->chunks[i].buf;
-		iov[i].iov_len = e->chunk_size;
-	}
-	/* Registration can fail on a low RLIMIT_MEMLOCK; plain reads into
-	 * the same buffers still work. */
-	l->fixed = io_uring_register_buffers(&l->ring, iov, e->nchunks) == 0;
-	free(iov);
-	return 0;
-}
-
-/* Wait for reads still in flight, so their buffers can be freed. */
-static void lane_drain(struct lane *l)
-{
-	struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = 100000000 };
-	struct io_uring_cqe *cqe;
-	unsigned waited = 0;
-	bool cancelled = false;
-
-	if (!l->ring_ok)
-		return;
-	while (l->inflight) {
-		if (!cancelled) {
-			struct io_uring_sqe *sqe = io_uring_get_sqe(&l->ring);
-
-			cancelled = true;
-			/* Ask the kernel to give up on blocked reads. */
-			if (sqe) {
-				io_uring_prep_cancel(sqe, NULL,
-						     IORING_ASYNC_CANCEL_ANY);
-				io_uring_sqe_set_data(sqe, NULL);
-				io_uring_submit(&l->ring);
-			}
-		}
-		if (io_uring_wait_cqe_timeout(&l->ring, &cqe, &ts) == 0) {
-			void *d = io_uring_cqe_get_data(cqe);
-
-			io_uring_cqe_seen(&l->ring, cqe);
-			if (d)
-				l->inflight--;
-			continue;
-		}
-		waited += 100;
-		if (waited >= DRAIN_TIMEOUT_MS) {
-			l->leak = true;
-			return;
-		}
-	}
-}
-
-static void *lane_main(void *arg)
-{
-	struct __kernel_timespec ts = { .tv_sec = 0, .tv_nsec = 200000000 };
-	struct lane *l = arg;
-	struct ur_engine *e = l->e;
-	struct io_uring_cqe *cqe;
-
-	if (lane_setup(l) < 0)
-		goto out;
-	for (;;) {
-		struct chunk *c = NULL;
-		unsigned reaped;
-
-		pthread_mutex_lock(&e->lock);
-		if (e->stop || e->err) {
-			pthread_mutex_unlock(&e->lock);
-			break;
-		}
-		if (l->owned < e->lane_cap) {
-			c = plan_next(e);
-			if (c)
-				l->owned++;
-		}
-		if (!c && !l->owned) {
-			/* Nothing in flight and nothing to plan: wait for the
-			 * consumer to free buffers (or for the end). */
-			if (e->cons_waiting)
-				pthread_cond_broadcast(&e->cons_cond);
-			e->lanes_waiting++;
-			pthread_cond_wait(&e->lane_cond, &e->lock);
-			e->lanes_waiting--;
-			pthread_mutex_unlock(&e->lock);
-			continue;
-		}
-		pthread_mutex_unlock(&e->lock);
-
-		if (c)
-			lane_prepare(l, c);
-		if (l->sq_head || (!l->sync && io_uring_sq_ready(&l->ring)))
-			lane_submit(l);
-		/* Reads served from the page cache complete during the
-		 * submit: hash them now, while they are in this CPU's
-		 * cache, before planning more. */
-		reaped = l->sync ? 0 : lane_reap(l);
-		if (l->done) {
-			lane_publish(l);
-			continue;
-		}
-		if (c || reaped)
-			continue;
-		if (!l->inflight || l->sync)
-			continue;
-		/* Waiting on the disk.  The timeout lets a stop be seen
-		 * even when a read hangs. */
-		if (io_uring_wait_cqe_timeout(&l->ring, &cqe, &ts) == 0) {
-			lane_reap(l);
-			lane_publish(l);
-		}
-	}
-out:
-	lane_drain(l);
-	return NULL;
-}
-
 /* --- the consumer ------------------------------------------------------- */
 
 static void cons_wait(struct ur_engine *e)
@@ -1123,7 +340,7 @@ static int load_head(struct ur_stream *s)
 				break;
 			}
 			if (!e->started) {
-				set_error_locked(e, -EINVAL,
+				ur_fail_locked(e, -EINVAL,
 						 "reader not started");
 				continue;
 			}
@@ -1206,9 +423,7 @@ void ur_stream_release(struct ur_stream *s, uint64_t n)
 			continue;
 		}
 		if (sl->c) {
-			sl->c->state = CHUNK_FREE;
-			sl->c->next = e->free_list;
-			e->free_list = sl->c;
+			ur_chunk_put(e, sl->c);
 			s->in_use--;
 		}
 		s->head = (s->head + 1) % s->fifo_cap;

@@ -2,11 +2,9 @@
 /* source.c - VHDX, raw file and block device sources (see source.h). */
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/fs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,19 +28,16 @@ static int open_raw(struct ur_source *s, int fd, const struct stat *st,
 {
 	s->fd = fd;
 	if (S_ISBLK(st->st_mode)) {
-		uint64_t size;
-		int ssz;
+		int ret;
 
 		s->type = UR_SRC_BLOCKDEV;
-		if (ioctl(fd, BLKGETSIZE64, &size) < 0 ||
-		    ioctl(fd, BLKSSZGET, &ssz) < 0) {
+		ret = vhdx_blockdev_geometry(fd, &s->size, &s->sector_size);
+		if (ret < 0) {
 			snprintf(err, errlen, "%s: cannot read the block "
 				 "device's geometry: %s", s->path,
-				 strerror(errno));
-			return -errno;
+				 strerror(-ret));
+			return ret;
 		}
-		s->size = size;
-		s->sector_size = (uint32_t)ssz;
 		/* Block devices report one data run from SEEK_DATA at
 		 * best; do not bother. */
 		s->no_seek_data = true;
@@ -54,14 +49,29 @@ static int open_raw(struct ur_source *s, int fd, const struct stat *st,
 	return 0;
 }
 
+/* The library opens the image again by its path and keeps its own fd. */
+static int open_vhdx(struct ur_source *s, char *err, size_t errlen)
+{
+	struct vhdx_error verr;
+	int ret;
+
+	ret = vhdx_open(s->path, 0, &s->img, &verr);
+	if (ret < 0) {
+		snprintf(err, errlen, "%s", verr.msg);
+		return ret;
+	}
+	s->own_img = true;
+	s->type = UR_SRC_VHDX;
+	s->size = vhdx_get_info(s->img)->virtual_size;
+	s->sector_size = vhdx_get_info(s->img)->logical_sector_size;
+	return 0;
+}
+
 int ur_source_open(const char *path, struct ur_source **out, char *err,
 		   size_t errlen)
 {
 	struct ur_source *s;
-	struct vhdx_error verr;
 	struct stat st;
-	char sig[8];
-	ssize_t n;
 	int fd, ret;
 
 	*out = NULL;
@@ -91,32 +101,22 @@ int ur_source_open(const char *path, struct ur_source **out, char *err,
 			 path);
 		goto fail_fd;
 	}
-	do
-		n = pread(fd, sig, sizeof(sig), 0);
-	while (n < 0 && errno == EINTR);
-	if (n < 0) {
-		ret = -errno;
+	ret = vhdx_probe_fd(fd);
+	if (ret < 0) {
 		snprintf(err, errlen, "%s: cannot read at offset 0: %s", path,
-			 strerror(errno));
+			 strerror(-ret));
 		goto fail_fd;
 	}
-	if (n == (ssize_t)sizeof(sig) && !memcmp(sig, "vhdxfile", 8)) {
+	if (ret) {
 		close(fd);
-		ret = vhdx_open(path, 0, &s->img, &verr);
-		if (ret < 0) {
-			snprintf(err, errlen, "%s", verr.msg);
+		ret = open_vhdx(s, err, errlen);
+		if (ret < 0)
 			goto fail;
-		}
-		s->own_img = true;
-		s->type = UR_SRC_VHDX;
-		s->size = vhdx_get_info(s->img)->virtual_size;
-		s->sector_size = vhdx_get_info(s->img)->logical_sector_size;
-		*out = s;
-		return 0;
+	} else {
+		ret = open_raw(s, fd, &st, err, errlen);
+		if (ret < 0)
+			goto fail_fd;
 	}
-	ret = open_raw(s, fd, &st, err, errlen);
-	if (ret < 0)
-		goto fail_fd;
 	*out = s;
 	return 0;
 

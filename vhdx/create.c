@@ -155,229 +155,318 @@ static void md_entry(uint8_t *table, unsigned i, const char *guid, uint32_t off,
 	le32_put(e + 24, flags);
 }
 
-int vhdx_create(const char *path, const struct vhdx_create_opts *o,
-		struct vhdx_error *err)
+/* What every section of a new image is built from. */
+struct layout {
+	struct vhdx_create_opts opts;  /* defaults filled in */
+	uint64_t blocks;               /* payload blocks */
+	uint64_t cr;                   /* chunk ratio */
+	uint64_t bat_len;
+	uint64_t data_off;             /* first payload block */
+	struct vhdx_guid file_write_guid, data_write_guid, page83;
+	unsigned nmd;                  /* metadata items */
+	struct vhdx_guid linkage;      /* child only: the parent's ... */
+	char *rel;                     /* ... relative_path ... */
+	char pabs[PATH_MAX];           /* ... and absolute path */
+};
+
+/* A child takes its parent's geometry: Hyper-V refuses a chain whose
+ * sizes or sectors differ. */
+static int take_parent(const char *path, struct layout *l,
+		       struct vhdx_error *err)
 {
-	struct vhdx_create_opts opts = *o;
-	struct vhdx_image *parent = NULL;
-	struct vhdx_header_info h;
-	struct vhdx_guid page83, linkage;
-	uint64_t blocks, cr, entries, bat_len, data_off, j, *bat = NULL;
-	uint8_t *buf = NULL, *md;
-	char *rel = NULL, pabs[PATH_MAX];
-	unsigned nmd = 5;
-	size_t loclen = 0;
-	int fd = -1, ret;
+	struct vhdx_create_opts *opts = &l->opts;
+	struct vhdx_image *parent;
+	struct vhdx_error perr;
+	int ret;
 
-	if (err)
-		err->msg[0] = '\0';
-	if (opts.parent) {
-		struct vhdx_error perr;
+	ret = vhdx_open(opts->parent, 0, &parent, &perr);
+	if (ret)
+		return vhdx_fail(err, ret, path, "parent %s", perr.msg);
+	opts->virtual_size = parent->info.virtual_size;
+	opts->logical_sector_size = parent->info.logical_sector_size;
+	if (!opts->physical_sector_size)
+		opts->physical_sector_size = parent->info.physical_sector_size;
+	if (!opts->block_size)
+		opts->block_size = 2 * MiB;
+	l->linkage = parent->info.header[parent->info.current_header].data_write_guid;
+	opts->fixed = false;
+	l->rel = relative_path(path, opts->parent);
+	if (!l->rel || !realpath(opts->parent, l->pabs))
+		ret = vhdx_fail(err, -errno ? -errno : -EINVAL, path,
+			   "cannot work out the path to parent %s", opts->parent);
+	l->nmd = 6;
+	vhdx_close(parent);
+	return ret;
+}
 
-		ret = vhdx_open(opts.parent, 0, &parent, &perr);
+static int check_geometry(const char *path, struct vhdx_create_opts *opts,
+			  struct vhdx_error *err)
+{
+	if (!opts->block_size)
+		opts->block_size = 32 * MiB;
+	if (!opts->logical_sector_size)
+		opts->logical_sector_size = 512;
+	if (!opts->physical_sector_size)
+		opts->physical_sector_size = 4096;
+	if (opts->block_size < VHDX_MIN_BLOCK_SIZE || opts->block_size > VHDX_MAX_BLOCK_SIZE ||
+	    (opts->block_size & (opts->block_size - 1)))
+		return vhdx_fail(err, -EINVAL, path,
+			    "block size %u is not a power of two from 1 MiB to 256 MiB",
+			    opts->block_size);
+	if ((opts->logical_sector_size != 512 && opts->logical_sector_size != 4096) ||
+	    (opts->physical_sector_size != 512 && opts->physical_sector_size != 4096))
+		return vhdx_fail(err, -EINVAL, path, "sector sizes must be 512 or 4096");
+	if (opts->virtual_size == 0 || opts->virtual_size % opts->logical_sector_size ||
+	    opts->virtual_size > VHDX_MAX_VIRTUAL_SIZE)
+		return vhdx_fail(err, -EINVAL, path,
+			    "size %llu is not a multiple of the %u-byte sector from one sector to 64 TiB",
+			    (unsigned long long)opts->virtual_size, opts->logical_sector_size);
+	return 0;
+}
+
+/* Everything that can be refused is refused here, before the file exists. */
+static int plan(const char *path, struct layout *l, struct vhdx_error *err)
+{
+	int ret;
+
+	l->nmd = 5;
+	if (l->opts.parent) {
+		ret = take_parent(path, l, err);
 		if (ret)
-			return vhdx_fail(err, ret, path, "parent %s", perr.msg);
-		opts.virtual_size = parent->info.virtual_size;
-		opts.logical_sector_size = parent->info.logical_sector_size;
-		if (!opts.physical_sector_size)
-			opts.physical_sector_size = parent->info.physical_sector_size;
-		if (!opts.block_size)
-			opts.block_size = 2 * MiB;
-		linkage = parent->info.header[parent->info.current_header].data_write_guid;
-		opts.fixed = false;
-		rel = relative_path(path, opts.parent);
-		if (!rel || !realpath(opts.parent, pabs)) {
-			ret = vhdx_fail(err, -errno ? -errno : -EINVAL, path,
-				   "cannot work out the path to parent %s", opts.parent);
-			goto out_noclean;
-		}
-		nmd = 6;
+			return ret;
 	}
-	if (!opts.block_size)
-		opts.block_size = 32 * MiB;
-	if (!opts.logical_sector_size)
-		opts.logical_sector_size = 512;
-	if (!opts.physical_sector_size)
-		opts.physical_sector_size = 4096;
-	if (opts.block_size < VHDX_MIN_BLOCK_SIZE || opts.block_size > VHDX_MAX_BLOCK_SIZE ||
-	    (opts.block_size & (opts.block_size - 1))) {
-		ret = vhdx_fail(err, -EINVAL, path,
-			   "block size %u is not a power of two from 1 MiB to 256 MiB",
-			   opts.block_size);
-		goto out_noclean;
-	}
-	if ((opts.logical_sector_size != 512 && opts.logical_sector_size != 4096) ||
-	    (opts.physical_sector_size != 512 && opts.physical_sector_size != 4096)) {
-		ret = vhdx_fail(err, -EINVAL, path, "sector sizes must be 512 or 4096");
-		goto out_noclean;
-	}
-	if (opts.virtual_size == 0 || opts.virtual_size % opts.logical_sector_size ||
-	    opts.virtual_size > VHDX_MAX_VIRTUAL_SIZE) {
-		ret = vhdx_fail(err, -EINVAL, path,
-			   "size %llu is not a multiple of the %u-byte sector from one sector to 64 TiB",
-			   (unsigned long long)opts.virtual_size, opts.logical_sector_size);
-		goto out_noclean;
-	}
-
-	blocks = vhdx_payload_blocks(opts.virtual_size, opts.block_size);
-	cr = vhdx_chunk_ratio(opts.block_size, opts.logical_sector_size);
-	entries = vhdx_bat_entry_count(blocks, cr, opts.parent != NULL);
+	ret = check_geometry(path, &l->opts, err);
+	if (ret)
+		return ret;
+	l->blocks = vhdx_payload_blocks(l->opts.virtual_size, l->opts.block_size);
+	l->cr = vhdx_chunk_ratio(l->opts.block_size, l->opts.logical_sector_size);
 	/* Room for a differencing child's full interleave either way. */
-	bat_len = ((blocks + cr - 1) / cr * (cr + 1) * 8 + VHDX_ALIGN - 1) / VHDX_ALIGN * VHDX_ALIGN;
-	if (bat_len > UINT32_MAX) {
-		ret = vhdx_fail(err, -EINVAL, path, "BAT would be larger than 4 GiB");
-		goto out_noclean;
-	}
-	data_off = BAT_OFFSET + bat_len;
+	l->bat_len = ((l->blocks + l->cr - 1) / l->cr * (l->cr + 1) * 8 + VHDX_ALIGN - 1) /
+		     VHDX_ALIGN * VHDX_ALIGN;
+	if (l->bat_len > UINT32_MAX)
+		return vhdx_fail(err, -EINVAL, path, "BAT would be larger than 4 GiB");
+	l->data_off = BAT_OFFSET + l->bat_len;
+	return 0;
+}
 
-	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-	if (fd < 0) {
-		ret = vhdx_fail(err, -errno, path, "cannot create: %s", strerror(errno));
-		goto out_noclean;
-	}
-	buf = calloc(1, VHDX_HEADER_SECTION_SIZE > METADATA_LENGTH ? VHDX_HEADER_SECTION_SIZE
-								  : METADATA_LENGTH);
-	bat = calloc(entries ? entries : 1, sizeof(*bat));
-	if (!buf || !bat) {
-		ret = vhdx_fail(err, -ENOMEM, path, "out of memory");
-		goto out;
-	}
+static int new_guids(struct layout *l, const char *path, struct vhdx_error *err)
+{
+	int ret;
 
-	/* 2.2.1 file type identifier */
+	ret = vhdx_guid_generate(&l->file_write_guid);
+	if (!ret)
+		ret = vhdx_guid_generate(&l->data_write_guid);
+	if (!ret)
+		ret = vhdx_guid_generate(&l->page83);
+	if (ret)
+		return vhdx_fail(err, ret, path, "cannot generate GUIDs: %s", strerror(-ret));
+	return 0;
+}
+
+static int write_failed(struct vhdx_error *err, const char *path, int ret)
+{
+	return vhdx_fail(err, ret, path, "write failed: %s", strerror(-ret));
+}
+
+/* 2.2.1 File Type Identifier */
+static void put_file_id(uint8_t *buf)
+{
 	memcpy(buf, VHDX_FILE_ID_SIG, 8);
 	put_utf16(buf + VHDX_CREATOR_OFFSET, CREATOR);
-	/* 2.2.2 headers */
+}
+
+/* 2.2.2 Headers: both valid, so a reader that loses one still opens the
+ * file; the second (sequence 1) is current. */
+static void put_headers(uint8_t *buf, const struct layout *l)
+{
+	struct vhdx_header_info h;
+
 	memset(&h, 0, sizeof(h));
 	h.version = VHDX_VERSION;
 	h.log_version = VHDX_LOG_VERSION;
 	h.log_offset = LOG_OFFSET;
 	h.log_length = LOG_LENGTH;
-	ret = vhdx_guid_generate(&h.file_write_guid);
-	if (!ret)
-		ret = vhdx_guid_generate(&h.data_write_guid);
-	if (!ret)
-		ret = vhdx_guid_generate(&page83);
-	if (ret) {
-		vhdx_fail(err, ret, path, "cannot generate GUIDs: %s", strerror(-ret));
-		goto out;
-	}
+	h.file_write_guid = l->file_write_guid;
+	h.data_write_guid = l->data_write_guid;
 	h.sequence = 0;
 	vhdx_header_build(&h, buf + VHDX_HEADER1_OFFSET);
 	h.sequence = 1;
 	vhdx_header_build(&h, buf + VHDX_HEADER2_OFFSET);
-	/* 2.2.3 region table, twice */
-	{
-		uint8_t *rt = buf + VHDX_REGION_TABLE1_OFFSET;
+}
 
-		memcpy(rt, VHDX_REGION_SIG, 4);
-		le32_put(rt + 8, 2);
-		put_guid_str(rt + 16, VHDX_BAT_GUID_STR);
-		le64_put(rt + 16 + 16, BAT_OFFSET);
-		le32_put(rt + 16 + 24, (uint32_t)bat_len);
-		le32_put(rt + 16 + 28, VHDX_REGION_REQUIRED);
-		put_guid_str(rt + 48, VHDX_METADATA_GUID_STR);
-		le64_put(rt + 48 + 16, METADATA_OFFSET);
-		le32_put(rt + 48 + 24, METADATA_LENGTH);
-		le32_put(rt + 48 + 28, VHDX_REGION_REQUIRED);
-		le32_put(rt + 4, vhdx_checksum(rt, VHDX_REGION_TABLE_SIZE, 4));
-		memcpy(buf + VHDX_REGION_TABLE2_OFFSET, rt, VHDX_REGION_TABLE_SIZE);
-	}
-	ret = vhdx_write_full(fd, buf, VHDX_HEADER_SECTION_SIZE, 0);
-	if (ret)
-		goto io;
+/* 2.2.3 Region Table, twice: a reader falls back to the second copy. */
+static void put_region_tables(uint8_t *buf, const struct layout *l)
+{
+	uint8_t *rt = buf + VHDX_REGION_TABLE1_OFFSET;
 
-	/* 2.6 metadata region: table, then items from 64 KiB */
-	memset(buf, 0, METADATA_LENGTH);
-	md = buf;
+	memcpy(rt, VHDX_REGION_SIG, 4);
+	le32_put(rt + 8, 2);
+	put_guid_str(rt + 16, VHDX_BAT_GUID_STR);
+	le64_put(rt + 16 + 16, BAT_OFFSET);
+	le32_put(rt + 16 + 24, (uint32_t)l->bat_len);
+	le32_put(rt + 16 + 28, VHDX_REGION_REQUIRED);
+	put_guid_str(rt + 48, VHDX_METADATA_GUID_STR);
+	le64_put(rt + 48 + 16, METADATA_OFFSET);
+	le32_put(rt + 48 + 24, METADATA_LENGTH);
+	le32_put(rt + 48 + 28, VHDX_REGION_REQUIRED);
+	le32_put(rt + 4, vhdx_checksum(rt, VHDX_REGION_TABLE_SIZE, 4));
+	memcpy(buf + VHDX_REGION_TABLE2_OFFSET, rt, VHDX_REGION_TABLE_SIZE);
+}
+
+/* 2.6.2.6 Parent Locator, after the fixed-size items.  Returns 0 or
+ * -ENOMEM. */
+static int put_parent_locator(uint8_t *md, const struct layout *l)
+{
+	char *abs = NULL, *c;
+	size_t loclen;
+
+	/* absolute_win32_path: the parent's file name is all a
+	 * Windows host or our own lookup can use from a Linux path */
+	if (asprintf(&abs, "C:%s", l->pabs) < 0)
+		return -ENOMEM;
+	for (c = abs; *c; c++)
+		if (*c == '/')
+			*c = '\\';
+	loclen = build_locator(md + 64 * KiB + 64, METADATA_LENGTH - 64 * KiB - 64,
+			       &l->linkage, l->rel, abs);
+	free(abs);
+	md_entry(md, 5, VHDX_MD_PARENT_LOCATOR_STR, 64 * KiB + 64, (uint32_t)loclen,
+		 VHDX_MD_IS_REQUIRED);
+	return 0;
+}
+
+/* 2.6 Metadata Region: the table, then the items from 64 KiB.  Returns 0
+ * or -ENOMEM. */
+static int put_metadata(uint8_t *md, const struct layout *l)
+{
+	const struct vhdx_create_opts *opts = &l->opts;
+
+	memset(md, 0, METADATA_LENGTH);
 	memcpy(md, VHDX_METADATA_SIG, 8);
-	le16_put(md + 10, (uint16_t)nmd);
+	le16_put(md + 10, (uint16_t)l->nmd);
 	md_entry(md, 0, VHDX_MD_FILE_PARAMETERS_STR, 64 * KiB, 8, VHDX_MD_IS_REQUIRED);
-	le32_put(md + 64 * KiB, opts.block_size);
-	le32_put(md + 64 * KiB + 4, (opts.fixed ? VHDX_FP_LEAVE_BLOCKS_ALLOCATED : 0) |
-					    (opts.parent ? VHDX_FP_HAS_PARENT : 0));
+	le32_put(md + 64 * KiB, opts->block_size);
+	le32_put(md + 64 * KiB + 4, (opts->fixed ? VHDX_FP_LEAVE_BLOCKS_ALLOCATED : 0) |
+					    (opts->parent ? VHDX_FP_HAS_PARENT : 0));
 	md_entry(md, 1, VHDX_MD_VIRTUAL_DISK_SIZE_STR, 64 * KiB + 8, 8,
 		 VHDX_MD_IS_REQUIRED | VHDX_MD_IS_VIRTUAL_DISK);
-	le64_put(md + 64 * KiB + 8, opts.virtual_size);
+	le64_put(md + 64 * KiB + 8, opts->virtual_size);
 	md_entry(md, 2, VHDX_MD_PAGE83_STR, 64 * KiB + 16, 16,
 		 VHDX_MD_IS_REQUIRED | VHDX_MD_IS_VIRTUAL_DISK);
-	vhdx_guid_to_le(&page83, md + 64 * KiB + 16);
+	vhdx_guid_to_le(&l->page83, md + 64 * KiB + 16);
 	md_entry(md, 3, VHDX_MD_LOGICAL_SECTOR_STR, 64 * KiB + 32, 4,
 		 VHDX_MD_IS_REQUIRED | VHDX_MD_IS_VIRTUAL_DISK);
-	le32_put(md + 64 * KiB + 32, opts.logical_sector_size);
+	le32_put(md + 64 * KiB + 32, opts->logical_sector_size);
 	md_entry(md, 4, VHDX_MD_PHYSICAL_SECTOR_STR, 64 * KiB + 36, 4,
 		 VHDX_MD_IS_REQUIRED | VHDX_MD_IS_VIRTUAL_DISK);
-	le32_put(md + 64 * KiB + 36, opts.physical_sector_size);
-	if (opts.parent) {
-		char *abs = NULL, *c;
+	le32_put(md + 64 * KiB + 36, opts->physical_sector_size);
+	if (opts->parent)
+		return put_parent_locator(md, l);
+	return 0;
+}
 
-		/* absolute_win32_path: the parent's file name is all a
-		 * Windows host or our own lookup can use from a Linux path */
-		if (asprintf(&abs, "C:%s", pabs) < 0) {
-			ret = vhdx_fail(err, -ENOMEM, path, "out of memory");
-			goto out;
-		}
-		for (c = abs; *c; c++)
-			if (*c == '/')
-				*c = '\\';
-		loclen = build_locator(md + 64 * KiB + 64, METADATA_LENGTH - 64 * KiB - 64,
-				       &linkage, rel, abs);
-		free(abs);
-		md_entry(md, 5, VHDX_MD_PARENT_LOCATOR_STR, 64 * KiB + 64, (uint32_t)loclen,
-			 VHDX_MD_IS_REQUIRED);
+/* 2.5 BAT: every block NOT_PRESENT, except that a fixed disk's blocks lie
+ * one after another from data_off. */
+static int write_bat(int fd, const struct layout *l, const char *path,
+		     struct vhdx_error *err)
+{
+	uint8_t *raw = calloc(1, l->bat_len);
+	uint64_t j;
+	int ret;
+
+	if (!raw)
+		return vhdx_fail(err, -ENOMEM, path, "out of memory");
+	for (j = 0; l->opts.fixed && j < l->blocks; j++)
+		le64_put(raw + vhdx_bat_payload_index(j, l->cr) * 8,
+			 vhdx_bat_make(VHDX_PAYLOAD_FULLY_PRESENT,
+				       l->data_off + j * l->opts.block_size));
+	ret = vhdx_write_full(fd, raw, l->bat_len, BAT_OFFSET);
+	free(raw);
+	return ret ? write_failed(err, path, ret) : 0;
+}
+
+/* The payload area ends the file: reserved for a fixed disk so that it
+ * never fails for lack of space later, sparse where that is not
+ * supported; a dynamic disk grows block by block from data_off. */
+static int size_file(int fd, const struct layout *l, const char *path,
+		     struct vhdx_error *err)
+{
+	if (l->opts.fixed) {
+		uint64_t end = l->data_off + l->blocks * l->opts.block_size;
+
+		if (posix_fallocate(fd, 0, (off_t)end) && ftruncate(fd, (off_t)end))
+			return write_failed(err, path, -errno);
+	} else if (ftruncate(fd, (off_t)l->data_off)) {
+		return write_failed(err, path, -errno);
 	}
-	ret = vhdx_write_full(fd, md, METADATA_LENGTH, METADATA_OFFSET);
+	if (fsync(fd))
+		return write_failed(err, path, -errno);
+	return 0;
+}
+
+/* 2.2: the file type identifier, headers and region tables are written
+ * as one 1 MiB header section. */
+static int write_header_section(int fd, uint8_t *buf, const struct layout *l,
+				const char *path, struct vhdx_error *err)
+{
+	int ret;
+
+	put_file_id(buf);
+	put_headers(buf, l);
+	put_region_tables(buf, l);
+	ret = vhdx_write_full(fd, buf, VHDX_HEADER_SECTION_SIZE, 0);
+	return ret ? write_failed(err, path, ret) : 0;
+}
+
+static int write_metadata(int fd, uint8_t *buf, const struct layout *l,
+			  const char *path, struct vhdx_error *err)
+{
+	int ret;
+
+	ret = put_metadata(buf, l);
 	if (ret)
-		goto io;
+		return vhdx_fail(err, ret, path, "out of memory");
+	ret = vhdx_write_full(fd, buf, METADATA_LENGTH, METADATA_OFFSET);
+	return ret ? write_failed(err, path, ret) : 0;
+}
 
-	/* 2.5 BAT */
-	for (j = 0; opts.fixed && j < blocks; j++)
-		bat[vhdx_bat_payload_index(j, cr)] =
-			vhdx_bat_make(VHDX_PAYLOAD_FULLY_PRESENT, data_off + j * opts.block_size);
-	{
-		uint8_t *raw = calloc(1, bat_len);
+int vhdx_create(const char *path, const struct vhdx_create_opts *o,
+		struct vhdx_error *err)
+{
+	struct layout l = { .opts = *o };
+	uint8_t *buf = NULL;
+	int fd = -1, ret;
 
-		if (!raw) {
-			ret = vhdx_fail(err, -ENOMEM, path, "out of memory");
-			goto out;
-		}
-		for (j = 0; j < entries; j++)
-			le64_put(raw + j * 8, bat[j]);
-		ret = vhdx_write_full(fd, raw, bat_len, BAT_OFFSET);
-		free(raw);
-		if (ret)
-			goto io;
+	if (err)
+		err->msg[0] = '\0';
+	ret = plan(path, &l, err);
+	if (ret)
+		goto out_noclean;
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		ret = vhdx_fail(err, -errno, path, "cannot create: %s", strerror(errno));
+		goto out_noclean;
 	}
-	if (opts.fixed) {
-		uint64_t end = data_off + blocks * opts.block_size;
-
-		/* Reserve the space so a fixed disk never fails for lack of
-		 * it later; fall back to a sparse file where not supported. */
-		if (posix_fallocate(fd, 0, (off_t)end) && ftruncate(fd, (off_t)end)) {
-			ret = -errno;
-			goto io;
-		}
-	} else if (ftruncate(fd, (off_t)data_off)) {
-		ret = -errno;
-		goto io;
-	}
-	if (fsync(fd)) {
-		ret = -errno;
-		goto io;
-	}
-	ret = 0;
-	goto out;
-io:
-	vhdx_fail(err, ret, path, "write failed: %s", strerror(-ret));
-out:
-	if (fd >= 0) {
-		close(fd);
-		if (ret)
-			unlink(path);
-	}
+	/* one buffer for the header section, then the metadata region */
+	buf = calloc(1, VHDX_HEADER_SECTION_SIZE > METADATA_LENGTH ? VHDX_HEADER_SECTION_SIZE
+								  : METADATA_LENGTH);
+	if (!buf)
+		ret = vhdx_fail(err, -ENOMEM, path, "out of memory");
+	if (!ret)
+		ret = new_guids(&l, path, err);
+	if (!ret)
+		ret = write_header_section(fd, buf, &l, path, err);
+	if (!ret)
+		ret = write_metadata(fd, buf, &l, path, err);
+	if (!ret)
+		ret = write_bat(fd, &l, path, err);
+	if (!ret)
+		ret = size_file(fd, &l, path, err);
+	close(fd);
+	if (ret)
+		unlink(path);
 out_noclean:
 	free(buf);
-	free(bat);
-	free(rel);
-	vhdx_close(parent);
+	free(l.rel);
 	return ret;
 }

@@ -3,7 +3,7 @@
  * format.h - VHDX on-disk layout (MS-VHDX), offsets and constants.
  *
  * Structures are described by byte offsets rather than packed C structs:
- * every field is read with the le*_get helpers below, so endianness is
+ * every field is read with the le*_get helpers of le.h, so endianness is
  * converted once, where bytes leave or enter the file.
  */
 #ifndef HVRESYNC_VHDX_FORMAT_H
@@ -12,47 +12,12 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "le.h"
+
 #define KiB (1024ull)
 #define MiB (1024ull * 1024)
 #define GiB (1024ull * 1024 * 1024)
 #define TiB (1024ull * 1024 * 1024 * 1024)
-
-/* Little-endian access at the boundary. */
-static inline uint16_t le16_get(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static inline uint32_t le32_get(const uint8_t *p)
-{
-	return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-	       ((uint32_t)p[3] << 24);
-}
-
-static inline uint64_t le64_get(const uint8_t *p)
-{
-	return (uint64_t)le32_get(p) | ((uint64_t)le32_get(p + 4) << 32);
-}
-
-static inline void le16_put(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static inline void le32_put(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
-
-static inline void le64_put(uint8_t *p, uint64_t v)
-{
-	le32_put(p, (uint32_t)v);
-	le32_put(p + 4, (uint32_t)(v >> 32));
-}
 
 /* 2.1 Layout: the header section is the first 1 MiB. */
 #define VHDX_HEADER_SECTION_SIZE (1 * MiB)

@@ -1,49 +1,27 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * image.c - opening a VHDX: header section, log replay (in memory for a
- * read-only open, on disk for a read-write one), region table, metadata,
- * BAT validation and the parent chain.  Every refusal is one line in
- * struct vhdx_error naming the file and the problem.
+ * image.c - opening a VHDX, as a chain of steps in the order MS-VHDX
+ * implies (open_one): file type identifier, headers, log replay (in memory
+ * for a read-only open, on disk for a read-write one), region table,
+ * metadata, BAT validation and the parent chain; and closing it.  Each step
+ * may rely on what the steps before it checked, so none re-validates.
+ * Every refusal is one line in struct vhdx_error naming the file and the
+ * problem.  Reading the file is file.c's, finding the parent parent.c's.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
-#include <limits.h>
-#include <linux/fs.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
 
-#define VHDX_MAX_CHAIN 64
 /* Logs and metadata regions are 1 MiB in practice; refuse absurd sizes
  * rather than allocate them. */
 #define VHDX_MAX_LOG_LENGTH (256 * MiB)
 #define VHDX_MAX_METADATA_LENGTH (256 * MiB)
-
-static const uint8_t zero_sector[VHDX_LOG_SECTOR];
-
-int vhdx_fail(struct vhdx_error *err, int ret, const char *path,
-	      const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	if (!err)
-		return ret;
-	n = snprintf(err->msg, sizeof(err->msg), "%.600s: ", path);
-	if (n > 0 && (size_t)n < sizeof(err->msg)) {
-		va_start(ap, fmt);
-		vsnprintf(err->msg + n, sizeof(err->msg) - (size_t)n, fmt, ap);
-		va_end(ap);
-	}
-	return ret;
-}
 
 const char *vhdx_payload_state_name(unsigned state)
 {
@@ -69,211 +47,28 @@ const char *vhdx_type_name(enum vhdx_type t)
 	return "unknown";
 }
 
-/* --- Reading through the replay overlay -------------------------------- */
-
-/* Index of the first overlay sector at or after OFF. */
-static unsigned overlay_lower(const struct vhdx_overlay *ov, uint64_t off)
-{
-	unsigned lo = 0, hi = ov->count;
-
-	while (lo < hi) {
-		unsigned mid = lo + (hi - lo) / 2;
-
-		if (ov->off[mid] < off)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
-}
-
-static int pread_full(int fd, void *buf, size_t len, uint64_t off,
-		      size_t *got)
-{
-	uint8_t *p = buf;
-	ssize_t n;
-
-	*got = 0;
-	while (*got < len) {
-		n = pread(fd, p + *got, len - *got, (off_t)(off + *got));
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			break;
-		*got += (size_t)n;
-	}
-	return 0;
-}
-
-int vhdx_file_read(const struct vhdx_image *img, void *buf, size_t len,
-		   uint64_t off)
-{
-	const struct vhdx_overlay *ov = &img->overlay;
-	uint8_t *p = buf;
-	size_t got;
-	unsigned i;
-	int ret;
-
-	ret = pread_full(img->fd, buf, len, off, &got);
-	if (ret < 0)
-		return ret;
-	if (got < len) {
-		if (off + len > __atomic_load_n(&ov->file_size, __ATOMIC_RELAXED))
-			return -ENODATA;
-		memset(p + got, 0, len - got); /* extended by the log replay */
-	}
-	for (i = overlay_lower(ov, off > VHDX_LOG_SECTOR ? off - VHDX_LOG_SECTOR + 1 : 0);
-	     i < ov->count && ov->off[i] < off + len; i++) {
-		uint64_t s = ov->off[i], e = s + VHDX_LOG_SECTOR;
-		uint64_t from = s > off ? s : off;
-		uint64_t to = e < off + len ? e : off + len;
-
-		if (from < to)
-			memcpy(p + (from - off), ov->data[i] + (from - s), to - from);
-	}
-	return 0;
-}
-
-static int overlay_put(struct vhdx_overlay *ov, uint64_t off,
-		       const uint8_t *data)
-{
-	unsigned i = overlay_lower(ov, off);
-	uint8_t *copy = (uint8_t *)zero_sector;
-
-	if (data) {
-		copy = malloc(VHDX_LOG_SECTOR);
-		if (!copy)
-			return -ENOMEM;
-		memcpy(copy, data, VHDX_LOG_SECTOR);
-	}
-	if (i < ov->count && ov->off[i] == off) {
-		if (ov->data[i] != zero_sector)
-			free(ov->data[i]);
-		ov->data[i] = copy;
-		return 0;
-	}
-	if ((ov->count & (ov->count + 1)) == 0 || ov->count == 0) {
-		unsigned cap = ov->count ? (ov->count + 1) * 2 : 16;
-		uint64_t *o = realloc(ov->off, cap * sizeof(*o));
-		uint8_t **d;
-
-		if (!o)
-			goto nomem;
-		ov->off = o;
-		d = realloc(ov->data, cap * sizeof(*d));
-		if (!d)
-			goto nomem;
-		ov->data = d;
-	}
-	memmove(ov->off + i + 1, ov->off + i, (ov->count - i) * sizeof(*ov->off));
-	memmove(ov->data + i + 1, ov->data + i, (ov->count - i) * sizeof(*ov->data));
-	ov->off[i] = off;
-	ov->data[i] = copy;
-	ov->count++;
-	return 0;
-nomem:
-	if (copy != zero_sector)
-		free(copy);
-	return -ENOMEM;
-}
-
-static void overlay_free(struct vhdx_overlay *ov)
-{
-	unsigned i;
-
-	for (i = 0; i < ov->count; i++)
-		if (ov->data[i] != zero_sector)
-			free(ov->data[i]);
-	free(ov->off);
-	free(ov->data);
-	memset(ov, 0, sizeof(*ov));
-}
-
-/* Replay callbacks: into memory, or onto the file. */
-static int replay_to_memory(void *ctx, uint64_t off, const uint8_t *data,
-			    uint64_t len)
-{
-	struct vhdx_overlay *ov = ctx;
-	uint64_t o;
-	int ret;
-
-	if (data)
-		return overlay_put(ov, off, data);
-	for (o = 0; o < len; o += VHDX_LOG_SECTOR) {
-		ret = overlay_put(ov, off + o, NULL);
-		if (ret)
-			return ret;
-	}
-	return 0;
-}
-
-int vhdx_write_full(int fd, const void *buf, size_t len, uint64_t off)
-{
-	const uint8_t *p = buf;
-	ssize_t n;
-
-	while (len) {
-		n = pwrite(fd, p, len, (off_t)off);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += n;
-		off += (uint64_t)n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-static int replay_to_file(void *ctx, uint64_t off, const uint8_t *data,
-			  uint64_t len)
-{
-	int fd = *(int *)ctx;
-	uint64_t o;
-	int ret;
-
-	if (data)
-		return vhdx_write_full(fd, data, VHDX_LOG_SECTOR, off);
-	for (o = 0; o < len; o += VHDX_LOG_SECTOR) {
-		ret = vhdx_write_full(fd, zero_sector, VHDX_LOG_SECTOR, off + o);
-		if (ret)
-			return ret;
-	}
-	return 0;
-}
-
-/*
- * Header update (MS-VHDX 2.2.2.1): write the non-current header with the
- * next sequence number, flush, and it becomes current.
- */
-int vhdx_header_update(struct vhdx_image *img, struct vhdx_header_info *h)
-{
-	uint8_t *buf = calloc(1, VHDX_HEADER_SIZE);
-	int target = 1 - img->info.current_header, ret;
-
-	if (!buf)
-		return -ENOMEM;
-	h->sequence = img->info.header[img->info.current_header].sequence + 1;
-	h->valid = true;
-	vhdx_header_build(h, buf);
-	ret = vhdx_write_full(img->fd, buf, VHDX_HEADER_SIZE,
-			  target ? VHDX_HEADER2_OFFSET : VHDX_HEADER1_OFFSET);
-	free(buf);
-	if (ret)
-		return ret;
-	if (fdatasync(img->fd))
-		return -errno;
-	img->info.header[target] = *h;
-	img->info.current_header = target;
-	return 0;
-}
-
 /* --- Open -------------------------------------------------------------- */
 
+/* 2.2.1, first of all: a raw disk is then refused as "not a VHDX file"
+ * rather than as one with damaged headers. */
+static int check_file_id(struct vhdx_image *img, struct vhdx_error *err)
+{
+	int ret;
+
+	if (img->info.file_size < 8)
+		return vhdx_fail(err, -EINVAL, img->path,
+			    "not a VHDX file (only %llu bytes)",
+			    (unsigned long long)img->info.file_size);
+	ret = vhdx_probe_fd(img->fd);
+	if (ret < 0)
+		return vhdx_fail(err, ret, img->path, "cannot read: %s", strerror(-ret));
+	if (!ret)
+		return vhdx_fail(err, -EINVAL, img->path,
+			    "not a VHDX file (no 'vhdxfile' signature at offset 0)");
+	return 0;
+}
+
+/* 2.2.1 creator string and 2.2.2 headers */
 static int read_header_section(struct vhdx_image *img, struct vhdx_error *err)
 {
 	struct vhdx_info *in = &img->info;
@@ -283,21 +78,12 @@ static int read_header_section(struct vhdx_image *img, struct vhdx_error *err)
 	size_t got;
 	char *creator;
 
-	if (in->file_size < 8)
-		return vhdx_fail(err, -EINVAL, img->path,
-			    "not a VHDX file (only %llu bytes)",
-			    (unsigned long long)in->file_size);
 	buf = malloc(VHDX_HEADER_SECTION_SIZE);
 	if (!buf)
 		return vhdx_fail(err, -ENOMEM, img->path, "out of memory");
-	ret = pread_full(img->fd, buf, VHDX_HEADER_SECTION_SIZE, 0, &got);
+	ret = vhdx_read_full(img->fd, buf, VHDX_HEADER_SECTION_SIZE, 0, &got);
 	if (ret < 0) {
 		vhdx_fail(err, ret, img->path, "cannot read: %s", strerror(-ret));
-		goto out;
-	}
-	if (got < 8 || memcmp(buf, VHDX_FILE_ID_SIG, 8)) {
-		ret = vhdx_fail(err, -EINVAL, img->path,
-			   "not a VHDX file (no 'vhdxfile' signature at offset 0)");
 		goto out;
 	}
 	if (got < VHDX_HEADER_SECTION_SIZE) {
@@ -383,7 +169,7 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 	log = malloc(h.log_length);
 	if (!log)
 		return vhdx_fail(err, -ENOMEM, img->path, "out of memory reading the log");
-	ret = pread_full(img->fd, log, h.log_length, h.log_offset, &got);
+	ret = vhdx_read_full(img->fd, log, h.log_length, h.log_offset, &got);
 	if (ret < 0 || got < h.log_length) {
 		ret = vhdx_fail(err, ret < 0 ? ret : -EINVAL, img->path,
 			   "cannot read the log: %s",
@@ -417,7 +203,7 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 		img->overlay.file_size = in->file_size;
 		if (seq.count) {
 			ret = vhdx_log_replay(log, h.log_length, &seq,
-					      replay_to_memory, &img->overlay);
+					      vhdx_replay_to_memory, &img->overlay);
 			if (ret < 0) {
 				vhdx_fail(err, ret, img->path,
 				     "cannot replay the log in memory: %s",
@@ -435,7 +221,7 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 	if (!ret)
 		ret = vhdx_header_update(img, &h);
 	if (!ret && seq.count)
-		ret = vhdx_log_replay(log, h.log_length, &seq, replay_to_file,
+		ret = vhdx_log_replay(log, h.log_length, &seq, vhdx_replay_to_file,
 				      &img->fd);
 	if (!ret && seq.count && seq.last_file_offset > in->file_size) {
 		if (ftruncate(img->fd, (off_t)seq.last_file_offset))
@@ -732,124 +518,75 @@ out:
 	return ret;
 }
 
-/* --- Parent chain ------------------------------------------------------ */
-
-static char *win_to_posix(const char *s)
+/* Open the file itself, refuse a chain that comes back to it and learn
+ * its size. */
+static int open_file(struct vhdx_image *img, unsigned flags,
+		     const struct vhdx_image *below, struct vhdx_error *err)
 {
-	char *p = strdup(s), *c;
-
-	if (!p)
-		return NULL;
-	for (c = p; *c; c++)
-		if (*c == '\\')
-			*c = '/';
-	return p;
-}
-
-static char *join(const char *dir, const char *rel)
-{
-	char *out;
-
-	if (asprintf(&out, "%s/%s", dir, rel) < 0)
-		return NULL;
-	return out;
-}
-
-static bool is_file(const char *p)
-{
+	bool rw = flags & VHDX_OPEN_RDWR;
 	struct stat st;
+	int ret;
 
-	return p && stat(p, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
+	img->fd = open(img->path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	if (img->fd < 0)
+		return vhdx_fail(err, -errno, img->path, "cannot open: %s", strerror(errno));
+	img->writable = rw;
+	if (fstat(img->fd, &st))
+		return vhdx_fail(err, -errno, img->path, "cannot stat: %s", strerror(errno));
+	img->dev = st.st_dev;
+	img->ino = st.st_ino;
+	img->below = below;
+	ret = vhdx_parent_check_loop(img, err);
+	if (ret)
+		return ret;
+	if (S_ISBLK(st.st_mode)) {
+		ret = vhdx_blockdev_geometry(img->fd, &img->info.file_size, NULL);
+		if (ret)
+			return vhdx_fail(err, ret, img->path, "cannot size device: %s",
+				    strerror(-ret));
+	} else if (S_ISREG(st.st_mode)) {
+		img->info.file_size = (uint64_t)st.st_size;
+	} else {
+		return vhdx_fail(err, -EINVAL, img->path, "not a regular file or block device");
+	}
+	img->overlay.file_size = img->info.file_size;
+	return 0;
 }
 
-/*
- * Find the parent: relative_path against the child's directory, then the
- * file name of absolute_win32_path in the child's directory, then the path
- * inside volume_path (after \\?\Volume{GUID}\) against the child's
- * directory and each of its ancestors, as if the Windows volume were
- * mounted there.  Returns a malloc'd path, or NULL with DESCR describing
- * where it looked.
- */
-static char *find_parent(const struct vhdx_image *img, char *descr, size_t dlen)
+/* A read-only open asked to replay on disk (inspect --replay) needs a
+ * writable descriptor for the replay alone. */
+static int replay_on_disk(struct vhdx_image *img, struct vhdx_error *err)
 {
-	const struct vhdx_info *in = &img->info;
-	const char *rel = vhdx_locator_get(in->locator, in->locator_count, "relative_path");
-	const char *abs = vhdx_locator_get(in->locator, in->locator_count, "absolute_win32_path");
-	const char *vol = vhdx_locator_get(in->locator, in->locator_count, "volume_path");
-	char *tmp = strdup(img->path), *dir, *cand = NULL, *conv;
-	size_t used = 0;
+	int wfd, rfd, ret;
 
-	descr[0] = '\0';
-	if (!tmp)
-		return NULL;
-	dir = dirname(tmp);
-	if (rel) {
-		conv = win_to_posix(rel);
-		cand = conv ? (conv[0] == '/' ? strdup(conv) : join(dir, conv)) : NULL;
-		free(conv);
-		if (is_file(cand))
-			goto found;
-		used += (size_t)snprintf(descr + used, dlen - used,
-					 "relative_path '%s' (%s)", rel, cand ? cand : "?");
-		free(cand);
-		cand = NULL;
-	}
-	if (abs && used < dlen) {
-		const char *base = strrchr(abs, '\\');
+	wfd = open(img->path, O_RDWR | O_CLOEXEC);
+	if (wfd < 0)
+		return vhdx_fail(err, -errno, img->path, "cannot open for log replay: %s",
+			    strerror(errno));
+	close(img->fd);
+	img->fd = wfd;
+	img->writable = true;
+	ret = replay_log(img, err);
+	img->writable = false;
+	if (ret)
+		return ret;
+	rfd = open(img->path, O_RDONLY | O_CLOEXEC);
+	if (rfd < 0)
+		return vhdx_fail(err, -errno, img->path, "cannot reopen: %s", strerror(errno));
+	close(img->fd);
+	img->fd = rfd;
+	img->overlay.file_size = img->info.file_size;
+	return 0;
+}
 
-		base = base ? base + 1 : abs;
-		cand = join(dir, base);
-		if (is_file(cand))
-			goto found;
-		used += (size_t)snprintf(descr + used, dlen - used, "%sabsolute_win32_path '%s' (%s)",
-					 used ? ", " : "", abs, cand ? cand : "?");
-		free(cand);
-		cand = NULL;
-	}
-	if (vol && used < dlen) {
-		const char *p = vol;
-		char *d = strdup(dir);
-
-		if (!strncmp(p, "\\\\?\\Volume{", 11) && (p = strchr(p, '}')))
-			p = *(p + 1) == '\\' ? p + 2 : p + 1;
-		else
-			p = vol;
-		conv = win_to_posix(p);
-		while (d && conv) {
-			cand = join(d, conv);
-			if (is_file(cand)) {
-				free(d);
-				free(conv);
-				goto found;
-			}
-			free(cand);
-			cand = NULL;
-			if (!strcmp(d, "/") || !strcmp(d, "."))
-				break;
-			char *up = strdup(dirname(d));
-
-			free(d);
-			d = up;
-		}
-		free(d);
-		free(conv);
-		used += (size_t)snprintf(descr + used, dlen - used,
-					 "%svolume_path '%s' (its path under %s and each parent directory)",
-					 used ? ", " : "", vol, dir);
-	}
-	if (!rel && !abs && !vol)
-		snprintf(descr, dlen, "the parent locator has no relative_path, absolute_win32_path or volume_path");
-	free(tmp);
-	return NULL;
-found:
-	free(tmp);
-	/* Report and reopen the parent by its canonical path. */
-	conv = realpath(cand, NULL);
-	if (conv) {
-		free(cand);
-		cand = conv;
-	}
-	return cand;
+/* 2.3 */
+static int open_log(struct vhdx_image *img, unsigned flags,
+		    struct vhdx_error *err)
+{
+	if ((flags & VHDX_OPEN_REPLAY) && !(flags & VHDX_OPEN_RDWR) &&
+	    !vhdx_guid_is_zero(&img->info.header[img->info.current_header].log_guid))
+		return replay_on_disk(img, err);
+	return replay_log(img, err);
 }
 
 static int open_one(const char *path, unsigned flags, unsigned depth,
@@ -859,48 +596,20 @@ static int open_one(const char *path, unsigned flags, unsigned depth,
 static int open_parent(struct vhdx_image *img, unsigned flags,
 		       struct vhdx_error *err)
 {
-	const struct vhdx_info *in = &img->info;
-	const char *link1 = vhdx_locator_get(in->locator, in->locator_count, "parent_linkage");
-	const char *link2 = vhdx_locator_get(in->locator, in->locator_count, "parent_linkage2");
-	char where[VHDX_ERR_LEN - 64];
-	struct vhdx_guid g1, g2, pdw;
 	struct vhdx_image *parent = NULL;
 	struct vhdx_error perr;
-	char *ppath;
 	int ret;
 
-	if (img->depth + 1 >= VHDX_MAX_CHAIN)
-		return vhdx_fail(err, -ELOOP, img->path,
-			    "parent chain is deeper than %d (a loop?)", VHDX_MAX_CHAIN);
-	if (!link1 || vhdx_guid_parse(link1, &g1))
-		return vhdx_fail(err, -EINVAL, img->path,
-			    "parent locator has no valid parent_linkage GUID");
-	ppath = find_parent(img, where, sizeof(where));
-	if (!ppath)
-		return vhdx_fail(err, -ENOENT, img->path, "parent not found: looked for %s", where);
-	img->info.parent_path = ppath;
+	ret = vhdx_parent_locate(img, err);
+	if (ret)
+		return ret;
 	/* Parents are only ever read: whatever writes goes to the child. */
-	ret = open_one(ppath, flags & VHDX_OPEN_IGNORE_LINKAGE, img->depth + 1,
-		       img, &parent, &perr);
+	ret = open_one(img->info.parent_path, flags & VHDX_OPEN_IGNORE_LINKAGE,
+		       img->depth + 1, img, &parent, &perr);
 	if (ret)
 		return vhdx_fail(err, ret, img->path, "parent %s", perr.msg);
-	pdw = parent->info.header[parent->info.current_header].data_write_guid;
-	if (!vhdx_guid_equal(&g1, &pdw) &&
-	    !(link2 && !vhdx_guid_parse(link2, &g2) && vhdx_guid_equal(&g2, &pdw)) &&
-	    !(flags & VHDX_OPEN_IGNORE_LINKAGE)) {
-		char a[VHDX_GUID_STR_LEN];
-
-		vhdx_guid_format(&pdw, a);
-		vhdx_close(parent);
-		return vhdx_fail(err, -ESTALE, img->path,
-			    "parent %s has DataWriteGuid {%s} but parent_linkage is %s: the parent changed since this disk was made (--ignore-parent-linkage reads it anyway)",
-			    ppath, a, link1);
-	}
-	if (parent->info.logical_sector_size != in->logical_sector_size) {
-		ret = vhdx_fail(err, -EINVAL, img->path,
-			   "parent %s has %u-byte logical sectors, this disk %u",
-			   ppath, parent->info.logical_sector_size,
-			   in->logical_sector_size);
+	ret = vhdx_parent_check(img, parent, flags, err);
+	if (ret) {
 		vhdx_close(parent);
 		return ret;
 	}
@@ -908,14 +617,41 @@ static int open_parent(struct vhdx_image *img, unsigned flags,
 	return 0;
 }
 
+/* 2.5.1 sector bitmaps (read on first use) and the parent chain. */
+static int open_differencing(struct vhdx_image *img, unsigned flags,
+			     struct vhdx_error *err)
+{
+	img->chunks = (img->info.payload_blocks + img->info.chunk_ratio - 1) /
+		      img->info.chunk_ratio;
+	if (!img->info.has_parent)
+		return 0;
+	img->bitmaps = calloc(img->chunks ? img->chunks : 1, sizeof(*img->bitmaps));
+	if (!img->bitmaps)
+		return vhdx_fail(err, -ENOMEM, img->path, "out of memory");
+	if (flags & VHDX_OPEN_NO_PARENT)
+		return 0;
+	return open_parent(img, flags, err);
+}
+
+static int open_writer(struct vhdx_image *img, unsigned flags,
+		       struct vhdx_error *err)
+{
+	int ret;
+
+	if (!(flags & VHDX_OPEN_RDWR))
+		return 0;
+	ret = vhdx_writer_init(img);
+	if (ret)
+		return vhdx_fail(err, ret, img->path, "cannot prepare for writing: %s",
+			    strerror(-ret));
+	return 0;
+}
+
 static int open_one(const char *path, unsigned flags, unsigned depth,
 		    const struct vhdx_image *below, struct vhdx_image **out,
 		    struct vhdx_error *err)
 {
-	const struct vhdx_image *b;
 	struct vhdx_image *img;
-	struct stat st;
-	bool rw = flags & VHDX_OPEN_RDWR;
 	int ret;
 
 	*out = NULL;
@@ -932,101 +668,24 @@ static int open_one(const char *path, unsigned flags, unsigned depth,
 		goto bad;
 	}
 	img->info.path = img->path;
-	img->fd = open(path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-	if (img->fd < 0) {
-		ret = vhdx_fail(err, -errno, path, "cannot open: %s", strerror(errno));
-		goto bad;
-	}
-	img->writable = rw;
-	if (fstat(img->fd, &st)) {
-		ret = vhdx_fail(err, -errno, path, "cannot stat: %s", strerror(errno));
-		goto bad;
-	}
-	img->dev = st.st_dev;
-	img->ino = st.st_ino;
-	img->below = below;
-	for (b = below; b; b = b->below)
-		if (b->dev == st.st_dev && b->ino == st.st_ino) {
-			ret = vhdx_fail(err, -ELOOP, path, "the parent chain loops back to %s",
-				   b->path);
-			goto bad;
-		}
-	if (S_ISBLK(st.st_mode)) {
-		uint64_t sz;
 
-		if (ioctl(img->fd, BLKGETSIZE64, &sz)) {
-			ret = vhdx_fail(err, -errno, path, "cannot size device: %s", strerror(errno));
-			goto bad;
-		}
-		img->info.file_size = sz;
-	} else if (S_ISREG(st.st_mode)) {
-		img->info.file_size = (uint64_t)st.st_size;
-	} else {
-		ret = vhdx_fail(err, -EINVAL, path, "not a regular file or block device");
-		goto bad;
-	}
-	img->overlay.file_size = img->info.file_size;
-
-	ret = read_header_section(img, err);
+	ret = open_file(img, flags, below, err);
+	if (!ret)
+		ret = check_file_id(img, err);
+	if (!ret)
+		ret = read_header_section(img, err);
 	if (!ret)
 		ret = check_current_header(img, err);
+	if (!ret)
+		ret = open_log(img, flags, err);
+	if (!ret)
+		ret = read_metadata_and_bat(img, err);
+	if (!ret)
+		ret = open_differencing(img, flags, err);
+	if (!ret)
+		ret = open_writer(img, flags, err);
 	if (ret)
 		goto bad;
-	if ((flags & VHDX_OPEN_REPLAY) && !rw &&
-	    !vhdx_guid_is_zero(&img->info.header[img->info.current_header].log_guid)) {
-		/* Replay on disk needs a writable descriptor, for this alone. */
-		int wfd = open(path, O_RDWR | O_CLOEXEC);
-
-		if (wfd < 0) {
-			ret = vhdx_fail(err, -errno, path, "cannot open for log replay: %s",
-				   strerror(errno));
-			goto bad;
-		}
-		close(img->fd);
-		img->fd = wfd;
-		img->writable = true;
-		ret = replay_log(img, err);
-		img->writable = false;
-		if (!ret) {
-			int rfd = open(path, O_RDONLY | O_CLOEXEC);
-
-			if (rfd < 0) {
-				ret = vhdx_fail(err, -errno, path, "cannot reopen: %s", strerror(errno));
-				goto bad;
-			}
-			close(img->fd);
-			img->fd = rfd;
-			img->overlay.file_size = img->info.file_size;
-		}
-	} else {
-		ret = replay_log(img, err);
-	}
-	if (ret)
-		goto bad;
-	ret = read_metadata_and_bat(img, err);
-	if (ret)
-		goto bad;
-	img->chunks = (img->info.payload_blocks + img->info.chunk_ratio - 1) /
-		      img->info.chunk_ratio;
-	if (img->info.has_parent) {
-		img->bitmaps = calloc(img->chunks ? img->chunks : 1, sizeof(*img->bitmaps));
-		if (!img->bitmaps) {
-			ret = vhdx_fail(err, -ENOMEM, path, "out of memory");
-			goto bad;
-		}
-		if (!(flags & VHDX_OPEN_NO_PARENT)) {
-			ret = open_parent(img, flags, err);
-			if (ret)
-				goto bad;
-		}
-	}
-	if (rw) {
-		ret = vhdx_writer_init(img);
-		if (ret) {
-			vhdx_fail(err, ret, path, "cannot prepare for writing: %s", strerror(-ret));
-			goto bad;
-		}
-	}
 	img->below = NULL;
 	*out = img;
 	return 0;
@@ -1060,7 +719,7 @@ void vhdx_close(struct vhdx_image *img)
 			free(img->bitmaps[i]);
 		free(img->bitmaps);
 	}
-	overlay_free(&img->overlay);
+	vhdx_overlay_free(&img->overlay);
 	vhdx_locator_free(img->info.locator, img->info.locator_count);
 	free(img->info.regions);
 	free(img->info.metadata);
@@ -1071,6 +730,18 @@ void vhdx_close(struct vhdx_image *img)
 	pthread_mutex_destroy(&img->bitmap_lock);
 	free(img->path);
 	free(img);
+}
+
+int vhdx_close_checked(struct vhdx_image *img)
+{
+	int ret = 0;
+
+	if (!img)
+		return 0;
+	if (img->writable)
+		ret = vhdx_writer_close(img);
+	vhdx_close(img);
+	return ret;
 }
 
 const struct vhdx_info *vhdx_get_info(const struct vhdx_image *img)

@@ -3,6 +3,23 @@
  * internal.h - the VHDX library's private interfaces: the pure parsing and
  * arithmetic functions (unit-tested on their own) and struct vhdx_image.
  * Only the vhdx/ sources and tests/unit include it.
+ *
+ * Who calls whom, lowest first; a file calls only files above it in this
+ * list (in brackets: the image-level ones it uses; everything uses the
+ * pure functions), so there is no cycle and each file can be read without
+ * the ones after it:
+ *
+ *   crc32c.c guid.c header.c region.c metadata.c log.c
+ *                  pure functions over buffers
+ *   dirsync.c      fsync of a folder                       (nothing)
+ *   file.c         the image file: reads through the replay overlay,
+ *                  full writes, header updates, vhdx_fail()
+ *   map.c          the extent map and sector bitmaps       (file)
+ *   write.c        the writer                              (map, file)
+ *   parent.c       parent lookup, linkage and loop checks  (file)
+ *   image.c        the open pipeline and close  (file, parent, write)
+ *   create.c       new images                   (image, file)
+ *   merge.c        child into parent            (image, write, map, file)
  */
 #ifndef HVRESYNC_VHDX_INTERNAL_H
 #define HVRESYNC_VHDX_INTERNAL_H
@@ -31,8 +48,6 @@ void vhdx_guid_from_le(const uint8_t b[16], struct vhdx_guid *g);
 void vhdx_guid_to_le(const struct vhdx_guid *g, uint8_t b[16]);
 /* Parse one of the *_STR constants of format.h; aborts on a bad literal. */
 struct vhdx_guid vhdx_guid_const(const char *s);
-/* Fill with random bytes (a version-4 GUID). Returns 0 or -errno. */
-int vhdx_guid_generate(struct vhdx_guid *g);
 
 /* --- Headers (header.c) ------------------------------------------------ */
 
@@ -238,7 +253,7 @@ static inline uint32_t vhdx_log_entry_size(unsigned descriptors)
 	return (hdr_sectors + descriptors) * VHDX_LOG_SECTOR;
 }
 
-/* --- The open image (image.c, map.c) ----------------------------------- */
+/* --- The open image ---------------------------------------------------- */
 
 /* Sectors replayed from a dirty log into memory (read-only opens). */
 struct vhdx_overlay {
@@ -278,24 +293,56 @@ struct vhdx_image {
 	int write_error;           /* sticky: after a failed commit */
 };
 
+/* --- The image file (file.c) ------------------------------------------ */
+
 /* Fill ERR with "PATH: message" and return RET: the library's one way of
  * reporting a refusal. */
 int vhdx_fail(struct vhdx_error *err, int ret, const char *path,
 	      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* pread up to LEN bytes, retrying short reads and EINTR; *GOT is less than
+ * LEN only at the end of the file.  Returns 0 or -errno. */
+int vhdx_read_full(int fd, void *buf, size_t len, uint64_t off, size_t *got);
 /* pwrite all of BUF, retrying short writes and EINTR. */
 int vhdx_write_full(int fd, const void *buf, size_t len, uint64_t off);
-/* The sector bitmap of CHUNK of a differencing disk, read on first use. */
-uint8_t *vhdx_get_bitmap(struct vhdx_image *img, uint64_t chunk, int *err);
-
-/* Writer hooks used by image.c. */
-int vhdx_writer_init(struct vhdx_image *img);
-int vhdx_writer_close(struct vhdx_image *img);
-int vhdx_header_update(struct vhdx_image *img, struct vhdx_header_info *h);
-
 /* pread through the in-memory overlay; reads past EOF (within the size the
  * replay extended the file to) return zeros.  Returns 0 or -errno
  * (-ENODATA on a short read past the end of the file). */
 int vhdx_file_read(const struct vhdx_image *img, void *buf, size_t len,
 		   uint64_t off);
+/* vhdx_log_apply_fn callbacks of a log replay: into the overlay (CTX is the
+ * struct vhdx_overlay) or onto the file (CTX points to the fd). */
+int vhdx_replay_to_memory(void *ctx, uint64_t off, const uint8_t *data,
+			  uint64_t len);
+int vhdx_replay_to_file(void *ctx, uint64_t off, const uint8_t *data,
+			uint64_t len);
+void vhdx_overlay_free(struct vhdx_overlay *ov);
+/* Write H as the new current header (its sequence number is set here). */
+int vhdx_header_update(struct vhdx_image *img, struct vhdx_header_info *h);
+
+/* --- The extent map (map.c) -------------------------------------------- */
+
+/* The sector bitmap of CHUNK of a differencing disk, read on first use. */
+uint8_t *vhdx_get_bitmap(struct vhdx_image *img, uint64_t chunk, int *err);
+
+/* --- The writer (write.c), set up and finished by image.c --------------- */
+
+int vhdx_writer_init(struct vhdx_image *img);
+int vhdx_writer_close(struct vhdx_image *img);
+
+/* --- The parent of a differencing disk (parent.c) ---------------------- */
+
+/* Refuse IMG when the children opening it (img->below) include its own
+ * file: a parent chain that loops. */
+int vhdx_parent_check_loop(const struct vhdx_image *img,
+			   struct vhdx_error *err);
+/* Check the chain depth and parent_linkage, then find the parent file by
+ * the parent locator; on success img->info.parent_path holds its path. */
+int vhdx_parent_locate(struct vhdx_image *img, struct vhdx_error *err);
+/* Is PARENT, opened from img->info.parent_path, the disk IMG was made
+ * from (parent_linkage, unless VHDX_OPEN_IGNORE_LINKAGE is in FLAGS), with
+ * the same logical sector size? */
+int vhdx_parent_check(const struct vhdx_image *img,
+		      const struct vhdx_image *parent, unsigned flags,
+		      struct vhdx_error *err);
 
 #endif

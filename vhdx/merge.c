@@ -11,7 +11,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -24,23 +23,6 @@
 
 #define COPY_CHUNK (4 * MiB)
 
-
-static int fsync_dir_of(const char *path)
-{
-	char *tmp = strdup(path);
-	int fd, ret = 0;
-
-	if (!tmp)
-		return -ENOMEM;
-	fd = open(dirname(tmp), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	free(tmp);
-	if (fd < 0)
-		return -errno;
-	if (fsync(fd))
-		ret = -errno;
-	close(fd);
-	return ret;
-}
 
 static int write_marker(const char *marker, const char *parent)
 {
@@ -62,7 +44,7 @@ static int write_marker(const char *marker, const char *parent)
 	if (ret)
 		unlink(tmp);
 	else
-		ret = fsync_dir_of(marker);
+		ret = vhdx_fsync_parent_dir(marker);
 	return ret;
 }
 
@@ -167,7 +149,7 @@ int vhdx_merge(const char *child_path, unsigned flags, vhdx_progress_fn progress
 		if (access(child_path, F_OK)) {
 			/* Crashed after the child was removed: finished. */
 			unlink(marker);
-			return fsync_dir_of(marker);
+			return vhdx_fsync_parent_dir(marker);
 		}
 		ret = vhdx_open(child_path, VHDX_OPEN_NO_PARENT, &child, err);
 		if (ret)
@@ -222,11 +204,11 @@ int vhdx_merge(const char *child_path, unsigned flags, vhdx_progress_fn progress
 			   strerror(errno));
 		goto out;
 	}
-	ret = fsync_dir_of(child_path);
+	ret = vhdx_fsync_parent_dir(child_path);
 	if (!ret && unlink(marker) && errno != ENOENT)
 		ret = -errno;
 	if (!ret)
-		ret = fsync_dir_of(marker);
+		ret = vhdx_fsync_parent_dir(marker);
 	if (ret)
 		vhdx_fail(err, ret, marker, "cannot remove merge marker: %s", strerror(-ret));
 out:

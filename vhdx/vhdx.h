@@ -46,6 +46,8 @@ uint32_t vhdx_crc32c_update(uint32_t crc, const void *buf, size_t len);
 void vhdx_guid_format(const struct vhdx_guid *g, char out[VHDX_GUID_STR_LEN]);
 /* Accepts the plain or {braced} form; returns 0 or -EINVAL. */
 int vhdx_guid_parse(const char *s, struct vhdx_guid *g);
+/* A random (version-4) GUID, the one source of them; 0 or -errno. */
+int vhdx_guid_generate(struct vhdx_guid *g);
 bool vhdx_guid_equal(const struct vhdx_guid *a, const struct vhdx_guid *b);
 bool vhdx_guid_is_zero(const struct vhdx_guid *g);
 
@@ -151,6 +153,32 @@ struct vhdx_info {
 	struct vhdx_locator_entry *locator;
 	char *parent_path; /* the path the parent was found at, or NULL */
 };
+
+/* --- Probing a file before opening it (file.c) ------------------------- */
+
+/*
+ * int vhdx_probe_fd(int fd);
+ *
+ * Does FD start with the VHDX file type identifier, the 8 bytes "vhdxfile"
+ * at offset 0 (MS-VHDX 2.2.1)?  Returns 1 if it does, 0 if it does not
+ * (including a file shorter than 8 bytes), or a negative errno when the
+ * read fails.  Reads with pread (EINTR and short reads retried), so the
+ * file offset is left alone.  Only the signature is looked at: the rest
+ * of the file is checked by vhdx_open(), which refuses a file without it.
+ */
+int vhdx_probe_fd(int fd);
+
+/*
+ * int vhdx_blockdev_geometry(int fd, uint64_t *size_bytes,
+ *                            uint32_t *logical_sector);
+ *
+ * Size in bytes (BLKGETSIZE64) and logical sector size (BLKSSZGET) of the
+ * block device open at FD.  Either pointer may be NULL to skip that query.
+ * Returns 0, or a negative errno (-ENOTTY for a regular file) and then
+ * leaves both outputs untouched.
+ */
+int vhdx_blockdev_geometry(int fd, uint64_t *size_bytes,
+			   uint32_t *logical_sector);
 
 enum {
 	/* Open for writing.  A dirty log is replayed on disk. */
@@ -308,6 +336,9 @@ typedef void (*vhdx_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 int vhdx_merge(const char *child, unsigned flags, vhdx_progress_fn progress,
 	       void *ctx, struct vhdx_error *err);
 
+/* fsync a folder, or the folder that holds @path, so that the entries
+ * created or renamed in it survive a power cut; 0 or a negative errno
+ * (dirsync.c). */
 int vhdx_fsync_dir(const char *dir);
 int vhdx_fsync_parent_dir(const char *path);
 

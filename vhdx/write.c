@@ -480,15 +480,3 @@ int vhdx_writer_close(struct vhdx_image *img)
 	img->writable = false;
 	return ret;
 }
-
-int vhdx_close_checked(struct vhdx_image *img)
-{
-	int ret = 0;
-
-	if (!img)
-		return 0;
-	if (img->writable)
-		ret = vhdx_writer_close(img);
-	vhdx_close(img);
-	return ret;
-}

@@ -15,7 +15,23 @@ static const char create_usage[] =
 	"                       [--physical-sector-size 512|4096] IMAGE SIZE\n"
 	"       hvresync create --parent PARENT [--block-size N] IMAGE";
 
-int cmd_create(int argc, char **argv)
+/* The command line of create: the image and how to make it. */
+struct create_opts {
+	struct vhdx_create_opts o;
+	const char *image;
+};
+
+/* --sector-size or --physical-sector-size (C says which): 512 or 4096. */
+static uint32_t parse_sector_size(int c, const char *arg)
+{
+	if (strcmp(arg, "512") && strcmp(arg, "4096"))
+		die("--%s: must be 512 or 4096, not '%s'",
+		    c == 's' ? "sector-size" : "physical-sector-size", arg);
+	return (uint32_t)atoi(arg);
+}
+
+/* Fill C from the command line; exits after --help or a mistake. */
+static void parse_create(struct create_opts *c, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "fixed", no_argument, NULL, 'f' },
@@ -26,53 +42,58 @@ int cmd_create(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
-	struct vhdx_create_opts o = { 0 };
-	struct vhdx_error err;
+	struct vhdx_create_opts *o = &c->o;
 	uint64_t v;
-	int c;
+	int ch;
 
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		switch (c) {
+	memset(c, 0, sizeof(*c));
+	while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (ch) {
 		case 'f':
-			o.fixed = true;
+			o->fixed = true;
 			break;
 		case 'b':
 			if (parse_size(optarg, &v) || v > UINT32_MAX)
 				die("--block-size: '%s' is not a size", optarg);
-			o.block_size = (uint32_t)v;
+			o->block_size = (uint32_t)v;
 			break;
 		case 's':
+			o->logical_sector_size = parse_sector_size(ch, optarg);
+			break;
 		case 'p':
-			if (strcmp(optarg, "512") && strcmp(optarg, "4096"))
-				die("--%s: must be 512 or 4096, not '%s'",
-				    c == 's' ? "sector-size" : "physical-sector-size", optarg);
-			if (c == 's')
-				o.logical_sector_size = (uint32_t)atoi(optarg);
-			else
-				o.physical_sector_size = (uint32_t)atoi(optarg);
+			o->physical_sector_size = parse_sector_size(ch, optarg);
 			break;
 		case 'P':
-			o.parent = optarg;
+			o->parent = optarg;
 			break;
 		case 'h':
 			printf("usage: %s\n", create_usage);
-			return EXIT_OK;
+			exit(EXIT_OK);
 		default:
 			usage_die(create_usage);
 		}
 	}
-	if (o.parent) {
+	if (o->parent) {
 		if (argc - optind != 1)
 			usage_die(create_usage);
-		if (o.fixed || o.logical_sector_size)
+		if (o->fixed || o->logical_sector_size)
 			die("--parent: a child takes its size and sector size from its parent");
 	} else {
 		if (argc - optind != 2)
 			usage_die(create_usage);
-		if (parse_size(argv[optind + 1], &o.virtual_size))
+		if (parse_size(argv[optind + 1], &o->virtual_size))
 			die("'%s' is not a size (bytes, or with K, M, G, T)", argv[optind + 1]);
 	}
-	if (vhdx_create(argv[optind], &o, &err))
+	c->image = argv[optind];
+}
+
+int cmd_create(int argc, char **argv)
+{
+	struct create_opts c;
+	struct vhdx_error err;
+
+	parse_create(&c, argc, argv);
+	if (vhdx_create(c.image, &c.o, &err))
 		die("%s", err.msg);
 	return EXIT_OK;
 }
@@ -89,33 +110,50 @@ static void merge_progress(void *ctx, uint64_t done, uint64_t total)
 
 static const char merge_usage[] = "hvresync merge [--ignore-parent-linkage] CHILD";
 
-int cmd_merge(int argc, char **argv)
+/* The command line of merge. */
+struct merge_opts {
+	unsigned flags; /* VHDX_OPEN_* */
+	const char *child;
+};
+
+/* Fill O from the command line; exits after --help or a mistake. */
+static void parse_merge(struct merge_opts *o, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "ignore-parent-linkage", no_argument, NULL, 'i' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
-	struct vhdx_error err;
-	unsigned flags = 0;
-	int c, last = -1, ret;
-	bool tty = isatty(STDERR_FILENO);
+	int c;
 
+	memset(o, 0, sizeof(*o));
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'i':
-			flags |= VHDX_OPEN_IGNORE_LINKAGE;
+			o->flags |= VHDX_OPEN_IGNORE_LINKAGE;
 			break;
 		case 'h':
 			printf("usage: %s\n", merge_usage);
-			return EXIT_OK;
+			exit(EXIT_OK);
 		default:
 			usage_die(merge_usage);
 		}
 	}
 	if (argc - optind != 1)
 		usage_die(merge_usage);
-	ret = vhdx_merge(argv[optind], flags, tty ? merge_progress : NULL, &last, &err);
+	o->child = argv[optind];
+}
+
+int cmd_merge(int argc, char **argv)
+{
+	struct merge_opts o;
+	struct vhdx_error err;
+	int last = -1, ret;
+	bool tty = isatty(STDERR_FILENO);
+
+	parse_merge(&o, argc, argv);
+	ret = vhdx_merge(o.child, o.flags, tty ? merge_progress : NULL, &last,
+			 &err);
 	if (tty && last >= 0)
 		fputc('\n', stderr);
 	if (ret)

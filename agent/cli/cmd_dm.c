@@ -30,7 +30,6 @@
 #include <unistd.h>
 
 #include <libdevmapper.h>
-#include <linux/fs.h>
 #include <linux/loop.h>
 
 #include "agent/cli/cli.h"
@@ -98,6 +97,79 @@ static int table_add(struct dm_table *t, uint64_t start, uint64_t len,
 	return 0;
 }
 
+/* Whether every sector of the image is a file range or zero, as a table
+ * can say; false after the one-line reason. */
+static bool mappable(const char *path, const struct vhdx_info *info)
+{
+	const struct vhdx_header_info *h = &info->header[info->current_header];
+
+	if (info->log_dirty || !vhdx_guid_is_zero(&h->log_guid)) {
+		error_msg("%s: the log is dirty (LogGuid is set), so some sectors are only right after a replay; run 'hvresync inspect --replay %s' first",
+			  path, path);
+		return false;
+	}
+	if (info->has_parent || info->type == VHDX_TYPE_DIFFERENCING) {
+		error_msg("%s: a differencing disk needs its parent chain, which device-mapper cannot merge; use 'hvresync mount' instead",
+			  path);
+		return false;
+	}
+	if (info->block_states[VHDX_PAYLOAD_PARTIALLY_PRESENT]) {
+		error_msg("%s: %" PRIu64 " partially present blocks cannot be mapped by device-mapper; use 'hvresync mount' instead",
+			  path,
+			  info->block_states[VHDX_PAYLOAD_PARTIALLY_PRESENT]);
+		return false;
+	}
+	if (!info->virtual_size || info->virtual_size % SECTOR) {
+		error_msg("%s: virtual size %" PRIu64 " is not a whole number of 512-byte sectors",
+			  path, info->virtual_size);
+		return false;
+	}
+	return true;
+}
+
+/* One extent of the map as a table line; 0 or -1 after the reason. */
+static int add_extent(struct dm_table *t, const char *path,
+		      const struct vhdx_info *info, const struct vhdx_extent *e)
+{
+	bool linear = false;
+
+	switch (e->kind) {
+	case VHDX_EXT_DATA:
+		linear = true;
+		break;
+	case VHDX_EXT_ZERO:
+	case VHDX_EXT_UNALLOC:
+		break;
+	case VHDX_EXT_MEM:
+		error_msg("%s: virtual offset %" PRIu64 " is held in a replayed log sector; run 'hvresync inspect --replay %s' first",
+			  path, e->off, path);
+		return -1;
+	default:
+		error_msg("%s: virtual offset %" PRIu64 " comes from a parent disk, which device-mapper cannot merge",
+			  path, e->off);
+		return -1;
+	}
+	if (e->off % SECTOR || e->len % SECTOR ||
+	    (linear && e->file_off % SECTOR)) {
+		error_msg("%s: the run at virtual offset %" PRIu64 " (%" PRIu64 " bytes%s) is not aligned to 512-byte sectors",
+			  path, e->off, e->len,
+			  linear ? " of file data" : "");
+		return -1;
+	}
+	if (linear && (e->file_off > info->file_size ||
+		       e->len > info->file_size - e->file_off)) {
+		error_msg("%s: data for virtual offset %" PRIu64 " lies past the end of the file (truncated?)",
+			  path, e->off);
+		return -1;
+	}
+	if (table_add(t, e->off / SECTOR, e->len / SECTOR, linear,
+		      linear ? e->file_off / SECTOR : 0)) {
+		error_msg("%s: out of memory", path);
+		return -1;
+	}
+	return 0;
+}
+
 /*
  * Open IMAGE and describe it as table lines.  Prints the one-line reason
  * and returns -1 when the image cannot be mapped; 0 on success with the
@@ -111,7 +183,6 @@ static int build_table(const char *path, struct vhdx_image **imgp,
 	struct vhdx_image *img = NULL;
 	struct vhdx_map_iter it;
 	struct vhdx_extent e;
-	const struct vhdx_header_info *h;
 	int ret;
 
 	/* A differencing disk is refused below whatever its parent is, so
@@ -125,68 +196,12 @@ static int build_table(const char *path, struct vhdx_image **imgp,
 		return -1;
 	}
 	info = vhdx_get_info(img);
-	h = &info->header[info->current_header];
-	if (info->log_dirty || !vhdx_guid_is_zero(&h->log_guid)) {
-		error_msg("%s: the log is dirty (LogGuid is set), so some sectors are only right after a replay; run 'hvresync inspect --replay %s' first",
-			  path, path);
+	if (!mappable(path, info))
 		goto refuse;
-	}
-	if (info->has_parent || info->type == VHDX_TYPE_DIFFERENCING) {
-		error_msg("%s: a differencing disk needs its parent chain, which device-mapper cannot merge; use 'hvresync mount' instead",
-			  path);
-		goto refuse;
-	}
-	if (info->block_states[VHDX_PAYLOAD_PARTIALLY_PRESENT]) {
-		error_msg("%s: %" PRIu64 " partially present blocks cannot be mapped by device-mapper; use 'hvresync mount' instead",
-			  path,
-			  info->block_states[VHDX_PAYLOAD_PARTIALLY_PRESENT]);
-		goto refuse;
-	}
-	if (!info->virtual_size || info->virtual_size % SECTOR) {
-		error_msg("%s: virtual size %" PRIu64 " is not a whole number of 512-byte sectors",
-			  path, info->virtual_size);
-		goto refuse;
-	}
-
 	vhdx_map_iter_init(&it, img, 0, info->virtual_size, 0);
-	while ((ret = vhdx_map_next(&it, &e)) > 0) {
-		bool linear = false;
-
-		switch (e.kind) {
-		case VHDX_EXT_DATA:
-			linear = true;
-			break;
-		case VHDX_EXT_ZERO:
-		case VHDX_EXT_UNALLOC:
-			break;
-		case VHDX_EXT_MEM:
-			error_msg("%s: virtual offset %" PRIu64 " is held in a replayed log sector; run 'hvresync inspect --replay %s' first",
-				  path, e.off, path);
+	while ((ret = vhdx_map_next(&it, &e)) > 0)
+		if (add_extent(t, path, info, &e) < 0)
 			goto refuse;
-		default:
-			error_msg("%s: virtual offset %" PRIu64 " comes from a parent disk, which device-mapper cannot merge",
-				  path, e.off);
-			goto refuse;
-		}
-		if (e.off % SECTOR || e.len % SECTOR ||
-		    (linear && e.file_off % SECTOR)) {
-			error_msg("%s: the run at virtual offset %" PRIu64 " (%" PRIu64 " bytes%s) is not aligned to 512-byte sectors",
-				  path, e.off, e.len,
-				  linear ? " of file data" : "");
-			goto refuse;
-		}
-		if (linear && (e.file_off > info->file_size ||
-			       e.len > info->file_size - e.file_off)) {
-			error_msg("%s: data for virtual offset %" PRIu64 " lies past the end of the file (truncated?)",
-				  path, e.off);
-			goto refuse;
-		}
-		if (table_add(t, e.off / SECTOR, e.len / SECTOR, linear,
-			      linear ? e.file_off / SECTOR : 0)) {
-			error_msg("%s: out of memory", path);
-			goto refuse;
-		}
-	}
 	if (ret < 0) {
 		error_msg("%s: cannot map the virtual disk: %s", path,
 			  strerror(-ret));
@@ -286,25 +301,31 @@ static int find_loop(const char *image, char *dev, size_t n)
 	return found ? 0 : -ENOENT;
 }
 
-int cmd_dm_table(int argc, char **argv)
+/* The command line of dm-table. */
+struct dm_table_opts {
+	const char *device; /* --device, or NULL: find a loop device */
+	const char *image;
+};
+
+/* Fill O from the command line.  Returns -1 to go on, else the exit
+ * status (after --help or an error line). */
+static int parse_dm_table(struct dm_table_opts *o, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "device", required_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct vhdx_image *img = NULL;
-	struct dm_table t = { 0 };
-	const char *dev = NULL, *path;
-	char loopdev[300];
-	int c, ret;
+	const char *dev;
+	int c;
 
+	memset(o, 0, sizeof(*o));
 	opterr = 0;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "hd:", opts, NULL)) != -1) {
 		switch (c) {
 		case 'd':
-			dev = optarg;
+			o->device = optarg;
 			break;
 		case 'h':
 			printf("usage: %s\n", dm_table_usage);
@@ -324,22 +345,39 @@ int cmd_dm_table(int argc, char **argv)
 			  dm_table_usage);
 		return EXIT_ERROR;
 	}
-	path = argv[optind];
+	o->image = argv[optind];
+	dev = o->device;
 	if (dev && (!*dev || dev[strcspn(dev, " \t\n")])) {
 		error_msg("dm-table: --device '%s' is not a device path", dev);
 		return EXIT_ERROR;
 	}
-	if (build_table(path, &img, &t))
+	return -1;
+}
+
+int cmd_dm_table(int argc, char **argv)
+{
+	struct vhdx_image *img = NULL;
+	struct dm_table t = { 0 };
+	struct dm_table_opts o;
+	const char *dev;
+	char loopdev[300];
+	int ret;
+
+	ret = parse_dm_table(&o, argc, argv);
+	if (ret >= 0)
+		return ret;
+	if (build_table(o.image, &img, &t))
 		return EXIT_ERROR;
+	dev = o.device;
 	if (!dev) {
-		if (find_loop(path, loopdev, sizeof(loopdev)) == 0) {
+		if (find_loop(o.image, loopdev, sizeof(loopdev)) == 0) {
 			dev = loopdev;
 		} else {
 			/* A table naming a regular file does not load;
 			 * the note says how to get a device for it. */
-			dev = path;
+			dev = o.image;
 			note_msg("%s: no loop device backs this file; the table names the file itself (set one up with 'losetup -r -f --show %s' and pass --device)",
-				 path, path);
+				 o.image, o.image);
 		}
 	}
 	ret = print_table(&t, dev);
@@ -470,6 +508,31 @@ out:
 	return ret;
 }
 
+/*
+ * Before Linux 5.8 (no LOOP_CONFIGURE): the old two-step setup of the loop
+ * device FD.  An O_RDONLY backing fd already makes it read-only.  Returns
+ * 0 or a negative errno; *BOUND says the first step worked (and was undone
+ * when the second failed), so another device would fare no better.
+ */
+static int loop_set_fd(int fd, int image_fd, const struct loop_config *cfg,
+		       bool *bound)
+{
+	struct loop_info64 li;
+	int ret;
+
+	if (ioctl(fd, LOOP_SET_FD, image_fd) < 0)
+		return -errno;
+	*bound = true;
+	memset(&li, 0, sizeof(li));
+	li.lo_flags = LO_FLAGS_AUTOCLEAR;
+	memcpy(li.lo_file_name, cfg->info.lo_file_name, LO_NAME_SIZE);
+	if (ioctl(fd, LOOP_SET_STATUS64, &li) == 0)
+		return 0;
+	ret = -errno;
+	ioctl(fd, LOOP_CLR_FD, 0);
+	return ret;
+}
+
 /* Attach IMAGE_FD to a free loop device, read-only, cleared automatically
  * on its last close.  Keeps the loop device open in *LFD: until something
  * else (the DM table) holds it, closing it detaches the device. */
@@ -508,24 +571,11 @@ static int loop_attach(int image_fd, const char *image, char *loopdev,
 		}
 		ret = -errno;
 		if (ret == -EINVAL || ret == -ENOTTY) {
-			/* Before Linux 5.8: the old two-step setup.  An
-			 * O_RDONLY backing fd already makes it read-only. */
-			if (ioctl(fd, LOOP_SET_FD, image_fd) == 0) {
-				struct loop_info64 li;
+			bool bound = false;
 
-				memset(&li, 0, sizeof(li));
-				li.lo_flags = LO_FLAGS_AUTOCLEAR;
-				memcpy(li.lo_file_name, cfg.info.lo_file_name,
-				       LO_NAME_SIZE);
-				if (ioctl(fd, LOOP_SET_STATUS64, &li) == 0) {
-					ret = 0;
-					break;
-				}
-				ret = -errno;
-				ioctl(fd, LOOP_CLR_FD, 0);
+			ret = loop_set_fd(fd, image_fd, &cfg, &bound);
+			if (bound || !ret)
 				break;
-			}
-			ret = -errno;
 		}
 		close(fd);
 		fd = -1;
@@ -558,19 +608,16 @@ static void loop_detach(int lfd)
 	close(lfd);
 }
 
-int cmd_map(int argc, char **argv)
-{
-	struct vhdx_image *img = NULL;
-	struct dm_table t = { 0 };
-	struct dm_task *dmt = NULL;
-	const char *path, *name;
-	char loopdev[300], uuid[DM_UUID_SIZE], params[64];
-	char *abspath = NULL;
-	uint64_t loop_bytes = 0;
-	int image_fd = -1, lfd = -1, ret = EXIT_ERROR, err;
-	dev_t rdev = 0;
-	size_t i;
+/* The command line of map. */
+struct map_opts {
+	const char *image;
+	const char *name;
+};
 
+/* Fill O from the command line.  Returns -1 to go on, else the exit
+ * status (after --help or an error line). */
+static int parse_map(struct map_opts *o, int argc, char **argv)
+{
 	if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
 		printf("usage: %s\n", map_usage);
 		return EXIT_OK;
@@ -583,51 +630,38 @@ int cmd_map(int argc, char **argv)
 			  map_usage);
 		return EXIT_ERROR;
 	}
-	path = argv[1];
-	name = argv[2];
-	if (!valid_name(name)) {
+	o->image = argv[1];
+	o->name = argv[2];
+	if (!valid_name(o->name)) {
 		error_msg("map: '%s' is not a usable device name (1 to %d of A-Z a-z 0-9 . _ + -, not starting with '.' or '-')",
-			  name, NAME_MAX_LEN);
+			  o->name, NAME_MAX_LEN);
 		return EXIT_ERROR;
 	}
-	/* Everything that can refuse comes before the loop device exists. */
+	return -1;
+}
+
+/* The kernel parts map needs; false after an error line. */
+static bool map_possible(const char *name)
+{
 	if (!check_device_mapper(name))
-		return EXIT_ERROR;
+		return false;
 	if (access(LOOP_CONTROL, F_OK) < 0) {
 		error_msg("%s: this kernel has no loop devices (%s is missing; try 'modprobe loop')",
 			  name, LOOP_CONTROL);
-		return EXIT_ERROR;
+		return false;
 	}
-	dm_log_with_errno_init(dm_log);
-	if (build_table(path, &img, &t))
-		goto out;
-	err = dm_lookup(name, NULL, 0);
-	if (err < 0)
-		goto out;
-	if (err > 0) {
-		error_msg("%s: /dev/mapper/%s already exists", name, name);
-		goto out;
-	}
-	image_fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (image_fd < 0) {
-		error_msg("%s: %s", path, strerror(errno));
-		goto out;
-	}
-	abspath = realpath(path, NULL);
-	err = loop_attach(image_fd, abspath ? abspath : path, loopdev,
-			  sizeof(loopdev), &lfd, &rdev);
-	if (err) {
-		error_msg("%s: cannot set up a loop device: %s", path,
-			  strerror(-err));
-		goto out;
-	}
-	/* From here on a failure must detach the loop device again. */
-	if (ioctl(lfd, BLKGETSIZE64, &loop_bytes) < 0 ||
-	    loop_bytes / SECTOR < t.dev_end) {
-		error_msg("%s: %s holds %" PRIu64 " sectors, the table needs %" PRIu64,
-			  path, loopdev, loop_bytes / SECTOR, t.dev_end);
-		goto out;
-	}
+	return true;
+}
+
+/* Create /dev/mapper/NAME, read-only and marked as ours by its uuid,
+ * from T over the loop device RDEV.  0, or -1 after an error line. */
+static int dm_create(const char *name, dev_t rdev, const struct dm_table *t)
+{
+	char uuid[DM_UUID_SIZE], params[64];
+	struct dm_task *dmt;
+	int ret = -1;
+	size_t i;
+
 	snprintf(uuid, sizeof(uuid), UUID_PREFIX "%s", name);
 	dmt = dm_task_create(DM_DEVICE_CREATE);
 	if (!dmt || !dm_task_set_name(dmt, name) ||
@@ -637,8 +671,8 @@ int cmd_map(int argc, char **argv)
 		goto out;
 	}
 	snprintf(params, sizeof(params), "%u:%u", major(rdev), minor(rdev));
-	for (i = 0; i < t.n; i++) {
-		const struct dm_line *l = &t.v[i];
+	for (i = 0; i < t->n; i++) {
+		const struct dm_line *l = &t->v[i];
 		char p[96];
 
 		if (l->linear)
@@ -658,21 +692,86 @@ int cmd_map(int argc, char **argv)
 			  dm_why("the create ioctl failed"));
 		goto out;
 	}
+	ret = 0;
+out:
+	if (dmt)
+		dm_task_destroy(dmt);
+	return ret;
+}
+
+/* A read-only loop device over the image file, big enough for T.  Returns
+ * its open descriptor (closing it detaches it) or -1 after an error line. */
+static int map_loop(const char *path, const struct dm_table *t, dev_t *rdev)
+{
+	char loopdev[300];
+	char *abspath;
+	uint64_t loop_bytes = 0;
+	int image_fd, lfd = -1, err;
+
+	image_fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (image_fd < 0) {
+		error_msg("%s: %s", path, strerror(errno));
+		return -1;
+	}
+	abspath = realpath(path, NULL);
+	err = loop_attach(image_fd, abspath ? abspath : path, loopdev,
+			  sizeof(loopdev), &lfd, rdev);
+	free(abspath);
+	/* The loop device holds the file now. */
+	close(image_fd);
+	if (err) {
+		error_msg("%s: cannot set up a loop device: %s", path,
+			  strerror(-err));
+		return -1;
+	}
+	if (vhdx_blockdev_geometry(lfd, &loop_bytes, NULL) < 0 ||
+	    loop_bytes / SECTOR < t->dev_end) {
+		error_msg("%s: %s holds %" PRIu64 " sectors, the table needs %" PRIu64,
+			  path, loopdev, loop_bytes / SECTOR, t->dev_end);
+		loop_detach(lfd);
+		return -1;
+	}
+	return lfd;
+}
+
+int cmd_map(int argc, char **argv)
+{
+	struct vhdx_image *img = NULL;
+	struct dm_table t = { 0 };
+	struct map_opts o;
+	int lfd = -1, ret = EXIT_ERROR, err;
+	dev_t rdev = 0;
+
+	err = parse_map(&o, argc, argv);
+	if (err >= 0)
+		return err;
+	/* Everything that can refuse comes before the loop device exists. */
+	if (!map_possible(o.name))
+		return EXIT_ERROR;
+	dm_log_with_errno_init(dm_log);
+	if (build_table(o.image, &img, &t))
+		goto out;
+	err = dm_lookup(o.name, NULL, 0);
+	if (err < 0)
+		goto out;
+	if (err > 0) {
+		error_msg("%s: /dev/mapper/%s already exists", o.name, o.name);
+		goto out;
+	}
+	lfd = map_loop(o.image, &t, &rdev);
+	/* From here on a failure must detach the loop device again. */
+	if (lfd < 0 || dm_create(o.name, rdev, &t) < 0)
+		goto out;
 	/* The table now holds the loop device open; dropping our reference
 	 * lets autoclear detach it when the mapping goes away. */
 	close(lfd);
 	lfd = -1;
-	printf("/dev/mapper/%s\n", name);
+	printf("/dev/mapper/%s\n", o.name);
 	fflush(stdout);
 	ret = EXIT_OK;
 out:
-	if (dmt)
-		dm_task_destroy(dmt);
 	if (lfd >= 0)
 		loop_detach(lfd);
-	if (image_fd >= 0)
-		close(image_fd);
-	free(abspath);
 	table_free(&t);
 	vhdx_close(img);
 	dm_lib_release();
@@ -731,16 +830,10 @@ static int open_blockdev(dev_t d)
 	return n < 0 ? -errno : (int)n;
 }
 
-int cmd_unmap(int argc, char **argv)
+/* The command line of unmap: NAME.  Returns -1 to go on, else the exit
+ * status (after --help or an error line). */
+static int parse_unmap(const char **name, int argc, char **argv)
 {
-	struct dm_task *dmt = NULL;
-	char uuid[DM_UUID_SIZE];
-	const char *name;
-	dev_t loops[8];
-	int lfds[8];
-	unsigned nloops = 0, i;
-	int ret = EXIT_ERROR, err;
-
 	if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
 		printf("usage: %s\n", unmap_usage);
 		return EXIT_OK;
@@ -752,34 +845,41 @@ int cmd_unmap(int argc, char **argv)
 			  unmap_usage);
 		return EXIT_ERROR;
 	}
-	name = argv[1];
-	if (!valid_name(name)) {
-		error_msg("%s: no such device made by 'hvresync map'", name);
+	*name = argv[1];
+	if (!valid_name(*name)) {
+		error_msg("%s: no such device made by 'hvresync map'", *name);
 		return EXIT_ERROR;
 	}
-	if (!check_device_mapper(name))
-		return EXIT_ERROR;
-	dm_log_with_errno_init(dm_log);
+	return -1;
+}
+
+/* Whether NAME is a device `map` made; false after an error line. */
+static bool is_ours(const char *name)
+{
+	char uuid[DM_UUID_SIZE];
+	int err;
+
 	err = dm_lookup(name, uuid, sizeof(uuid));
 	if (err < 0)
-		goto out;
+		return false;
 	if (err == 0) {
 		error_msg("%s: no such device-mapper device", name);
-		goto out;
+		return false;
 	}
 	if (strncmp(uuid, UUID_PREFIX, strlen(UUID_PREFIX))) {
 		error_msg("%s: not made by 'hvresync map' (uuid '%s'); remove it with dmsetup",
 			  name, uuid);
-		goto out;
+		return false;
 	}
-	if (dm_loop_deps(name, loops, sizeof(loops) / sizeof(loops[0]),
-			 &nloops))
-		goto out;
-	/* Hold the loop devices open across the removal: autoclear cannot
-	 * free them then, so the number cannot pass to somebody else's
-	 * loop device before our LOOP_CLR_FD below. */
-	for (i = 0; i < nloops; i++)
-		lfds[i] = open_blockdev(loops[i]);
+	return true;
+}
+
+/* Remove /dev/mapper/NAME; 0 or -1 after an error line. */
+static int dm_remove(const char *name)
+{
+	struct dm_task *dmt;
+	int ret = -1;
+
 	dmt = dm_task_create(DM_DEVICE_REMOVE);
 	if (!dmt || !dm_task_set_name(dmt, name) ||
 	    !dm_task_retry_remove(dmt)) {
@@ -792,7 +892,20 @@ int cmd_unmap(int argc, char **argv)
 			  dm_why("the remove ioctl failed (in use?)"));
 		goto out;
 	}
-	for (i = 0; i < nloops; i++) {
+	ret = 0;
+out:
+	if (dmt)
+		dm_task_destroy(dmt);
+	return ret;
+}
+
+/* Detach the loop devices the mapping used (open in LFDS). */
+static void loops_detach(const char *name, const dev_t *loops,
+			 const int *lfds, unsigned n)
+{
+	unsigned i;
+
+	for (i = 0; i < n; i++) {
 		if (lfds[i] < 0)
 			continue;
 		/* ENXIO: already detached.  With other openers left the
@@ -802,13 +915,40 @@ int cmd_unmap(int argc, char **argv)
 				 name, major(loops[i]), minor(loops[i]),
 				 strerror(errno));
 	}
+}
+
+int cmd_unmap(int argc, char **argv)
+{
+	const char *name;
+	dev_t loops[8];
+	int lfds[8];
+	unsigned nloops = 0, i;
+	int ret;
+
+	ret = parse_unmap(&name, argc, argv);
+	if (ret >= 0)
+		return ret;
+	ret = EXIT_ERROR;
+	if (!check_device_mapper(name))
+		return EXIT_ERROR;
+	dm_log_with_errno_init(dm_log);
+	if (!is_ours(name) ||
+	    dm_loop_deps(name, loops, sizeof(loops) / sizeof(loops[0]),
+			 &nloops))
+		goto out;
+	/* Hold the loop devices open across the removal: autoclear cannot
+	 * free them then, so the number cannot pass to somebody else's
+	 * loop device before our LOOP_CLR_FD below. */
+	for (i = 0; i < nloops; i++)
+		lfds[i] = open_blockdev(loops[i]);
+	if (dm_remove(name) < 0)
+		goto out;
+	loops_detach(name, loops, lfds, nloops);
 	ret = EXIT_OK;
 out:
 	for (i = 0; i < nloops; i++)
 		if (lfds[i] >= 0)
 			close(lfds[i]);
-	if (dmt)
-		dm_task_destroy(dmt);
 	dm_lib_release();
 	return ret;
 }

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "agent/cli/cli.h"
+#include "agent/lib/fmt.h"
 #include "agent/lib/json.h"
 #include "agent/lib/probe.h"
 #include "vhdx/vhdx.h"
@@ -400,24 +401,6 @@ static void put_safe(const char *s)
 		putchar((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s);
 }
 
-static const char *human(uint64_t v, char *buf, size_t len)
-{
-	static const char *const unit[] = { "bytes", "KiB", "MiB", "GiB",
-					    "TiB", "PiB", "EiB" };
-	unsigned u = 0;
-
-	while (u < 6 && v >= (1ull << (10 * (u + 1))))
-		u++;
-	if (u == 0)
-		snprintf(buf, len, "%" PRIu64 " bytes", v);
-	else if (!(v & ((1ull << (10 * u)) - 1)))
-		snprintf(buf, len, "%" PRIu64 " %s", v >> (10 * u), unit[u]);
-	else
-		snprintf(buf, len, "%.1f %s", (double)v / (1ull << (10 * u)),
-			 unit[u]);
-	return buf;
-}
-
 /* "N bytes (H)" for exact values with a readable hint. */
 static void row_size(const char *label, uint64_t v)
 {
@@ -427,7 +410,7 @@ static void row_size(const char *label, uint64_t v)
 		printf(ROW "%" PRIu64 " bytes\n", label, v);
 	else
 		printf(ROW "%" PRIu64 " bytes (%s)\n", label, v,
-		       human(v, h, sizeof(h)));
+		       fmt_size_exact(h, sizeof(h), v));
 }
 
 static void row_guid(const char *label, const struct vhdx_guid *g,
@@ -467,7 +450,7 @@ static void text_headers(const struct vhdx_info *info)
 		row_guid("DataWriteGuid", &h->data_write_guid, NULL);
 		row_guid("LogGuid", &h->log_guid, "no log in use");
 		printf(ROW "offset 0x%" PRIx64 ", length %s\n", "log",
-		       h->log_offset, human(h->log_length, h1, sizeof(h1)));
+		       h->log_offset, fmt_size_exact(h1, sizeof(h1), h->log_length));
 		printf(ROW "%u (log format %u)\n", "version", h->version,
 		       h->log_version);
 	}
@@ -507,7 +490,7 @@ static void text_regions(const struct vhdx_info *info)
 		snprintf(off, sizeof(off), "0x%" PRIx64, r->file_offset);
 		printf("  %-9s %-36s  %-12s %-9s %s\n", r->name,
 		       guid_str(&r->guid, buf), off,
-		       human(r->length, h, sizeof(h)), yes_no(r->required));
+		       fmt_size_exact(h, sizeof(h), r->length), yes_no(r->required));
 	}
 }
 
@@ -518,7 +501,7 @@ static void text_metadata(const struct vhdx_info *info)
 
 	printf("\nMetadata items (region at 0x%" PRIx64 ", %s)\n",
 	       info->metadata_offset,
-	       human(info->metadata_length, h, sizeof(h)));
+	       fmt_size_exact(h, sizeof(h), info->metadata_length));
 	printf("  %-21s %-36s  %-8s %-6s %s\n", "item", "GUID", "offset",
 	       "length", "flags");
 	for (i = 0; i < info->metadata_count; i++) {
@@ -558,7 +541,7 @@ static void text_bat(const struct vhdx_info *info)
 
 	printf("\nBlock allocation table\n");
 	printf(ROW "0x%" PRIx64 ", %s\n", "region", info->bat_offset,
-	       human(info->bat_length, h, sizeof(h)));
+	       fmt_size_exact(h, sizeof(h), info->bat_length));
 	printf(ROW "%" PRIu64 "\n", "chunk ratio", info->chunk_ratio);
 	printf(ROW "%" PRIu64 " (%" PRIu64 " payload blocks)\n", "entries",
 	       info->bat_entries, info->payload_blocks);
@@ -595,8 +578,8 @@ static void text_parents(struct vhdx_image *img, const struct vhdx_info *info)
 		put_safe(pi->path);
 		printf("\n     %s, %s virtual, %s blocks%s\n",
 		       vhdx_type_name(pi->type),
-		       human(pi->virtual_size, h1, sizeof(h1)),
-		       human(pi->block_size, h2, sizeof(h2)),
+		       fmt_size_exact(h1, sizeof(h1), pi->virtual_size),
+		       fmt_size_exact(h2, sizeof(h2), pi->block_size),
 		       pi->log_dirty ? ", log dirty" : "");
 	}
 	if (!level)
@@ -629,10 +612,40 @@ static void text_fs(const struct probe_fs *fs)
 	}
 }
 
+/* One partition: where, what type, and its filesystem. */
+static void text_part(const struct probe_part *p, uint64_t virtual_size)
+{
+	const char *tn = part_type_name(p->type);
+	char h1[32], h2[32];
+
+	printf("  %-3d start %-14" PRIu64 " size %-14" PRIu64
+	       " (%s at %s)\n", p->number, p->start, p->size,
+	       fmt_size_exact(h1, sizeof(h1), p->size),
+	       fmt_size_exact(h2, sizeof(h2), p->start));
+	printf("      type %s", p->type);
+	if (tn)
+		printf(" (%s)", tn);
+	if (p->name[0]) {
+		printf(", name \"");
+		put_safe(p->name);
+		printf("\"");
+	}
+	if (p->past_end)
+		printf(", RUNS PAST THE END OF THE DISK");
+	printf("\n");
+	if (p->extended)
+		return;
+	printf("      ");
+	if (p->start >= virtual_size)
+		printf("outside the disk, not probed");
+	else
+		text_fs(&p->fs);
+	printf("\n");
+}
+
 static void text_probe(const struct inspect *in)
 {
 	const struct probe_result *pr = &in->probe;
-	char h1[32], h2[32];
 	unsigned i;
 
 	printf("\nPartitions\n");
@@ -644,34 +657,8 @@ static void text_probe(const struct inspect *in)
 	else
 		printf(ROW "%s, id %s\n", "table", pr->table_type,
 		       pr->table_id[0] ? pr->table_id : "(none)");
-	for (i = 0; i < pr->nparts; i++) {
-		const struct probe_part *p = &pr->parts[i];
-		const char *tn = part_type_name(p->type);
-
-		printf("  %-3d start %-14" PRIu64 " size %-14" PRIu64
-		       " (%s at %s)\n", p->number, p->start, p->size,
-		       human(p->size, h1, sizeof(h1)),
-		       human(p->start, h2, sizeof(h2)));
-		printf("      type %s", p->type);
-		if (tn)
-			printf(" (%s)", tn);
-		if (p->name[0]) {
-			printf(", name \"");
-			put_safe(p->name);
-			printf("\"");
-		}
-		if (p->past_end)
-			printf(", RUNS PAST THE END OF THE DISK");
-		printf("\n");
-		if (p->extended)
-			continue;
-		printf("      ");
-		if (p->start >= in->info->virtual_size)
-			printf("outside the disk, not probed");
-		else
-			text_fs(&p->fs);
-		printf("\n");
-	}
+	for (i = 0; i < pr->nparts; i++)
+		text_part(&pr->parts[i], in->info->virtual_size);
 	if (pr->disk_fs.found || pr->disk_fs.ambivalent || !pr->table_found) {
 		printf(ROW, "whole-disk filesystem");
 		if (pr->disk_fs.found || pr->disk_fs.ambivalent)
@@ -691,8 +678,8 @@ static int print_text(struct inspect *in)
 
 	printf("%s: %s VHDX, %s virtual, %s blocks, log %s\n", info->path,
 	       vhdx_type_name(info->type),
-	       human(info->virtual_size, h1, sizeof(h1)),
-	       human(info->block_size, h2, sizeof(h2)),
+	       fmt_size_exact(h1, sizeof(h1), info->virtual_size),
+	       fmt_size_exact(h2, sizeof(h2), info->block_size),
 	       !info->log_dirty ? "clean" :
 	       info->log_replayed_on_disk ? "replayed on disk" :
 					    "DIRTY (replayed in memory)");
@@ -722,7 +709,16 @@ static int print_text(struct inspect *in)
 
 /* --- Command ----------------------------------------------------------- */
 
-int cmd_inspect(int argc, char **argv)
+/* The command line. */
+struct inspect_opts {
+	bool json;
+	unsigned flags; /* VHDX_OPEN_* */
+	const char *image;
+};
+
+/* Fill O from the command line.  Returns -1 to go on, else the exit
+ * status (after --help or an error line). */
+static int parse_opts(struct inspect_opts *o, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "json", no_argument, NULL, 'j' },
@@ -731,24 +727,21 @@ int cmd_inspect(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct inspect in = { 0 };
-	struct vhdx_error err = { { 0 } };
-	unsigned flags = 0;
-	bool json = false;
-	int c, ret;
+	int c;
 
+	memset(o, 0, sizeof(*o));
 	opterr = 0;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'j':
-			json = true;
+			o->json = true;
 			break;
 		case 'r':
-			flags |= VHDX_OPEN_REPLAY;
+			o->flags |= VHDX_OPEN_REPLAY;
 			break;
 		case 'i':
-			flags |= VHDX_OPEN_IGNORE_LINKAGE;
+			o->flags |= VHDX_OPEN_IGNORE_LINKAGE;
 			break;
 		case 'h':
 			printf("usage: %s\n", inspect_usage);
@@ -766,25 +759,38 @@ int cmd_inspect(int argc, char **argv)
 			  inspect_usage);
 		return EXIT_ERROR;
 	}
-
 	if (!argv[optind][0]) {
 		error_msg("inspect: IMAGE is an empty string; usage: %s",
 			  inspect_usage);
 		return EXIT_ERROR;
 	}
-	ret = vhdx_open(argv[optind], flags, &in.img, &err);
+	o->image = argv[optind];
+	return -1;
+}
+
+int cmd_inspect(int argc, char **argv)
+{
+	struct inspect in = { 0 };
+	struct vhdx_error err = { { 0 } };
+	struct inspect_opts o;
+	int ret;
+
+	ret = parse_opts(&o, argc, argv);
+	if (ret >= 0)
+		return ret;
+	ret = vhdx_open(o.image, o.flags, &in.img, &err);
 	if (ret < 0) {
 		if (err.msg[0])
 			error_msg("%s", err.msg);
 		else
-			error_msg("%s: %s", argv[optind], strerror(-ret));
+			error_msg("%s: %s", o.image, strerror(-ret));
 		return EXIT_ERROR;
 	}
 	in.info = vhdx_get_info(in.img);
 	in.probe_ret = probe_image(in.img, &in.probe, in.probe_why,
 				   sizeof(in.probe_why));
 
-	ret = json ? print_json(&in) : print_text(&in);
+	ret = o.json ? print_json(&in) : print_text(&in);
 	if (ret)
 		error_msg("inspect: cannot write the report: %s",
 			  strerror(-ret));

@@ -422,7 +422,19 @@ static int run_background(struct view *v, const char *mnt,
 	return serve(v, mnt, pfd[1], true, images, count, rw);
 }
 
-int cmd_mount(int argc, char **argv)
+/* The command line of mount. */
+struct mount_opts {
+	bool rw;
+	bool fg;
+	unsigned flags;     /* VHDX_OPEN_* */
+	char **images;      /* COUNT image paths */
+	unsigned count;
+	const char *mountpoint;
+};
+
+/* Fill O from the command line.  Returns -1 to go on, else the exit
+ * status (after --help; a mistake exits). */
+static int parse_opts(struct mount_opts *o, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "rw", no_argument, NULL, 'w' },
@@ -431,28 +443,20 @@ int cmd_mount(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct view_config cfg = { 0 };
-	struct view_mount_info mi;
-	struct view_image *images = NULL;
-	int *lock_fds = NULL;
-	struct view *v = NULL;
-	bool rw = false, fg = false;
-	unsigned flags = 0, count = 0, i, j;
-	char *mnt = NULL;
-	char err[512];
-	int c, ret = EXIT_ERROR;
+	int c;
 
+	memset(o, 0, sizeof(*o));
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "fh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'w':
-			rw = true;
+			o->rw = true;
 			break;
 		case 'f':
-			fg = true;
+			o->fg = true;
 			break;
 		case 'L':
-			flags |= VHDX_OPEN_IGNORE_LINKAGE;
+			o->flags |= VHDX_OPEN_IGNORE_LINKAGE;
 			break;
 		case 'h':
 			printf("usage: %s\n", mount_usage);
@@ -461,104 +465,117 @@ int cmd_mount(int argc, char **argv)
 			usage_die(mount_usage);
 		}
 	}
-	if (rw)
-		flags |= VHDX_OPEN_RDWR;
+	if (o->rw)
+		o->flags |= VHDX_OPEN_RDWR;
 	if (argc - optind < 2)
 		usage_die(mount_usage);
+	o->images = argv + optind;
+	o->count = (unsigned)(argc - optind - 1);
+	o->mountpoint = argv[argc - 1];
+	return -1;
+}
 
-	mnt = check_mountpoint(argv[argc - 1]);
-	if (!mnt)
-		return EXIT_ERROR;
-	if (view_find_mount(mnt, &mi) == 0 && !strcmp(mi.fstype, VIEW_FSTYPE)) {
-		error_msg("%s: already shows an hvresync view; 'hvresync "
-			  "umount %s' first", argv[argc - 1], argv[argc - 1]);
-		free(mnt);
-		return EXIT_ERROR;
-	}
+/* Each image's view file name, which must be usable and unique; 0 or -1
+ * after an error line. */
+static int name_images(struct view_image *images, const struct mount_opts *o,
+		       const char *mnt)
+{
+	unsigned i, j;
 
-	count = (unsigned)(argc - optind - 1);
-	images = calloc(count, sizeof(*images));
-	lock_fds = malloc(count * sizeof(*lock_fds));
-	if (lock_fds)
-		for (i = 0; i < count; i++)
-			lock_fds[i] = -1;
-	if (!images || !lock_fds) {
-		error_msg("out of memory");
-		goto out;
-	}
-	for (i = 0; i < count; i++) {
-		const char *path = argv[optind + i];
+	for (i = 0; i < o->count; i++) {
+		const char *path = o->images[i];
 		char *name = image_name(path);
 
 		if (!name) {
 			error_msg("out of memory");
-			goto out;
+			return -1;
 		}
 		images[i].name = name;
 		images[i].path = path;
 		if (!name[0] || !strcmp(name, ".") || !strcmp(name, "..")) {
 			error_msg("%s: cannot name a view file after it", path);
-			goto out;
+			return -1;
 		}
 		for (j = 0; j < i; j++) {
 			if (!strcmp(images[j].name, name)) {
 				error_msg("%s and %s would both appear as "
 					  "%s/%s; rename or link one of them",
 					  images[j].path, path, mnt, name);
-				goto out;
+				return -1;
 			}
 		}
 	}
-	for (i = 0; i < count; i++) {
+	return 0;
+}
+
+/* Lock (for --rw) and open every image, then take the shared locks on
+ * what the views read; 0 or -1 after an error line. */
+static int open_images(struct view_image *images, int *lock_fds,
+		       const struct mount_opts *o)
+{
+	unsigned i;
+	int ret;
+
+	for (i = 0; i < o->count; i++) {
 		struct vhdx_error verr = { { 0 } };
 
-		if (rw) {
+		if (o->rw) {
 			lock_fds[i] = lock_for_write(images[i].path);
-			if (lock_fds[i] < 0) {
-				ret = EXIT_ERROR;
-				goto out;
-			}
+			if (lock_fds[i] < 0)
+				return -1;
 		}
-		ret = vhdx_open(images[i].path, flags, &images[i].img, &verr);
+		ret = vhdx_open(images[i].path, o->flags, &images[i].img,
+				&verr);
 		if (ret < 0) {
 			if (verr.msg[0])
 				error_msg("%s", verr.msg);
 			else
 				error_msg("%s: %s", images[i].path,
 					  strerror(-ret));
-			ret = EXIT_ERROR;
-			goto out;
+			return -1;
 		}
 	}
-	for (i = 0; i < count; i++) {
-		if (lock_for_read(images[i].img, rw) < 0) {
-			ret = EXIT_ERROR;
-			goto out;
-		}
-	}
+	for (i = 0; i < o->count; i++)
+		if (lock_for_read(images[i].img, o->rw) < 0)
+			return -1;
+	return 0;
+}
+
+/* Mount the views and serve them (in the foreground, or in a child);
+ * the exit status. */
+static int start_view(struct view_image *images, const struct mount_opts *o,
+		      const char *mnt)
+{
+	struct view_config cfg = { 0 };
+	struct view *v = NULL;
+	char err[512];
+	int ret;
 
 	cfg.log_stderr = true;
-	cfg.writable = rw;
-	if (view_new(images, count, &cfg, &v, err, sizeof(err)) < 0) {
+	cfg.writable = o->rw;
+	if (view_new(images, o->count, &cfg, &v, err, sizeof(err)) < 0) {
+		error_msg("%s: %s", mnt, err);
+		return EXIT_ERROR;
+	}
+	if (!o->fg) {
+		ret = run_background(v, mnt, images, o->count, o->rw);
+	} else if (view_mount(v, mnt, err, sizeof(err)) < 0) {
 		error_msg("%s: %s", mnt, err);
 		ret = EXIT_ERROR;
-		goto out;
-	}
-
-	if (fg) {
-		if (view_mount(v, mnt, err, sizeof(err)) < 0) {
-			error_msg("%s: %s", mnt, err);
-			ret = EXIT_ERROR;
-			goto out;
-		}
-		ret = serve(v, mnt, -1, false, images, count, rw);
 	} else {
-		ret = run_background(v, mnt, images, count, rw);
+		ret = serve(v, mnt, -1, false, images, o->count, o->rw);
 	}
-out:
 	view_free(v);
-	/* Still open here: a failed start, or the background mode's parent
-	 * (which wrote nothing; the child serves). */
+	return ret;
+}
+
+/* Close what is still open: a failed start, or the background mode's
+ * parent (which wrote nothing; the child serves). */
+static void release_images(struct view_image *images, int *lock_fds,
+			   unsigned count)
+{
+	unsigned i;
+
 	if (images) {
 		for (i = 0; i < count; i++) {
 			if (images[i].img)
@@ -573,6 +590,43 @@ out:
 				close(lock_fds[i]);
 		free(lock_fds);
 	}
+}
+
+int cmd_mount(int argc, char **argv)
+{
+	struct view_mount_info mi;
+	struct view_image *images;
+	struct mount_opts o;
+	int *lock_fds;
+	unsigned i;
+	char *mnt;
+	int ret;
+
+	ret = parse_opts(&o, argc, argv);
+	if (ret >= 0)
+		return ret;
+	mnt = check_mountpoint(o.mountpoint);
+	if (!mnt)
+		return EXIT_ERROR;
+	if (view_find_mount(mnt, &mi) == 0 && !strcmp(mi.fstype, VIEW_FSTYPE)) {
+		error_msg("%s: already shows an hvresync view; 'hvresync "
+			  "umount %s' first", o.mountpoint, o.mountpoint);
+		free(mnt);
+		return EXIT_ERROR;
+	}
+
+	ret = EXIT_ERROR;
+	images = calloc(o.count, sizeof(*images));
+	lock_fds = malloc(o.count * sizeof(*lock_fds));
+	if (lock_fds)
+		for (i = 0; i < o.count; i++)
+			lock_fds[i] = -1;
+	if (!images || !lock_fds)
+		error_msg("out of memory");
+	else if (name_images(images, &o, mnt) == 0 &&
+		 open_images(images, lock_fds, &o) == 0)
+		ret = start_view(images, &o, mnt);
+	release_images(images, lock_fds, o.count);
 	free(mnt);
 	return ret;
 }
@@ -620,12 +674,10 @@ static int fusermount_u(const char *mnt, char *why, size_t whylen)
 	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
 }
 
-int cmd_umount(int argc, char **argv)
+/* The command line of umount: MOUNTPOINT.  Returns -1 to go on, else the
+ * exit status (after --help; a mistake exits). */
+static int parse_umount(const char **mountpoint, int argc, char **argv)
 {
-	struct view_mount_info mi;
-	char *mnt;
-	int ret, sfd = -1;
-
 	if (argc == 2 && (!strcmp(argv[1], "--help") ||
 			  !strcmp(argv[1], "-h"))) {
 		printf("usage: %s\n", umount_usage);
@@ -633,66 +685,88 @@ int cmd_umount(int argc, char **argv)
 	}
 	if (argc != 2 || argv[1][0] == '-')
 		usage_die(umount_usage);
+	*mountpoint = argv[1];
+	return -1;
+}
 
-	mnt = realpath(argv[1], NULL);
-	if (!mnt) {
-		error_msg("%s: %s", argv[1], errno == ENOENT ?
-			  "no such mountpoint" : strerror(errno));
-		return EXIT_ERROR;
-	}
-	ret = view_find_mount(mnt, &mi);
+/* Whether MNT (ARG as given) shows an hvresync view; fills MI. */
+static bool is_view(const char *mnt, const char *arg,
+		    struct view_mount_info *mi)
+{
+	int ret = view_find_mount(mnt, mi);
+
 	if (ret == -ENOENT) {
-		error_msg("%s: nothing is mounted there", argv[1]);
-		goto fail;
+		error_msg("%s: nothing is mounted there", arg);
+		return false;
 	}
 	if (ret < 0) {
 		error_msg("/proc/self/mountinfo: %s", strerror(-ret));
-		goto fail;
+		return false;
 	}
-	if (strcmp(mi.fstype, VIEW_FSTYPE)) {
-		error_msg("%s: not an hvresync view (it is a %s mount)",
-			  argv[1], mi.fstype);
-		goto fail;
+	if (strcmp(mi->fstype, VIEW_FSTYPE)) {
+		error_msg("%s: not an hvresync view (it is a %s mount)", arg,
+			  mi->fstype);
+		return false;
 	}
+	return true;
+}
 
-	/* Connected before the unmount, so the verdict cannot be missed. */
-	sfd = status_connect(&mi);
+/* umount(2) as root, fusermount3 -u otherwise; 0 or -1 after an error
+ * line naming ARG. */
+static int unmount_view(const char *mnt, const char *arg)
+{
+	char why[512];
+	int ret;
+
 	if (geteuid() == 0) {
-		if (umount2(mnt, UMOUNT_NOFOLLOW) < 0) {
-			if (errno == EBUSY)
-				error_msg("%s: busy: a file of the view is "
-					  "open or a process works in it",
-					  argv[1]);
-			else
-				error_msg("%s: umount: %s", argv[1],
-					  strerror(errno));
-			goto fail;
-		}
-	} else {
-		char why[512];
-
-		ret = fusermount_u(mnt, why, sizeof(why));
-		if (ret == -ENOENT) {
-			error_msg("%s: fusermount3 not found (package fuse3)",
-				  argv[1]);
-			goto fail;
-		}
-		if (ret < 0) {
-			error_msg("%s: fusermount3 -u failed%s%s", argv[1],
-				  why[0] ? ": " : "", why);
-			goto fail;
-		}
+		if (umount2(mnt, UMOUNT_NOFOLLOW) == 0)
+			return 0;
+		if (errno == EBUSY)
+			error_msg("%s: busy: a file of the view is "
+				  "open or a process works in it", arg);
+		else
+			error_msg("%s: umount: %s", arg, strerror(errno));
+		return -1;
 	}
-	ret = EXIT_OK;
-	if (sfd >= 0)
-		ret = status_wait(sfd, argv[1]);
+	ret = fusermount_u(mnt, why, sizeof(why));
+	if (ret == -ENOENT) {
+		error_msg("%s: fusermount3 not found (package fuse3)", arg);
+		return -1;
+	}
+	if (ret < 0) {
+		error_msg("%s: fusermount3 -u failed%s%s", arg,
+			  why[0] ? ": " : "", why);
+		return -1;
+	}
+	return 0;
+}
+
+int cmd_umount(int argc, char **argv)
+{
+	struct view_mount_info mi;
+	const char *arg;
+	char *mnt;
+	int ret, sfd = -1;
+
+	ret = parse_umount(&arg, argc, argv);
+	if (ret >= 0)
+		return ret;
+	mnt = realpath(arg, NULL);
+	if (!mnt) {
+		error_msg("%s: %s", arg, errno == ENOENT ?
+			  "no such mountpoint" : strerror(errno));
+		return EXIT_ERROR;
+	}
+	ret = EXIT_ERROR;
+	if (is_view(mnt, arg, &mi)) {
+		/* Connected before the unmount, so the verdict cannot be
+		 * missed. */
+		sfd = status_connect(&mi);
+		if (unmount_view(mnt, arg) == 0)
+			ret = sfd >= 0 ? status_wait(sfd, arg) : EXIT_OK;
+	}
 	if (sfd >= 0)
 		close(sfd);
 	free(mnt);
 	return ret;
-fail:
-	if (sfd >= 0)
-		close(sfd);
-	free(mnt);
-	return EXIT_ERROR;
 }

@@ -2,7 +2,7 @@
 /*
  * cmd_push.c - `hvresync push`: bring a recovery disk exported by
  * `hvresync serve` (or the agent) in line with a local disk, sending only
- * the 4 KiB pieces that differ.  The work is push_disk() (agent/push.c);
+ * the 4 KiB pieces that differ.  The work is push_disk() (agent/sync/push.c);
  * this file is options, a progress bar, Ctrl-C and the summary.
  */
 #include <errno.h>
@@ -14,8 +14,9 @@
 #include <string.h>
 
 #include "agent/cli/cli.h"
-#include "agent/lib/json.h"
 #include "agent/cli/progress.h"
+#include "agent/lib/fmt.h"
+#include "agent/lib/json.h"
 #include "agent/sync/push.h"
 #include "uring/blocks.h"
 
@@ -86,19 +87,6 @@ static void on_progress(void *ctx, const struct push_stats *st)
 	progress_update(&ui->bar, st->position);
 }
 
-static void human(char *out, size_t len, uint64_t v)
-{
-	static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-	double d = (double)v;
-	unsigned u = 0;
-
-	while (d >= 1024 && u < sizeof(units) / sizeof(units[0]) - 1) {
-		d /= 1024;
-		u++;
-	}
-	snprintf(out, len, u ? "%.1f %s" : "%.0f %s", d, units[u]);
-}
-
 static void json_kv_seconds(struct json_writer *w, const char *key, double s)
 {
 	json_key(w, key);
@@ -158,11 +146,11 @@ static void print_summary(const struct push_params *p, const char *target,
 		printf("%s: %s\n", target, result_word(p->flags));
 		return;
 	}
-	human(a, sizeof(a), st->bytes_compared);
-	human(b, sizeof(b), st->bytes_different);
-	human(c, sizeof(c), st->bytes_sent);
-	human(d, sizeof(d), st->bytes_zeroed);
-	human(e, sizeof(e), st->wire_bytes);
+	fmt_size(a, sizeof(a), st->bytes_compared);
+	fmt_size(b, sizeof(b), st->bytes_different);
+	fmt_size(c, sizeof(c), st->bytes_sent);
+	fmt_size(d, sizeof(d), st->bytes_zeroed);
+	fmt_size(e, sizeof(e), st->wire_bytes);
 	printf("%s -> %s: %s\n", p->src, target,
 	       p->flags & PUSH_HOLD ? "copied, held unmerged"
 				    : "identical now");
@@ -176,7 +164,71 @@ static void print_summary(const struct push_params *p, const char *target,
 	       st->seconds, st->merge_seconds);
 }
 
-int cmd_push(int argc, char **argv)
+/* The command line: push_disk()'s parameters and what sets up the rest. */
+struct push_opts {
+	struct push_params p;
+	bool json;
+	const char *psk, *cert, *key, *ca;
+	bool insecure;
+	const char *target; /* HOST:PORT/NAME */
+};
+
+/* --block-size, --bwlimit and --timeout; false after an error line. */
+static bool parse_number(struct push_opts *o, int c, const char *arg)
+{
+	uint64_t v;
+
+	switch (c) {
+	case 'b':
+		if (parse_size(arg, &v) < 0 || !ur_is_pow2(v) ||
+		    v < PROTO_BLOCK_MIN || v > PROTO_BLOCK_MAX) {
+			error_msg("--block-size: '%s' is not a power "
+				  "of two from 4K to 4M",
+				  arg);
+			return false;
+		}
+		o->p.block_size = (uint32_t)v;
+		return true;
+	case 'l':
+		if (parse_size(arg, &v) < 0 || v < 1024) {
+			error_msg("--bwlimit: '%s' is not a rate of at "
+				  "least 1K bytes per second",
+				  arg);
+			return false;
+		}
+		o->p.bwlimit = v;
+		return true;
+	default: /* 't' */
+		if (parse_size(arg, &v) < 0 || v < 1 || v > 86400) {
+			error_msg("--timeout: '%s' is not a number of "
+				  "seconds from 1 to 86400",
+				  arg);
+			return false;
+		}
+		o->p.timeout_ms = (int)v * 1000;
+		return true;
+	}
+}
+
+/* The operands: SRC HOST:PORT/NAME, or HOST:PORT/NAME alone for --merge
+ * and --discard. */
+static void parse_operands(struct push_opts *o, int argc, char **argv)
+{
+	int npos = argc - optind;
+
+	if (npos == 1 && (o->p.flags & (PUSH_MERGE | PUSH_DISCARD))) {
+		o->target = argv[optind];
+	} else if (npos == 2) {
+		o->p.src = argv[optind];
+		o->target = argv[optind + 1];
+	} else {
+		usage_die(push_usage);
+	}
+}
+
+/* Fill O from the command line.  Returns -1 to go on, else the exit
+ * status (after --help or an error line). */
+static int parse_opts(struct push_opts *o, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"json", no_argument, NULL, 'j'},
@@ -198,74 +250,41 @@ int cmd_push(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *psk = NULL, *cert = NULL, *key = NULL, *ca = NULL;
-	char addr[300], name[PROTO_NAME_MAX + 1], err[1024];
-	struct push_params p;
-	struct push_stats st;
-	struct tls_config tls;
-	struct sigaction sa;
-	struct ui ui;
-	bool json = false, insecure = false;
-	const char *target;
-	uint64_t v;
-	int c, ret, npos;
+	int c;
 
-	memset(&p, 0, sizeof(p));
-	memset(&ui, 0, sizeof(ui));
-	p.block_size = PUSH_DEFAULT_BLOCK;
-	p.hash = UR_HASH_XXH3_128;
+	memset(o, 0, sizeof(*o));
+	o->p.block_size = PUSH_DEFAULT_BLOCK;
+	o->p.hash = UR_HASH_XXH3_128;
 	opterr = 0;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
-		case 'j': json = true; break;
-		case 'p': psk = optarg; break;
-		case 'C': cert = optarg; break;
-		case 'K': key = optarg; break;
-		case 'A': ca = optarg; break;
-		case 'I': insecure = true; break;
+		case 'j': o->json = true; break;
+		case 'p': o->psk = optarg; break;
+		case 'C': o->cert = optarg; break;
+		case 'K': o->key = optarg; break;
+		case 'A': o->ca = optarg; break;
+		case 'I': o->insecure = true; break;
 		case 'b':
-			if (parse_size(optarg, &v) < 0 || !ur_is_pow2(v) ||
-			    v < PROTO_BLOCK_MIN || v > PROTO_BLOCK_MAX) {
-				error_msg("--block-size: '%s' is not a power "
-					  "of two from 4K to 4M",
-					  optarg);
+		case 'l':
+		case 't':
+			if (!parse_number(o, c, optarg))
 				return EXIT_ERROR;
-			}
-			p.block_size = (uint32_t)v;
 			break;
 		case 'H':
-			if (ur_hash_parse(optarg, &p.hash) < 0) {
+			if (ur_hash_parse(optarg, &o->p.hash) < 0) {
 				error_msg("--hash: '%s' is not a known hash "
 					  "(xxh3 or sha256)",
 					  optarg);
 				return EXIT_ERROR;
 			}
 			break;
-		case 'z': p.compress = true; break;
-		case 'l':
-			if (parse_size(optarg, &v) < 0 || v < 1024) {
-				error_msg("--bwlimit: '%s' is not a rate of at "
-					  "least 1K bytes per second",
-					  optarg);
-				return EXIT_ERROR;
-			}
-			p.bwlimit = v;
-			break;
-		case 'r': p.flags |= PUSH_RESTART; break;
-		case 'o': p.flags |= PUSH_HOLD; break;
-		case 'c': p.flags |= PUSH_CHECK; break;
-		case 'm': p.flags |= PUSH_MERGE; break;
-		case 'd': p.flags |= PUSH_DISCARD; break;
-		case 't':
-			if (parse_size(optarg, &v) < 0 || v < 1 || v > 86400) {
-				error_msg("--timeout: '%s' is not a number of "
-					  "seconds from 1 to 86400",
-					  optarg);
-				return EXIT_ERROR;
-			}
-			p.timeout_ms = (int)v * 1000;
-			break;
+		case 'z': o->p.compress = true; break;
+		case 'r': o->p.flags |= PUSH_RESTART; break;
+		case 'o': o->p.flags |= PUSH_HOLD; break;
+		case 'c': o->p.flags |= PUSH_CHECK; break;
+		case 'm': o->p.flags |= PUSH_MERGE; break;
+		case 'd': o->p.flags |= PUSH_DISCARD; break;
 		case 'h':
 			printf("usage: %s\n\n%s", push_usage, push_help);
 			return EXIT_OK;
@@ -282,57 +301,81 @@ int cmd_push(int argc, char **argv)
 			return EXIT_ERROR;
 		}
 	}
-	npos = argc - optind;
-	if (npos == 1 && (p.flags & (PUSH_MERGE | PUSH_DISCARD))) {
-		target = argv[optind];
-	} else if (npos == 2) {
-		p.src = argv[optind];
-		target = argv[optind + 1];
-	} else {
-		usage_die(push_usage);
-	}
-	if (push_parse_target(target, addr, sizeof(addr), name, sizeof(name),
-			      err, sizeof(err)) < 0) {
-		error_msg("%s", err);
-		return EXIT_ERROR;
-	}
-	if (push_security_config(&tls, psk, cert, key, ca, insecure, err,
-				 sizeof(err)) < 0) {
-		error_msg("%s", err);
-		return EXIT_ERROR;
-	}
-	p.addr = addr;
-	p.export_name = name;
-	p.tls = &tls;
-	p.stop = &stop_flag;
-	p.progress = on_progress;
-	p.ctx = &ui;
+	parse_operands(o, argc, argv);
+	return -1;
+}
+
+static void install_handlers(void)
+{
+	struct sigaction sa;
 
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
+}
 
-	ret = push_disk(&p, &st, err, sizeof(err));
+/* Push and print what happened; the exit status. */
+static int run(struct push_opts *o, struct tls_config *tls)
+{
+	struct push_params *p = &o->p;
+	struct push_stats st;
+	struct ui ui;
+	char err[1024];
+	int ret;
+
+	memset(&ui, 0, sizeof(ui));
+	p->tls = tls;
+	p->stop = &stop_flag;
+	p->progress = on_progress;
+	p->ctx = &ui;
+	install_handlers();
+
+	ret = push_disk(p, &st, err, sizeof(err));
 	if (ui.started)
 		progress_finish(&ui.bar);
-	memset(&tls, 0, sizeof(tls));
+	memset(tls, 0, sizeof(*tls));
 	if (ret < 0) {
 		if (ret == -ECANCELED)
 			error_msg("push: %s: cancelled (the recovery side "
 				  "keeps what it received for the next push)",
-				  target);
+				  o->target);
 		else
 			error_msg("push: %s", err);
 	}
-	if (json)
-		print_json(&p, target, &st, ret, err);
+	if (o->json)
+		print_json(p, o->target, &st, ret, err);
 	else if (!ret)
-		print_summary(&p, target, &st);
+		print_summary(p, o->target, &st);
 	if (fflush(stdout) == EOF || ferror(stdout)) {
 		error_msg("push: cannot write to stdout: %s", strerror(errno));
 		return EXIT_ERROR;
 	}
 	return ret < 0 ? EXIT_ERROR : EXIT_OK;
+}
+
+int cmd_push(int argc, char **argv)
+{
+	char addr[300], name[PROTO_NAME_MAX + 1], err[1024];
+	struct push_opts o;
+	struct tls_config tls;
+	int ret;
+
+	ret = parse_opts(&o, argc, argv);
+	if (ret >= 0)
+		return ret;
+	if (push_parse_target(o.target, addr, sizeof(addr), name, sizeof(name),
+			      err, sizeof(err)) < 0) {
+		error_msg("%s", err);
+		return EXIT_ERROR;
+	}
+	if (push_security_config(&tls, o.psk, o.cert, o.key, o.ca, o.insecure,
+				 err, sizeof(err)) < 0) {
+		error_msg("%s", err);
+		return EXIT_ERROR;
+	}
+	o.p.addr = addr;
+	o.p.export_name = name;
+	return run(&o, &tls);
 }

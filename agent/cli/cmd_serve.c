@@ -2,7 +2,7 @@
 /*
  * cmd_serve.c - `hvresync serve`: the recovery side of `hvresync push`
  * as a foreground server.  The work is the server library
- * (agent/serve.c); this file is options and signals.
+ * (agent/sync/serve.c); this file is options and signals.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -57,7 +57,43 @@ static void on_signal(int sig)
 	errno = e;
 }
 
-int cmd_serve(int argc, char **argv)
+/* The command line. */
+struct serve_opts {
+	struct server_config cfg;
+	const char *psk, *cert, *key, *ca;
+	bool insecure;
+	char **exports; /* NAME=PATH, NEXP of them */
+	int nexp;
+};
+
+/* --window and --max-sessions; false after an error line. */
+static bool parse_number(struct serve_opts *o, int c, const char *arg)
+{
+	uint64_t v;
+
+	if (c == 'w') {
+		if (parse_size(arg, &v) < 0 || v < 4096 || v > (256u << 20)) {
+			error_msg("--window: '%s' is not a size from "
+				  "4K to 256M",
+				  arg);
+			return false;
+		}
+		o->cfg.window_bytes = v;
+		return true;
+	}
+	if (parse_size(arg, &v) < 0 || v < 1 || v > 1024) {
+		error_msg("--max-sessions: '%s' is not a number "
+			  "from 1 to 1024",
+			  arg);
+		return false;
+	}
+	o->cfg.max_sessions = (unsigned)v;
+	return true;
+}
+
+/* Fill O from the command line.  Returns -1 to go on, else the exit
+ * status (after --help or an error line). */
+static int parse_opts(struct serve_opts *o, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"listen", required_argument, NULL, 'l'},
@@ -73,55 +109,28 @@ int cmd_serve(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *psk = NULL, *cert = NULL, *key = NULL, *ca = NULL;
-	struct server_config cfg;
-	struct sigaction sa;
-	struct server *srv;
-	char **exports = NULL, err[1024];
-	bool insecure = false;
-	int c, i, nexp = 0, ret, rc = EXIT_ERROR;
-	uint64_t v;
+	int c;
 
-	memset(&cfg, 0, sizeof(cfg));
-	exports = calloc((size_t)argc + 1, sizeof(*exports));
-	if (!exports)
-		die("out of memory");
 	opterr = 0;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
-		case 'l': cfg.listen = optarg; break;
-		case 'e': exports[nexp++] = optarg; break;
-		case 'p': psk = optarg; break;
-		case 'C': cert = optarg; break;
-		case 'K': key = optarg; break;
-		case 'A': ca = optarg; break;
-		case 'I': insecure = true; break;
-		case 's': cfg.state_dir = optarg; break;
+		case 'l': o->cfg.listen = optarg; break;
+		case 'e': o->exports[o->nexp++] = optarg; break;
+		case 'p': o->psk = optarg; break;
+		case 'C': o->cert = optarg; break;
+		case 'K': o->key = optarg; break;
+		case 'A': o->ca = optarg; break;
+		case 'I': o->insecure = true; break;
+		case 's': o->cfg.state_dir = optarg; break;
 		case 'w':
-			if (parse_size(optarg, &v) < 0 || v < 4096 ||
-			    v > (256u << 20)) {
-				error_msg("--window: '%s' is not a size from "
-					  "4K to 256M",
-					  optarg);
-				goto out;
-			}
-			cfg.window_bytes = v;
-			break;
 		case 'n':
-			if (parse_size(optarg, &v) < 0 || v < 1 || v > 1024) {
-				error_msg(
-					"--max-sessions: '%s' is not a number "
-					"from 1 to 1024",
-					optarg);
-				goto out;
-			}
-			cfg.max_sessions = (unsigned)v;
+			if (!parse_number(o, c, optarg))
+				return EXIT_ERROR;
 			break;
 		case 'h':
 			printf("usage: %s\n\n%s", serve_usage, serve_help);
-			rc = EXIT_OK;
-			goto out;
+			return EXIT_OK;
 		default:
 			if (optopt)
 				error_msg("serve: option '%s' needs a value or "
@@ -132,48 +141,56 @@ int cmd_serve(int argc, char **argv)
 				error_msg("serve: unknown option '%s'; see "
 					  "'hvresync serve --help'",
 					  argv[optind - 1]);
-			goto out;
+			return EXIT_ERROR;
 		}
 	}
 	if (optind != argc) {
 		fprintf(stderr, "usage: %s\n", serve_usage);
-		goto out;
+		return EXIT_ERROR;
 	}
-	if (!nexp) {
+	if (!o->nexp) {
 		error_msg("serve: no disks to serve: give --export NAME=PATH");
-		goto out;
+		return EXIT_ERROR;
 	}
-	if (push_security_config(&cfg.tls, psk, cert, key, ca, insecure, err,
-				 sizeof(err)) < 0) {
-		error_msg("%s", err);
-		goto out;
-	}
-	srv = server_new(&cfg, err, sizeof(err));
-	memset(cfg.tls.psk, 0, sizeof(cfg.tls.psk));
-	if (!srv) {
-		error_msg("%s", err);
-		goto out;
-	}
-	for (i = 0; i < nexp; i++) {
-		char *eq = strchr(exports[i], '=');
+	return -1;
+}
 
-		if (!eq || eq == exports[i] || !eq[1]) {
+/* Each --export NAME=PATH; 0 or -1 after an error line. */
+static int add_exports(struct server *srv, const struct serve_opts *o)
+{
+	char err[1024];
+	int i, ret;
+
+	for (i = 0; i < o->nexp; i++) {
+		char *eq = strchr(o->exports[i], '=');
+
+		if (!eq || eq == o->exports[i] || !eq[1]) {
 			error_msg("--export: '%s' is not NAME=PATH",
-				  exports[i]);
-			goto out_srv;
+				  o->exports[i]);
+			return -1;
 		}
 		*eq = '\0';
-		ret = server_add_export(srv, exports[i], eq + 1, err,
+		ret = server_add_export(srv, o->exports[i], eq + 1, err,
 					sizeof(err));
 		*eq = '=';
 		if (ret < 0) {
 			error_msg("--export: %s", err);
-			goto out_srv;
+			return -1;
 		}
 	}
+	return 0;
+}
+
+/* Serve until a signal; the exit status. */
+static int run(struct server *srv)
+{
+	struct sigaction sa;
+	char err[1024];
+	int ret;
+
 	if (server_listen(srv, err, sizeof(err)) < 0) {
 		error_msg("%s", err);
-		goto out_srv;
+		return EXIT_ERROR;
 	}
 	the_server = srv;
 	memset(&sa, 0, sizeof(sa));
@@ -183,10 +200,39 @@ int cmd_serve(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	ret = server_run(srv);
 	the_server = NULL;
-	rc = ret < 0 ? EXIT_ERROR : EXIT_OK;
-out_srv:
+	return ret < 0 ? EXIT_ERROR : EXIT_OK;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+	struct serve_opts o;
+	struct server *srv;
+	char err[1024];
+	int rc;
+
+	memset(&o, 0, sizeof(o));
+	o.exports = calloc((size_t)argc + 1, sizeof(*o.exports));
+	if (!o.exports)
+		die("out of memory");
+	rc = parse_opts(&o, argc, argv);
+	if (rc >= 0)
+		goto out;
+	rc = EXIT_ERROR;
+	if (push_security_config(&o.cfg.tls, o.psk, o.cert, o.key, o.ca,
+				 o.insecure, err, sizeof(err)) < 0) {
+		error_msg("%s", err);
+		goto out;
+	}
+	srv = server_new(&o.cfg, err, sizeof(err));
+	memset(o.cfg.tls.psk, 0, sizeof(o.cfg.tls.psk));
+	if (!srv) {
+		error_msg("%s", err);
+		goto out;
+	}
+	if (add_exports(srv, &o) == 0)
+		rc = run(srv);
 	server_free(srv);
 out:
-	free(exports);
+	free(o.exports);
 	return rc;
 }

@@ -17,8 +17,9 @@
 #include <string.h>
 
 #include "agent/cli/cli.h"
-#include "agent/lib/json.h"
 #include "agent/cli/progress.h"
+#include "agent/lib/fmt.h"
+#include "agent/lib/json.h"
 #include "uring/reader.h"
 
 static const char verify_usage[] =
@@ -49,9 +50,12 @@ struct side {
 };
 
 struct verify {
+	/* the command line */
 	bool json;
-	uint32_t bs;
 	struct ur_config cfg;
+	const char *path[2];
+	/* the run */
+	uint32_t bs;
 	struct side s[2];
 	struct ur_engine *e;
 	struct json_writer w;
@@ -61,19 +65,6 @@ struct verify {
 	uint64_t compared, skipped, different;
 	double seconds;
 };
-
-static void human(char *out, size_t len, uint64_t v)
-{
-	static const char *units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
-	double d = (double)v;
-	unsigned u = 0;
-
-	while (d >= 1024 && u < sizeof(units) / sizeof(units[0]) - 1) {
-		d /= 1024;
-		u++;
-	}
-	snprintf(out, len, u ? "%.1f %s" : "%.0f %s", d, units[u]);
-}
 
 static void emit_extent(struct verify *v, const struct ur_range *r)
 {
@@ -87,8 +78,8 @@ static void emit_extent(struct verify *v, const struct ur_range *r)
 		return;
 	}
 	progress_clear(&v->bar);
-	human(off, sizeof(off), r->off);
-	human(len, sizeof(len), r->len);
+	fmt_size(off, sizeof(off), r->off);
+	fmt_size(len, sizeof(len), r->len);
 	printf("differ offset=%" PRIu64 " length=%" PRIu64 " (at %s, %s)\n",
 	       r->off, r->len, off, len);
 }
@@ -186,12 +177,12 @@ static void print_summary(struct verify *v)
 		json_object_end(&v->w);
 		return;
 	}
-	human(c, sizeof(c), v->compared);
-	human(s, sizeof(s), v->skipped);
-	human(d, sizeof(d), v->different);
-	human(ra, sizeof(ra), v->s[0].stats.bytes_read);
-	human(rb, sizeof(rb), v->s[1].stats.bytes_read);
-	human(rate, sizeof(rate), bps);
+	fmt_size(c, sizeof(c), v->compared);
+	fmt_size(s, sizeof(s), v->skipped);
+	fmt_size(d, sizeof(d), v->different);
+	fmt_size(ra, sizeof(ra), v->s[0].stats.bytes_read);
+	fmt_size(rb, sizeof(rb), v->s[1].stats.bytes_read);
+	fmt_size(rate, sizeof(rate), bps);
 	printf("bytes compared:  %" PRIu64 " (%s)\n", v->compared, c);
 	printf("bytes skipped:   %" PRIu64 " (%s, unallocated or zero on "
 	       "both sides)\n", v->skipped, s);
@@ -257,7 +248,9 @@ static bool needs_value(const struct option *opts, int opt)
 	return false;
 }
 
-int cmd_verify(int argc, char **argv)
+/* Fill V's options from the command line.  Returns -1 to go on, else the
+ * exit status (after --help or an error line). */
+static int parse_opts(struct verify *v, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "json", no_argument, NULL, 'j' },
@@ -269,27 +262,23 @@ int cmd_verify(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct verify v;
-	char err[1024];
-	double start;
-	int c, i, ret, rc = EXIT_ERROR;
+	int c;
 
-	memset(&v, 0, sizeof(v));
-	v.cfg.block_size = UR_DEFAULT_BLOCK;
-	v.cfg.hash = UR_HASH_XXH3_128;
+	v->cfg.block_size = UR_DEFAULT_BLOCK;
+	v->cfg.hash = UR_HASH_XXH3_128;
 	opterr = 0;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 'j':
-			v.json = true;
+			v->json = true;
 			break;
 		case 'b':
-			if (parse_block_size(optarg, &v.cfg.block_size) < 0)
+			if (parse_block_size(optarg, &v->cfg.block_size) < 0)
 				return EXIT_ERROR;
 			break;
 		case 'H':
-			if (ur_hash_parse(optarg, &v.cfg.hash) < 0) {
+			if (ur_hash_parse(optarg, &v->cfg.hash) < 0) {
 				error_msg("--hash: '%s' is not a known hash "
 					  "(xxh3 or sha256)", optarg);
 				return EXIT_ERROR;
@@ -297,16 +286,16 @@ int cmd_verify(int argc, char **argv)
 			break;
 		case 'q':
 			if (parse_count("--queue-depth", optarg, 1024,
-					&v.cfg.queue_depth) < 0)
+					&v->cfg.queue_depth) < 0)
 				return EXIT_ERROR;
 			break;
 		case 't':
 			if (parse_count("--threads", optarg, 64,
-					&v.cfg.threads) < 0)
+					&v->cfg.threads) < 0)
 				return EXIT_ERROR;
 			break;
 		case 'd':
-			v.cfg.direct = true;
+			v->cfg.direct = true;
 			break;
 		case 'h':
 			printf("usage: %s\n\n%s", verify_usage, verify_help);
@@ -325,95 +314,140 @@ int cmd_verify(int argc, char **argv)
 	}
 	if (argc - optind != 2)
 		usage_die(verify_usage);
-	v.bs = v.cfg.block_size;
-	v.cfg.window = 0;
+	v->path[0] = argv[optind];
+	v->path[1] = argv[optind + 1];
+	v->bs = v->cfg.block_size;
+	v->cfg.window = 0;
+	return -1;
+}
 
-	if (open_side(&v.s[0], "A", argv[optind]) < 0 ||
-	    open_side(&v.s[1], "B", argv[optind + 1]) < 0)
-		goto out;
-	if (v.s[0].src->size != v.s[1].src->size ||
-	    v.s[0].src->sector_size != v.s[1].src->sector_size) {
+/* Open both disks, which must have the same geometry. */
+static int open_sides(struct verify *v)
+{
+	if (open_side(&v->s[0], "A", v->path[0]) < 0 ||
+	    open_side(&v->s[1], "B", v->path[1]) < 0)
+		return -1;
+	if (v->s[0].src->size != v->s[1].src->size ||
+	    v->s[0].src->sector_size != v->s[1].src->sector_size) {
 		error_msg("%s and %s differ in geometry: A has virtual size "
 			  "%" PRIu64 " and logical sector size %u, B has "
 			  "virtual size %" PRIu64 " and logical sector size %u",
-			  v.s[0].src->path, v.s[1].src->path,
-			  v.s[0].src->size, v.s[0].src->sector_size,
-			  v.s[1].src->size, v.s[1].src->sector_size);
-		goto out;
+			  v->s[0].src->path, v->s[1].src->path,
+			  v->s[0].src->size, v->s[0].src->sector_size,
+			  v->s[1].src->size, v->s[1].src->sector_size);
+		return -1;
 	}
-	v.size = v.s[0].src->size;
+	v->size = v->s[0].src->size;
+	return 0;
+}
 
-	ret = ur_engine_new(&v.cfg, &v.e, err, sizeof(err));
+/* The reader with both disks, not started yet. */
+static int new_engine(struct verify *v)
+{
+	char err[1024];
+	int i, ret;
+
+	ret = ur_engine_new(&v->cfg, &v->e, err, sizeof(err));
 	if (ret < 0) {
 		error_msg("verify: %s", err);
-		goto out;
+		return -1;
 	}
 	for (i = 0; i < 2; i++) {
-		ret = ur_engine_add(v.e, v.s[i].src, &v.s[i].st);
+		ret = ur_engine_add(v->e, v->s[i].src, &v->s[i].st);
 		if (ret < 0) {
-			error_msg("verify: %s: %s", v.s[i].src->path,
+			error_msg("verify: %s: %s", v->s[i].src->path,
 				  strerror(-ret));
-			goto out;
+			return -1;
 		}
 	}
-	start = progress_now();
-	ret = ur_engine_start(v.e);
-	if (ret < 0) {
-		error_msg("verify: %s", ur_engine_error(v.e));
-		goto out;
-	}
-	if (v.json) {
-		json_init(&v.w, stdout, 2);
-		json_object_begin(&v.w);
-		json_side(&v.w, "a", &v.s[0]);
-		json_side(&v.w, "b", &v.s[1]);
-		json_kv_u64(&v.w, "virtual_size", v.size);
-		json_kv_u64(&v.w, "block_size", v.bs);
-		json_kv_string(&v.w, "hash", ur_hash_name(v.cfg.hash));
-		json_key(&v.w, "extents");
-		json_array_begin(&v.w);
-	}
-	progress_init(&v.bar, "verify", v.size);
-	ret = compare(&v);
-	progress_finish(&v.bar);
-	if (ret < 0) {
-		/* The reader's message names the file and offset. */
-		const char *why = ur_engine_error(v.e);
+	return 0;
+}
 
-		if (!*why)
-			why = ret == -EPROTO ? "internal error: the two "
-					       "disks' blocks came out of step" :
-					       strerror(-ret);
+static void json_begin(struct verify *v)
+{
+	json_init(&v->w, stdout, 2);
+	json_object_begin(&v->w);
+	json_side(&v->w, "a", &v->s[0]);
+	json_side(&v->w, "b", &v->s[1]);
+	json_kv_u64(&v->w, "virtual_size", v->size);
+	json_kv_u64(&v->w, "block_size", v->bs);
+	json_kv_string(&v->w, "hash", ur_hash_name(v->cfg.hash));
+	json_key(&v->w, "extents");
+	json_array_begin(&v->w);
+}
 
-		error_msg("%s", why);
-		if (v.json) {
-			/* Close the document: what was found so far, and
-			 * why it stopped (the exit status still says 2). */
-			json_array_end(&v.w);
-			json_kv_string(&v.w, "error", why);
-			json_object_end(&v.w);
-			json_end(&v.w);
-			fflush(stdout);
-		}
-		goto out;
+/* compare() failed with RET: say why, and close the JSON document with
+ * what was found so far (the exit status still says 2). */
+static void report_failure(struct verify *v, int ret)
+{
+	/* The reader's message names the file and offset. */
+	const char *why = ur_engine_error(v->e);
+
+	if (!*why)
+		why = ret == -EPROTO ? "internal error: the two "
+				       "disks' blocks came out of step" :
+				       strerror(-ret);
+	error_msg("%s", why);
+	if (v->json) {
+		json_array_end(&v->w);
+		json_kv_string(&v->w, "error", why);
+		json_object_end(&v->w);
+		json_end(&v->w);
+		fflush(stdout);
 	}
-	v.seconds = progress_now() - start;
-	ur_stream_stats(v.s[0].st, &v.s[0].stats);
-	ur_stream_stats(v.s[1].st, &v.s[1].stats);
-	if (v.json)
-		json_array_end(&v.w);
-	print_summary(&v);
-	if (v.json && json_end(&v.w) < 0) {
+}
+
+/* Compare and report; the exit status. */
+static int run(struct verify *v)
+{
+	double start;
+	int ret;
+
+	if (new_engine(v) < 0)
+		return EXIT_ERROR;
+	start = mono_seconds();
+	ret = ur_engine_start(v->e);
+	if (ret < 0) {
+		error_msg("verify: %s", ur_engine_error(v->e));
+		return EXIT_ERROR;
+	}
+	if (v->json)
+		json_begin(v);
+	progress_init(&v->bar, "verify", v->size);
+	ret = compare(v);
+	progress_finish(&v->bar);
+	if (ret < 0) {
+		report_failure(v, ret);
+		return EXIT_ERROR;
+	}
+	v->seconds = mono_seconds() - start;
+	ur_stream_stats(v->s[0].st, &v->s[0].stats);
+	ur_stream_stats(v->s[1].st, &v->s[1].stats);
+	if (v->json)
+		json_array_end(&v->w);
+	print_summary(v);
+	if (v->json && json_end(&v->w) < 0) {
 		error_msg("verify: cannot write the JSON output");
-		goto out;
+		return EXIT_ERROR;
 	}
 	if (fflush(stdout) == EOF || ferror(stdout)) {
 		error_msg("verify: cannot write to stdout: %s",
 			  strerror(errno));
-		goto out;
+		return EXIT_ERROR;
 	}
-	rc = v.different ? EXIT_DIFFER : EXIT_OK;
-out:
+	return v->different ? EXIT_DIFFER : EXIT_OK;
+}
+
+int cmd_verify(int argc, char **argv)
+{
+	struct verify v;
+	int rc;
+
+	memset(&v, 0, sizeof(v));
+	rc = parse_opts(&v, argc, argv);
+	if (rc >= 0)
+		return rc;
+	rc = open_sides(&v) < 0 ? EXIT_ERROR : run(&v);
 	ur_engine_free(v.e);
 	ur_source_close(v.s[0].src);
 	ur_source_close(v.s[1].src);

@@ -3,20 +3,13 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "agent/cli/progress.h"
+#include "agent/daemon/job.h"
+#include "agent/lib/fmt.h"
 
 #define REDRAW_INTERVAL 0.2
-
-double progress_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 void progress_init(struct progress *p, const char *label, uint64_t total)
 {
@@ -24,20 +17,8 @@ void progress_init(struct progress *p, const char *label, uint64_t total)
 	p->label = label;
 	p->total = total;
 	p->enabled = isatty(STDERR_FILENO) == 1;
-	p->start = progress_now();
+	p->start = mono_seconds();
 	p->last_draw = p->start;
-}
-
-static void human(char *out, size_t len, double v)
-{
-	static const char *units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
-	unsigned u = 0;
-
-	while (v >= 1024 && u < sizeof(units) / sizeof(units[0]) - 1) {
-		v /= 1024;
-		u++;
-	}
-	snprintf(out, len, u ? "%.1f %s" : "%.0f %s", v, units[u]);
 }
 
 static unsigned term_width(void)
@@ -60,9 +41,9 @@ static void draw(struct progress *p, double now)
 	if (frac > 1)
 		frac = 1;
 	speed = secs > 0 ? (double)p->done / secs : 0;
-	human(done, sizeof(done), (double)p->done);
-	human(total, sizeof(total), (double)p->total);
-	human(rate, sizeof(rate), speed);
+	fmt_size(done, sizeof(done), (double)p->done);
+	fmt_size(total, sizeof(total), (double)p->total);
+	fmt_size(rate, sizeof(rate), speed);
 	if (speed > 0 && p->done < p->total)
 		snprintf(eta, sizeof(eta), " ETA %.0fs",
 			 (double)(p->total - p->done) / speed);
@@ -93,7 +74,7 @@ void progress_update(struct progress *p, uint64_t done)
 	p->done = done;
 	if (!p->enabled)
 		return;
-	now = progress_now();
+	now = mono_seconds();
 	if (now - p->last_draw < REDRAW_INTERVAL)
 		return;
 	draw(p, now);
@@ -112,4 +93,16 @@ void progress_finish(struct progress *p)
 {
 	progress_clear(p);
 	p->enabled = false;
+}
+
+void progress_job_bytes(const struct job *j, uint64_t *total, uint64_t *done)
+{
+	unsigned i;
+
+	*total = 0;
+	*done = 0;
+	for (i = 0; i < j->ndisks; i++) {
+		*total += j->disks[i].size;
+		*done += j->disks[i].sent ? j->disks[i].size : j->disks[i].done;
+	}
 }

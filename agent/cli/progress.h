@@ -30,7 +30,10 @@ void progress_clear(struct progress *p);
 /* Erase the bar for good. */
 void progress_finish(struct progress *p);
 
-/* CLOCK_MONOTONIC in seconds, for callers timing their own work. */
-double progress_now(void);
+struct job;
+
+/* A job's bytes: TOTAL of all its disks, DONE compared so far (a disk
+ * already sent counts whole), for a bar that follows an agent's job. */
+void progress_job_bytes(const struct job *j, uint64_t *total, uint64_t *done);
 
 #endif

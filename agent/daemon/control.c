@@ -24,6 +24,7 @@
 #include "agent/daemon/config.h"
 #include "agent/daemon/control.h"
 #include "agent/lib/fmt.h"
+#include "agent/lib/fsutil.h"
 #include "agent/lib/log.h"
 
 /* --- server --- */
@@ -407,27 +408,6 @@ static void *accept_thread(void *arg)
 	return NULL;
 }
 
-static int mkdir_parents(char *path)
-{
-	char *p;
-
-	for (p = path + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(path, 0755) && errno != EEXIST) {
-			int ret = -errno;
-
-			*p = '/';
-			return ret;
-		}
-		*p = '/';
-	}
-	if (mkdir(path, 0755) && errno != EEXIST)
-		return -errno;
-	return 0;
-}
-
 static bool someone_listens(const struct sockaddr_un *sa)
 {
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -440,15 +420,127 @@ static bool someone_listens(const struct sockaddr_un *sa)
 	return yes;
 }
 
+/* The folder the socket lives in (/run/hvresync), if it is not there. */
+static int make_socket_dir(const char *path, char *err, size_t errlen)
+{
+	char *dir = strdup(path), *slash;
+	int ret = 0;
+
+	if (!dir) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	slash = strrchr(dir, '/');
+	if (slash && slash != dir) {
+		*slash = '\0';
+		ret = fs_mkdir_p(dir, 0755);
+		if (ret)
+			snprintf(err, errlen, "%s: cannot create directory: %s", dir,
+				 strerror(-ret));
+	}
+	free(dir);
+	return ret;
+}
+
+static gid_t admin_gid_of(const char *admin_group)
+{
+	struct group gr, *gres = NULL;
+	char grbuf[16384];
+
+	if (admin_group && admin_group[0] &&
+	    !getgrnam_r(admin_group, &gr, grbuf, sizeof(grbuf), &gres) && gres)
+		return gr.gr_gid;
+	return (gid_t)-1;
+}
+
+/* Replace a stale socket at @sa, but never a live agent's nor a file. */
+static int take_path(const struct sockaddr_un *sa, char *err, size_t errlen)
+{
+	const char *path = sa->sun_path;
+	struct stat st;
+
+	if (lstat(path, &st))
+		return 0;
+	if (!S_ISSOCK(st.st_mode)) {
+		snprintf(err, errlen, "%s: exists and is not a socket", path);
+		return -EEXIST;
+	}
+	if (someone_listens(sa)) {
+		snprintf(err, errlen, "%s: another agent is already listening there", path);
+		return -EADDRINUSE;
+	}
+	unlink(path);
+	return 0;
+}
+
+/* Listen on @sa as mode 0660, group s->admin_gid.  On failure after the
+ * bind the socket file is removed again. */
+static int listen_on(struct control_server *s, const struct sockaddr_un *sa,
+		     char *err, size_t errlen)
+{
+	const char *path = sa->sun_path;
+	int ret;
+
+	s->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (s->lfd < 0 || bind(s->lfd, (const struct sockaddr *)sa, sizeof(*sa)) ||
+	    listen(s->lfd, 64)) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: cannot listen: %s", path, strerror(errno));
+		return ret;
+	}
+	/* SO_PEERCRED checks every caller anyway; the mode keeps others
+	 * from even connecting. */
+	if (chmod(path, 0660) ||
+	    (s->admin_gid != (gid_t)-1 && chown(path, 0, s->admin_gid))) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: cannot set mode and group: %s", path,
+			 strerror(errno));
+		unlink(path);
+		return ret;
+	}
+	return 0;
+}
+
+/* The wake-up pipe and the accept thread. */
+static int start_accepting(struct control_server *s, char *err, size_t errlen)
+{
+	int ret;
+
+	if (pipe2(s->wake, O_CLOEXEC)) {
+		ret = -errno;
+		snprintf(err, errlen, "pipe: %s", strerror(errno));
+		return ret;
+	}
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->cond, NULL);
+	ret = pthread_create(&s->accept_thread, NULL, accept_thread, s);
+	if (ret) {
+		snprintf(err, errlen, "cannot start the control thread: %s", strerror(ret));
+		pthread_mutex_destroy(&s->lock);
+		pthread_cond_destroy(&s->cond);
+		return -ret;
+	}
+	return 0;
+}
+
+static void free_server(struct control_server *s)
+{
+	if (s->lfd >= 0)
+		close(s->lfd);
+	if (s->wake[0] >= 0) {
+		close(s->wake[0]);
+		close(s->wake[1]);
+	}
+	free(s->path);
+	free(s);
+}
+
 int control_server_start(const char *path, const char *admin_group,
 			 control_handler fn, void *ctx,
 			 struct control_server **out, char *err, size_t errlen)
 {
 	struct control_server *s;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct group gr, *gres = NULL;
-	char grbuf[16384], *dir;
-	struct stat st;
 	unsigned i;
 	int ret;
 
@@ -459,104 +551,39 @@ int control_server_start(const char *path, const char *admin_group,
 	}
 	strcpy(sa.sun_path, path);
 	s = calloc(1, sizeof(*s));
-	if (!s)
-		goto nomem;
+	if (!s || !(s->path = strdup(path))) {
+		free(s);
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
 	s->lfd = -1;
 	s->wake[0] = s->wake[1] = -1;
 	s->fn = fn;
 	s->ctx = ctx;
-	s->admin_gid = (gid_t)-1;
 	for (i = 0; i < CONTROL_MAX_CLIENTS; i++)
 		s->fds[i] = -1;
-	s->path = strdup(path);
-	dir = strdup(path);
-	if (!s->path || !dir) {
-		free(dir);
-		goto nomem_s;
-	}
-	if (strrchr(dir, '/') && strrchr(dir, '/') != dir) {
-		*strrchr(dir, '/') = '\0';
-		ret = mkdir_parents(dir);
-		if (ret) {
-			snprintf(err, errlen, "%s: cannot create directory: %s", dir,
-				 strerror(-ret));
-			free(dir);
-			goto fail;
-		}
-	}
-	free(dir);
-	if (admin_group && admin_group[0] &&
-	    !getgrnam_r(admin_group, &gr, grbuf, sizeof(grbuf), &gres) && gres)
-		s->admin_gid = gr.gr_gid;
-
-	if (!lstat(path, &st)) {
-		if (!S_ISSOCK(st.st_mode)) {
-			snprintf(err, errlen, "%s: exists and is not a socket", path);
-			ret = -EEXIST;
-			goto fail;
-		}
-		if (someone_listens(&sa)) {
-			snprintf(err, errlen, "%s: another agent is already listening there", path);
-			ret = -EADDRINUSE;
-			goto fail;
-		}
-		unlink(path);
-	}
-	s->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (s->lfd < 0 || bind(s->lfd, (struct sockaddr *)&sa, sizeof(sa)) ||
-	    listen(s->lfd, 64)) {
-		ret = -errno;
-		snprintf(err, errlen, "%s: cannot listen: %s", path, strerror(errno));
+	ret = make_socket_dir(path, err, errlen);
+	if (ret)
 		goto fail;
-	}
-	/* SO_PEERCRED checks every caller anyway; the mode keeps others
-	 * from even connecting. */
-	if (chmod(path, 0660) ||
-	    (s->admin_gid != (gid_t)-1 && chown(path, 0, s->admin_gid))) {
-		ret = -errno;
-		snprintf(err, errlen, "%s: cannot set mode and group: %s", path,
-			 strerror(errno));
-		goto fail_unlink;
-	}
+	s->admin_gid = admin_gid_of(admin_group);
+	ret = take_path(&sa, err, errlen);
+	if (!ret)
+		ret = listen_on(s, &sa, err, errlen);
+	if (ret)
+		goto fail;
 	if (s->admin_gid == (gid_t)-1)
 		log_msg(LOG_PRIO_WARNING, NULL, "control: admin group '%s' does not exist: only root may use %s",
-			  admin_group ? admin_group : "", path);
-	if (pipe2(s->wake, O_CLOEXEC)) {
-		ret = -errno;
-		snprintf(err, errlen, "pipe: %s", strerror(errno));
-		goto fail_unlink;
-	}
-	pthread_mutex_init(&s->lock, NULL);
-	pthread_cond_init(&s->cond, NULL);
-	ret = pthread_create(&s->accept_thread, NULL, accept_thread, s);
+			admin_group ? admin_group : "", path);
+	ret = start_accepting(s, err, errlen);
 	if (ret) {
-		ret = -ret;
-		snprintf(err, errlen, "cannot start the control thread: %s", strerror(-ret));
-		pthread_mutex_destroy(&s->lock);
-		pthread_cond_destroy(&s->cond);
-		goto fail_unlink;
+		unlink(path);
+		goto fail;
 	}
 	*out = s;
 	return 0;
-
-fail_unlink:
-	unlink(path);
 fail:
-	if (s->lfd >= 0)
-		close(s->lfd);
-	if (s->wake[0] >= 0) {
-		close(s->wake[0]);
-		close(s->wake[1]);
-	}
-	free(s->path);
-	free(s);
+	free_server(s);
 	return ret;
-nomem_s:
-	free(s->path);
-	free(s);
-nomem:
-	snprintf(err, errlen, "out of memory");
-	return -ENOMEM;
 }
 
 void control_server_stop(struct control_server *s)

@@ -5,16 +5,15 @@
  */
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent/daemon/cimtime.h"
 #include "agent/daemon/job.h"
+#include "agent/lib/fsutil.h"
+#include "vhdx/vhdx.h"
 
 unsigned job_transition(unsigned current, unsigned requested, unsigned *next)
 {
@@ -174,27 +173,16 @@ const char *job_phase_name(enum job_phase p)
 	return "unknown";
 }
 
+/* vhdx_guid_format() writes the form InstanceIDs have always had: 8-4-4-4-12
+ * uppercase hex digits, version 4. */
 int job_new_id(char out[JOB_ID_LEN])
 {
-	uint8_t b[16];
-	size_t got = 0;
-	ssize_t n;
+	struct vhdx_guid g;
+	int ret = vhdx_guid_generate(&g);
 
-	while (got < sizeof(b)) {
-		n = getrandom(b + got, sizeof(b) - got, 0);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		got += (size_t)n;
-	}
-	b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* version 4, RFC 4122 */
-	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
-	snprintf(out, JOB_ID_LEN,
-		 "%02X%02X%02X%02X-%02X%02X-%02X%02X-%02X%02X-%02X%02X%02X%02X%02X%02X",
-		 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9],
-		 b[10], b[11], b[12], b[13], b[14], b[15]);
+	if (ret)
+		return ret;
+	vhdx_guid_format(&g, out);
 	return 0;
 }
 
@@ -224,7 +212,7 @@ int64_t job_elapsed(const struct job *j, int64_t now)
 	return e;
 }
 
-static void kv_time(struct json_writer *w, const char *k, int64_t t)
+void job_kv_time(struct json_writer *w, const char *k, int64_t t)
 {
 	char s[CIM_DATETIME_LEN];
 
@@ -264,11 +252,11 @@ void job_to_json(struct json_writer *w, const struct job *j, int64_t now)
 	json_kv_u64(w, "ErrorCode", j->error_code);
 	json_kv_string(w, "ErrorDescription", j->error_desc);
 	json_kv_string(w, "ErrorSummaryDescription", j->error_summary);
-	kv_time(w, "TimeSubmitted", j->submitted);
-	kv_time(w, "ScheduledStartTime", j->scheduled);
-	kv_time(w, "StartTime", j->started);
+	job_kv_time(w, "TimeSubmitted", j->submitted);
+	job_kv_time(w, "ScheduledStartTime", j->scheduled);
+	job_kv_time(w, "StartTime", j->started);
 	kv_interval(w, "ElapsedTime", job_elapsed(j, now));
-	kv_time(w, "TimeOfLastStateChange", j->last_change);
+	job_kv_time(w, "TimeOfLastStateChange", j->last_change);
 	json_kv_bool(w, "Cancellable", j->cancellable);
 	kv_interval(w, "TimeBeforeRemoval", left);
 	/* hvresync's own */
@@ -280,7 +268,7 @@ void job_to_json(struct json_writer *w, const struct job *j, int64_t now)
 	json_kv_u64(w, "BytesSent", j->bytes_sent);
 	json_kv_string(w, "Phase", job_phase_name(j->phase));
 	json_kv_bool(w, "AutoResynchronize", j->auto_resync);
-	kv_time(w, "TimeFinished", j->finished);
+	job_kv_time(w, "TimeFinished", j->finished);
 	json_key(w, "Disks");
 	json_array_begin(w);
 	for (i = 0; i < j->ndisks; i++) {
@@ -515,109 +503,6 @@ void job_clear(struct job *j)
 
 /* --- persistence --- */
 
-static int fsync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int ret = 0;
-
-	if (fd < 0)
-		return -errno;
-	if (fsync(fd))
-		ret = -errno;
-	close(fd);
-	return ret;
-}
-
-int state_write_atomic(const char *dir, const char *name, const void *buf,
-		       size_t len)
-{
-	char tmp[4096], dst[4096];
-	const char *p = buf;
-	int fd, ret = 0;
-	ssize_t n;
-
-	if ((size_t)snprintf(dst, sizeof(dst), "%s/%s", dir, name) >= sizeof(dst) ||
-	    (size_t)snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, name) >= sizeof(tmp))
-		return -ENAMETOOLONG;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (fd < 0)
-		return -errno;
-	while (len) {
-		n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			ret = -errno;
-			goto fail;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	if (fsync(fd)) {
-		ret = -errno;
-		goto fail;
-	}
-	if (close(fd)) {
-		fd = -1;
-		ret = -errno;
-		goto fail;
-	}
-	fd = -1;
-	if (rename(tmp, dst)) {
-		ret = -errno;
-		goto fail;
-	}
-	return fsync_dir(dir);
-fail:
-	if (fd >= 0)
-		close(fd);
-	unlink(tmp);
-	return ret;
-}
-
-int state_read_file(const char *dir, const char *name, char **out, size_t *len)
-{
-	char path[4096];
-	struct stat st;
-	char *buf;
-	size_t got = 0;
-	ssize_t n;
-	int fd, ret;
-
-	if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, name) >= sizeof(path))
-		return -ENAMETOOLONG;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0)
-		return -errno;
-	if (fstat(fd, &st)) {
-		ret = -errno;
-		close(fd);
-		return ret;
-	}
-	if (!S_ISREG(st.st_mode) || st.st_size > (1 << 20)) {
-		close(fd);
-		return -EINVAL;
-	}
-	buf = malloc((size_t)st.st_size + 1);
-	if (!buf) {
-		close(fd);
-		return -ENOMEM;
-	}
-	while (got < (size_t)st.st_size) {
-		n = read(fd, buf + got, (size_t)st.st_size - got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		got += (size_t)n;
-	}
-	close(fd);
-	buf[got] = '\0';
-	*out = buf;
-	*len = got;
-	return 0;
-}
-
 int job_save(const char *dir, const struct job *j, int64_t now)
 {
 	struct json_writer w;
@@ -637,7 +522,7 @@ int job_save(const char *dir, const struct job *j, int64_t now)
 		ret = -ENOMEM;
 	if (!ret) {
 		snprintf(name, sizeof(name), "%s.json", j->id);
-		ret = state_write_atomic(dir, name, buf, len);
+		ret = fs_write_atomic(dir, name, buf, len);
 	}
 	free(buf);
 	return ret;
@@ -652,7 +537,7 @@ int job_remove(const char *dir, const char *id)
 	snprintf(path, sizeof(path), "%s/%s.json", dir, id);
 	if (unlink(path) && errno != ENOENT)
 		return -errno;
-	return fsync_dir(dir);
+	return vhdx_fsync_dir(dir);
 }
 
 int job_load(const char *dir, const char *name, struct job *j, char *err,
@@ -664,7 +549,7 @@ int job_load(const char *dir, const char *name, struct job *j, char *err,
 	int ret;
 
 	memset(j, 0, sizeof(*j));
-	ret = state_read_file(dir, name, &buf, &len);
+	ret = fs_read_small(dir, name, &buf, &len);
 	if (ret) {
 		snprintf(err, errlen, "%s", strerror(-ret));
 		return ret;

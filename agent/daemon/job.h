@@ -4,7 +4,7 @@
  * Msvm_ConcreteJob model (states, RequestStateChange codes, property
  * names), its JSON form and its persistence in the agent's state dir.
  *
- * Nothing here does I/O on disks or peers: the daemon (agentd.c) runs
+ * Nothing here does I/O on disks or peers: the daemon (runner.c) runs
  * jobs and moves them between states; this module only says which moves
  * are legal and how a job is written down, so it can be unit-tested.
  */
@@ -178,6 +178,9 @@ int64_t job_elapsed(const struct job *j, int64_t now);
  * same form is persisted, so job_from_json() reads it back.
  */
 void job_to_json(struct json_writer *w, const struct job *j, int64_t now);
+/* Member @k: the CIM datetime of @t in the local offset, or null when @t
+ * is 0 (never).  vmstate.c writes its times the same way. */
+void job_kv_time(struct json_writer *w, const char *k, int64_t t);
 /*
  * Fill @j from an object written by job_to_json().  Returns 0 or -EINVAL
  * (ERR says which member is wrong) / -ENOMEM.  @j is zeroed first;
@@ -197,12 +200,5 @@ int job_remove(const char *dir, const char *id);
  * another -errno. */
 int job_load(const char *dir, const char *name, struct job *j, char *err,
 	     size_t errlen);
-
-/* Shared by vmstate.c: atomically replace DIR/NAME with LEN bytes. */
-int state_write_atomic(const char *dir, const char *name, const void *buf,
-		       size_t len);
-/* Read a whole small file (at most 1 MiB) into a NUL-terminated buffer. */
-int state_read_file(const char *dir, const char *name, char **out,
-		    size_t *len);
 
 #endif

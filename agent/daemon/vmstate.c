@@ -7,8 +7,9 @@
 #include <sys/stat.h>
 
 #include "agent/daemon/cimtime.h"
-#include "agent/lib/jsonparse.h"
 #include "agent/daemon/vmstate.h"
+#include "agent/lib/fsutil.h"
+#include "agent/lib/jsonparse.h"
 
 static const char *const state_names[] = {
 	"Disabled",
@@ -140,7 +141,7 @@ int vm_state_load(const char *dir, const char *name, struct vm_state *st,
 	st->health = vm_health_for(RS_READY);
 	err[0] = '\0';
 	file_name(name, fname, sizeof(fname));
-	ret = state_read_file(dir, fname, &buf, &len);
+	ret = fs_read_small(dir, fname, &buf, &len);
 	if (ret == -ENOENT)
 		return 0;
 	if (ret) {
@@ -177,19 +178,6 @@ out:
 	return ret;
 }
 
-static void kv_time(struct json_writer *w, const char *k, int64_t t)
-{
-	char s[CIM_DATETIME_LEN];
-
-	json_key(w, k);
-	if (!t) {
-		json_null(w);
-		return;
-	}
-	cim_datetime_format(t, local_offset_min(t), s);
-	json_string(w, s);
-}
-
 int vm_state_save(const char *dir, const char *name, const struct vm_state *st)
 {
 	struct json_writer w;
@@ -207,17 +195,17 @@ int vm_state_save(const char *dir, const char *name, const struct vm_state *st)
 	json_kv_string(&w, "ElementName", name);
 	json_kv_u64(&w, "ReplicationState", st->state);
 	json_kv_u64(&w, "ReplicationHealth", st->health);
-	kv_time(&w, "TimeOfLastStateChange", st->last_change);
+	job_kv_time(&w, "TimeOfLastStateChange", st->last_change);
 	json_kv_string(&w, "LastJob", st->last_job[0] ? st->last_job : NULL);
 	json_kv_u64(&w, "LastJobState", st->last_job_state);
-	kv_time(&w, "LastSuccessfulResync", st->last_success);
+	job_kv_time(&w, "LastSuccessfulResync", st->last_success);
 	json_object_end(&w);
 	ret = json_end(&w);
 	if (fclose(f) && !ret)
 		ret = -ENOMEM;
 	if (!ret) {
 		file_name(name, fname, sizeof(fname));
-		ret = state_write_atomic(dir, fname, buf, len);
+		ret = fs_write_atomic(dir, fname, buf, len);
 	}
 	free(buf);
 	return ret;
@@ -243,7 +231,7 @@ void vm_to_json(struct json_writer *w, const struct vm_config *vm,
 	json_kv_u64(w, "ReplicationState", st->state);
 	json_kv_u64(w, "ReplicationHealth", st->health);
 	json_kv_u64(w, "ReplicationMode", mode);
-	kv_time(w, "TimeOfLastStateChange", st->last_change);
+	job_kv_time(w, "TimeOfLastStateChange", st->last_change);
 	json_kv_string(w, "Role", mode == RM_PRIMARY ? "primary" :
 				  mode == RM_REPLICA ? "replica" : "extended-replica");
 	json_kv_string(w, "Replica", vm->replica);
@@ -274,6 +262,6 @@ void vm_to_json(struct json_writer *w, const struct vm_config *vm,
 	}
 	json_kv_string(w, "LastJob", st->last_job[0] ? st->last_job : NULL);
 	json_kv_u64(w, "LastJobState", st->last_job_state);
-	kv_time(w, "LastSuccessfulResync", st->last_success);
+	job_kv_time(w, "LastSuccessfulResync", st->last_success);
 	json_object_end(w);
 }

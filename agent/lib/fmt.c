@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* fmt.c - sizes for people and the clocks (fmt.h). */
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -35,6 +36,15 @@ const char *fmt_size_exact(char *out, size_t len, uint64_t v)
 		snprintf(out, len, "%.1f %s", (double)v / (1ull << (10 * u)),
 			 units[u]);
 	return out;
+}
+
+void fmt_line(char *out, size_t len, const char *f, ...)
+{
+	va_list ap;
+
+	va_start(ap, f);
+	vsnprintf(out, len, f, ap);
+	va_end(ap);
 }
 
 int64_t mono_us(void)

@@ -16,6 +16,11 @@ const char *fmt_size(char *out, size_t len, double v);
  * "1.5 GiB"; for reports that also print the exact byte count. */
 const char *fmt_size_exact(char *out, size_t len, uint64_t v);
 
+/* snprintf() for one-line messages, where cutting a long line short is
+ * fine (so the compiler need not warn that it might happen). */
+void fmt_line(char *out, size_t len, const char *f, ...)
+	__attribute__((format(printf, 3, 4)));
+
 /* CLOCK_MONOTONIC in microseconds and in seconds; CLOCK_REALTIME in
  * microseconds since the epoch. */
 int64_t mono_us(void);

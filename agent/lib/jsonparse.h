@@ -34,7 +34,7 @@ const struct jv *jv_get(const struct jv *obj, const char *key);
 const char *jv_type_name(enum jv_type t);
 
 struct json_writer;
-/* Write V through the JSON writer (agent/json.h). */
+/* Write V through the JSON writer (agent/lib/json.h). */
 void jv_write(struct json_writer *w, const struct jv *v);
 
 #endif

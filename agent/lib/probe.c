@@ -20,17 +20,26 @@
  * following pointers the way libblkid will: the chain of MBR extended boot
  * records anywhere inside an extended partition, and the NTFS $MFT and the
  * FAT32/exFAT root directory that hold volume labels.
+ *
+ * A raw disk (an image, a view file, a block device) needs no stand-in:
+ * libblkid reads it in place, through the same steps.  Comparing two
+ * probes - does a recovery disk show what its primary shows? - is here
+ * too, so every command judges the same way.
  */
 #include <blkid/blkid.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "agent/lib/fmt.h"
 #include "agent/lib/probe.h"
+#include "vhdx/le.h"
 
 #define WINDOW (2ull << 20)
 #define COPY_CHUNK (256u << 10)
@@ -38,11 +47,11 @@
 #define MAX_EBRS 1024 /* more logical partitions than any tool makes */
 
 struct view {
-	struct vhdx_image *img;
+	struct vhdx_image *img; /* NULL: FD is a raw disk, probed in place */
 	uint64_t size;
 	unsigned sector;
-	int fd;
-	uint8_t *buf; /* COPY_CHUNK bytes */
+	int fd;                 /* what libblkid reads */
+	uint8_t *buf;           /* COPY_CHUNK bytes (a VHDX only) */
 	char *why;
 	size_t why_len;
 };
@@ -127,6 +136,8 @@ static int copy_windows(struct view *v, uint64_t start, uint64_t size)
  * failure just leaves the pages in place. */
 static void drop_range(struct view *v, uint64_t start, uint64_t size)
 {
+	if (!v->img)
+		return; /* the fd is the raw disk itself: never punch it */
 	fallocate(v->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start,
 		  size);
 }
@@ -216,21 +227,6 @@ static int probe_fs(struct view *v, uint64_t off, uint64_t size,
 	return rc == -1 ? probe_fail(v, "probe for a filesystem") : 0;
 }
 
-static uint16_t le16(const uint8_t *p)
-{
-	return p[0] | p[1] << 8;
-}
-
-static uint32_t le32(const uint8_t *p)
-{
-	return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t le64(const uint8_t *p)
-{
-	return le32(p) | (uint64_t)le32(p + 4) << 32;
-}
-
 /* Byte offset of the area a boot sector points at, or 0 if there is none
  * worth copying.  *LEN receives how much to copy. */
 static uint64_t fs_extra_area(const uint8_t *bs, uint64_t *len)
@@ -239,7 +235,7 @@ static uint64_t fs_extra_area(const uint8_t *bs, uint64_t *len)
 	unsigned bps, spc;
 	int8_t cpr;
 
-	bps = le16(bs + 0x0b);
+	bps = le16_get(bs + 0x0b);
 	spc = bs[0x0d];
 	if (!memcmp(bs + 3, "NTFS    ", 8)) {
 		/* Cluster counts above 128 are stored as a negative shift. */
@@ -255,11 +251,11 @@ static uint64_t fs_extra_area(const uint8_t *bs, uint64_t *len)
 			return 0;
 		/* $MFT is record 0, $Volume (with the label) record 3. */
 		*len *= 8;
-		return le64(bs + 0x30) * cluster;
+		return le64_get(bs + 0x30) * cluster;
 	}
 	if (!memcmp(bs + 3, "EXFAT   ", 8)) {
 		unsigned bshift = bs[0x6c], cshift = bs[0x6d];
-		uint32_t heap = le32(bs + 0x58), root = le32(bs + 0x60);
+		uint32_t heap = le32_get(bs + 0x58), root = le32_get(bs + 0x60);
 
 		if (bshift < 9 || bshift > 12 || cshift > 25 - bshift ||
 		    root < 2)
@@ -268,15 +264,15 @@ static uint64_t fs_extra_area(const uint8_t *bs, uint64_t *len)
 		return ((uint64_t)heap << bshift) +
 		       ((uint64_t)(root - 2) << (bshift + cshift));
 	}
-	if (le16(bs + 0x16) == 0 && le32(bs + 0x24) &&
+	if (le16_get(bs + 0x16) == 0 && le32_get(bs + 0x24) &&
 	    !memcmp(bs + 0x52, "FAT32   ", 8)) {
-		uint32_t root = le32(bs + 0x2c);
+		uint32_t root = le32_get(bs + 0x2c);
 
 		if (root < 2)
 			return 0;
 		cluster = (uint64_t)bps * spc;
-		off = ((uint64_t)le16(bs + 0x0e) +
-		       (uint64_t)bs[0x10] * le32(bs + 0x24)) * bps;
+		off = ((uint64_t)le16_get(bs + 0x0e) +
+		       (uint64_t)bs[0x10] * le32_get(bs + 0x24)) * bps;
 		*len = cluster;
 		return off + (uint64_t)(root - 2) * cluster;
 	}
@@ -333,9 +329,9 @@ static int copy_ebr_chain(struct view *v, uint64_t start, uint64_t size)
 		if (n != 512 || v->buf[510] != 0x55 || v->buf[511] != 0xaa)
 			break;
 		link = v->buf + 446 + 16;
-		if (!is_ext_type(link[4]) || !le32(link + 8))
+		if (!is_ext_type(link[4]) || !le32_get(link + 8))
 			break;
-		next = (uint64_t)le32(link + 8) * v->sector;
+		next = (uint64_t)le32_get(link + 8) * v->sector;
 		if (next <= rel) /* a loop, or garbage: stop here */
 			break;
 		rel = next;
@@ -437,6 +433,94 @@ out:
 	return ret;
 }
 
+/*
+ * A VHDX's view is copied into the buffer piece by piece, just before
+ * libblkid reads it; a raw disk (V->img NULL) is read in place and has
+ * every byte already.
+ */
+static int fetch_area(struct view *v, uint64_t start, uint64_t size)
+{
+	int ret;
+
+	if (!v->img)
+		return 0;
+	ret = copy_windows(v, start, size);
+	if (!ret)
+		ret = copy_fs_extras(v, start, size);
+	return ret;
+}
+
+/* The table once more, now that the logical partitions' EBRs are there. */
+static int probe_logical(struct view *v, struct probe_result *res)
+{
+	bool extended;
+	unsigned i;
+	int ret;
+
+	for (i = 0; i < res->nparts; i++) {
+		struct probe_part *p = &res->parts[i];
+
+		if (!p->extended || p->past_end)
+			continue;
+		ret = copy_ebr_chain(v, p->start, p->size);
+		if (ret)
+			return ret;
+	}
+	return probe_table(v, res, &extended);
+}
+
+/* A filesystem in each partition that lies (at least partly) on the disk. */
+static int probe_partitions(struct view *v, struct probe_result *res)
+{
+	unsigned i;
+	int ret;
+
+	for (i = 0; i < res->nparts; i++) {
+		struct probe_part *p = &res->parts[i];
+		uint64_t size;
+
+		if (p->extended || p->start >= v->size)
+			continue;
+		size = min_u64(p->size, v->size - p->start);
+		ret = fetch_area(v, p->start, size);
+		if (!ret)
+			ret = probe_fs(v, p->start, size, &p->fs);
+		if (ret)
+			return ret;
+		drop_range(v, p->start, size);
+	}
+	return 0;
+}
+
+/* The table, a filesystem on the whole disk, one in each partition. */
+static int probe_view(struct view *v, struct probe_result *res)
+{
+	bool extended;
+	int ret;
+
+	if (v->img) {
+		ret = copy_windows(v, 0, v->size);
+		if (ret)
+			return ret;
+	}
+	ret = probe_table(v, res, &extended);
+	if (!ret && extended && v->img)
+		ret = probe_logical(v, res);
+	if (!ret && v->img)
+		ret = copy_fs_extras(v, 0, v->size);
+	if (!ret)
+		ret = probe_fs(v, 0, v->size, &res->disk_fs);
+	if (!ret)
+		ret = probe_partitions(v, res);
+	return ret;
+}
+
+/* libblkid reads 512- or 4096-byte sectors; anything else as 512. */
+static unsigned usable_sector(unsigned sector)
+{
+	return sector == 512 || sector == 4096 ? sector : 512;
+}
+
 int probe_image(struct vhdx_image *img, struct probe_result *res, char *why,
 		size_t why_len)
 {
@@ -444,20 +528,16 @@ int probe_image(struct vhdx_image *img, struct probe_result *res, char *why,
 	struct view v = {
 		.img = img,
 		.size = info->virtual_size,
-		.sector = info->logical_sector_size,
+		.sector = usable_sector(info->logical_sector_size),
 		.fd = -1,
 		.why = why,
 		.why_len = why_len,
 	};
-	bool extended;
-	unsigned i;
 	int ret;
 
 	memset(res, 0, sizeof(*res));
 	if (why_len)
 		why[0] = '\0';
-	if (v.sector != 512 && v.sector != 4096)
-		v.sector = 512;
 	if (v.size < 512)
 		return 0; /* nothing a table or superblock could fit in */
 
@@ -471,59 +551,217 @@ int probe_image(struct vhdx_image *img, struct probe_result *res, char *why,
 		ret = v.fd;
 		snprintf(why, why_len, "cannot make a probe buffer: %s",
 			 strerror(-ret));
-		goto out;
-	}
-
-	ret = copy_windows(&v, 0, v.size);
-	if (ret)
-		goto out;
-	ret = probe_table(&v, res, &extended);
-	if (ret)
-		goto out;
-	if (extended) {
-		for (i = 0; i < res->nparts; i++) {
-			struct probe_part *p = &res->parts[i];
-
-			if (!p->extended || p->past_end)
-				continue;
-			ret = copy_ebr_chain(&v, p->start, p->size);
-			if (ret)
-				goto out;
-		}
-		ret = probe_table(&v, res, &extended);
-		if (ret)
-			goto out;
-	}
-
-	ret = copy_fs_extras(&v, 0, v.size);
-	if (ret)
-		goto out;
-	ret = probe_fs(&v, 0, v.size, &res->disk_fs);
-	if (ret)
-		goto out;
-
-	for (i = 0; i < res->nparts; i++) {
-		struct probe_part *p = &res->parts[i];
-		uint64_t size;
-
-		if (p->extended || p->start >= v.size)
-			continue;
-		size = min_u64(p->size, v.size - p->start);
-		ret = copy_windows(&v, p->start, size);
-		if (!ret)
-			ret = copy_fs_extras(&v, p->start, size);
-		if (ret)
-			goto out;
-		ret = probe_fs(&v, p->start, size, &p->fs);
-		if (ret)
-			goto out;
-		drop_range(&v, p->start, size);
-	}
-out:
-	if (v.fd >= 0)
+	} else {
+		ret = probe_view(&v, res);
 		close(v.fd);
+	}
 	free(v.buf);
 	return ret;
+}
+
+/* probe_raw_path() on an open FD; PATH only names it in messages. */
+static int probe_raw_fd(int fd, const char *path, unsigned sector,
+			struct probe_result *res, char *why, size_t why_len)
+{
+	struct view v = { .fd = fd, .why = why, .why_len = why_len };
+	uint32_t ssz = sector;
+	struct stat st;
+	int ret;
+
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		snprintf(why, why_len, "%s: cannot open: %s", path,
+			 strerror(-ret));
+		return ret;
+	}
+	v.size = (uint64_t)st.st_size;
+	if (S_ISBLK(st.st_mode)) {
+		ret = vhdx_blockdev_geometry(fd, &v.size, &ssz);
+		if (ret < 0) {
+			snprintf(why, why_len, "%s: cannot read the device's "
+				 "geometry: %s", path, strerror(-ret));
+			return ret;
+		}
+	}
+	v.sector = usable_sector(ssz);
+	if (v.size < 512)
+		return 0;
+	ret = probe_view(&v, res);
+	if (ret && why_len) {
+		char tmp[1024];
+
+		snprintf(tmp, sizeof(tmp), "%s", why);
+		snprintf(why, why_len, "%s: %s", path, tmp);
+	}
+	return ret;
+}
+
+int probe_raw_path(const char *path, unsigned sector, struct probe_result *res,
+		   char *why, size_t why_len)
+{
+	int fd, ret;
+
+	memset(res, 0, sizeof(*res));
+	if (why_len)
+		why[0] = '\0';
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		ret = -errno;
+		snprintf(why, why_len, "%s: cannot open: %s", path,
+			 strerror(-ret));
+		return ret;
+	}
+	ret = probe_raw_fd(fd, path, sector, res, why, why_len);
+	close(fd);
+	return ret;
+}
+
+int probe_path(const char *path, unsigned sector, struct probe_result *res,
+	       char *why, size_t why_len)
+{
+	struct vhdx_error verr = { { 0 } };
+	struct vhdx_image *img;
+	char tmp[1024];
+	int fd, ret;
+
+	memset(res, 0, sizeof(*res));
+	if (why_len)
+		why[0] = '\0';
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		ret = -errno;
+		snprintf(why, why_len, "%s: cannot open: %s", path,
+			 strerror(-ret));
+		return ret;
+	}
+	/* A file too short or unreadable for the signature is no VHDX. */
+	if (vhdx_probe_fd(fd) != 1) {
+		ret = probe_raw_fd(fd, path, sector, res, why, why_len);
+		close(fd);
+		return ret;
+	}
+	close(fd);
+	ret = vhdx_open(path, 0, &img, &verr);
+	if (ret < 0) {
+		snprintf(why, why_len, "%s", verr.msg[0] ? verr.msg :
+			 strerror(-ret));
+		return ret;
+	}
+	ret = probe_image(img, res, why, why_len);
+	if (ret < 0 && why_len && why[0]) {
+		snprintf(tmp, sizeof(tmp), "%s", why);
+		snprintf(why, why_len, "%s: %s", path, tmp);
+	}
+	vhdx_close(img);
+	return ret;
+}
+
+/* --- Saying what a probe found, and comparing two ---------------------- */
+
+/* "ext4 UUID=..." for a filesystem, into BUF. */
+static void fs_text(const struct probe_fs *fs, char *buf, size_t len)
+{
+	if (fs->ambivalent)
+		snprintf(buf, len, "more than one signature");
+	else if (!fs->found)
+		snprintf(buf, len, "no filesystem");
+	else
+		fmt_line(buf, len, "%s%s%s", fs->type, fs->uuid[0] ? " UUID=" : "",
+		    fs->uuid);
+}
+
+void probe_describe(const struct probe_result *r, char *buf, size_t len)
+{
+	char fs[700];
+	size_t used;
+	unsigned i;
+
+	if (r->table_ambivalent)
+		used = (size_t)snprintf(buf, len, "an ambivalent partition table");
+	else if (r->table_found)
+		used = (size_t)snprintf(buf, len, "%s table %s, %u partition%s",
+					r->table_type, r->table_id, r->nparts,
+					r->nparts == 1 ? "" : "s");
+	else
+		used = (size_t)snprintf(buf, len, "no partition table");
+	if (r->disk_fs.found || r->disk_fs.ambivalent) {
+		fs_text(&r->disk_fs, fs, sizeof(fs));
+		if (used < len)
+			fmt_line(buf + used, len - used, ", whole disk %s", fs);
+	}
+	for (i = 0; i < r->nparts && used < len; i++) {
+		if (r->parts[i].extended)
+			continue;
+		fs_text(&r->parts[i].fs, fs, sizeof(fs));
+		fmt_line(buf + used, len - used, ", %d: %s", r->parts[i].number, fs);
+		used += strlen(buf + used);
+	}
+}
+
+static bool fs_differs(const struct probe_fs *a, const struct probe_fs *b,
+		       const char *where, char *why, size_t len)
+{
+	char fa[700], fb[700];
+
+	if (a->found == b->found && a->ambivalent == b->ambivalent &&
+	    !strcmp(a->type, b->type) && !strcmp(a->uuid, b->uuid))
+		return false;
+	fs_text(a, fa, sizeof(fa));
+	fs_text(b, fb, sizeof(fb));
+	fmt_line(why, len, "%s: %s on the primary, %s on the recovery disk", where,
+	    fa, fb);
+	return true;
+}
+
+static bool part_differs(const struct probe_part *p, const struct probe_part *q,
+			 char *why, size_t len)
+{
+	if (p->number == q->number && p->start == q->start &&
+	    p->size == q->size && !strcmp(p->type, q->type) &&
+	    !strcmp(p->uuid, q->uuid) && !strcmp(p->name, q->name))
+		return false;
+	fmt_line(why, len, "partition %d: start %llu size %llu type %s PARTUUID %s "
+	    "on the primary, partition %d: start %llu size %llu type %s "
+	    "PARTUUID %s on the recovery disk", p->number,
+	    (unsigned long long)p->start, (unsigned long long)p->size, p->type,
+	    p->uuid, q->number, (unsigned long long)q->start,
+	    (unsigned long long)q->size, q->type, q->uuid);
+	return true;
+}
+
+bool probe_differ(const struct probe_result *a, const struct probe_result *b,
+		  char *why, size_t len)
+{
+	char where[64];
+	unsigned i;
+
+	if (a->table_found != b->table_found ||
+	    a->table_ambivalent != b->table_ambivalent ||
+	    strcmp(a->table_type, b->table_type) ||
+	    strcmp(a->table_id, b->table_id)) {
+		fmt_line(why, len, "partition table: %s %s on the primary, %s %s on "
+		    "the recovery disk",
+		    a->table_found ? a->table_type : "none", a->table_id,
+		    b->table_found ? b->table_type : "none", b->table_id);
+		return true;
+	}
+	if (a->nparts != b->nparts) {
+		snprintf(why, len, "%u partitions on the primary, %u on the "
+			 "recovery disk", a->nparts, b->nparts);
+		return true;
+	}
+	if (fs_differs(&a->disk_fs, &b->disk_fs, "whole disk", why, len))
+		return true;
+	for (i = 0; i < a->nparts; i++) {
+		const struct probe_part *p = &a->parts[i], *q = &b->parts[i];
+
+		if (part_differs(p, q, why, len))
+			return true;
+		snprintf(where, sizeof(where), "partition %d", p->number);
+		if (fs_differs(&p->fs, &q->fs, where, why, len))
+			return true;
+	}
+	return false;
 }
 
 void probe_result_free(struct probe_result *res)

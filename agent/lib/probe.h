@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * probe.h - find the partition table and filesystems inside a VHDX's raw
- * view with libblkid, without a mount and without privileges.
+ * probe.h - find the partition table and filesystems of a disk with
+ * libblkid: inside a VHDX's raw view (without a mount and without
+ * privileges), or on a raw disk (an image, a view file, a block device);
+ * and compare what two disks show.
  */
 #ifndef HVRESYNC_PROBE_H
 #define HVRESYNC_PROBE_H
@@ -57,5 +59,28 @@ struct probe_result {
 int probe_image(struct vhdx_image *img, struct probe_result *res, char *why,
 		size_t why_len);
 void probe_result_free(struct probe_result *res);
+
+/*
+ * The same for the raw disk at PATH: a raw image, a view file or a block
+ * device (which says its own sector size; for a file SECTOR is assumed).
+ * Messages in WHY start with PATH.
+ */
+int probe_raw_path(const char *path, unsigned sector, struct probe_result *res,
+		   char *why, size_t why_len);
+
+/* PATH as a VHDX when it has the signature (probe_image()), else raw. */
+int probe_path(const char *path, unsigned sector, struct probe_result *res,
+	       char *why, size_t why_len);
+
+/* One line for people: the table, then each filesystem's type and UUID. */
+void probe_describe(const struct probe_result *r, char *buf, size_t len);
+
+/*
+ * Whether disk B (a recovery disk) shows what disk A (its primary) shows:
+ * the same table, partitions, filesystem types and UUIDs (labels are not
+ * compared).  When not, WHY gets the first difference in one line.
+ */
+bool probe_differ(const struct probe_result *a, const struct probe_result *b,
+		  char *why, size_t len);
 
 #endif

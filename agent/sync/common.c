@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /* common.c - what both protocol ends agree on (common.h). */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "agent/sync/common.h"
 #include "agent/sync/proto.h"
+#include "vhdx/le.h"
 
 /* Strict UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF. */
 static bool utf8_ok(const uint8_t *s, size_t n)
@@ -51,7 +53,8 @@ const char *sync_export_name_problem(const char *name, size_t len)
 	for (i = 0; i < len; i++)
 		if (s[i] == '/' || s[i] == '=' || s[i] < 0x20 || s[i] == 0x7F)
 			return "has a '/', a '=' or a control character";
-	if ((len == 1 && s[0] == '.') || (len == 2 && s[0] == '.' && s[1] == '.'))
+	if ((len == 1 && s[0] == '.') ||
+	    (len == 2 && s[0] == '.' && s[1] == '.'))
 		return "is '.' or '..'";
 	if (!utf8_ok(s, len))
 		return "is not UTF-8";
@@ -72,4 +75,53 @@ int sync_export_name(char *out, size_t outlen, const char *vm,
 	if ((size_t)snprintf(out, outlen, "%s:%s", vm, file) >= outlen)
 		return -ENAMETOOLONG;
 	return sync_export_name_ok(out) ? 0 : -EINVAL;
+}
+
+/* ---- hashing ------------------------------------------------------------- */
+
+uint8_t sync_hash_id(enum ur_hash_algo algo)
+{
+	return algo == UR_HASH_SHA256 ? PROTO_HASH_SHA256 : PROTO_HASH_XXH3_128;
+}
+
+enum ur_hash_algo sync_hash_algo(uint8_t id)
+{
+	return id == PROTO_HASH_SHA256 ? UR_HASH_SHA256 : UR_HASH_XXH3_128;
+}
+
+uint64_t sync_seed_key(const uint8_t seed[16])
+{
+	return le64_get(seed);
+}
+
+const uint8_t *sync_zero_block_hash(const struct sync_zero_hashes *z,
+				    uint32_t bs, uint32_t len)
+{
+	return len == bs ? z->block : z->block_last;
+}
+
+const uint8_t *sync_zero_sub_hash(const struct sync_zero_hashes *z,
+				  uint32_t left)
+{
+	return left >= PROTO_SUBBLOCK ? z->sub : z->sub_last;
+}
+
+/* ---- ERROR frames -------------------------------------------------------- */
+
+void sync_error_vmsg(struct msg *m, uint32_t code, const char *fmt, va_list ap)
+{
+	memset(m, 0, sizeof(*m));
+	m->type = PROTO_ERROR;
+	m->u.error.code = code;
+	vsnprintf(m->u.error.message, sizeof(m->u.error.message), fmt, ap);
+	m->u.error.message_len = (uint16_t)strlen(m->u.error.message);
+}
+
+void sync_error_msg(struct msg *m, uint32_t code, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	sync_error_vmsg(m, code, fmt, ap);
+	va_end(ap);
 }

@@ -2,7 +2,8 @@
 /*
  * proto.h - hvresync protocol version 1 frames and messages (the contract
  * is docs/protocol.md): the 12-byte header, per-type limits, message
- * structs, pure encode/decode, and sending/receiving over a struct conn.
+ * structs, pure encode/decode (proto.c, no I/O and no TLS), and
+ * sending/receiving over a struct conn (wire.c, which links tls.c).
  *
  * Decoding never trusts a length: the header is checked (magic, type, flag
  * bits, length against the type's limit) before any payload is read, and
@@ -199,6 +200,8 @@ struct msg {
 	} u;
 };
 
+/* Whether @type is one of enum proto_type. */
+bool proto_known_type(unsigned type);
 /* "HELLO", "DATA", ... or "type 42". */
 const char *proto_type_name(unsigned type);
 /* Largest payload a frame of @type may carry (0 for DONE); 0 if unknown. */
@@ -233,6 +236,32 @@ int proto_decode(uint8_t type, uint8_t flags, const void *payload,
  */
 long proto_encode(const struct msg *m, void *buf, size_t cap,
 		  uint8_t *flags, struct vhdx_error *err);
+
+/* The largest fixed part of any payload (HELLO's 46 bytes, rounded up). */
+#define PROTO_FIXED_MAX 64u
+
+/*
+ * A payload as two pieces, so a sender need not copy the variable part:
+ * the fixed fields encoded in @fixed, then @tail_len bytes at @tail
+ * (name, message, entries, hashes or data, pointing into the message).
+ */
+struct proto_parts {
+	uint8_t fixed[PROTO_FIXED_MAX];
+	size_t fixed_len;
+	const void *tail;
+	size_t tail_len;
+	uint8_t flags;		/* frame flags */
+};
+
+/* proto_encode() without the copy: 0 or -EINVAL (with err->msg). */
+int proto_encode_parts(const struct msg *m, struct proto_parts *pp,
+		       struct vhdx_error *err);
+
+/*
+ * ---- frames over a connection (wire.c) ----
+ *
+ * These need the transport (tls.c); everything above is pure.
+ */
 
 /* Send one frame whose payload is @len bytes at @payload. */
 int proto_send(struct conn *c, uint8_t type, uint8_t flags,

@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "agent/sync/common.h"
+#include "agent/sync/setup.h"
 #include "agent/sync/proto.h"
 #include "agent/sync/tls.h"
 #include "uring/hash.h"
@@ -53,7 +55,7 @@ struct push_params {
 	const char *src;	 /* VHDX, raw file, block device or raw view;
 				  * may be NULL for MERGE and DISCARD */
 	const char *addr;	 /* "HOST:PORT" (tls_parse_addr forms) */
-	const char *export_name; /* 1-255 bytes, no '/' */
+	const char *export_name; /* the export-name rule of common.h */
 	const struct tls_config *tls;
 	uint32_t block_size;	/* compare block; 0: 64 KiB */
 	enum ur_hash_algo hash; /* UR_HASH_XXH3_128 (0) or UR_HASH_SHA256 */
@@ -98,23 +100,13 @@ int push_disk(const struct push_params *p, struct push_stats *st, char *err,
 
 /*
  * Split "HOST:PORT/NAME" ("[V6]:PORT/NAME", "HOST/NAME") at the first '/'
- * into @addr and @name.  -EINVAL (with @err) for an empty part or a name
- * that is too long.
+ * into @addr and @name.  -EINVAL (with @err) for an empty part, a part
+ * that is too long or a name that breaks the export-name rule (common.h).
  */
 int push_parse_target(const char *target, char *addr, size_t addrlen,
 		      char *name, size_t namelen, char *err, size_t errlen);
 
-/* Whether @name is an acceptable export name: 1-255 bytes, no '/', no
- * control characters, not "." or "..". */
-bool push_export_name_ok(const char *name);
-
-/*
- * Build a tls_config from the usual options (shared by push and serve):
- * exactly one of @psk_file, @cert+@key+@ca, @insecure.  The strings must
- * outlive the config.  Loads and checks the key file.
- */
-int push_security_config(struct tls_config *cfg, const char *psk_file,
-			 const char *cert, const char *key, const char *ca,
-			 bool insecure, char *err, size_t errlen);
+/* push_security_config(), which push, serve and the agent call, is in
+ * setup.h. */
 
 #endif

@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "agent/sync/common.h"
+#include "agent/sync/setup.h"
 #include "agent/sync/tls.h"
 
 #define SERVER_DEFAULT_LISTEN "0.0.0.0:7433"
@@ -28,11 +30,6 @@
 #define SERVER_DEFAULT_WINDOW (8u << 20)
 #define SERVER_DEFAULT_MAX_SESSIONS 16
 #define SERVER_CHILD_SUFFIX ".hvresync.avhdx"
-
-/* Log levels: the syslog(3) values. */
-#define SERVER_LOG_ERR 3
-#define SERVER_LOG_WARNING 4
-#define SERVER_LOG_INFO 6
 
 struct server_config {
 	const char *listen;    /* "ADDR:PORT"; NULL: 0.0.0.0:7433 */
@@ -42,8 +39,9 @@ struct server_config {
 	uint64_t window_bytes; /* flow-control window in disk bytes;
 				* 0: 8 MiB (at least 8 blocks) */
 	unsigned max_sessions; /* 0: 16 */
-	/* One line per call, no newline.  NULL: "hvresync serve: MSG" on
-	 * stderr.  Called from session threads. */
+	/* One line per call, no newline, @level a LOG_PRIO_* of
+	 * agent/lib/log.h.  NULL: log_msg() with component "serve".
+	 * Called from session threads. */
 	void (*log)(void *ctx, int level, const char *msg);
 	void *log_ctx;
 };
@@ -55,21 +53,22 @@ struct server *server_new(const struct server_config *cfg, char *err,
 			  size_t errlen);
 /*
  * Export @path (a VHDX, raw file or block device, opened only when a
- * session starts) under @name (1-255 bytes, no '/', no '=', no control
- * characters; ':' is fine).  May be called while the server runs.
- * -EEXIST for a name already exported, -EINVAL for a bad name, -ENOENT or
- * another -errno when @path cannot be opened.
+ * session starts) under @name (the export-name rule of common.h: 1-255
+ * bytes of UTF-8, no '/', no '=', no control characters; ':' is fine).
+ * May be called while the server runs.  -EEXIST for a name already
+ * exported, -EINVAL for a bad name, -ENOENT or another -errno when @path
+ * cannot be opened.
  */
 int server_add_export(struct server *s, const char *name, const char *path,
 		      char *err, size_t errlen);
 /* Forget an export; -EBUSY while it is in a session, -ENOENT if unknown. */
 int server_remove_export(struct server *s, const char *name);
-/* 1 if export @name is in a session, 0 if not, -ENOENT if unknown. */
 /* Hold an export (HOLD true): new sessions on it get ERROR busy until it
  * is released, so the agent can read a replica's disk for its own extended
  * replication without a primary writing under it.  0, -EBUSY when a
  * session has it now, or -ENOENT. */
 int server_hold_export(struct server *srv, const char *name, bool hold);
+/* 1 if export @name is in a session, 0 if not, -ENOENT if unknown. */
 int server_export_busy(struct server *s, const char *name);
 
 /* Bind the listener now (server_run does it otherwise), so the caller

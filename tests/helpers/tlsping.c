@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * tlsping.c - exercise the hvresync transport (agent/tls.c, agent/proto.c)
+ * tlsping.c - exercise the hvresync transport (agent/sync/tls*.c, wire.c)
  * for real, for tests/t-tls.sh.
  *
  *   tlsping server ADDR:PORT SECURITY [--max N]

@@ -55,4 +55,9 @@ static inline uint32_t get32(const uint8_t *p)
 	       (uint32_t)p[3] << 24;
 }
 
+static inline uint64_t get64(const uint8_t *p)
+{
+	return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
+
 #endif

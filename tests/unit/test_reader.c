@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * test_extents.c - unit tests of the compare-block arithmetic, extent
+ * test_reader.c - unit tests of the compare-block arithmetic, extent
  * merging and run walking under `hvresync verify`, and of the zero-block
  * shortcut: a block that is never read (a hole, an unallocated VHDX block)
  * must hash exactly like a block of zeros that was read, the disk's short
@@ -389,7 +389,7 @@ static void test_zero_hash_matches_real_zeros(void **state)
 #define TAIL 3392u
 #define FSIZE (3 * BS + TAIL)
 
-static char tmpdir[] = "/tmp/test_extents.XXXXXX";
+static char tmpdir[] = "/tmp/test_reader.XXXXXX";
 
 static int make_file(const char *name, const uint8_t *content,
 		     const bool *write_block, char *path)
@@ -536,7 +536,7 @@ static void test_reader_zero_shortcut(void **state)
  * and with the pread() fallback. */
 static void reader_block_sizes(bool no_uring)
 {
-	char dir[] = "/tmp/test_extents2.XXXXXX";
+	char dir[] = "/tmp/test_reader2.XXXXXX";
 	const size_t size = (3 << 20) + 4608; /* not a multiple of 4 KiB */
 	uint8_t *content = malloc(size);
 	char path[256], err[256];

@@ -63,16 +63,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-static uint64_t get64(const uint8_t *p)
-{
-	uint64_t v = 0;
-	int i;
-
-	for (i = 7; i >= 0; i--)
-		v = v << 8 | p[i];
-	return v;
-}
-
 static void read_file(const char *path, void *buf, size_t len, uint64_t off)
 {
 	int fd = open(path, O_RDONLY);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * fuzz_frame.c - libFuzzer target for the protocol frame decoder
- * (agent/proto.c).  Build and run: see tools/fuzz/README.md.
+ * (agent/sync/proto.c).  Build with `make fuzz`; run: tools/fuzz/README.md.
  *
  * Each input is tried twice: as a whole frame (12-byte header checked by
  * proto_parse_header, then the payload) and as "type, flags, payload" fed
@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "agent/sync/proto.h"
-#include "vhdx/internal.h"	/* vhdx_crc32c() */
+#include "vhdx/vhdx.h"	/* vhdx_crc32c() */
 
 static uint8_t enc[PROTO_MAX_PAYLOAD];
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * cmd_resync.c - the control API's command line: `hvresync resync`,
+ * cmd_control.c - the control API's command line: `hvresync resync`,
  * `hvresync job ...` and `hvresync vm ...` (docs/control-api.md).  Each
  * is one or a few requests to the local agent's control socket.
  *
@@ -16,11 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent/daemon/cimtime.h"
 #include "agent/cli/cli.h"
 #include "agent/cli/control_client.h"
-#include "agent/daemon/job.h"
 #include "agent/cli/progress.h"
+#include "agent/daemon/job.h"
 #include "agent/daemon/vmstate.h"
 
 #define RESYNC_USAGE \
@@ -286,13 +285,9 @@ struct waitbar {
 static void on_poll(void *arg, const struct job *j)
 {
 	struct waitbar *wb = arg;
-	uint64_t total = 0, done = 0;
-	unsigned i;
+	uint64_t total, done;
 
-	for (i = 0; i < j->ndisks; i++) {
-		total += j->disks[i].size;
-		done += j->disks[i].sent ? j->disks[i].size : j->disks[i].done;
-	}
+	progress_job_bytes(j, &total, &done);
 	if (!wb->started) {
 		progress_init(&wb->bar, wb->label, total);
 		wb->started = true;
@@ -447,11 +442,24 @@ static int job_change(struct opts *o, const char *id, unsigned requested, const 
 	return EXIT_OK;
 }
 
+/* "cancel", "suspend", "resume": the RequestedState, or 0 for none. */
+static unsigned job_verb_state(const char *verb)
+{
+	if (!strcmp(verb, "cancel"))
+		return REQ_TERMINATE;
+	if (!strcmp(verb, "suspend"))
+		return REQ_SUSPEND;
+	if (!strcmp(verb, "resume"))
+		return REQ_START;
+	return 0;
+}
+
 int cmd_job(int argc, char **argv)
 {
 	struct jv *reply;
 	struct opts o;
 	const char *verb;
+	unsigned requested;
 	char *req;
 	int i;
 
@@ -479,17 +487,10 @@ int cmd_job(int argc, char **argv)
 		else
 			print_object(jv_get(reply, "Instance"));
 	} else {
-		unsigned requested;
-
 		if (argc - i != 1)
 			usage_die(JOB_USAGE);
-		if (!strcmp(verb, "cancel"))
-			requested = REQ_TERMINATE;
-		else if (!strcmp(verb, "suspend"))
-			requested = REQ_SUSPEND;
-		else if (!strcmp(verb, "resume"))
-			requested = REQ_START;
-		else
+		requested = job_verb_state(verb);
+		if (!requested)
 			usage_die(JOB_USAGE);
 		i = job_change(&o, argv[i], requested, verb);
 		free(o.sock);
@@ -525,6 +526,33 @@ static void print_vm_table(const struct jv *vms)
 	}
 }
 
+/* RequestReplicationStateChange of VM to STATE (a number). */
+static char *set_state_request(const char *vm, const char *state)
+{
+	struct json_writer w;
+	size_t len = 0;
+	char *end, *req = NULL;
+	long st;
+	FILE *f;
+
+	st = strtol(state, &end, 10);
+	if (*end || end == state || st < 0 || st > 65535)
+		die("vm set-state: '%s' is not a ReplicationState number", state);
+	f = open_memstream(&req, &len);
+	if (!f)
+		die("out of memory");
+	json_init(&w, f, 0);
+	json_object_begin(&w);
+	json_kv_string(&w, "Method", "RequestReplicationStateChange");
+	json_kv_string(&w, "ComputerSystem", vm);
+	json_kv_u64(&w, "RequestedState", (uint64_t)st);
+	json_object_end(&w);
+	if (json_end(&w) || fclose(f))
+		die("out of memory");
+	req[len - 1] = '\0';
+	return req;
+}
+
 int cmd_vm(int argc, char **argv)
 {
 	struct jv *reply;
@@ -556,30 +584,9 @@ int cmd_vm(int argc, char **argv)
 		else
 			print_object(jv_get(reply, "Instance"));
 	} else if (!strcmp(verb, "set-state")) {
-		struct json_writer w;
-		size_t len = 0;
-		char *end;
-		long st;
-		FILE *f;
-
 		if (argc - i != 2)
 			usage_die(VM_USAGE);
-		st = strtol(argv[i + 1], &end, 10);
-		if (*end || end == argv[i + 1] || st < 0 || st > 65535)
-			die("vm set-state: '%s' is not a ReplicationState number", argv[i + 1]);
-		req = NULL;
-		f = open_memstream(&req, &len);
-		if (!f)
-			die("out of memory");
-		json_init(&w, f, 0);
-		json_object_begin(&w);
-		json_kv_string(&w, "Method", "RequestReplicationStateChange");
-		json_kv_string(&w, "ComputerSystem", argv[i]);
-		json_kv_u64(&w, "RequestedState", (uint64_t)st);
-		json_object_end(&w);
-		if (json_end(&w) || fclose(f))
-			die("out of memory");
-		req[len - 1] = '\0';
+		req = set_state_request(argv[i], argv[i + 1]);
 		reply = call_or_die(&o, "vm set-state", req);
 		if (o.json)
 			print_json(reply);

@@ -1,0 +1,137 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * internal.h - what the agent's own files share (agent.c, jobs.c,
+ * runner.c, methods.c): the agent, its jobs and its VMs, and the calls
+ * each file offers the others.  Nothing outside agent/daemon/ includes it;
+ * the CLI sees only agent.h.
+ *
+ * The files call downwards only: agent.c (lifecycle, scheduler) uses
+ * methods.c, runner.c and jobs.c; methods.c uses runner.c and jobs.c;
+ * runner.c uses jobs.c; jobs.c uses none of them.
+ *
+ * Locking: one mutex (agent.lock) guards the job list, every job's
+ * fields and the VM states; it is never held across a network session.
+ * "Under the lock" below means the caller holds it.
+ */
+#ifndef HVRESYNC_DAEMON_INTERNAL_H
+#define HVRESYNC_DAEMON_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "agent/daemon/config.h"
+#include "agent/daemon/control.h"
+#include "agent/daemon/job.h"
+#include "agent/daemon/vmstate.h"
+#include "agent/lib/jsonparse.h"
+#include "agent/sync/serve.h"
+#include "agent/sync/tls.h"
+
+#define STOP_SHUTDOWN 100 /* stop_req: the agent is stopping */
+
+struct agent;
+
+struct ajob {
+	struct job j;
+	struct agent *a;
+	pthread_t thread;
+	bool has_thread;      /* a runner exists and must be joined */
+	bool thread_done;     /* it has returned (or is about to) */
+	volatile int stop;    /* push_disk()'s stop flag */
+	unsigned stop_req;    /* REQ_SUSPEND/TERMINATE/KILL, STOP_SHUTDOWN */
+	int64_t last_save;
+	uint64_t base_compared, base_different, base_sent;
+	unsigned cur_disk;
+	struct ajob *next;
+};
+
+struct vmrt {
+	const struct vm_config *cfg;
+	struct vm_state st;
+	int64_t last_auto;     /* when auto-resync last submitted a job */
+	bool exported;         /* its disks are all exports of the server */
+};
+
+struct agent {
+	struct agent_config cfg;
+	char *jobs_dir;
+	char *vms_dir;
+	char *serve_dir;
+	struct tls_config tls;
+	struct server *server;
+	pthread_t server_thread;
+	bool server_running;
+	struct control_server *ctl;
+	pthread_t sched_thread;
+	bool sched_running;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct ajob *jobs;
+	struct vmrt *vms;
+	bool stopping;
+	bool recheck;          /* run the auto-resync pass now */
+	bool ready;            /* jobs restored: requests are served */
+	int64_t retention;
+	uint64_t bwlimit;
+	int lock_fd;
+};
+
+static inline bool ajob_active(const struct ajob *aj)
+{
+	return !job_state_final(aj->j.state);
+}
+
+/* --- jobs.c: the job list and the VM states, all under the lock --- */
+
+struct vmrt *jobs_vm(struct agent *a, const char *name);
+struct ajob *jobs_find(struct agent *a, const char *id);
+/* The job of @vm that has not finished yet, or NULL. */
+struct ajob *jobs_active_of(struct agent *a, const char *vm);
+
+/* A new job (state New, not yet in the list) for @vm, reading the files
+ * @sources names instead of its disks; NULL when out of memory. */
+struct ajob *jobs_new(struct agent *a, const struct vm_config *vm,
+		      const struct jv *sources, int64_t start, bool autor);
+void jobs_free(struct ajob *aj);
+void jobs_add(struct agent *a, struct ajob *aj);
+
+/* Write the job's record to the state dir (a failure is logged). */
+void jobs_persist(struct agent *a, struct ajob *aj);
+void jobs_set_state(struct ajob *aj, unsigned state);
+/* Set and record a VM's ReplicationState; @vm NULL does nothing. */
+void jobs_set_vm(struct agent *a, struct vmrt *vm, unsigned state);
+/* Tell systemd how many jobs run, wait and are suspended. */
+void jobs_notify_status(struct agent *a);
+/* The job reached the final @state: record it, log it as one JSON
+ * line, and move its VM to Replicating or Resynchronization required. */
+void jobs_finish(struct agent *a, struct ajob *aj, unsigned state,
+		 unsigned code, const char *summary, const char *desc);
+/* Read every job record of the state dir into the list (at start). */
+int jobs_load(struct agent *a);
+
+/* The export name of disk @i of @vm ("VM:FILE"), as the recovery agent
+ * exports it; 0 or the negative errno of sync_export_name(). */
+int jobs_export_name(char *out, size_t len, const struct vm_config *vm,
+		     unsigned i);
+/* Is the primary sending to disk @i of replica VM @vm right now?  False
+ * too when this agent serves no exports. */
+bool jobs_disk_receiving(struct agent *a, const struct vm_config *vm, unsigned i);
+
+/* --- runner.c: a job's thread --- */
+
+/* Start (or resume) the job's runner.  0 or -errno. */
+int runner_start(struct agent *a, struct ajob *aj);
+/* Join the job's runner if it has returned. */
+void runner_reap(struct ajob *aj);
+/* Act on the stop @aj->stop_req asks for.  Returns true when the job is
+ * done with for now, false when its partial copies must be discarded. */
+bool runner_handle_stop(struct agent *a, struct ajob *aj);
+
+/* --- methods.c: the control API --- */
+
+/* The control_handler the agent serves its socket with (@ctx: agent). */
+void methods_handle(void *ctx, const struct control_caller *who,
+		    const struct jv *req, struct json_writer *w);
+
+#endif

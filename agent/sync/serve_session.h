@@ -1,0 +1,153 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * serve_session.h - the insides of the recovery side (serve.h), shared by
+ * its files and by no one else: the server with its exports, and one
+ * session.  serve.c runs the listener, the exports table and the session
+ * threads; serve_session.c speaks the protocol of one session; disk.c
+ * holds the disk a session writes; record.c its durable progress record.
+ */
+#ifndef HVRESYNC_SYNC_SERVE_SESSION_H
+#define HVRESYNC_SYNC_SERVE_SESSION_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <zstd.h>
+
+#include "agent/sync/common.h"
+#include "agent/sync/setup.h"
+#include "agent/sync/proto.h"
+#include "agent/sync/serve.h"
+#include "agent/sync/tls.h"
+#include "uring/reader.h"
+#include "vhdx/vhdx.h"
+
+/* The progress record's file name: the export name percent-encoded,
+ * ".state", and room for the temporary name's dot and ".tmp". */
+#define SERVE_STATE_NAME_MAX (PROTO_NAME_MAX * 3 + 16)
+
+struct export
+{
+	struct export *next;
+	char *name;
+	char *path; /* absolute, from the configuration */
+	bool vhdx;  /* as found when it was added */
+	bool blockdev;
+	bool busy;
+	bool held; /* server_hold_export(): refuse sessions */
+	dev_t dev; /* of the file while busy */
+	ino_t ino;
+};
+
+struct session;
+
+struct server {
+	struct server_config cfg;
+	char *listen;
+	char *state_dir;
+	struct tls_listener *l;
+	char addr[128];
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond; /* a session ended */
+	struct export *exports;
+	struct session *sessions;
+	unsigned nsessions;
+	unsigned next_id;
+
+	int stop_pipe[2];
+	int stop; /* atomic: set by server_stop() */
+};
+
+struct session {
+	struct server *srv;
+	struct session *next;
+	struct conn *c;
+	unsigned id;
+	char peer[128];
+	char auth[256];
+	struct export *ex;
+	char name[PROTO_NAME_MAX + 1];
+	char image[PATH_MAX];
+	char child[PATH_MAX + 32];
+	char marker[PATH_MAX + 48];
+	char state[PATH_MAX]; /* the progress record, in srv->state_dir */
+	char state_name[SERVE_STATE_NAME_MAX];
+	struct msg_hello hello;
+
+	/* The disk (disk.c). */
+	bool vhdx;
+	bool blockdev;
+	struct vhdx_image *img; /* VHDX: the child, read-write */
+	int fd;			/* raw: read-write */
+	struct ur_source *src;
+	struct sync_reader rd;
+	uint64_t size;
+	uint32_t sector;
+	uint32_t bs;
+	uint64_t nblocks;
+	unsigned nsub_max;
+	uint32_t window;
+	uint64_t resume; /* resume_offset sent in WELCOME */
+	uint64_t resume_block;
+
+	/* Flow control, shared with the hash thread under lock. */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	uint64_t credit_end; /* blocks below this were granted */
+	uint64_t sent_block; /* HASHES went out for blocks below this */
+	uint64_t done_block; /* the primary decided blocks below this */
+	bool abort;
+	int tx_err;
+	char tx_msg[600];
+	bool tx_running;
+	pthread_t tx;
+	pthread_mutex_t send_lock; /* one writer at a time */
+	uint8_t *ring_sub;	   /* window x nsub_max x PROTO_HASH_LEN */
+	uint8_t *ring_zero;	   /* window flags: block reads as zeros */
+
+	uint8_t *rbuf;
+	size_t rcap;
+	ZSTD_DCtx *dctx;
+	uint8_t *dbuf;
+
+	uint64_t bytes_compared;
+	uint64_t bytes_written;
+	uint64_t bytes_received;
+	/* The progress record (record.c). */
+	uint64_t persisted_done;
+	uint64_t written_since;
+	double last_persist;
+	double start;
+	double merge_seconds;
+	bool error_sent;
+};
+
+/* A line for the server's log (serve.c). */
+void serve_log(struct server *srv, int level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+#define S_LOG(s, level, fmt, ...)                                        \
+	serve_log((s)->srv, level, "session %u: peer %s: " fmt, (s)->id, \
+		  (s)->peer, ##__VA_ARGS__)
+
+/* serve_session.c: one frame to the primary, under the send lock. */
+int session_send(struct session *s, const struct msg *m);
+/* Tell the primary why the session ends (once), and log it.  Returns
+ * -EIO, or -EPROTO for a protocol error: the session is over. */
+int session_error(struct session *s, uint32_t code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* A malformed frame from the primary: ERROR 6, then the end. */
+int session_protocol_error(struct session *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* After HELLO and claiming the export: the session of each kind.  Each
+ * returns 0 or a negative errno and sets @result for the log. */
+int session_copy(struct session *s, const char **result);
+int session_merge(struct session *s, const char **result);
+int session_discard(struct session *s, const char **result);
+
+#endif
