@@ -91,8 +91,8 @@ void view_set_err(char *err, size_t errlen, const char *fmt, ...)
 void view_report_error(struct view_file *f, const char *op, uint64_t off,
 		       int err, const char *what);
 /* The first failed write or flush of F, once (LEN 0: no range). */
-void view_report_write_error(struct view_file *f, const char *op,
-			     uint64_t off, uint64_t len, int err);
+void view_report_write_error(struct view_file *f, const char *op, uint64_t off,
+			     uint64_t len, int err);
 
 /* --- ops.c ------------------------------------------------------------- */
 
@@ -126,7 +126,7 @@ void view_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 void view_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 		struct fuse_file_info *fi);
 void view_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
-void view_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
-		  int to_set, struct fuse_file_info *fi);
+void view_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		  struct fuse_file_info *fi);
 
 #endif

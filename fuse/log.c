@@ -43,8 +43,7 @@ void view_log(int prio, const char *fmt, ...)
 	va_end(ap);
 }
 
-static void fuse_logger(enum fuse_log_level level, const char *fmt,
-			va_list ap)
+static void fuse_logger(enum fuse_log_level level, const char *fmt, va_list ap)
 {
 	char line[1024];
 	char *p = line;
@@ -134,8 +133,8 @@ void view_report_error(struct view_file *f, const char *op, uint64_t off,
  * of the image with it, so one line per image says it all.  A write past
  * the end is the caller's mistake and is not logged.
  */
-void view_report_write_error(struct view_file *f, const char *op,
-			     uint64_t off, uint64_t len, int err)
+void view_report_write_error(struct view_file *f, const char *op, uint64_t off,
+			     uint64_t len, int err)
 {
 	char where[96] = "";
 
@@ -149,5 +148,6 @@ void view_report_write_error(struct view_file *f, const char *op,
 		 "%s: %s%s failed: %s; the error is sticky: every later "
 		 "write and flush of this image fails with it until it is "
 		 "unmounted (reads still work; writes not yet flushed may be "
-		 "lost)", f->path, op, where, strerror(-err));
+		 "lost)",
+		 f->path, op, where, strerror(-err));
 }

@@ -18,8 +18,8 @@ static void unescape(char *s)
 	char *o = s;
 
 	while (*s) {
-		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' &&
-		    s[2] >= '0' && s[2] <= '7' && s[3] >= '0' && s[3] <= '7') {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' &&
+		    s[2] <= '7' && s[3] >= '0' && s[3] <= '7') {
 			*o++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 +
 				      (s[3] - '0'));
 			s += 4;
@@ -63,7 +63,8 @@ int view_find_mount(const char *path, struct view_mount_info *mi)
 
 				if (!fstype)
 					break;
-				/* Later lines are mounted on top: keep the last. */
+				/* Later lines are mounted on top: keep the
+				 * last. */
 				found = true;
 				snprintf(mi->fstype, sizeof(mi->fstype), "%s",
 					 fstype);

@@ -144,8 +144,8 @@ static void view_opendir(fuse_req_t req, fuse_ino_t ino,
 	fuse_reply_open(req, fi);
 }
 
-static void view_readdir(fuse_req_t req, fuse_ino_t ino, size_t size,
-			 off_t off, struct fuse_file_info *fi)
+static void view_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			 struct fuse_file_info *fi)
 {
 	struct view *v = fuse_req_userdata(req);
 	size_t used = 0, n;
@@ -187,8 +187,7 @@ static void view_readdir(fuse_req_t req, fuse_ino_t ino, size_t size,
 	free(buf);
 }
 
-static void view_open(fuse_req_t req, fuse_ino_t ino,
-		      struct fuse_file_info *fi)
+static void view_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct view *v = fuse_req_userdata(req);
 

@@ -263,8 +263,10 @@ static int add_zero(struct fuse_bufvec **bvp, size_t *cap, uint64_t len)
 			continue;
 		}
 		n = len < sizeof(zero_buf) ? len : sizeof(zero_buf);
-		ret = bufvec_push(bvp, cap, &(struct fuse_buf){
-			.size = n, .mem = zero_buf, .fd = -1 });
+		ret = bufvec_push(bvp, cap,
+				  &(struct fuse_buf){ .size = n,
+						      .mem = zero_buf,
+						      .fd = -1 });
 		if (ret)
 			return ret;
 		bv = *bvp;
@@ -287,15 +289,19 @@ static int add_extent(struct fuse_bufvec **bvp, size_t *cap,
 			last->size += ext->len;
 			return 0;
 		}
-		return bufvec_push(bvp, cap, &(struct fuse_buf){
-			.size = ext->len,
-			.flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK,
-			.fd = ext->fd,
-			.pos = (off_t)ext->file_off });
+		return bufvec_push(
+			bvp, cap,
+			&(struct fuse_buf){ .size = ext->len,
+					    .flags = FUSE_BUF_IS_FD |
+						     FUSE_BUF_FD_SEEK,
+					    .fd = ext->fd,
+					    .pos = (off_t)ext->file_off });
 	case VHDX_EXT_MEM:
 		/* libfuse only reads memory buffers, it never writes them. */
-		return bufvec_push(bvp, cap, &(struct fuse_buf){
-			.size = ext->len, .mem = (void *)ext->mem, .fd = -1 });
+		return bufvec_push(bvp, cap,
+				   &(struct fuse_buf){ .size = ext->len,
+						       .mem = (void *)ext->mem,
+						       .fd = -1 });
 	case VHDX_EXT_ZERO:
 	case VHDX_EXT_UNALLOC:
 		return add_zero(bvp, cap, ext->len);
@@ -430,8 +436,8 @@ void view_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	 * and out again; without splice a single memory buffer goes straight
 	 * to writev().
 	 */
-	fuse_reply_data(req, bv, has_fd(bv) ? FUSE_BUF_SPLICE_MOVE :
-			FUSE_BUF_NO_SPLICE);
+	fuse_reply_data(req, bv,
+			has_fd(bv) ? FUSE_BUF_SPLICE_MOVE : FUSE_BUF_NO_SPLICE);
 	free(bv);
 	/* libfuse drains the pipe unless it failed half way. */
 	if (sp && (ioctl(sp->rd, FIONREAD, &n) < 0 || n > 0))
@@ -468,23 +474,24 @@ void view_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		return;
 	}
 	want_data = whence == SEEK_DATA;
-	vhdx_map_iter_init(&it, f->img, (uint64_t)off,
-			   f->size - (uint64_t)off, 0);
+	vhdx_map_iter_init(&it, f->img, (uint64_t)off, f->size - (uint64_t)off,
+			   0);
 	pos = it.pos;
 	while ((ret = vhdx_map_next(&it, &ext)) > 0) {
 		ret = run_ok(pos, &ext);
 		if (ret)
 			break;
 		if (is_data(ext.kind) == want_data) {
-			fuse_reply_lseek(req, ext.off > (uint64_t)off ?
-					 (off_t)ext.off : off);
+			fuse_reply_lseek(req, ext.off > (uint64_t)off
+						      ? (off_t)ext.off
+						      : off);
 			return;
 		}
 		pos = it.pos;
 	}
 	if (ret < 0) {
 		view_report_error(f, "SEEK_DATA/SEEK_HOLE", (uint64_t)off, ret,
-			     "the extent map failed");
+				  "the extent map failed");
 		fuse_reply_err(req, EIO);
 		return;
 	}

@@ -105,8 +105,7 @@ fail:
 	return ret;
 }
 
-int view_mount(struct view *v, const char *mountpoint, char *err,
-	       size_t errlen)
+int view_mount(struct view *v, const char *mountpoint, char *err, size_t errlen)
 {
 	int ret;
 
@@ -191,7 +190,8 @@ static void *ready_thread(void *arg)
 		tune_readahead(st.st_dev);
 	snprintf(line, sizeof(line), "OK\n");
 	if (ret < 0)
-		snprintf(line, sizeof(line), "%s: the mount does not answer: %s\n",
+		snprintf(line, sizeof(line),
+			 "%s: the mount does not answer: %s\n",
 			 c->v->mountpoint, c->msg[0] ? c->msg : strerror(-ret));
 	if (c->detach) {
 		view_log_detach();

@@ -30,8 +30,8 @@ static int write_span(const struct view_file *f, off_t off, size_t len,
 		return -EINVAL;
 	if ((uint64_t)off >= f->size)
 		return -ENOSPC;
-	*n = f->size - (uint64_t)off < len ? (size_t)(f->size - (uint64_t)off) :
-					       len;
+	*n = f->size - (uint64_t)off < len ? (size_t)(f->size - (uint64_t)off)
+					   : len;
 	return 0;
 }
 
@@ -160,8 +160,9 @@ void view_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 		return;
 	}
 	/* Without KEEP_SIZE the range may not reach past the end. */
-	if (!(mode & FALLOC_FL_KEEP_SIZE) && ((uint64_t)off >= f->size ||
-	    (uint64_t)len > f->size - (uint64_t)off)) {
+	if (!(mode & FALLOC_FL_KEEP_SIZE) &&
+	    ((uint64_t)off >= f->size ||
+	     (uint64_t)len > f->size - (uint64_t)off)) {
 		fuse_reply_err(req, ENOSPC);
 		return;
 	}
@@ -169,8 +170,8 @@ void view_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 		fuse_reply_err(req, 0);
 		return;
 	}
-	n = f->size - (uint64_t)off < (uint64_t)len ? f->size - (uint64_t)off :
-						     (uint64_t)len;
+	n = f->size - (uint64_t)off < (uint64_t)len ? f->size - (uint64_t)off
+						    : (uint64_t)len;
 	ret = vhdx_write_zeroes(f->img, (uint64_t)off, n);
 	if (ret < 0)
 		view_report_write_error(f, op, (uint64_t)off, n, ret);
@@ -213,8 +214,8 @@ void view_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
  * Times and modes are not the image's to keep: a touch is accepted and
  * changes nothing.  Ownership, mode and size changes are refused.
  */
-void view_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
-		  int to_set, struct fuse_file_info *fi)
+void view_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		  struct fuse_file_info *fi)
 {
 	struct view *v = fuse_req_userdata(req);
 	struct view_file *f = view_ino_file(v, ino);
@@ -229,8 +230,8 @@ void view_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID |
-		      FUSE_SET_ATTR_GID)) {
+	if (to_set &
+	    (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
 		fuse_reply_err(req, EPERM);
 		return;
 	}

@@ -36,8 +36,7 @@ static inline uint64_t ur_block_off(uint64_t index, uint32_t bs)
 
 /* Length of block INDEX of a SIZE-byte disk: BS, less for the last one,
  * 0 past the end. */
-static inline uint32_t ur_block_len(uint64_t size, uint32_t bs,
-				    uint64_t index)
+static inline uint32_t ur_block_len(uint64_t size, uint32_t bs, uint64_t index)
 {
 	uint64_t off = index * bs;
 

@@ -54,8 +54,7 @@ int ur_hash_random_seed(uint64_t *seed)
 	return n == sizeof(*seed) ? 0 : -EIO;
 }
 
-int ur_hasher_new(enum ur_hash_algo algo, uint64_t seed,
-		  struct ur_hasher **out)
+int ur_hasher_new(enum ur_hash_algo algo, uint64_t seed, struct ur_hasher **out)
 {
 	struct ur_hasher *h;
 

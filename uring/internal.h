@@ -66,9 +66,9 @@ struct ur_stream {
 	uint64_t plan_block; /* next block to plan */
 	struct slot *fifo;
 	unsigned fifo_cap, head, count;
-	unsigned in_use, quota; /* chunk buffers held, and the cap */
-	struct ur_hash zero_hash;  /* of a full block of zeros */
-	struct ur_hash zero_last;  /* of the short last block, if any */
+	unsigned in_use, quota;	  /* chunk buffers held, and the cap */
+	struct ur_hash zero_hash; /* of a full block of zeros */
+	struct ur_hash zero_last; /* of the short last block, if any */
 	struct ur_stream_stats stats;
 
 	/* The consumer's copy of the head slot: blocks of a ready slot are
@@ -88,13 +88,13 @@ struct lane {
 	bool started;
 	struct io_uring ring;
 	bool ring_ok;
-	bool sync; /* no io_uring here: plain pread() in this thread */
+	bool sync;  /* no io_uring here: plain pread() in this thread */
 	bool fixed; /* buffers registered with this ring */
 	struct ur_hasher *hasher;
-	unsigned owned;    /* chunks planned and not yet published */
+	unsigned owned;	   /* chunks planned and not yet published */
 	unsigned inflight; /* SQEs in flight */
 	struct ur_op *sq_head, *sq_tail; /* ops waiting for an SQE */
-	struct chunk *done; /* chunks read, waiting to be hashed */
+	struct chunk *done;		 /* chunks read, waiting to be hashed */
 	bool leak; /* reads never came back: keep the buffers */
 };
 
@@ -107,10 +107,10 @@ struct ur_engine {
 	pthread_mutex_t lock;
 	pthread_cond_t lane_cond; /* buffers or slots were freed; stop */
 	pthread_cond_t cons_cond; /* a chunk became ready; an error */
-	unsigned lanes_waiting;   /* on lane_cond */
-	bool cons_waiting;        /* on cons_cond */
-	unsigned ready;           /* slots ready and not yet released */
-	unsigned wake_batch;      /* wake the consumer for this many */
+	unsigned lanes_waiting;	  /* on lane_cond */
+	bool cons_waiting;	  /* on cons_cond */
+	unsigned ready;		  /* slots ready and not yet released */
+	unsigned wake_batch;	  /* wake the consumer for this many */
 
 	struct ur_stream *streams[UR_MAX_STREAMS];
 	unsigned nstreams;
@@ -129,7 +129,7 @@ struct ur_engine {
 	unsigned ndirect;
 
 	struct ur_hasher *hasher; /* the consumer's, for zero hashes */
-	bool sync_fallback;       /* some lane had to do without io_uring */
+	bool sync_fallback;	  /* some lane had to do without io_uring */
 	bool started;
 	bool stop;
 	int err;

@@ -102,8 +102,8 @@ static int map_error(struct ur_engine *e, struct ur_stream *s, uint64_t pos,
 		     int ret)
 {
 	ur_fail_locked(e, ret, "%s: cannot map virtual offset %llu: %s",
-			 s->src->path, (unsigned long long)pos,
-			 ret == -EIO ? "bad extent map" : strerror(-ret));
+		       s->src->path, (unsigned long long)pos,
+		       ret == -EIO ? "bad extent map" : strerror(-ret));
 	return ret;
 }
 
@@ -128,8 +128,8 @@ static struct chunk *chunk_take(struct ur_engine *e, struct ur_stream *s)
  * zero slot.  Returns 0, or a negative errno with *POS the virtual offset
  * that failed.
  */
-static int plan_chunk(struct ur_engine *e, struct ur_stream *s,
-		      struct chunk *c, uint64_t *pos)
+static int plan_chunk(struct ur_engine *e, struct ur_stream *s, struct chunk *c,
+		      uint64_t *pos)
 {
 	uint32_t bs = e->cfg.block_size;
 	unsigned i;
@@ -168,8 +168,8 @@ static void queue_chunk(struct ur_engine *e, struct ur_stream *s,
 	if (c->first + c->nblocks == s->nblocks && s->size % bs)
 		s->stats.bytes_data -= bs - s->size % bs;
 	s->in_use++;
-	s->fifo[(s->head + s->count) % s->fifo_cap] = (struct slot){
-		.first = c->first, .n = c->nblocks, .c = c };
+	s->fifo[(s->head + s->count) % s->fifo_cap] =
+		(struct slot){ .first = c->first, .n = c->nblocks, .c = c };
 	s->count++;
 }
 
@@ -456,13 +456,14 @@ static void lane_complete(struct lane *l, struct ur_op *op, int res)
 		return;
 	}
 	if (!res)
-		lane_fail(l, -EIO, "%s: unexpected end of file at offset %llu "
-			  "(%u more bytes expected)", op->path,
+		lane_fail(l, -EIO,
+			  "%s: unexpected end of file at offset %llu "
+			  "(%u more bytes expected)",
+			  op->path,
 			  (unsigned long long)(op->file_off + op->done),
 			  op->len - op->done);
 	else
-		lane_fail(l, res, "%s: read error at offset %llu: %s",
-			  op->path,
+		lane_fail(l, res, "%s: read error at offset %llu: %s", op->path,
 			  (unsigned long long)(op->file_off + op->done),
 			  strerror(-res));
 }
@@ -487,8 +488,9 @@ static int lane_hash(struct lane *l, struct chunk *c)
 			uint32_t o;
 
 			for (j = 0, o = 0; o < len; j++, o += UR_SUB_BLOCK) {
-				uint32_t n = len - o < UR_SUB_BLOCK ?
-						     len - o : UR_SUB_BLOCK;
+				uint32_t n = len - o < UR_SUB_BLOCK
+						     ? len - o
+						     : UR_SUB_BLOCK;
 
 				ret = ur_hasher_hash(l->hasher, p + o, n,
 						     &c->sub[i * per + j]);
@@ -515,7 +517,7 @@ static void lane_publish(struct lane *l)
 		pthread_mutex_lock(&e->lock);
 		if (ret < 0)
 			ur_fail_locked(e, ret, "hashing failed: %s",
-					 strerror(-ret));
+				       strerror(-ret));
 		c->state = CHUNK_READY;
 		l->owned--;
 		e->ready++;

@@ -94,8 +94,9 @@ static int add_op(struct ur_oplist *l, const struct ur_run *r, uint64_t pos,
 	enum ur_op_kind kind;
 	struct ur_op *op;
 
-	kind = r->kind == UR_RUN_DATA ? UR_OP_READ :
-	       r->kind == UR_RUN_MEM ? UR_OP_COPY : UR_OP_FILL;
+	kind = r->kind == UR_RUN_DATA  ? UR_OP_READ
+	       : r->kind == UR_RUN_MEM ? UR_OP_COPY
+				       : UR_OP_FILL;
 	if (kind == UR_OP_READ)
 		l->read_bytes += len;
 	if (kind != UR_OP_FILL)

@@ -27,10 +27,10 @@ struct ur_run {
 	uint64_t off; /* virtual offset */
 	uint64_t len;
 	enum ur_run_kind kind;
-	int fd;             /* DATA */
-	uint64_t file_off;  /* DATA */
-	const char *path;   /* DATA: the file named in error messages */
-	const void *mem;    /* MEM */
+	int fd;		   /* DATA */
+	uint64_t file_off; /* DATA */
+	const char *path;  /* DATA: the file named in error messages */
+	const void *mem;   /* MEM */
 };
 
 /*
@@ -49,8 +49,8 @@ struct ur_cursor {
 	bool valid;
 };
 
-static inline void ur_cursor_init(struct ur_cursor *c, ur_map_fn map,
-				  void *ctx, uint64_t size)
+static inline void ur_cursor_init(struct ur_cursor *c, ur_map_fn map, void *ctx,
+				  uint64_t size)
 {
 	c->map = map;
 	c->ctx = ctx;

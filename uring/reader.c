@@ -34,17 +34,19 @@ void ur_fail_locked(struct ur_engine *e, int err, const char *fmt, ...)
 /* --- setup -------------------------------------------------------------- */
 
 /* Is CFG one the engine can run?  If not, ERR says why. */
-static int check_config(const struct ur_config *cfg, char *err,
-			size_t errlen)
+static int check_config(const struct ur_config *cfg, char *err, size_t errlen)
 {
 	if (!ur_is_pow2(cfg->block_size) || cfg->block_size < 512 ||
 	    cfg->block_size > (256u << 20)) {
-		snprintf(err, errlen, "block size %u is not a power of two "
-			 "between 512 and 256M", cfg->block_size);
+		snprintf(err, errlen,
+			 "block size %u is not a power of two "
+			 "between 512 and 256M",
+			 cfg->block_size);
 		return -EINVAL;
 	}
 	if (cfg->sub_hashes && cfg->block_size < UR_SUB_BLOCK) {
-		snprintf(err, errlen, "4 KiB sub-block hashes need blocks of "
+		snprintf(err, errlen,
+			 "4 KiB sub-block hashes need blocks of "
 			 "at least 4 KiB");
 		return -EINVAL;
 	}
@@ -209,8 +211,7 @@ int ur_engine_start(struct ur_engine *e)
 	e->chunks = calloc(total, sizeof(*e->chunks));
 	if (!e->chunks)
 		goto nomem;
-	hashes = e->chunk_blocks +
-		 (e->cfg.sub_hashes ? e->subs_per_chunk : 0);
+	hashes = e->chunk_blocks + (e->cfg.sub_hashes ? e->subs_per_chunk : 0);
 	for (i = 0; i < total; i++) {
 		struct chunk *c = &e->chunks[i];
 
@@ -341,7 +342,7 @@ static int load_head(struct ur_stream *s)
 			}
 			if (!e->started) {
 				ur_fail_locked(e, -EINVAL,
-						 "reader not started");
+					       "reader not started");
 				continue;
 			}
 			cons_wait(e);

@@ -43,40 +43,40 @@
 #define UR_DEFAULT_WINDOW (16u << 20)
 
 struct ur_config {
-	uint32_t block_size;     /* compare block: a power of two >= 512 */
+	uint32_t block_size; /* compare block: a power of two >= 512 */
 	enum ur_hash_algo hash;
-	uint64_t seed;           /* XXH3 key; random unless seed_set */
+	uint64_t seed; /* XXH3 key; random unless seed_set */
 	bool seed_set;
-	unsigned queue_depth;    /* reads in flight per stream; 0: default */
-	uint32_t chunk_size;     /* largest read; 0: default (>= block) */
-	uint64_t window;         /* buffer bytes per stream; 0: default */
-	unsigned threads;        /* lanes; 0: one per online CPU */
-	bool direct;             /* O_DIRECT where offsets allow it */
-	bool sub_hashes;         /* also hash each 4 KiB of data blocks */
-	bool no_uring;           /* plain pread() instead (tests; used by
-				  * itself where io_uring is not allowed) */
+	unsigned queue_depth; /* reads in flight per stream; 0: default */
+	uint32_t chunk_size;  /* largest read; 0: default (>= block) */
+	uint64_t window;      /* buffer bytes per stream; 0: default */
+	unsigned threads;     /* lanes; 0: one per online CPU */
+	bool direct;	      /* O_DIRECT where offsets allow it */
+	bool sub_hashes;      /* also hash each 4 KiB of data blocks */
+	bool no_uring;	      /* plain pread() instead (tests; used by
+			       * itself where io_uring is not allowed) */
 };
 
 /* One compare block, as ur_stream_peek() hands it out. */
 struct ur_block {
 	uint64_t index;
-	uint64_t off;          /* virtual offset: index * block_size */
-	uint32_t len;          /* block_size, less for the disk's last block */
-	bool zero;             /* reads as zeros in full; nothing was read */
-	struct ur_hash hash;   /* of the block's LEN bytes */
-	const uint8_t *data;   /* NULL when zero; else valid until released */
+	uint64_t off;	     /* virtual offset: index * block_size */
+	uint32_t len;	     /* block_size, less for the disk's last block */
+	bool zero;	     /* reads as zeros in full; nothing was read */
+	struct ur_hash hash; /* of the block's LEN bytes */
+	const uint8_t *data; /* NULL when zero; else valid until released */
 	const struct ur_hash *sub; /* sub_hashes: one per 4 KiB (the last may
 				    * be short); NULL when zero */
 	unsigned nsub;
-	uint64_t run;          /* zero: zero blocks from here on (>= 1);
-				* data: 1 */
+	uint64_t run; /* zero: zero blocks from here on (>= 1);
+		       * data: 1 */
 };
 
 struct ur_stream_stats {
-	uint64_t bytes_read;   /* read from files */
-	uint64_t bytes_data;   /* in blocks that were read (or copied) */
-	uint64_t blocks_data;  /* blocks assembled in a buffer and hashed */
-	uint64_t blocks_zero;  /* blocks known to be zeros, never read */
+	uint64_t bytes_read;  /* read from files */
+	uint64_t bytes_data;  /* in blocks that were read (or copied) */
+	uint64_t blocks_data; /* blocks assembled in a buffer and hashed */
+	uint64_t blocks_zero; /* blocks known to be zeros, never read */
 };
 
 struct ur_engine;

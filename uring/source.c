@@ -33,9 +33,10 @@ static int open_raw(struct ur_source *s, int fd, const struct stat *st,
 		s->type = UR_SRC_BLOCKDEV;
 		ret = vhdx_blockdev_geometry(fd, &s->size, &s->sector_size);
 		if (ret < 0) {
-			snprintf(err, errlen, "%s: cannot read the block "
-				 "device's geometry: %s", s->path,
-				 strerror(-ret));
+			snprintf(err, errlen,
+				 "%s: cannot read the block "
+				 "device's geometry: %s",
+				 s->path, strerror(-ret));
 			return ret;
 		}
 		/* Block devices report one data run from SEEK_DATA at
@@ -246,6 +247,6 @@ int ur_source_map(void *ctx, uint64_t off, uint64_t len, struct ur_run *run)
 		return -EINVAL;
 	if (len > s->size - off)
 		len = s->size - off;
-	return s->type == UR_SRC_VHDX ? map_vhdx(s, off, len, run) :
-					map_raw(s, off, len, run);
+	return s->type == UR_SRC_VHDX ? map_vhdx(s, off, len, run)
+				      : map_raw(s, off, len, run);
 }

@@ -17,19 +17,19 @@
 
 enum ur_source_type {
 	UR_SRC_VHDX,
-	UR_SRC_FILE,     /* raw regular file (a FUSE view is one too) */
+	UR_SRC_FILE,	 /* raw regular file (a FUSE view is one too) */
 	UR_SRC_BLOCKDEV, /* raw block device */
 };
 
 struct ur_source {
 	char *path;
 	enum ur_source_type type;
-	uint64_t size;        /* virtual size in bytes */
-	uint32_t sector_size; /* logical sector size */
+	uint64_t size;		/* virtual size in bytes */
+	uint32_t sector_size;	/* logical sector size */
 	struct vhdx_image *img; /* VHDX */
 	bool own_img;
-	int fd;               /* raw: the file, read-only */
-	bool no_seek_data;    /* raw: SEEK_DATA unsupported, all data */
+	int fd;		   /* raw: the file, read-only */
+	bool no_seek_data; /* raw: SEEK_DATA unsupported, all data */
 };
 
 /* Open PATH read-only, telling VHDX from raw by its signature.  On error

@@ -26,7 +26,6 @@
 #define BAT_OFFSET (3 * MiB)
 #define CREATOR "hvresync"
 
-
 /* ASCII/UTF-8 to UTF-16LE; returns bytes written.  Non-ASCII bytes of the
  * UTF-8 input are decoded to their code points (BMP only). */
 static size_t put_utf16(uint8_t *out, const char *s)
@@ -42,8 +41,8 @@ static size_t put_utf16(uint8_t *out, const char *s)
 			c = ((uint32_t)(p[0] & 0x1F) << 6) | (p[1] & 0x3F);
 			p += 2;
 		} else if ((*p & 0xF0) == 0xE0 && p[1] && p[2]) {
-			c = ((uint32_t)(p[0] & 0x0F) << 12) | ((uint32_t)(p[1] & 0x3F) << 6) |
-			    (p[2] & 0x3F);
+			c = ((uint32_t)(p[0] & 0x0F) << 12) |
+			    ((uint32_t)(p[1] & 0x3F) << 6) | (p[2] & 0x3F);
 			p += 3;
 		} else {
 			c = 0xFFFD;
@@ -107,16 +106,19 @@ static char *relative_path(const char *child, const char *parent)
 }
 
 /* Build the parent locator for PARENT_PATH at BUF; returns its length. */
-static size_t build_locator(uint8_t *buf, size_t cap, const struct vhdx_guid *linkage,
-			    const char *rel, const char *abs)
+static size_t build_locator(uint8_t *buf, size_t cap,
+			    const struct vhdx_guid *linkage, const char *rel,
+			    const char *abs)
 {
-	const char *keys[3] = { "parent_linkage", "relative_path", "absolute_win32_path" };
+	const char *keys[3] = { "parent_linkage", "relative_path",
+				"absolute_win32_path" };
 	char link[VHDX_GUID_STR_LEN + 2], g[VHDX_GUID_STR_LEN];
 	const char *vals[3];
 	size_t pos, i, n = abs ? 3 : 2;
 
 	vhdx_guid_format(linkage, g);
-	/* Windows writes the linkage in lower case, and libvhdi reads only that */
+	/* Windows writes the linkage in lower case, and libvhdi reads only that
+	 */
 	for (i = 0; g[i]; i++)
 		if (g[i] >= 'A' && g[i] <= 'F')
 			g[i] = (char)(g[i] - 'A' + 'a');
@@ -129,7 +131,8 @@ static size_t build_locator(uint8_t *buf, size_t cap, const struct vhdx_guid *li
 	le16_put(buf + 18, (uint16_t)n);
 	pos = VHDX_LOCATOR_HDR_SIZE + n * VHDX_LOCATOR_ENTRY_SIZE;
 	for (i = 0; i < n; i++) {
-		uint8_t *e = buf + VHDX_LOCATOR_HDR_SIZE + i * VHDX_LOCATOR_ENTRY_SIZE;
+		uint8_t *e = buf + VHDX_LOCATOR_HDR_SIZE +
+			     i * VHDX_LOCATOR_ENTRY_SIZE;
 		size_t kl, vl;
 
 		kl = put_utf16(buf + pos, keys[i]);
@@ -147,7 +150,8 @@ static size_t build_locator(uint8_t *buf, size_t cap, const struct vhdx_guid *li
 static void md_entry(uint8_t *table, unsigned i, const char *guid, uint32_t off,
 		     uint32_t len, uint32_t flags)
 {
-	uint8_t *e = table + VHDX_METADATA_HDR_SIZE + i * VHDX_METADATA_ENTRY_SIZE;
+	uint8_t *e =
+		table + VHDX_METADATA_HDR_SIZE + i * VHDX_METADATA_ENTRY_SIZE;
 
 	put_guid_str(e, guid);
 	le32_put(e + 16, off);
@@ -157,16 +161,16 @@ static void md_entry(uint8_t *table, unsigned i, const char *guid, uint32_t off,
 
 /* What every section of a new image is built from. */
 struct layout {
-	struct vhdx_create_opts opts;  /* defaults filled in */
-	uint64_t blocks;               /* payload blocks */
-	uint64_t cr;                   /* chunk ratio */
+	struct vhdx_create_opts opts; /* defaults filled in */
+	uint64_t blocks;	      /* payload blocks */
+	uint64_t cr;		      /* chunk ratio */
 	uint64_t bat_len;
-	uint64_t data_off;             /* first payload block */
+	uint64_t data_off; /* first payload block */
 	struct vhdx_guid file_write_guid, data_write_guid, page83;
-	unsigned nmd;                  /* metadata items */
-	struct vhdx_guid linkage;      /* child only: the parent's ... */
-	char *rel;                     /* ... relative_path ... */
-	char pabs[PATH_MAX];           /* ... and absolute path */
+	unsigned nmd;		  /* metadata items */
+	struct vhdx_guid linkage; /* child only: the parent's ... */
+	char *rel;		  /* ... relative_path ... */
+	char pabs[PATH_MAX];	  /* ... and absolute path */
 };
 
 /* A child takes its parent's geometry: Hyper-V refuses a chain whose
@@ -188,12 +192,14 @@ static int take_parent(const char *path, struct layout *l,
 		opts->physical_sector_size = parent->info.physical_sector_size;
 	if (!opts->block_size)
 		opts->block_size = 2 * MiB;
-	l->linkage = parent->info.header[parent->info.current_header].data_write_guid;
+	l->linkage = parent->info.header[parent->info.current_header]
+			     .data_write_guid;
 	opts->fixed = false;
 	l->rel = relative_path(path, opts->parent);
 	if (!l->rel || !realpath(opts->parent, l->pabs))
 		ret = vhdx_fail(err, -errno ? -errno : -EINVAL, path,
-			   "cannot work out the path to parent %s", opts->parent);
+				"cannot work out the path to parent %s",
+				opts->parent);
 	l->nmd = 6;
 	vhdx_close(parent);
 	return ret;
@@ -208,19 +214,27 @@ static int check_geometry(const char *path, struct vhdx_create_opts *opts,
 		opts->logical_sector_size = 512;
 	if (!opts->physical_sector_size)
 		opts->physical_sector_size = 4096;
-	if (opts->block_size < VHDX_MIN_BLOCK_SIZE || opts->block_size > VHDX_MAX_BLOCK_SIZE ||
+	if (opts->block_size < VHDX_MIN_BLOCK_SIZE ||
+	    opts->block_size > VHDX_MAX_BLOCK_SIZE ||
 	    (opts->block_size & (opts->block_size - 1)))
+		return vhdx_fail(
+			err, -EINVAL, path,
+			"block size %u is not a power of two from 1 MiB to 256 MiB",
+			opts->block_size);
+	if ((opts->logical_sector_size != 512 &&
+	     opts->logical_sector_size != 4096) ||
+	    (opts->physical_sector_size != 512 &&
+	     opts->physical_sector_size != 4096))
 		return vhdx_fail(err, -EINVAL, path,
-			    "block size %u is not a power of two from 1 MiB to 256 MiB",
-			    opts->block_size);
-	if ((opts->logical_sector_size != 512 && opts->logical_sector_size != 4096) ||
-	    (opts->physical_sector_size != 512 && opts->physical_sector_size != 4096))
-		return vhdx_fail(err, -EINVAL, path, "sector sizes must be 512 or 4096");
-	if (opts->virtual_size == 0 || opts->virtual_size % opts->logical_sector_size ||
+				 "sector sizes must be 512 or 4096");
+	if (opts->virtual_size == 0 ||
+	    opts->virtual_size % opts->logical_sector_size ||
 	    opts->virtual_size > VHDX_MAX_VIRTUAL_SIZE)
-		return vhdx_fail(err, -EINVAL, path,
-			    "size %llu is not a multiple of the %u-byte sector from one sector to 64 TiB",
-			    (unsigned long long)opts->virtual_size, opts->logical_sector_size);
+		return vhdx_fail(
+			err, -EINVAL, path,
+			"size %llu is not a multiple of the %u-byte sector from one sector to 64 TiB",
+			(unsigned long long)opts->virtual_size,
+			opts->logical_sector_size);
 	return 0;
 }
 
@@ -238,13 +252,17 @@ static int plan(const char *path, struct layout *l, struct vhdx_error *err)
 	ret = check_geometry(path, &l->opts, err);
 	if (ret)
 		return ret;
-	l->blocks = vhdx_payload_blocks(l->opts.virtual_size, l->opts.block_size);
-	l->cr = vhdx_chunk_ratio(l->opts.block_size, l->opts.logical_sector_size);
+	l->blocks =
+		vhdx_payload_blocks(l->opts.virtual_size, l->opts.block_size);
+	l->cr = vhdx_chunk_ratio(l->opts.block_size,
+				 l->opts.logical_sector_size);
 	/* Room for a differencing child's full interleave either way. */
-	l->bat_len = ((l->blocks + l->cr - 1) / l->cr * (l->cr + 1) * 8 + VHDX_ALIGN - 1) /
+	l->bat_len = ((l->blocks + l->cr - 1) / l->cr * (l->cr + 1) * 8 +
+		      VHDX_ALIGN - 1) /
 		     VHDX_ALIGN * VHDX_ALIGN;
 	if (l->bat_len > UINT32_MAX)
-		return vhdx_fail(err, -EINVAL, path, "BAT would be larger than 4 GiB");
+		return vhdx_fail(err, -EINVAL, path,
+				 "BAT would be larger than 4 GiB");
 	l->data_off = BAT_OFFSET + l->bat_len;
 	return 0;
 }
@@ -259,7 +277,8 @@ static int new_guids(struct layout *l, const char *path, struct vhdx_error *err)
 	if (!ret)
 		ret = vhdx_guid_generate(&l->page83);
 	if (ret)
-		return vhdx_fail(err, ret, path, "cannot generate GUIDs: %s", strerror(-ret));
+		return vhdx_fail(err, ret, path, "cannot generate GUIDs: %s",
+				 strerror(-ret));
 	return 0;
 }
 
@@ -327,11 +346,12 @@ static int put_parent_locator(uint8_t *md, const struct layout *l)
 	for (c = abs; *c; c++)
 		if (*c == '/')
 			*c = '\\';
-	loclen = build_locator(md + 64 * KiB + 64, METADATA_LENGTH - 64 * KiB - 64,
-			       &l->linkage, l->rel, abs);
+	loclen = build_locator(md + 64 * KiB + 64,
+			       METADATA_LENGTH - 64 * KiB - 64, &l->linkage,
+			       l->rel, abs);
 	free(abs);
-	md_entry(md, 5, VHDX_MD_PARENT_LOCATOR_STR, 64 * KiB + 64, (uint32_t)loclen,
-		 VHDX_MD_IS_REQUIRED);
+	md_entry(md, 5, VHDX_MD_PARENT_LOCATOR_STR, 64 * KiB + 64,
+		 (uint32_t)loclen, VHDX_MD_IS_REQUIRED);
 	return 0;
 }
 
@@ -344,10 +364,12 @@ static int put_metadata(uint8_t *md, const struct layout *l)
 	memset(md, 0, METADATA_LENGTH);
 	memcpy(md, VHDX_METADATA_SIG, 8);
 	le16_put(md + 10, (uint16_t)l->nmd);
-	md_entry(md, 0, VHDX_MD_FILE_PARAMETERS_STR, 64 * KiB, 8, VHDX_MD_IS_REQUIRED);
+	md_entry(md, 0, VHDX_MD_FILE_PARAMETERS_STR, 64 * KiB, 8,
+		 VHDX_MD_IS_REQUIRED);
 	le32_put(md + 64 * KiB, opts->block_size);
-	le32_put(md + 64 * KiB + 4, (opts->fixed ? VHDX_FP_LEAVE_BLOCKS_ALLOCATED : 0) |
-					    (opts->parent ? VHDX_FP_HAS_PARENT : 0));
+	le32_put(md + 64 * KiB + 4,
+		 (opts->fixed ? VHDX_FP_LEAVE_BLOCKS_ALLOCATED : 0) |
+			 (opts->parent ? VHDX_FP_HAS_PARENT : 0));
 	md_entry(md, 1, VHDX_MD_VIRTUAL_DISK_SIZE_STR, 64 * KiB + 8, 8,
 		 VHDX_MD_IS_REQUIRED | VHDX_MD_IS_VIRTUAL_DISK);
 	le64_put(md + 64 * KiB + 8, opts->virtual_size);
@@ -394,7 +416,8 @@ static int size_file(int fd, const struct layout *l, const char *path,
 	if (l->opts.fixed) {
 		uint64_t end = l->data_off + l->blocks * l->opts.block_size;
 
-		if (posix_fallocate(fd, 0, (off_t)end) && ftruncate(fd, (off_t)end))
+		if (posix_fallocate(fd, 0, (off_t)end) &&
+		    ftruncate(fd, (off_t)end))
 			return write_failed(err, path, -errno);
 	} else if (ftruncate(fd, (off_t)l->data_off)) {
 		return write_failed(err, path, -errno);
@@ -444,12 +467,14 @@ int vhdx_create(const char *path, const struct vhdx_create_opts *o,
 		goto out_noclean;
 	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (fd < 0) {
-		ret = vhdx_fail(err, -errno, path, "cannot create: %s", strerror(errno));
+		ret = vhdx_fail(err, -errno, path, "cannot create: %s",
+				strerror(errno));
 		goto out_noclean;
 	}
 	/* one buffer for the header section, then the metadata region */
-	buf = calloc(1, VHDX_HEADER_SECTION_SIZE > METADATA_LENGTH ? VHDX_HEADER_SECTION_SIZE
-								  : METADATA_LENGTH);
+	buf = calloc(1, VHDX_HEADER_SECTION_SIZE > METADATA_LENGTH
+				? VHDX_HEADER_SECTION_SIZE
+				: METADATA_LENGTH);
 	if (!buf)
 		ret = vhdx_fail(err, -ENOMEM, path, "out of memory");
 	if (!ret)

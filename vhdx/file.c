@@ -87,7 +87,8 @@ int vhdx_probe_fd(int fd)
 	ret = vhdx_read_full(fd, sig, sizeof(sig), VHDX_FILE_ID_OFFSET, &got);
 	if (ret < 0)
 		return ret;
-	return got == sizeof(sig) && !memcmp(sig, VHDX_FILE_ID_SIG, sizeof(sig));
+	return got == sizeof(sig) &&
+	       !memcmp(sig, VHDX_FILE_ID_SIG, sizeof(sig));
 }
 
 int vhdx_blockdev_geometry(int fd, uint64_t *size_bytes,
@@ -138,18 +139,21 @@ int vhdx_file_read(const struct vhdx_image *img, void *buf, size_t len,
 	if (ret < 0)
 		return ret;
 	if (got < len) {
-		if (off + len > __atomic_load_n(&ov->file_size, __ATOMIC_RELAXED))
+		if (off + len >
+		    __atomic_load_n(&ov->file_size, __ATOMIC_RELAXED))
 			return -ENODATA;
 		memset(p + got, 0, len - got); /* extended by the log replay */
 	}
-	for (i = overlay_lower(ov, off > VHDX_LOG_SECTOR ? off - VHDX_LOG_SECTOR + 1 : 0);
+	for (i = overlay_lower(
+		     ov, off > VHDX_LOG_SECTOR ? off - VHDX_LOG_SECTOR + 1 : 0);
 	     i < ov->count && ov->off[i] < off + len; i++) {
 		uint64_t s = ov->off[i], e = s + VHDX_LOG_SECTOR;
 		uint64_t from = s > off ? s : off;
 		uint64_t to = e < off + len ? e : off + len;
 
 		if (from < to)
-			memcpy(p + (from - off), ov->data[i] + (from - s), to - from);
+			memcpy(p + (from - off), ov->data[i] + (from - s),
+			       to - from);
 	}
 	return 0;
 }
@@ -185,8 +189,10 @@ static int overlay_put(struct vhdx_overlay *ov, uint64_t off,
 			goto nomem;
 		ov->data = d;
 	}
-	memmove(ov->off + i + 1, ov->off + i, (ov->count - i) * sizeof(*ov->off));
-	memmove(ov->data + i + 1, ov->data + i, (ov->count - i) * sizeof(*ov->data));
+	memmove(ov->off + i + 1, ov->off + i,
+		(ov->count - i) * sizeof(*ov->off));
+	memmove(ov->data + i + 1, ov->data + i,
+		(ov->count - i) * sizeof(*ov->data));
 	ov->off[i] = off;
 	ov->data[i] = copy;
 	ov->count++;
@@ -236,7 +242,8 @@ int vhdx_replay_to_file(void *ctx, uint64_t off, const uint8_t *data,
 	if (data)
 		return vhdx_write_full(fd, data, VHDX_LOG_SECTOR, off);
 	for (o = 0; o < len; o += VHDX_LOG_SECTOR) {
-		ret = vhdx_write_full(fd, zero_sector, VHDX_LOG_SECTOR, off + o);
+		ret = vhdx_write_full(fd, zero_sector, VHDX_LOG_SECTOR,
+				      off + o);
 		if (ret)
 			return ret;
 	}
@@ -258,7 +265,8 @@ int vhdx_header_update(struct vhdx_image *img, struct vhdx_header_info *h)
 	h->valid = true;
 	vhdx_header_build(h, buf);
 	ret = vhdx_write_full(img->fd, buf, VHDX_HEADER_SIZE,
-			  target ? VHDX_HEADER2_OFFSET : VHDX_HEADER1_OFFSET);
+			      target ? VHDX_HEADER2_OFFSET
+				     : VHDX_HEADER1_OFFSET);
 	free(buf);
 	if (ret)
 		return ret;

@@ -78,9 +78,9 @@
 #define VHDX_LOGE_FLUSHED_OFFSET 48
 #define VHDX_LOGE_LAST_OFFSET 56
 /* descriptor fields */
-#define VHDX_LOGD_TRAILING 4  /* data descriptor */
+#define VHDX_LOGD_TRAILING 4	/* data descriptor */
 #define VHDX_LOGD_ZERO_LENGTH 8 /* zero descriptor */
-#define VHDX_LOGD_LEADING 8   /* data descriptor */
+#define VHDX_LOGD_LEADING 8	/* data descriptor */
 #define VHDX_LOGD_FILE_OFFSET 16
 #define VHDX_LOGD_SEQUENCE 24
 /* data sector fields */

@@ -33,8 +33,8 @@ void vhdx_guid_format(const struct vhdx_guid *g, char out[VHDX_GUID_STR_LEN])
 {
 	snprintf(out, VHDX_GUID_STR_LEN,
 		 "%08X-%04X-%04X-%02X%02X-%02X%02X%02X%02X%02X%02X", g->d1,
-		 g->d2, g->d3, g->d4[0], g->d4[1], g->d4[2], g->d4[3],
-		 g->d4[4], g->d4[5], g->d4[6], g->d4[7]);
+		 g->d2, g->d3, g->d4[0], g->d4[1], g->d4[2], g->d4[3], g->d4[4],
+		 g->d4[5], g->d4[6], g->d4[7]);
 }
 
 static int hexval(char c)
@@ -145,7 +145,8 @@ int vhdx_guid_generate(struct vhdx_guid *g)
 		}
 		got += (size_t)n;
 	}
-	b[7] = (uint8_t)((b[7] & 0x0f) | 0x40); /* version 4 (d3's high nibble) */
+	b[7] = (uint8_t)((b[7] & 0x0f) |
+			 0x40); /* version 4 (d3's high nibble) */
 	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
 	vhdx_guid_from_le(b, g);
 	return 0;

@@ -26,23 +26,34 @@
 const char *vhdx_payload_state_name(unsigned state)
 {
 	switch (state) {
-	case VHDX_PAYLOAD_NOT_PRESENT: return "not_present";
-	case VHDX_PAYLOAD_UNDEFINED: return "undefined";
-	case VHDX_PAYLOAD_ZERO: return "zero";
-	case VHDX_PAYLOAD_UNMAPPED: return "unmapped";
-	case VHDX_PAYLOAD_UNMAPPED_V1: return "unmapped_v1";
-	case VHDX_PAYLOAD_FULLY_PRESENT: return "fully_present";
-	case VHDX_PAYLOAD_PARTIALLY_PRESENT: return "partially_present";
-	default: return "invalid";
+	case VHDX_PAYLOAD_NOT_PRESENT:
+		return "not_present";
+	case VHDX_PAYLOAD_UNDEFINED:
+		return "undefined";
+	case VHDX_PAYLOAD_ZERO:
+		return "zero";
+	case VHDX_PAYLOAD_UNMAPPED:
+		return "unmapped";
+	case VHDX_PAYLOAD_UNMAPPED_V1:
+		return "unmapped_v1";
+	case VHDX_PAYLOAD_FULLY_PRESENT:
+		return "fully_present";
+	case VHDX_PAYLOAD_PARTIALLY_PRESENT:
+		return "partially_present";
+	default:
+		return "invalid";
 	}
 }
 
 const char *vhdx_type_name(enum vhdx_type t)
 {
 	switch (t) {
-	case VHDX_TYPE_FIXED: return "fixed";
-	case VHDX_TYPE_DYNAMIC: return "dynamic";
-	case VHDX_TYPE_DIFFERENCING: return "differencing";
+	case VHDX_TYPE_FIXED:
+		return "fixed";
+	case VHDX_TYPE_DYNAMIC:
+		return "dynamic";
+	case VHDX_TYPE_DIFFERENCING:
+		return "differencing";
 	}
 	return "unknown";
 }
@@ -57,14 +68,16 @@ static int check_file_id(struct vhdx_image *img, struct vhdx_error *err)
 
 	if (img->info.file_size < 8)
 		return vhdx_fail(err, -EINVAL, img->path,
-			    "not a VHDX file (only %llu bytes)",
-			    (unsigned long long)img->info.file_size);
+				 "not a VHDX file (only %llu bytes)",
+				 (unsigned long long)img->info.file_size);
 	ret = vhdx_probe_fd(img->fd);
 	if (ret < 0)
-		return vhdx_fail(err, ret, img->path, "cannot read: %s", strerror(-ret));
+		return vhdx_fail(err, ret, img->path, "cannot read: %s",
+				 strerror(-ret));
 	if (!ret)
-		return vhdx_fail(err, -EINVAL, img->path,
-			    "not a VHDX file (no 'vhdxfile' signature at offset 0)");
+		return vhdx_fail(
+			err, -EINVAL, img->path,
+			"not a VHDX file (no 'vhdxfile' signature at offset 0)");
 	return 0;
 }
 
@@ -83,16 +96,19 @@ static int read_header_section(struct vhdx_image *img, struct vhdx_error *err)
 		return vhdx_fail(err, -ENOMEM, img->path, "out of memory");
 	ret = vhdx_read_full(img->fd, buf, VHDX_HEADER_SECTION_SIZE, 0, &got);
 	if (ret < 0) {
-		vhdx_fail(err, ret, img->path, "cannot read: %s", strerror(-ret));
+		vhdx_fail(err, ret, img->path, "cannot read: %s",
+			  strerror(-ret));
 		goto out;
 	}
 	if (got < VHDX_HEADER_SECTION_SIZE) {
-		ret = vhdx_fail(err, -EINVAL, img->path,
-			   "truncated: %llu bytes, shorter than the 1 MiB header section",
-			   (unsigned long long)got);
+		ret = vhdx_fail(
+			err, -EINVAL, img->path,
+			"truncated: %llu bytes, shorter than the 1 MiB header section",
+			(unsigned long long)got);
 		goto out;
 	}
-	creator = vhdx_utf16le_to_utf8(buf + VHDX_CREATOR_OFFSET, VHDX_CREATOR_BYTES);
+	creator = vhdx_utf16le_to_utf8(buf + VHDX_CREATOR_OFFSET,
+				       VHDX_CREATOR_BYTES);
 	if (creator) {
 		snprintf(in->creator, sizeof(in->creator), "%s", creator);
 		free(creator);
@@ -106,9 +122,11 @@ static int read_header_section(struct vhdx_image *img, struct vhdx_error *err)
 	if (ret < 0) {
 		if (!in->header[0].valid)
 			vhdx_fail(err, ret, img->path,
-			     "%s (header 1: %s; header 2: %s)", why,
-			     r1 == -EBADMSG ? "checksum mismatch" : "bad signature",
-			     r2 == -EBADMSG ? "checksum mismatch" : "bad signature");
+				  "%s (header 1: %s; header 2: %s)", why,
+				  r1 == -EBADMSG ? "checksum mismatch"
+						 : "bad signature",
+				  r2 == -EBADMSG ? "checksum mismatch"
+						 : "bad signature");
 		else
 			vhdx_fail(err, ret, img->path, "%s", why);
 		goto out;
@@ -122,28 +140,32 @@ out:
 
 static int check_current_header(struct vhdx_image *img, struct vhdx_error *err)
 {
-	const struct vhdx_header_info *h = &img->info.header[img->info.current_header];
+	const struct vhdx_header_info *h =
+		&img->info.header[img->info.current_header];
 
 	if (h->version != VHDX_VERSION)
 		return vhdx_fail(err, -ENOTSUP, img->path,
-			    "unsupported VHDX version %u (header %d)", h->version,
-			    img->info.current_header + 1);
+				 "unsupported VHDX version %u (header %d)",
+				 h->version, img->info.current_header + 1);
 	if (h->log_version != VHDX_LOG_VERSION)
 		return vhdx_fail(err, -ENOTSUP, img->path,
-			    "unsupported log version %u", h->log_version);
+				 "unsupported log version %u", h->log_version);
 	if (h->log_length % VHDX_ALIGN || h->log_offset % VHDX_ALIGN)
-		return vhdx_fail(err, -EINVAL, img->path,
-			    "log offset %llu or length %u is not a multiple of 1 MiB",
-			    (unsigned long long)h->log_offset, h->log_length);
+		return vhdx_fail(
+			err, -EINVAL, img->path,
+			"log offset %llu or length %u is not a multiple of 1 MiB",
+			(unsigned long long)h->log_offset, h->log_length);
 	if (h->log_length && h->log_offset < VHDX_HEADER_SECTION_SIZE)
 		return vhdx_fail(err, -EINVAL, img->path,
-			    "log overlaps the header section");
-	if (h->log_length && (h->log_offset > img->info.file_size ||
-			      h->log_length > img->info.file_size - h->log_offset))
-		return vhdx_fail(err, -EINVAL, img->path,
-			    "log (%u bytes at %llu) extends past the end of the file (%llu bytes; truncated?)",
-			    h->log_length, (unsigned long long)h->log_offset,
-			    (unsigned long long)img->info.file_size);
+				 "log overlaps the header section");
+	if (h->log_length &&
+	    (h->log_offset > img->info.file_size ||
+	     h->log_length > img->info.file_size - h->log_offset))
+		return vhdx_fail(
+			err, -EINVAL, img->path,
+			"log (%u bytes at %llu) extends past the end of the file (%llu bytes; truncated?)",
+			h->log_length, (unsigned long long)h->log_offset,
+			(unsigned long long)img->info.file_size);
 	return 0;
 }
 
@@ -161,24 +183,27 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 		return 0;
 	in->log_dirty = true;
 	if (h.log_length == 0)
-		return vhdx_fail(err, -EINVAL, img->path,
-			    "header names a log (LogGuid set) but the log length is zero");
+		return vhdx_fail(
+			err, -EINVAL, img->path,
+			"header names a log (LogGuid set) but the log length is zero");
 	if (h.log_length > VHDX_MAX_LOG_LENGTH)
-		return vhdx_fail(err, -EINVAL, img->path, "log of %u bytes is too large",
-			    h.log_length);
+		return vhdx_fail(err, -EINVAL, img->path,
+				 "log of %u bytes is too large", h.log_length);
 	log = malloc(h.log_length);
 	if (!log)
-		return vhdx_fail(err, -ENOMEM, img->path, "out of memory reading the log");
+		return vhdx_fail(err, -ENOMEM, img->path,
+				 "out of memory reading the log");
 	ret = vhdx_read_full(img->fd, log, h.log_length, h.log_offset, &got);
 	if (ret < 0 || got < h.log_length) {
 		ret = vhdx_fail(err, ret < 0 ? ret : -EINVAL, img->path,
-			   "cannot read the log: %s",
-			   ret < 0 ? strerror(-ret) : "file too short");
+				"cannot read the log: %s",
+				ret < 0 ? strerror(-ret) : "file too short");
 		goto out;
 	}
 	ret = vhdx_log_find_active(log, h.log_length, &h.log_guid, &seq);
 	if (ret == -ENOMEM) {
-		vhdx_fail(err, ret, img->path, "out of memory searching the log");
+		vhdx_fail(err, ret, img->path,
+			  "out of memory searching the log");
 		goto out;
 	}
 	if (ret == -ENOENT) {
@@ -190,10 +215,11 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 		ret = 0;
 	}
 	if (seq.count && seq.flushed_file_offset > in->file_size) {
-		ret = vhdx_fail(err, -EINVAL, img->path,
-			   "file is %llu bytes, shorter than the log's FlushedFileOffset %llu (truncated?)",
-			   (unsigned long long)in->file_size,
-			   (unsigned long long)seq.flushed_file_offset);
+		ret = vhdx_fail(
+			err, -EINVAL, img->path,
+			"file is %llu bytes, shorter than the log's FlushedFileOffset %llu (truncated?)",
+			(unsigned long long)in->file_size,
+			(unsigned long long)seq.flushed_file_offset);
 		goto out;
 	}
 	in->log_entries_replayed = seq.count;
@@ -203,11 +229,12 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 		img->overlay.file_size = in->file_size;
 		if (seq.count) {
 			ret = vhdx_log_replay(log, h.log_length, &seq,
-					      vhdx_replay_to_memory, &img->overlay);
+					      vhdx_replay_to_memory,
+					      &img->overlay);
 			if (ret < 0) {
 				vhdx_fail(err, ret, img->path,
-				     "cannot replay the log in memory: %s",
-				     strerror(-ret));
+					  "cannot replay the log in memory: %s",
+					  strerror(-ret));
 				goto out;
 			}
 			if (seq.last_file_offset > in->file_size)
@@ -221,8 +248,8 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 	if (!ret)
 		ret = vhdx_header_update(img, &h);
 	if (!ret && seq.count)
-		ret = vhdx_log_replay(log, h.log_length, &seq, vhdx_replay_to_file,
-				      &img->fd);
+		ret = vhdx_log_replay(log, h.log_length, &seq,
+				      vhdx_replay_to_file, &img->fd);
 	if (!ret && seq.count && seq.last_file_offset > in->file_size) {
 		if (ftruncate(img->fd, (off_t)seq.last_file_offset))
 			ret = -errno;
@@ -237,7 +264,7 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 	}
 	if (ret) {
 		vhdx_fail(err, ret, img->path, "log replay on disk failed: %s",
-		     strerror(-ret));
+			  strerror(-ret));
 		goto out;
 	}
 	in->log_replayed_on_disk = true;
@@ -277,7 +304,7 @@ static int read_regions(struct vhdx_image *img, struct vhdx_regions *r,
 		goto out;
 	}
 	vhdx_fail(err, ret, img->path, "region table 1: %s; region table 2: %s",
-	     why1 ? why1 : "unreadable", why2 ? why2 : "unreadable");
+		  why1 ? why1 : "unreadable", why2 ? why2 : "unreadable");
 out:
 	free(buf);
 	return ret;
@@ -307,31 +334,36 @@ static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
 {
 	struct vhdx_info *in = &img->info;
 	const struct vhdx_header_info *h = &in->header[in->current_header];
-	uint64_t cr = in->chunk_ratio, i, j, n = 0, size = img->overlay.file_size;
+	uint64_t cr = in->chunk_ratio, i, j, n = 0,
+		 size = img->overlay.file_size;
 	bool diff = in->has_parent;
 	struct span *sp;
 	int ret = 0;
 
 	sp = calloc(in->bat_entries ? in->bat_entries : 1, sizeof(*sp));
 	if (!sp)
-		return vhdx_fail(err, -ENOMEM, img->path, "out of memory checking the BAT");
+		return vhdx_fail(err, -ENOMEM, img->path,
+				 "out of memory checking the BAT");
 	for (i = 0; i < in->bat_entries; i++) {
 		uint64_t e = img->bat[i], off = vhdx_bat_file_offset(e), len;
 		unsigned st = vhdx_bat_state(e);
 		bool bitmap = (i % (cr + 1)) == cr;
 
 		if (bitmap) {
-			if (st != VHDX_SB_STATE_NOT_PRESENT && st != VHDX_SB_STATE_PRESENT) {
-				ret = vhdx_fail(err, -EINVAL, img->path,
-					   "BAT entry %llu (sector bitmap) has invalid state %u",
-					   (unsigned long long)i, st);
+			if (st != VHDX_SB_STATE_NOT_PRESENT &&
+			    st != VHDX_SB_STATE_PRESENT) {
+				ret = vhdx_fail(
+					err, -EINVAL, img->path,
+					"BAT entry %llu (sector bitmap) has invalid state %u",
+					(unsigned long long)i, st);
 				goto out;
 			}
 			if (st != VHDX_SB_STATE_PRESENT)
 				continue;
 			in->bitmap_blocks_present++;
 			if (!diff)
-				continue; /* never read for a non-differencing disk */
+				continue; /* never read for a non-differencing
+					     disk */
 			len = VHDX_SECTOR_BITMAP_SIZE;
 		} else {
 			j = i - i / (cr + 1);
@@ -340,16 +372,20 @@ static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
 			switch (st) {
 			case VHDX_PAYLOAD_PARTIALLY_PRESENT:
 				if (!diff) {
-					ret = vhdx_fail(err, -EINVAL, img->path,
-						   "BAT entry %llu is partially present in a disk that has no parent",
-						   (unsigned long long)i);
+					ret = vhdx_fail(
+						err, -EINVAL, img->path,
+						"BAT entry %llu is partially present in a disk that has no parent",
+						(unsigned long long)i);
 					goto out;
 				}
-				if (vhdx_bat_state(img->bat[vhdx_bat_bitmap_index(j / cr, cr)]) !=
+				if (vhdx_bat_state(
+					    img->bat[vhdx_bat_bitmap_index(
+						    j / cr, cr)]) !=
 				    VHDX_SB_STATE_PRESENT) {
-					ret = vhdx_fail(err, -EINVAL, img->path,
-						   "block %llu is partially present but its chunk has no sector bitmap",
-						   (unsigned long long)j);
+					ret = vhdx_fail(
+						err, -EINVAL, img->path,
+						"block %llu is partially present but its chunk has no sector bitmap",
+						(unsigned long long)j);
 					goto out;
 				}
 				/* fall through */
@@ -363,9 +399,10 @@ static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
 				in->block_states[st]++;
 				continue;
 			default:
-				ret = vhdx_fail(err, -EINVAL, img->path,
-					   "BAT entry %llu has invalid state %u",
-					   (unsigned long long)i, st);
+				ret = vhdx_fail(
+					err, -EINVAL, img->path,
+					"BAT entry %llu has invalid state %u",
+					(unsigned long long)i, st);
 				goto out;
 			}
 			in->block_states[st]++;
@@ -374,32 +411,44 @@ static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
 			if (len > in->block_size)
 				len = in->block_size;
 		}
-		if (off < VHDX_HEADER_SECTION_SIZE || off > size || len > size - off) {
-			ret = vhdx_fail(err, -EINVAL, img->path,
-				   "BAT entry %llu points to %llu, %s (file is %llu bytes)",
-				   (unsigned long long)i, (unsigned long long)off,
-				   off < VHDX_HEADER_SECTION_SIZE ? "inside the header section"
-								  : "past the end of the file (truncated?)",
-				   (unsigned long long)size);
+		if (off < VHDX_HEADER_SECTION_SIZE || off > size ||
+		    len > size - off) {
+			ret = vhdx_fail(
+				err, -EINVAL, img->path,
+				"BAT entry %llu points to %llu, %s (file is %llu bytes)",
+				(unsigned long long)i, (unsigned long long)off,
+				off < VHDX_HEADER_SECTION_SIZE
+					? "inside the header section"
+					: "past the end of the file (truncated?)",
+				(unsigned long long)size);
 			goto out;
 		}
 		if (overlaps(off, len, in->bat_offset, in->bat_length) ||
-		    overlaps(off, len, in->metadata_offset, in->metadata_length) ||
-		    (h->log_length && overlaps(off, len, h->log_offset, h->log_length))) {
-			ret = vhdx_fail(err, -EINVAL, img->path,
-				   "BAT entry %llu (file offset %llu) overlaps the %s",
-				   (unsigned long long)i, (unsigned long long)off,
-				   overlaps(off, len, in->bat_offset, in->bat_length) ? "BAT region"
-				   : overlaps(off, len, in->metadata_offset, in->metadata_length)
-					   ? "metadata region" : "log");
+		    overlaps(off, len, in->metadata_offset,
+			     in->metadata_length) ||
+		    (h->log_length &&
+		     overlaps(off, len, h->log_offset, h->log_length))) {
+			ret = vhdx_fail(
+				err, -EINVAL, img->path,
+				"BAT entry %llu (file offset %llu) overlaps the %s",
+				(unsigned long long)i, (unsigned long long)off,
+				overlaps(off, len, in->bat_offset,
+					 in->bat_length)
+					? "BAT region"
+				: overlaps(off, len, in->metadata_offset,
+					   in->metadata_length)
+					? "metadata region"
+					: "log");
 			goto out;
 		}
 		for (j = 0; j < in->region_count; j++)
 			if (overlaps(off, len, in->regions[j].file_offset,
 				     in->regions[j].length)) {
-				ret = vhdx_fail(err, -EINVAL, img->path,
-					   "BAT entry %llu (file offset %llu) overlaps a region",
-					   (unsigned long long)i, (unsigned long long)off);
+				ret = vhdx_fail(
+					err, -EINVAL, img->path,
+					"BAT entry %llu (file offset %llu) overlaps a region",
+					(unsigned long long)i,
+					(unsigned long long)off);
 				goto out;
 			}
 		sp[n].off = off;
@@ -410,11 +459,12 @@ static int check_bat(struct vhdx_image *img, struct vhdx_error *err)
 	qsort(sp, n, sizeof(*sp), by_offset);
 	for (i = 1; i < n; i++)
 		if (sp[i - 1].off + sp[i - 1].len > sp[i].off) {
-			ret = vhdx_fail(err, -EINVAL, img->path,
-				   "BAT entries %llu and %llu share file space at %llu",
-				   (unsigned long long)sp[i - 1].index,
-				   (unsigned long long)sp[i].index,
-				   (unsigned long long)sp[i].off);
+			ret = vhdx_fail(
+				err, -EINVAL, img->path,
+				"BAT entries %llu and %llu share file space at %llu",
+				(unsigned long long)sp[i - 1].index,
+				(unsigned long long)sp[i].index,
+				(unsigned long long)sp[i].off);
 			goto out;
 		}
 out:
@@ -442,21 +492,24 @@ static int read_metadata_and_bat(struct vhdx_image *img, struct vhdx_error *err)
 	in->metadata_offset = r.metadata_offset;
 	in->metadata_length = r.metadata_length;
 	for (i = 0; h->log_length && i < r.count; i++)
-		if (overlaps(h->log_offset, h->log_length, r.entry[i].file_offset,
-			     r.entry[i].length))
+		if (overlaps(h->log_offset, h->log_length,
+			     r.entry[i].file_offset, r.entry[i].length))
 			return vhdx_fail(err, -EINVAL, img->path,
-				    "the log overlaps the %s region", r.entry[i].name);
+					 "the log overlaps the %s region",
+					 r.entry[i].name);
 
 	if (r.metadata_length > VHDX_MAX_METADATA_LENGTH)
 		return vhdx_fail(err, -EINVAL, img->path,
-			    "metadata region of %u bytes is too large", r.metadata_length);
+				 "metadata region of %u bytes is too large",
+				 r.metadata_length);
 	md = malloc(r.metadata_length);
 	if (!md)
 		return vhdx_fail(err, -ENOMEM, img->path, "out of memory");
 	ret = vhdx_file_read(img, md, r.metadata_length, r.metadata_offset);
 	if (ret) {
-		vhdx_fail(err, ret, img->path, "cannot read the metadata region: %s",
-		     strerror(-ret));
+		vhdx_fail(err, ret, img->path,
+			  "cannot read the metadata region: %s",
+			  strerror(-ret));
 		goto out;
 	}
 	ret = vhdx_metadata_parse(md, r.metadata_length, &img->params,
@@ -473,40 +526,46 @@ static int read_metadata_and_bat(struct vhdx_image *img, struct vhdx_error *err)
 	in->has_parent = img->params.has_parent;
 	in->has_page83 = img->params.has_page83;
 	in->page83 = img->params.page83;
-	in->type = in->has_parent ? VHDX_TYPE_DIFFERENCING
+	in->type = in->has_parent		? VHDX_TYPE_DIFFERENCING
 		   : in->leave_blocks_allocated ? VHDX_TYPE_FIXED
 						: VHDX_TYPE_DYNAMIC;
 	if (img->params.has_locator) {
 		ret = vhdx_locator_parse(md + img->params.locator_offset,
-					 img->params.locator_length, &in->locator,
-					 &in->locator_count, &why);
+					 img->params.locator_length,
+					 &in->locator, &in->locator_count,
+					 &why);
 		if (ret) {
 			vhdx_fail(err, ret, img->path, "%s", why);
 			goto out;
 		}
 	}
 
-	in->chunk_ratio = vhdx_chunk_ratio(in->block_size, in->logical_sector_size);
-	in->payload_blocks = vhdx_payload_blocks(in->virtual_size, in->block_size);
-	in->bat_entries = vhdx_bat_entry_count(in->payload_blocks, in->chunk_ratio,
-					       in->has_parent);
+	in->chunk_ratio =
+		vhdx_chunk_ratio(in->block_size, in->logical_sector_size);
+	in->payload_blocks =
+		vhdx_payload_blocks(in->virtual_size, in->block_size);
+	in->bat_entries = vhdx_bat_entry_count(in->payload_blocks,
+					       in->chunk_ratio, in->has_parent);
 	/* A differencing disk always reads its last chunk's bitmap entry;
 	 * other disks may omit the padding entries after the last block. */
 	if (in->bat_entries * 8 > r.bat_length) {
-		ret = vhdx_fail(err, -EINVAL, img->path,
-			   "BAT region (%u bytes) is too small for %llu entries",
-			   r.bat_length, (unsigned long long)in->bat_entries);
+		ret = vhdx_fail(
+			err, -EINVAL, img->path,
+			"BAT region (%u bytes) is too small for %llu entries",
+			r.bat_length, (unsigned long long)in->bat_entries);
 		goto out;
 	}
 	bat = malloc(in->bat_entries * 8 + 8);
 	img->bat = calloc(in->bat_entries + 1, sizeof(*img->bat));
 	if (!bat || !img->bat) {
-		ret = vhdx_fail(err, -ENOMEM, img->path, "out of memory reading the BAT");
+		ret = vhdx_fail(err, -ENOMEM, img->path,
+				"out of memory reading the BAT");
 		goto out;
 	}
 	ret = vhdx_file_read(img, bat, in->bat_entries * 8, r.bat_offset);
 	if (ret) {
-		vhdx_fail(err, ret, img->path, "cannot read the BAT: %s", strerror(-ret));
+		vhdx_fail(err, ret, img->path, "cannot read the BAT: %s",
+			  strerror(-ret));
 		goto out;
 	}
 	for (i = 0; i < in->bat_entries; i++)
@@ -529,10 +588,12 @@ static int open_file(struct vhdx_image *img, unsigned flags,
 
 	img->fd = open(img->path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
 	if (img->fd < 0)
-		return vhdx_fail(err, -errno, img->path, "cannot open: %s", strerror(errno));
+		return vhdx_fail(err, -errno, img->path, "cannot open: %s",
+				 strerror(errno));
 	img->writable = rw;
 	if (fstat(img->fd, &st))
-		return vhdx_fail(err, -errno, img->path, "cannot stat: %s", strerror(errno));
+		return vhdx_fail(err, -errno, img->path, "cannot stat: %s",
+				 strerror(errno));
 	img->dev = st.st_dev;
 	img->ino = st.st_ino;
 	img->below = below;
@@ -540,14 +601,17 @@ static int open_file(struct vhdx_image *img, unsigned flags,
 	if (ret)
 		return ret;
 	if (S_ISBLK(st.st_mode)) {
-		ret = vhdx_blockdev_geometry(img->fd, &img->info.file_size, NULL);
+		ret = vhdx_blockdev_geometry(img->fd, &img->info.file_size,
+					     NULL);
 		if (ret)
-			return vhdx_fail(err, ret, img->path, "cannot size device: %s",
-				    strerror(-ret));
+			return vhdx_fail(err, ret, img->path,
+					 "cannot size device: %s",
+					 strerror(-ret));
 	} else if (S_ISREG(st.st_mode)) {
 		img->info.file_size = (uint64_t)st.st_size;
 	} else {
-		return vhdx_fail(err, -EINVAL, img->path, "not a regular file or block device");
+		return vhdx_fail(err, -EINVAL, img->path,
+				 "not a regular file or block device");
 	}
 	img->overlay.file_size = img->info.file_size;
 	return 0;
@@ -561,8 +625,9 @@ static int replay_on_disk(struct vhdx_image *img, struct vhdx_error *err)
 
 	wfd = open(img->path, O_RDWR | O_CLOEXEC);
 	if (wfd < 0)
-		return vhdx_fail(err, -errno, img->path, "cannot open for log replay: %s",
-			    strerror(errno));
+		return vhdx_fail(err, -errno, img->path,
+				 "cannot open for log replay: %s",
+				 strerror(errno));
 	close(img->fd);
 	img->fd = wfd;
 	img->writable = true;
@@ -572,7 +637,8 @@ static int replay_on_disk(struct vhdx_image *img, struct vhdx_error *err)
 		return ret;
 	rfd = open(img->path, O_RDONLY | O_CLOEXEC);
 	if (rfd < 0)
-		return vhdx_fail(err, -errno, img->path, "cannot reopen: %s", strerror(errno));
+		return vhdx_fail(err, -errno, img->path, "cannot reopen: %s",
+				 strerror(errno));
 	close(img->fd);
 	img->fd = rfd;
 	img->overlay.file_size = img->info.file_size;
@@ -584,7 +650,8 @@ static int open_log(struct vhdx_image *img, unsigned flags,
 		    struct vhdx_error *err)
 {
 	if ((flags & VHDX_OPEN_REPLAY) && !(flags & VHDX_OPEN_RDWR) &&
-	    !vhdx_guid_is_zero(&img->info.header[img->info.current_header].log_guid))
+	    !vhdx_guid_is_zero(
+		    &img->info.header[img->info.current_header].log_guid))
 		return replay_on_disk(img, err);
 	return replay_log(img, err);
 }
@@ -625,7 +692,8 @@ static int open_differencing(struct vhdx_image *img, unsigned flags,
 		      img->info.chunk_ratio;
 	if (!img->info.has_parent)
 		return 0;
-	img->bitmaps = calloc(img->chunks ? img->chunks : 1, sizeof(*img->bitmaps));
+	img->bitmaps =
+		calloc(img->chunks ? img->chunks : 1, sizeof(*img->bitmaps));
 	if (!img->bitmaps)
 		return vhdx_fail(err, -ENOMEM, img->path, "out of memory");
 	if (flags & VHDX_OPEN_NO_PARENT)
@@ -642,8 +710,9 @@ static int open_writer(struct vhdx_image *img, unsigned flags,
 		return 0;
 	ret = vhdx_writer_init(img);
 	if (ret)
-		return vhdx_fail(err, ret, img->path, "cannot prepare for writing: %s",
-			    strerror(-ret));
+		return vhdx_fail(err, ret, img->path,
+				 "cannot prepare for writing: %s",
+				 strerror(-ret));
 	return 0;
 }
 

@@ -115,8 +115,9 @@ struct vhdx_params {
  * and may be printed with the item's name prepended by the caller.
  */
 int vhdx_metadata_parse(const uint8_t *region, size_t len,
-			struct vhdx_params *p, struct vhdx_metadata_info **items,
-			unsigned *count, const char **why);
+			struct vhdx_params *p,
+			struct vhdx_metadata_info **items, unsigned *count,
+			const char **why);
 
 /*
  * Parse a parent locator (LEN bytes).  Entries are malloc'd UTF-8 strings.
@@ -201,9 +202,9 @@ struct vhdx_log_entry_hdr {
 };
 
 struct vhdx_log_seq {
-	uint32_t tail_off;   /* log offset of the first entry to replay */
-	uint32_t head_off;   /* log offset of the last entry */
-	unsigned count;      /* entries in the sequence */
+	uint32_t tail_off; /* log offset of the first entry to replay */
+	uint32_t head_off; /* log offset of the last entry */
+	unsigned count;	   /* entries in the sequence */
 	uint64_t head_sequence;
 	uint64_t flushed_file_offset; /* of the head entry */
 	uint64_t last_file_offset;
@@ -258,8 +259,8 @@ static inline uint32_t vhdx_log_entry_size(unsigned descriptors)
 /* Sectors replayed from a dirty log into memory (read-only opens). */
 struct vhdx_overlay {
 	unsigned count;
-	uint64_t *off;   /* sorted, 4 KiB aligned file offsets */
-	uint8_t **data;  /* 4 KiB each */
+	uint64_t *off;	    /* sorted, 4 KiB aligned file offsets */
+	uint8_t **data;	    /* 4 KiB each */
 	uint64_t file_size; /* size after replay (LastFileOffset) */
 };
 
@@ -278,19 +279,19 @@ struct vhdx_image {
 
 	struct vhdx_image *parent;
 	unsigned depth;
-	dev_t dev;                       /* identity of the file, to catch */
-	ino_t ino;                       /* a parent chain that loops */
-	const struct vhdx_image *below;  /* the child opening us (open only) */
+	dev_t dev;			/* identity of the file, to catch */
+	ino_t ino;			/* a parent chain that loops */
+	const struct vhdx_image *below; /* the child opening us (open only) */
 
 	/* Writer state (write.c); all under write_lock. */
 	pthread_mutex_t write_lock;
-	bool guids_changed;       /* FileWriteGuid/DataWriteGuid renewed */
+	bool guids_changed;	   /* FileWriteGuid/DataWriteGuid renewed */
 	struct vhdx_guid log_guid; /* zero until the first log entry */
-	uint64_t log_seq;          /* next entry's sequence number */
-	uint32_t log_pos;          /* where the next entry goes */
-	uint64_t *dirty;           /* file offsets of 4 KiB sectors to log */
+	uint64_t log_seq;	   /* next entry's sequence number */
+	uint32_t log_pos;	   /* where the next entry goes */
+	uint64_t *dirty;	   /* file offsets of 4 KiB sectors to log */
 	unsigned ndirty, dirty_cap;
-	int write_error;           /* sticky: after a failed commit */
+	int write_error; /* sticky: after a failed commit */
 };
 
 /* --- The image file (file.c) ------------------------------------------ */

@@ -60,8 +60,8 @@ int vhdx_log_entry_check(const uint8_t *log, uint32_t log_len, uint32_t off,
 	uint32_t sectors, hs, i, k, data = 0, crc;
 	uint64_t seq;
 
-	if (log_len == 0 || log_len % VHDX_LOG_SECTOR || off % VHDX_LOG_SECTOR ||
-	    off >= log_len)
+	if (log_len == 0 || log_len % VHDX_LOG_SECTOR ||
+	    off % VHDX_LOG_SECTOR || off >= log_len)
 		return -EINVAL;
 	p = sector(log, log_len, off, 0);
 	if (memcmp(p, VHDX_LOG_ENTRY_SIG, 4))
@@ -162,7 +162,8 @@ static bool chain_ok(const struct found_entry *v, unsigned n,
 	while (e != head) {
 		if (count > limit)
 			return false;
-		off = (uint32_t)((e->off + (uint64_t)e->hdr.entry_length) % log_len);
+		off = (uint32_t)((e->off + (uint64_t)e->hdr.entry_length) %
+				 log_len);
 		const struct found_entry *next = find_at(v, n, off);
 
 		if (!next || next->hdr.sequence != e->hdr.sequence + 1)
@@ -180,8 +181,7 @@ static bool chain_ok(const struct found_entry *v, unsigned n,
 }
 
 int vhdx_log_find_active(const uint8_t *log, uint32_t log_len,
-			 const struct vhdx_guid *guid,
-			 struct vhdx_log_seq *seq)
+			 const struct vhdx_guid *guid, struct vhdx_log_seq *seq)
 {
 	struct found_entry *v;
 	unsigned n = 0, i;
@@ -194,7 +194,8 @@ int vhdx_log_find_active(const uint8_t *log, uint32_t log_len,
 	if (!v)
 		return -ENOMEM;
 	for (off = 0; off < log_len; off += VHDX_LOG_SECTOR) {
-		if (vhdx_log_entry_check(log, log_len, off, guid, &v[n].hdr) == 0) {
+		if (vhdx_log_entry_check(log, log_len, off, guid, &v[n].hdr) ==
+		    0) {
 			v[n].off = off;
 			n++;
 		}
@@ -289,6 +290,7 @@ uint32_t vhdx_log_entry_build(uint8_t *buf, uint64_t sequence, uint32_t tail,
 		memcpy(s + VHDX_LOGS_DATA, data[i] + 8, VHDX_LOGS_DATA_LEN);
 		le32_put(s + VHDX_LOGS_SEQ_LOW, (uint32_t)sequence);
 	}
-	le32_put(buf + VHDX_LOGE_CHECKSUM, vhdx_checksum(buf, len, VHDX_LOGE_CHECKSUM));
+	le32_put(buf + VHDX_LOGE_CHECKSUM,
+		 vhdx_checksum(buf, len, VHDX_LOGE_CHECKSUM));
 	return len;
 }

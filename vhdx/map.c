@@ -32,7 +32,8 @@ uint8_t *vhdx_get_bitmap(struct vhdx_image *img, uint64_t chunk, int *err)
 		if (!bm)
 			*err = -ENOMEM;
 		else
-			__atomic_store_n(&img->bitmaps[chunk], bm, __ATOMIC_RELEASE);
+			__atomic_store_n(&img->bitmaps[chunk], bm,
+					 __ATOMIC_RELEASE);
 		goto out;
 	}
 	bm = malloc(VHDX_SECTOR_BITMAP_SIZE);
@@ -40,7 +41,8 @@ uint8_t *vhdx_get_bitmap(struct vhdx_image *img, uint64_t chunk, int *err)
 		*err = -ENOMEM;
 		goto out;
 	}
-	ret = vhdx_file_read(img, bm, VHDX_SECTOR_BITMAP_SIZE, vhdx_bat_file_offset(e));
+	ret = vhdx_file_read(img, bm, VHDX_SECTOR_BITMAP_SIZE,
+			     vhdx_bat_file_offset(e));
 	if (ret) {
 		free(bm);
 		bm = NULL;
@@ -74,8 +76,9 @@ static int block_run(struct vhdx_image *img, uint64_t off, uint64_t end,
 
 	if (block_end > end)
 		block_end = end;
-	e = __atomic_load_n(&img->bat[vhdx_bat_payload_index(j, in->chunk_ratio)],
-			    __ATOMIC_ACQUIRE);
+	e = __atomic_load_n(
+		&img->bat[vhdx_bat_payload_index(j, in->chunk_ratio)],
+		__ATOMIC_ACQUIRE);
 	st = vhdx_bat_state(e);
 	ext->off = off;
 	ext->len = block_end - off;
@@ -172,8 +175,8 @@ static bool can_merge(const struct vhdx_extent *a, const struct vhdx_extent *b)
 	return a->kind != VHDX_EXT_MEM;
 }
 
-int vhdx_map(struct vhdx_image *img, uint64_t off, uint64_t len,
-	     unsigned flags, struct vhdx_extent *ext)
+int vhdx_map(struct vhdx_image *img, uint64_t off, uint64_t len, unsigned flags,
+	     struct vhdx_extent *ext)
 {
 	uint64_t vsize = img->info.virtual_size, end;
 	struct vhdx_extent next;

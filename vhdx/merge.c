@@ -23,7 +23,6 @@
 
 #define COPY_CHUNK (4 * MiB)
 
-
 static int write_marker(const char *marker, const char *parent)
 {
 	char tmp[PATH_MAX + 16];
@@ -68,7 +67,8 @@ static int read_marker(const char *marker, char *parent, size_t len)
 
 /* Copy every run the child holds itself into the parent. */
 static int copy_runs(struct vhdx_image *child, struct vhdx_image *parent,
-		     vhdx_progress_fn progress, void *ctx, struct vhdx_error *err)
+		     vhdx_progress_fn progress, void *ctx,
+		     struct vhdx_error *err)
 {
 	uint64_t size = child->info.virtual_size;
 	struct vhdx_map_iter it;
@@ -86,22 +86,32 @@ static int copy_runs(struct vhdx_image *child, struct vhdx_image *parent,
 		case VHDX_EXT_DATA:
 		case VHDX_EXT_MEM:
 			while (done < e.len) {
-				n = e.len - done < COPY_CHUNK ? e.len - done : COPY_CHUNK;
+				n = e.len - done < COPY_CHUNK ? e.len - done
+							      : COPY_CHUNK;
 				if (e.kind == VHDX_EXT_MEM) {
-					memcpy(buf, (const uint8_t *)e.mem + done, n);
+					memcpy(buf,
+					       (const uint8_t *)e.mem + done,
+					       n);
 				} else {
-					ret = vhdx_file_read(child, buf, n, e.file_off + done);
+					ret = vhdx_file_read(child, buf, n,
+							     e.file_off + done);
 					if (ret) {
-						vhdx_fail(err, ret, child->path, "read at %llu: %s",
-						     (unsigned long long)(e.file_off + done),
-						     strerror(-ret));
+						vhdx_fail(
+							err, ret, child->path,
+							"read at %llu: %s",
+							(unsigned long long)(e.file_off +
+									     done),
+							strerror(-ret));
 						goto out;
 					}
 				}
 				ret = vhdx_pwrite(parent, buf, n, e.off + done);
 				if (ret) {
-					vhdx_fail(err, ret, parent->path, "write at %llu: %s",
-					     (unsigned long long)(e.off + done), strerror(-ret));
+					vhdx_fail(err, ret, parent->path,
+						  "write at %llu: %s",
+						  (unsigned long long)(e.off +
+								       done),
+						  strerror(-ret));
 					goto out;
 				}
 				done += n;
@@ -112,8 +122,10 @@ static int copy_runs(struct vhdx_image *child, struct vhdx_image *parent,
 		case VHDX_EXT_ZERO:
 			ret = vhdx_write_zeroes(parent, e.off, e.len);
 			if (ret) {
-				vhdx_fail(err, ret, parent->path, "zeroing at %llu: %s",
-				     (unsigned long long)e.off, strerror(-ret));
+				vhdx_fail(err, ret, parent->path,
+					  "zeroing at %llu: %s",
+					  (unsigned long long)e.off,
+					  strerror(-ret));
 				goto out;
 			}
 			break;
@@ -122,14 +134,15 @@ static int copy_runs(struct vhdx_image *child, struct vhdx_image *parent,
 		}
 	}
 	if (ret < 0)
-		vhdx_fail(err, ret, child->path, "mapping failed: %s", strerror(-ret));
+		vhdx_fail(err, ret, child->path, "mapping failed: %s",
+			  strerror(-ret));
 out:
 	free(buf);
 	return ret < 0 ? ret : 0;
 }
 
-int vhdx_merge(const char *child_path, unsigned flags, vhdx_progress_fn progress,
-	       void *ctx, struct vhdx_error *err)
+int vhdx_merge(const char *child_path, unsigned flags,
+	       vhdx_progress_fn progress, void *ctx, struct vhdx_error *err)
 {
 	struct vhdx_image *child = NULL, *parent = NULL;
 	struct vhdx_error perr;
@@ -139,13 +152,16 @@ int vhdx_merge(const char *child_path, unsigned flags, vhdx_progress_fn progress
 
 	if (err)
 		err->msg[0] = '\0';
-	if (snprintf(marker, sizeof(marker), "%s.merging", child_path) >= (int)sizeof(marker))
-		return vhdx_fail(err, -ENAMETOOLONG, child_path, "path too long");
+	if (snprintf(marker, sizeof(marker), "%s.merging", child_path) >=
+	    (int)sizeof(marker))
+		return vhdx_fail(err, -ENAMETOOLONG, child_path,
+				 "path too long");
 	resuming = access(marker, F_OK) == 0;
 	if (resuming) {
 		ret = read_marker(marker, ppath, sizeof(ppath));
 		if (ret)
-			return vhdx_fail(err, ret, marker, "unreadable merge marker");
+			return vhdx_fail(err, ret, marker,
+					 "unreadable merge marker");
 		if (access(child_path, F_OK)) {
 			/* Crashed after the child was removed: finished. */
 			unlink(marker);
@@ -155,16 +171,19 @@ int vhdx_merge(const char *child_path, unsigned flags, vhdx_progress_fn progress
 		if (ret)
 			return ret;
 	} else {
-		ret = vhdx_open(child_path, flags & VHDX_OPEN_IGNORE_LINKAGE, &child, err);
+		ret = vhdx_open(child_path, flags & VHDX_OPEN_IGNORE_LINKAGE,
+				&child, err);
 		if (ret)
 			return ret;
 		if (!child->info.has_parent) {
-			ret = vhdx_fail(err, -EINVAL, child_path,
-				   "not a differencing disk: nothing to merge");
+			ret = vhdx_fail(
+				err, -EINVAL, child_path,
+				"not a differencing disk: nothing to merge");
 			goto out;
 		}
 		if (!realpath(child->info.parent_path, ppath)) {
-			ret = vhdx_fail(err, -errno, child->info.parent_path, "%s", strerror(errno));
+			ret = vhdx_fail(err, -errno, child->info.parent_path,
+					"%s", strerror(errno));
 			goto out;
 		}
 		/* The chain stays open only for the checks above. */
@@ -175,17 +194,21 @@ int vhdx_merge(const char *child_path, unsigned flags, vhdx_progress_fn progress
 			return ret;
 		ret = write_marker(marker, ppath);
 		if (ret) {
-			vhdx_fail(err, ret, marker, "cannot write merge marker: %s", strerror(-ret));
+			vhdx_fail(err, ret, marker,
+				  "cannot write merge marker: %s",
+				  strerror(-ret));
 			goto out;
 		}
 	}
-	ret = vhdx_open(ppath, VHDX_OPEN_RDWR | VHDX_OPEN_IGNORE_LINKAGE, &parent, &perr);
+	ret = vhdx_open(ppath, VHDX_OPEN_RDWR | VHDX_OPEN_IGNORE_LINKAGE,
+			&parent, &perr);
 	if (ret) {
 		vhdx_fail(err, ret, child_path, "parent %s", perr.msg);
 		goto out;
 	}
 	if (parent->info.virtual_size < child->info.virtual_size) {
-		ret = vhdx_fail(err, -EINVAL, child_path, "parent %s is smaller than the child", ppath);
+		ret = vhdx_fail(err, -EINVAL, child_path,
+				"parent %s is smaller than the child", ppath);
 		goto out;
 	}
 	ret = copy_runs(child, parent, progress, ctx, err);
@@ -200,8 +223,9 @@ int vhdx_merge(const char *child_path, unsigned flags, vhdx_progress_fn progress
 	vhdx_close(child);
 	child = NULL;
 	if (unlink(child_path) && errno != ENOENT) {
-		ret = vhdx_fail(err, -errno, child_path, "cannot remove after merging: %s",
-			   strerror(errno));
+		ret = vhdx_fail(err, -errno, child_path,
+				"cannot remove after merging: %s",
+				strerror(errno));
 		goto out;
 	}
 	ret = vhdx_fsync_parent_dir(child_path);
@@ -210,7 +234,8 @@ int vhdx_merge(const char *child_path, unsigned flags, vhdx_progress_fn progress
 	if (!ret)
 		ret = vhdx_fsync_parent_dir(marker);
 	if (ret)
-		vhdx_fail(err, ret, marker, "cannot remove merge marker: %s", strerror(-ret));
+		vhdx_fail(err, ret, marker, "cannot remove merge marker: %s",
+			  strerror(-ret));
 out:
 	vhdx_close(parent);
 	vhdx_close(child);

@@ -24,12 +24,17 @@ static const struct {
 	const char *name;
 	uint32_t length; /* exact length, 0 = variable */
 } known_items[MD_KNOWN_COUNT] = {
-	[MD_FILE_PARAMETERS] = { VHDX_MD_FILE_PARAMETERS_STR, "file parameters", 8 },
-	[MD_VIRTUAL_DISK_SIZE] = { VHDX_MD_VIRTUAL_DISK_SIZE_STR, "virtual disk size", 8 },
+	[MD_FILE_PARAMETERS] = { VHDX_MD_FILE_PARAMETERS_STR, "file parameters",
+				 8 },
+	[MD_VIRTUAL_DISK_SIZE] = { VHDX_MD_VIRTUAL_DISK_SIZE_STR,
+				   "virtual disk size", 8 },
 	[MD_PAGE83] = { VHDX_MD_PAGE83_STR, "page 83 data", 16 },
-	[MD_LOGICAL_SECTOR] = { VHDX_MD_LOGICAL_SECTOR_STR, "logical sector size", 4 },
-	[MD_PHYSICAL_SECTOR] = { VHDX_MD_PHYSICAL_SECTOR_STR, "physical sector size", 4 },
-	[MD_PARENT_LOCATOR] = { VHDX_MD_PARENT_LOCATOR_STR, "parent locator", 0 },
+	[MD_LOGICAL_SECTOR] = { VHDX_MD_LOGICAL_SECTOR_STR,
+				"logical sector size", 4 },
+	[MD_PHYSICAL_SECTOR] = { VHDX_MD_PHYSICAL_SECTOR_STR,
+				 "physical sector size", 4 },
+	[MD_PARENT_LOCATOR] = { VHDX_MD_PARENT_LOCATOR_STR, "parent locator",
+				0 },
 };
 
 static int known_index(const struct vhdx_guid *g)
@@ -51,8 +56,9 @@ static bool is_pow2(uint64_t v)
 }
 
 int vhdx_metadata_parse(const uint8_t *region, size_t len,
-			struct vhdx_params *p, struct vhdx_metadata_info **items,
-			unsigned *count, const char **why)
+			struct vhdx_params *p,
+			struct vhdx_metadata_info **items, unsigned *count,
+			const char **why)
 {
 	const uint8_t *item[MD_KNOWN_COUNT] = { 0 };
 	uint32_t item_len[MD_KNOWN_COUNT] = { 0 };
@@ -114,7 +120,8 @@ int vhdx_metadata_parse(const uint8_t *region, size_t len,
 			*why = "a metadata item is listed twice";
 			goto out;
 		}
-		if (known_items[k].length && t[i].length != known_items[k].length) {
+		if (known_items[k].length &&
+		    t[i].length != known_items[k].length) {
 			*why = "a metadata item has the wrong length";
 			goto out;
 		}
@@ -140,7 +147,8 @@ int vhdx_metadata_parse(const uint8_t *region, size_t len,
 	}
 	if (item[MD_PARENT_LOCATOR]) {
 		p->has_locator = true;
-		p->locator_offset = (uint32_t)(item[MD_PARENT_LOCATOR] - region);
+		p->locator_offset =
+			(uint32_t)(item[MD_PARENT_LOCATOR] - region);
 		p->locator_length = item_len[MD_PARENT_LOCATOR];
 	}
 
@@ -191,7 +199,8 @@ char *vhdx_utf16le_to_utf8(const uint8_t *s, size_t len)
 			uint32_t lo = le16_get(s + 2 * i + 2);
 
 			if (lo >= 0xDC00 && lo <= 0xDFFF) {
-				c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00);
+				c = 0x10000 + ((c - 0xD800) << 10) +
+				    (lo - 0xDC00);
 				i++;
 			} else {
 				c = 0xFFFD;
@@ -243,7 +252,9 @@ int vhdx_locator_parse(const uint8_t *buf, size_t len,
 		return -EINVAL;
 	}
 	n = le16_get(buf + 18);
-	if ((uint64_t)VHDX_LOCATOR_HDR_SIZE + (uint64_t)n * VHDX_LOCATOR_ENTRY_SIZE > len) {
+	if ((uint64_t)VHDX_LOCATOR_HDR_SIZE +
+		    (uint64_t)n * VHDX_LOCATOR_ENTRY_SIZE >
+	    len) {
 		*why = "parent locator entries run past its end";
 		return -EINVAL;
 	}

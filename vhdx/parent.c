@@ -43,7 +43,8 @@ static bool is_file(const char *p)
 {
 	struct stat st;
 
-	return p && stat(p, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
+	return p && stat(p, &st) == 0 &&
+	       (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
 }
 
 /*
@@ -57,9 +58,12 @@ static bool is_file(const char *p)
 static char *find_parent(const struct vhdx_image *img, char *descr, size_t dlen)
 {
 	const struct vhdx_info *in = &img->info;
-	const char *rel = vhdx_locator_get(in->locator, in->locator_count, "relative_path");
-	const char *abs = vhdx_locator_get(in->locator, in->locator_count, "absolute_win32_path");
-	const char *vol = vhdx_locator_get(in->locator, in->locator_count, "volume_path");
+	const char *rel = vhdx_locator_get(in->locator, in->locator_count,
+					   "relative_path");
+	const char *abs = vhdx_locator_get(in->locator, in->locator_count,
+					   "absolute_win32_path");
+	const char *vol =
+		vhdx_locator_get(in->locator, in->locator_count, "volume_path");
 	char *tmp = strdup(img->path), *dir, *cand = NULL, *conv;
 	size_t used = 0;
 
@@ -69,12 +73,14 @@ static char *find_parent(const struct vhdx_image *img, char *descr, size_t dlen)
 	dir = dirname(tmp);
 	if (rel) {
 		conv = win_to_posix(rel);
-		cand = conv ? (conv[0] == '/' ? strdup(conv) : join(dir, conv)) : NULL;
+		cand = conv ? (conv[0] == '/' ? strdup(conv) : join(dir, conv))
+			    : NULL;
 		free(conv);
 		if (is_file(cand))
 			goto found;
 		used += (size_t)snprintf(descr + used, dlen - used,
-					 "relative_path '%s' (%s)", rel, cand ? cand : "?");
+					 "relative_path '%s' (%s)", rel,
+					 cand ? cand : "?");
 		free(cand);
 		cand = NULL;
 	}
@@ -85,8 +91,10 @@ static char *find_parent(const struct vhdx_image *img, char *descr, size_t dlen)
 		cand = join(dir, base);
 		if (is_file(cand))
 			goto found;
-		used += (size_t)snprintf(descr + used, dlen - used, "%sabsolute_win32_path '%s' (%s)",
-					 used ? ", " : "", abs, cand ? cand : "?");
+		used += (size_t)snprintf(descr + used, dlen - used,
+					 "%sabsolute_win32_path '%s' (%s)",
+					 used ? ", " : "", abs,
+					 cand ? cand : "?");
 		free(cand);
 		cand = NULL;
 	}
@@ -117,12 +125,15 @@ static char *find_parent(const struct vhdx_image *img, char *descr, size_t dlen)
 		}
 		free(d);
 		free(conv);
-		used += (size_t)snprintf(descr + used, dlen - used,
-					 "%svolume_path '%s' (its path under %s and each parent directory)",
-					 used ? ", " : "", vol, dir);
+		used += (size_t)snprintf(
+			descr + used, dlen - used,
+			"%svolume_path '%s' (its path under %s and each parent directory)",
+			used ? ", " : "", vol, dir);
 	}
 	if (!rel && !abs && !vol)
-		snprintf(descr, dlen, "the parent locator has no relative_path, absolute_win32_path or volume_path");
+		snprintf(
+			descr, dlen,
+			"the parent locator has no relative_path, absolute_win32_path or volume_path");
 	free(tmp);
 	return NULL;
 found:
@@ -139,20 +150,24 @@ found:
 int vhdx_parent_locate(struct vhdx_image *img, struct vhdx_error *err)
 {
 	const struct vhdx_info *in = &img->info;
-	const char *link1 = vhdx_locator_get(in->locator, in->locator_count, "parent_linkage");
+	const char *link1 = vhdx_locator_get(in->locator, in->locator_count,
+					     "parent_linkage");
 	char where[VHDX_ERR_LEN - 64];
 	struct vhdx_guid g1;
 	char *ppath;
 
 	if (img->depth + 1 >= VHDX_MAX_CHAIN)
 		return vhdx_fail(err, -ELOOP, img->path,
-			    "parent chain is deeper than %d (a loop?)", VHDX_MAX_CHAIN);
+				 "parent chain is deeper than %d (a loop?)",
+				 VHDX_MAX_CHAIN);
 	if (!link1 || vhdx_guid_parse(link1, &g1))
-		return vhdx_fail(err, -EINVAL, img->path,
-			    "parent locator has no valid parent_linkage GUID");
+		return vhdx_fail(
+			err, -EINVAL, img->path,
+			"parent locator has no valid parent_linkage GUID");
 	ppath = find_parent(img, where, sizeof(where));
 	if (!ppath)
-		return vhdx_fail(err, -ENOENT, img->path, "parent not found: looked for %s", where);
+		return vhdx_fail(err, -ENOENT, img->path,
+				 "parent not found: looked for %s", where);
 	img->info.parent_path = ppath;
 	return 0;
 }
@@ -162,8 +177,10 @@ int vhdx_parent_check(const struct vhdx_image *img,
 		      struct vhdx_error *err)
 {
 	const struct vhdx_info *in = &img->info;
-	const char *link1 = vhdx_locator_get(in->locator, in->locator_count, "parent_linkage");
-	const char *link2 = vhdx_locator_get(in->locator, in->locator_count, "parent_linkage2");
+	const char *link1 = vhdx_locator_get(in->locator, in->locator_count,
+					     "parent_linkage");
+	const char *link2 = vhdx_locator_get(in->locator, in->locator_count,
+					     "parent_linkage2");
 	const char *ppath = in->parent_path;
 	struct vhdx_guid g1, g2, pdw;
 
@@ -171,31 +188,34 @@ int vhdx_parent_check(const struct vhdx_image *img,
 	vhdx_guid_parse(link1, &g1);
 	pdw = parent->info.header[parent->info.current_header].data_write_guid;
 	if (!vhdx_guid_equal(&g1, &pdw) &&
-	    !(link2 && !vhdx_guid_parse(link2, &g2) && vhdx_guid_equal(&g2, &pdw)) &&
+	    !(link2 && !vhdx_guid_parse(link2, &g2) &&
+	      vhdx_guid_equal(&g2, &pdw)) &&
 	    !(flags & VHDX_OPEN_IGNORE_LINKAGE)) {
 		char a[VHDX_GUID_STR_LEN];
 
 		vhdx_guid_format(&pdw, a);
-		return vhdx_fail(err, -ESTALE, img->path,
-			    "parent %s has DataWriteGuid {%s} but parent_linkage is %s: the parent changed since this disk was made (--ignore-parent-linkage reads it anyway)",
-			    ppath, a, link1);
+		return vhdx_fail(
+			err, -ESTALE, img->path,
+			"parent %s has DataWriteGuid {%s} but parent_linkage is %s: the parent changed since this disk was made (--ignore-parent-linkage reads it anyway)",
+			ppath, a, link1);
 	}
 	if (parent->info.logical_sector_size != in->logical_sector_size)
-		return vhdx_fail(err, -EINVAL, img->path,
-			    "parent %s has %u-byte logical sectors, this disk %u",
-			    ppath, parent->info.logical_sector_size,
-			    in->logical_sector_size);
+		return vhdx_fail(
+			err, -EINVAL, img->path,
+			"parent %s has %u-byte logical sectors, this disk %u",
+			ppath, parent->info.logical_sector_size,
+			in->logical_sector_size);
 	return 0;
 }
 
-int vhdx_parent_check_loop(const struct vhdx_image *img,
-			   struct vhdx_error *err)
+int vhdx_parent_check_loop(const struct vhdx_image *img, struct vhdx_error *err)
 {
 	const struct vhdx_image *b;
 
 	for (b = img->below; b; b = b->below)
 		if (b->dev == img->dev && b->ino == img->ino)
 			return vhdx_fail(err, -ELOOP, img->path,
-				    "the parent chain loops back to %s", b->path);
+					 "the parent chain loops back to %s",
+					 b->path);
 	return 0;
 }

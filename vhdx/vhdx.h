@@ -41,7 +41,9 @@ struct vhdx_guid {
 uint32_t vhdx_crc32c(const void *buf, size_t len);
 uint32_t vhdx_crc32c_update(uint32_t crc, const void *buf, size_t len);
 
-#define VHDX_GUID_STR_LEN 37 /* "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" + NUL */
+#define VHDX_GUID_STR_LEN                                  \
+	37 /* "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" + NUL \
+	    */
 
 void vhdx_guid_format(const struct vhdx_guid *g, char out[VHDX_GUID_STR_LEN]);
 /* Accepts the plain or {braced} form; returns 0 or -EINVAL. */
@@ -145,7 +147,7 @@ struct vhdx_info {
 	uint64_t chunk_ratio;
 	uint64_t payload_blocks;
 	uint64_t bat_entries;
-	uint64_t block_states[8];     /* payload blocks by state */
+	uint64_t block_states[8];	/* payload blocks by state */
 	uint64_t bitmap_blocks_present; /* sector-bitmap entries in state 6 */
 
 	/* Parent locator (differencing disks only). */
@@ -216,10 +218,11 @@ int vhdx_bat_entry(const struct vhdx_image *img, uint64_t i, uint64_t *entry);
 /* --- The extent map ---------------------------------------------------- */
 
 enum vhdx_ext_kind {
-	VHDX_EXT_DATA,    /* bytes at file_off in fd */
-	VHDX_EXT_MEM,     /* bytes at mem (a sector replayed from the log) */
-	VHDX_EXT_ZERO,    /* reads as zeros: ZERO, UNMAPPED, UNDEFINED blocks */
-	VHDX_EXT_UNALLOC, /* never allocated (NOT_PRESENT at the chain's base) */
+	VHDX_EXT_DATA,	  /* bytes at file_off in fd */
+	VHDX_EXT_MEM,	  /* bytes at mem (a sector replayed from the log) */
+	VHDX_EXT_ZERO,	  /* reads as zeros: ZERO, UNMAPPED, UNDEFINED blocks */
+	VHDX_EXT_UNALLOC, /* never allocated (NOT_PRESENT at the chain's base)
+			   */
 	VHDX_EXT_PARENT,  /* from the parent (only with VHDX_MAP_NO_RESOLVE) */
 };
 
@@ -227,10 +230,11 @@ struct vhdx_extent {
 	uint64_t off; /* virtual offset */
 	uint64_t len;
 	enum vhdx_ext_kind kind;
-	int fd;                          /* DATA */
-	uint64_t file_off;               /* DATA */
-	const void *mem;                 /* MEM */
-	const struct vhdx_image *source; /* image in the chain that supplies it */
+	int fd;		   /* DATA */
+	uint64_t file_off; /* DATA */
+	const void *mem;   /* MEM */
+	const struct vhdx_image
+		*source; /* image in the chain that supplies it */
 };
 
 enum {
@@ -245,8 +249,8 @@ enum {
  * -EINVAL when OFF is at or past the end, or another negative errno (for
  * example -EIO when a sector bitmap cannot be read).  Thread-safe.
  */
-int vhdx_map(struct vhdx_image *img, uint64_t off, uint64_t len,
-	     unsigned flags, struct vhdx_extent *ext);
+int vhdx_map(struct vhdx_image *img, uint64_t off, uint64_t len, unsigned flags,
+	     struct vhdx_extent *ext);
 
 struct vhdx_map_iter {
 	struct vhdx_image *img;
@@ -282,18 +286,17 @@ static inline int vhdx_map_next(struct vhdx_map_iter *it,
 
 /* Read LEN virtual bytes at OFF (clipped to the virtual size) through the
  * extent map.  Returns the number of bytes read or a negative errno. */
-ssize_t vhdx_pread(struct vhdx_image *img, void *buf, size_t len,
-		   uint64_t off);
+ssize_t vhdx_pread(struct vhdx_image *img, void *buf, size_t len, uint64_t off);
 
 /* --- Creating and writing (create.c, write.c, merge.c) ------------------ */
 
 struct vhdx_create_opts {
-	uint64_t virtual_size;         /* bytes; ignored for a child (parent's) */
-	uint32_t block_size;           /* 0: 32 MiB (2 MiB for a child) */
+	uint64_t virtual_size; /* bytes; ignored for a child (parent's) */
+	uint32_t block_size;   /* 0: 32 MiB (2 MiB for a child) */
 	uint32_t logical_sector_size;  /* 0: 512 (a child takes its parent's) */
 	uint32_t physical_sector_size; /* 0: 4096 */
-	bool fixed;                    /* allocate every block up front */
-	const char *parent;            /* make a differencing child of this */
+	bool fixed;		       /* allocate every block up front */
+	const char *parent;	       /* make a differencing child of this */
 };
 
 /*

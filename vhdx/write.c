@@ -68,7 +68,8 @@ static int mark_dirty(struct vhdx_image *img, uint64_t sector_off)
 		if (img->dirty[i] == sector_off)
 			return 0;
 	if (img->ndirty == img->dirty_cap) {
-		uint64_t *d = realloc(img->dirty, 2 * img->dirty_cap * sizeof(*d));
+		uint64_t *d =
+			realloc(img->dirty, 2 * img->dirty_cap * sizeof(*d));
 
 		if (!d)
 			return -ENOMEM;
@@ -90,7 +91,8 @@ static int set_bat(struct vhdx_image *img, uint64_t idx, uint64_t entry)
 /* Append LEN bytes of zeros at the next 1 MiB boundary of the file. */
 static int alloc_space(struct vhdx_image *img, uint64_t len, uint64_t *off)
 {
-	uint64_t at = (img->info.file_size + VHDX_ALIGN - 1) / VHDX_ALIGN * VHDX_ALIGN;
+	uint64_t at = (img->info.file_size + VHDX_ALIGN - 1) / VHDX_ALIGN *
+		      VHDX_ALIGN;
 
 	if (ftruncate(img->fd, (off_t)(at + len)))
 		return -errno;
@@ -101,8 +103,8 @@ static int alloc_space(struct vhdx_image *img, uint64_t len, uint64_t *off)
 	return 0;
 }
 
-static int write_range(struct vhdx_image *img, uint64_t off, const uint8_t *data,
-		       uint64_t len)
+static int write_range(struct vhdx_image *img, uint64_t off,
+		       const uint8_t *data, uint64_t len)
 {
 	uint64_t done = 0, n;
 	int ret;
@@ -150,7 +152,8 @@ static int bitmap_offset(struct vhdx_image *img, uint64_t chunk, uint64_t *off)
 static int set_bits(struct vhdx_image *img, uint64_t first, uint64_t count)
 {
 	uint64_t chunk = first / VHDX_SECTORS_PER_CHUNK;
-	uint64_t base = chunk * VHDX_SECTORS_PER_CHUNK, boff = 0, i, s, last_sec = UINT64_MAX;
+	uint64_t base = chunk * VHDX_SECTORS_PER_CHUNK, boff = 0, i, s,
+		 last_sec = UINT64_MAX;
 	uint8_t *bm;
 	int ret = 0;
 
@@ -161,7 +164,8 @@ static int set_bits(struct vhdx_image *img, uint64_t first, uint64_t count)
 	if (!bm)
 		return ret;
 	for (i = first - base; i < first - base + count; i++) {
-		__atomic_fetch_or(&bm[i >> 3], (uint8_t)(1u << (i & 7)), __ATOMIC_RELEASE);
+		__atomic_fetch_or(&bm[i >> 3], (uint8_t)(1u << (i & 7)),
+				  __ATOMIC_RELEASE);
 		s = (i >> 3) / VHDX_LOG_SECTOR;
 		if (s != last_sec) {
 			ret = mark_dirty(img, boff + s * VHDX_LOG_SECTOR);
@@ -192,7 +196,8 @@ static int write_block(struct vhdx_image *img, uint64_t j, uint64_t in_block,
 	case VHDX_PAYLOAD_FULLY_PRESENT:
 	case VHDX_PAYLOAD_PARTIALLY_PRESENT:
 		if (whole && zero && !in->leave_blocks_allocated)
-			return set_bat(img, idx, vhdx_bat_make(VHDX_PAYLOAD_ZERO, 0));
+			return set_bat(img, idx,
+				       vhdx_bat_make(VHDX_PAYLOAD_ZERO, 0));
 		off = vhdx_bat_file_offset(e);
 		ret = write_range(img, off + in_block, data, n);
 		if (ret)
@@ -200,28 +205,40 @@ static int write_block(struct vhdx_image *img, uint64_t j, uint64_t in_block,
 		if (st == VHDX_PAYLOAD_FULLY_PRESENT)
 			return 0;
 		if (whole)
-			return set_bat(img, idx, vhdx_bat_make(VHDX_PAYLOAD_FULLY_PRESENT, off));
-		return set_bits(img, (j * bs + in_block) / in->logical_sector_size,
+			return set_bat(
+				img, idx,
+				vhdx_bat_make(VHDX_PAYLOAD_FULLY_PRESENT, off));
+		return set_bits(img,
+				(j * bs + in_block) / in->logical_sector_size,
 				n / in->logical_sector_size);
 	case VHDX_PAYLOAD_NOT_PRESENT:
 	case VHDX_PAYLOAD_UNDEFINED:
 		if (diff) {
 			if (whole && zero)
-				return set_bat(img, idx, vhdx_bat_make(VHDX_PAYLOAD_ZERO, 0));
+				return set_bat(
+					img, idx,
+					vhdx_bat_make(VHDX_PAYLOAD_ZERO, 0));
 			ret = alloc_space(img, bs, &off);
 			if (!ret)
 				ret = write_range(img, off + in_block, data, n);
 			if (ret)
 				return ret;
 			if (whole)
-				return set_bat(img, idx,
-					       vhdx_bat_make(VHDX_PAYLOAD_FULLY_PRESENT, off));
-			ret = set_bits(img, (j * bs + in_block) / in->logical_sector_size,
+				return set_bat(
+					img, idx,
+					vhdx_bat_make(
+						VHDX_PAYLOAD_FULLY_PRESENT,
+						off));
+			ret = set_bits(img,
+				       (j * bs + in_block) /
+					       in->logical_sector_size,
 				       n / in->logical_sector_size);
 			if (ret)
 				return ret;
-			return set_bat(img, idx,
-				       vhdx_bat_make(VHDX_PAYLOAD_PARTIALLY_PRESENT, off));
+			return set_bat(
+				img, idx,
+				vhdx_bat_make(VHDX_PAYLOAD_PARTIALLY_PRESENT,
+					      off));
 		}
 		/* reads as zeros without a parent, like the states below */
 		__attribute__((fallthrough));
@@ -233,7 +250,8 @@ static int write_block(struct vhdx_image *img, uint64_t j, uint64_t in_block,
 			ret = write_range(img, off + in_block, data, n);
 		if (ret)
 			return ret;
-		return set_bat(img, idx, vhdx_bat_make(VHDX_PAYLOAD_FULLY_PRESENT, off));
+		return set_bat(img, idx,
+			       vhdx_bat_make(VHDX_PAYLOAD_FULLY_PRESENT, off));
 	}
 }
 
@@ -249,7 +267,9 @@ static int sector_image(struct vhdx_image *img, uint64_t off, uint8_t *buf)
 		if (ret)
 			return ret;
 		first = (off - in->bat_offset) / 8;
-		for (i = 0; i < VHDX_LOG_SECTOR / 8 && first + i < in->bat_entries; i++)
+		for (i = 0;
+		     i < VHDX_LOG_SECTOR / 8 && first + i < in->bat_entries;
+		     i++)
 			le64_put(buf + i * 8, img->bat[first + i]);
 		return 0;
 	}
@@ -265,8 +285,9 @@ static int sector_image(struct vhdx_image *img, uint64_t off, uint8_t *buf)
 			if (!bm)
 				return ret;
 			for (k = 0; k < VHDX_LOG_SECTOR; k++)
-				buf[k] = __atomic_load_n(&bm[off - vhdx_bat_file_offset(e) + k],
-							 __ATOMIC_RELAXED);
+				buf[k] = __atomic_load_n(
+					&bm[off - vhdx_bat_file_offset(e) + k],
+					__ATOMIC_RELAXED);
 			return 0;
 		}
 	}
@@ -292,7 +313,8 @@ static int new_log_guid(struct vhdx_image *img)
 
 static int commit(struct vhdx_image *img)
 {
-	const struct vhdx_header_info *cur = &img->info.header[img->info.current_header];
+	const struct vhdx_header_info *cur =
+		&img->info.header[img->info.current_header];
 	uint32_t log_len = cur->log_length, len;
 	unsigned max_desc, done = 0, n, i;
 	uint64_t *offs = NULL;
@@ -311,7 +333,8 @@ static int commit(struct vhdx_image *img)
 		if (ret)
 			return ret;
 	}
-	for (max_desc = 1; vhdx_log_entry_size(max_desc + 1) <= log_len && max_desc < 1024;)
+	for (max_desc = 1;
+	     vhdx_log_entry_size(max_desc + 1) <= log_len && max_desc < 1024;)
 		max_desc++;
 	offs = calloc(max_desc, sizeof(*offs));
 	ptrs = calloc(max_desc, sizeof(*ptrs));
@@ -322,11 +345,14 @@ static int commit(struct vhdx_image *img)
 		goto out;
 	}
 	while (done < img->ndirty) {
-		n = img->ndirty - done < max_desc ? img->ndirty - done : max_desc;
+		n = img->ndirty - done < max_desc ? img->ndirty - done
+						  : max_desc;
 		for (i = 0; i < n; i++) {
 			offs[i] = img->dirty[done + i];
 			ptrs[i] = sectors + (size_t)i * VHDX_LOG_SECTOR;
-			ret = sector_image(img, offs[i], sectors + (size_t)i * VHDX_LOG_SECTOR);
+			ret = sector_image(img, offs[i],
+					   sectors +
+						   (size_t)i * VHDX_LOG_SECTOR);
 			if (ret)
 				goto out;
 		}
@@ -341,14 +367,16 @@ static int commit(struct vhdx_image *img)
 				goto out;
 			cur = &img->info.header[img->info.current_header];
 		}
-		len = vhdx_log_entry_build(entry, img->log_seq, img->log_pos, &img->log_guid,
-					   img->info.file_size, img->info.file_size, n,
-					   offs, ptrs);
-		ret = vhdx_write_full(img->fd, entry, len, cur->log_offset + img->log_pos);
+		len = vhdx_log_entry_build(entry, img->log_seq, img->log_pos,
+					   &img->log_guid, img->info.file_size,
+					   img->info.file_size, n, offs, ptrs);
+		ret = vhdx_write_full(img->fd, entry, len,
+				      cur->log_offset + img->log_pos);
 		if (!ret && fdatasync(img->fd))
 			ret = -errno;
 		for (i = 0; !ret && i < n; i++)
-			ret = vhdx_write_full(img->fd, ptrs[i], VHDX_LOG_SECTOR, offs[i]);
+			ret = vhdx_write_full(img->fd, ptrs[i], VHDX_LOG_SECTOR,
+					      offs[i]);
 		if (!ret && fdatasync(img->fd))
 			ret = -errno;
 		if (ret)
@@ -375,9 +403,11 @@ static int write_locked(struct vhdx_image *img, const uint8_t *data,
 	ret = renew_guids(img);
 	while (!ret && done < len) {
 		uint64_t pos = off + done, j = pos / bs, in_block = pos % bs;
-		uint64_t n = bs - in_block < len - done ? bs - in_block : len - done;
+		uint64_t n =
+			bs - in_block < len - done ? bs - in_block : len - done;
 
-		ret = write_block(img, j, in_block, data ? data + done : NULL, n);
+		ret = write_block(img, j, in_block, data ? data + done : NULL,
+				  n);
 		done += n;
 	}
 	if (!ret && img->ndirty >= COMMIT_THRESHOLD)
@@ -434,7 +464,8 @@ out:
 	return ret;
 }
 
-int vhdx_pwrite(struct vhdx_image *img, const void *buf, size_t len, uint64_t off)
+int vhdx_pwrite(struct vhdx_image *img, const void *buf, size_t len,
+		uint64_t off)
 {
 	if (!buf)
 		return -EINVAL;

@@ -31,20 +31,20 @@ void note_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int parse_size(const char *s, uint64_t *out);
 
 /* The commands, by file: one file per command or command group. */
-int cmd_inspect(int argc, char **argv);      /* cmd_inspect.c */
-int cmd_mount(int argc, char **argv);        /* cmd_mount.c */
+int cmd_inspect(int argc, char **argv); /* cmd_inspect.c */
+int cmd_mount(int argc, char **argv);	/* cmd_mount.c */
 int cmd_umount(int argc, char **argv);
-int cmd_create(int argc, char **argv);       /* cmd_create.c */
+int cmd_create(int argc, char **argv); /* cmd_create.c */
 int cmd_merge(int argc, char **argv);
-int cmd_dm_table(int argc, char **argv);     /* cmd_dm.c */
+int cmd_dm_table(int argc, char **argv); /* cmd_dm.c */
 int cmd_map(int argc, char **argv);
 int cmd_unmap(int argc, char **argv);
-int cmd_verify(int argc, char **argv);       /* cmd_verify.c */
-int cmd_serve(int argc, char **argv);        /* cmd_serve.c */
-int cmd_push(int argc, char **argv);         /* cmd_push.c */
-int cmd_keygen(int argc, char **argv);       /* cmd_keygen.c */
-int cmd_agent(int argc, char **argv);        /* cmd_agent.c */
-int cmd_resync(int argc, char **argv);       /* cmd_control.c */
+int cmd_verify(int argc, char **argv); /* cmd_verify.c */
+int cmd_serve(int argc, char **argv);  /* cmd_serve.c */
+int cmd_push(int argc, char **argv);   /* cmd_push.c */
+int cmd_keygen(int argc, char **argv); /* cmd_keygen.c */
+int cmd_agent(int argc, char **argv);  /* cmd_agent.c */
+int cmd_resync(int argc, char **argv); /* cmd_control.c */
 int cmd_job(int argc, char **argv);
 int cmd_vm(int argc, char **argv);
 int cmd_mount_resync(int argc, char **argv); /* cmd_mount_resync.c */

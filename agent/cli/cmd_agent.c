@@ -15,15 +15,16 @@
 
 static void agent_usage(FILE *f)
 {
-	fprintf(f, "usage: %s\n\n"
-		   "Run the hvresync agent: serve this host's replica disks to peers and\n"
-		   "answer the control API (resync, job, vm) on its UNIX socket.\n\n"
-		   "  --config FILE         configuration (default %s)\n"
-		   "  -f, --foreground      stay in the foreground, log to stderr\n"
-		   "                        (journald's <N> priority prefixes)\n"
-		   "  --bwlimit RATE        limit each send to RATE bytes/s (K, M, G suffixes)\n"
-		   "  --job-retention SECS  how long finished jobs stay visible (default 300)\n",
-		   AGENT_USAGE, HVRESYNC_DEFAULT_CONFIG);
+	fprintf(f,
+		"usage: %s\n\n"
+		"Run the hvresync agent: serve this host's replica disks to peers and\n"
+		"answer the control API (resync, job, vm) on its UNIX socket.\n\n"
+		"  --config FILE         configuration (default %s)\n"
+		"  -f, --foreground      stay in the foreground, log to stderr\n"
+		"                        (journald's <N> priority prefixes)\n"
+		"  --bwlimit RATE        limit each send to RATE bytes/s (K, M, G suffixes)\n"
+		"  --job-retention SECS  how long finished jobs stay visible (default 300)\n",
+		AGENT_USAGE, HVRESYNC_DEFAULT_CONFIG);
 }
 
 /* Fills @o from argv; returns -1 to go on, else the exit code. */
@@ -59,7 +60,8 @@ static int parse_options(int argc, char **argv, struct agent_options *o)
 			break;
 		case 'r':
 			secs = strtol(optarg, &end, 10);
-			if (*end || end == optarg || secs < 0 || secs > 86400 * 7)
+			if (*end || end == optarg || secs < 0 ||
+			    secs > 86400 * 7)
 				die("--job-retention: '%s' is not a number of seconds (0-604800)",
 				    optarg);
 			break;

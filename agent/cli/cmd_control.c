@@ -22,13 +22,13 @@
 #include "agent/daemon/job.h"
 #include "agent/daemon/vmstate.h"
 
-#define RESYNC_USAGE \
+#define RESYNC_USAGE                                                            \
 	"hvresync resync VM [--start-time T] [--wait] [--timeout S] [--json]\n" \
 	"                [--config FILE | --control SOCKET]"
-#define JOB_USAGE \
+#define JOB_USAGE                                                                      \
 	"hvresync job list [--vm VM] | show ID | cancel ID | suspend ID | resume ID\n" \
 	"                [--wait] [--timeout S] [--json] [--config FILE | --control SOCKET]"
-#define VM_USAGE \
+#define VM_USAGE                                            \
 	"hvresync vm list | show VM | set-state VM STATE\n" \
 	"                [--json] [--config FILE | --control SOCKET]"
 
@@ -90,8 +90,10 @@ static int parse_opts(int argc, char **argv, struct opts *o, const char *usage,
 			break;
 		case 't':
 			o->timeout = strtod(optarg, &end);
-			if (*end || end == optarg || !(o->timeout > 0) || o->timeout > 86400 * 8)
-				die("--timeout: '%s' is not a number of seconds", optarg);
+			if (*end || end == optarg || !(o->timeout > 0) ||
+			    o->timeout > 86400 * 8)
+				die("--timeout: '%s' is not a number of seconds",
+				    optarg);
 			break;
 		case 'j':
 			o->json = true;
@@ -108,7 +110,8 @@ static int parse_opts(int argc, char **argv, struct opts *o, const char *usage,
 	}
 	if (o->config && o->control)
 		die("--config and --control name the socket twice: give one");
-	ret = control_resolve_socket(o->config, o->control, &o->sock, err, sizeof(err));
+	ret = control_resolve_socket(o->config, o->control, &o->sock, err,
+				     sizeof(err));
 	if (ret)
 		die("%s", err);
 	return optind;
@@ -205,7 +208,8 @@ static void print_object(const struct jv *o)
 			printf("\n  -");
 			for (m = 0; m < it->n; m++) {
 				printf(" %s=", it->keys[m]);
-				print_scalar(stdout, it->keys[m], &it->items[m]);
+				print_scalar(stdout, it->keys[m],
+					     &it->items[m]);
 			}
 		}
 		putchar('\n');
@@ -219,7 +223,8 @@ static void print_rv(unsigned rv, bool rsc)
 }
 
 /* Call and check; on a failure print and exit 2. */
-static struct jv *call_or_die(const struct opts *o, const char *what, const char *req)
+static struct jv *call_or_die(const struct opts *o, const char *what,
+			      const char *req)
 {
 	struct jv *reply = NULL;
 	char err[1024];
@@ -243,7 +248,8 @@ static struct jv *call_or_die(const struct opts *o, const char *what, const char
 			print_json(reply);
 		else
 			print_rv(rv, false);
-		die("%s: %u (%s)%s%s", what, rv, rv_name(rv), e ? ": " : "", e ? e : "");
+		die("%s: %u (%s)%s%s", what, rv, rv_name(rv), e ? ": " : "",
+		    e ? e : "");
 	}
 	return reply;
 }
@@ -296,7 +302,8 @@ static void on_poll(void *arg, const struct job *j)
 	progress_update(&wb->bar, done);
 }
 
-static int show_final_job(const struct opts *o, const char *id, unsigned rv_call)
+static int show_final_job(const struct opts *o, const char *id,
+			  unsigned rv_call)
 {
 	struct jv *reply;
 	const struct jv *inst, *st;
@@ -355,7 +362,8 @@ int cmd_resync(int argc, char **argv)
 		usage_die(RESYNC_USAGE);
 	args.vm = argv[i];
 	args.start_time = o.start_time;
-	rv = control_resynchronize(o.sock, &args, call_ms(&o), job, err, sizeof(err));
+	rv = control_resynchronize(o.sock, &args, call_ms(&o), job, err,
+				   sizeof(err));
 	if (rv != RV_JOB_STARTED && rv != RV_OK) {
 		if (o.json)
 			printf("{\"ReturnValue\": %u, \"Job\": null}\n", rv);
@@ -365,7 +373,8 @@ int cmd_resync(int argc, char **argv)
 	}
 	if (!o.wait) {
 		if (o.json) {
-			printf("{\"ReturnValue\": %u, \"Job\": \"%s\"}\n", rv, job);
+			printf("{\"ReturnValue\": %u, \"Job\": \"%s\"}\n", rv,
+			       job);
 		} else {
 			print_rv(rv, false);
 			printf("Job: %s\n", job);
@@ -375,14 +384,15 @@ int cmd_resync(int argc, char **argv)
 	}
 	memset(&wb, 0, sizeof(wb));
 	snprintf(wb.label, sizeof(wb.label), "resync %s", args.vm);
-	rv = control_wait_job(o.sock, job, (int)(o.timeout * 1000), on_poll, &wb, &final,
-			      err, sizeof(err));
+	rv = control_wait_job(o.sock, job, (int)(o.timeout * 1000), on_poll,
+			      &wb, &final, err, sizeof(err));
 	if (wb.started)
 		progress_finish(&wb.bar);
 	job_clear(&final);
 	if (rv) {
 		if (o.json)
-			printf("{\"ReturnValue\": %u, \"Job\": \"%s\"}\n", rv, job);
+			printf("{\"ReturnValue\": %u, \"Job\": \"%s\"}\n", rv,
+			       job);
 		else {
 			print_rv(rv, false);
 			printf("Job: %s\n", job);
@@ -400,27 +410,32 @@ static void print_job_table(const struct jv *jobs)
 {
 	size_t i;
 
-	printf("%-36s  %-16s  %-4s  %-24s  %4s  %s\n", "INSTANCEID", "VM", "TYPE",
-	       "STATE", "%", "SUBMITTED");
+	printf("%-36s  %-16s  %-4s  %-24s  %4s  %s\n", "INSTANCEID", "VM",
+	       "TYPE", "STATE", "%", "SUBMITTED");
 	for (i = 0; jobs && i < jobs->n; i++) {
 		const struct jv *j = &jobs->items[i];
-		const struct jv *id = jv_get(j, "InstanceID"), *vm = jv_get(j, "ElementName"),
-				*t = jv_get(j, "JobType"), *s = jv_get(j, "JobState"),
+		const struct jv *id = jv_get(j, "InstanceID"),
+				*vm = jv_get(j, "ElementName"),
+				*t = jv_get(j, "JobType"),
+				*s = jv_get(j, "JobState"),
 				*p = jv_get(j, "PercentComplete"),
 				*sub = jv_get(j, "TimeSubmitted");
 		char state[40];
 
-		snprintf(state, sizeof(state), "%lld %s", s ? (long long)s->i : 0LL,
+		snprintf(state, sizeof(state), "%lld %s",
+			 s ? (long long)s->i : 0LL,
 			 job_state_name(s ? (unsigned)s->i : 0));
 		printf("%-36s  %-16s  %-4lld  %-24s  %4lld  %s\n",
 		       id && id->type == JV_STRING ? id->s : "?",
-		       vm && vm->type == JV_STRING ? vm->s : "?", t ? (long long)t->i : 0LL,
-		       state, p ? (long long)p->i : 0LL,
+		       vm && vm->type == JV_STRING ? vm->s : "?",
+		       t ? (long long)t->i : 0LL, state,
+		       p ? (long long)p->i : 0LL,
 		       sub && sub->type == JV_STRING ? sub->s : "-");
 	}
 }
 
-static int job_change(struct opts *o, const char *id, unsigned requested, const char *verb)
+static int job_change(struct opts *o, const char *id, unsigned requested,
+		      const char *verb)
 {
 	char err[1024];
 	int64_t timeout = 0;
@@ -428,7 +443,8 @@ static int job_change(struct opts *o, const char *id, unsigned requested, const 
 
 	if (o->wait || o->timeout > 0)
 		timeout = (int64_t)((o->timeout > 0 ? o->timeout : 300) * 1e6);
-	rv = control_job_state_change(o->sock, id, requested, timeout, err, sizeof(err));
+	rv = control_job_state_change(o->sock, id, requested, timeout, err,
+				      sizeof(err));
 	if (o->json)
 		printf("{\"ReturnValue\": %u, \"Job\": \"%s\"}\n", rv, id);
 	else
@@ -437,7 +453,8 @@ static int job_change(struct opts *o, const char *id, unsigned requested, const 
 		if (rv == RSC_TIMEOUT)
 			rv = RV_TIMEOUT;
 		die("job %s %s: %u (%s)%s%s", verb, id, rv,
-		    rv < RV_FAILED ? rsc_name(rv) : rv_name(rv), err[0] ? ": " : "", err);
+		    rv < RV_FAILED ? rsc_name(rv) : rv_name(rv),
+		    err[0] ? ": " : "", err);
 	}
 	return EXIT_OK;
 }
@@ -470,8 +487,8 @@ int cmd_job(int argc, char **argv)
 	if (!strcmp(verb, "list")) {
 		if (i != argc)
 			usage_die(JOB_USAGE);
-		req = request("ListJobs", o.vm_filter ? "ComputerSystem" : NULL, o.vm_filter,
-			      NULL, NULL);
+		req = request("ListJobs", o.vm_filter ? "ComputerSystem" : NULL,
+			      o.vm_filter, NULL, NULL);
 		reply = call_or_die(&o, "job list", req);
 		if (o.json)
 			print_json(reply);
@@ -508,18 +525,22 @@ static void print_vm_table(const struct jv *vms)
 {
 	size_t i;
 
-	printf("%-16s  %-8s  %-40s  %-8s  %s\n", "VM", "MODE", "REPLICATIONSTATE", "HEALTH",
-	       "LASTJOB");
+	printf("%-16s  %-8s  %-40s  %-8s  %s\n", "VM", "MODE",
+	       "REPLICATIONSTATE", "HEALTH", "LASTJOB");
 	for (i = 0; vms && i < vms->n; i++) {
 		const struct jv *v = &vms->items[i];
-		const struct jv *n = jv_get(v, "ElementName"), *s = jv_get(v, "ReplicationState"),
+		const struct jv *n = jv_get(v, "ElementName"),
+				*s = jv_get(v, "ReplicationState"),
 				*h = jv_get(v, "ReplicationHealth"),
-				*m = jv_get(v, "ReplicationMode"), *l = jv_get(v, "LastJob");
+				*m = jv_get(v, "ReplicationMode"),
+				*l = jv_get(v, "LastJob");
 		char state[64];
 
-		snprintf(state, sizeof(state), "%lld %s", s ? (long long)s->i : 0LL,
+		snprintf(state, sizeof(state), "%lld %s",
+			 s ? (long long)s->i : 0LL,
 			 repl_state_name(s ? (unsigned)s->i : 0));
-		printf("%-16s  %-8s  %-40s  %-8s  %s\n", n && n->type == JV_STRING ? n->s : "?",
+		printf("%-16s  %-8s  %-40s  %-8s  %s\n",
+		       n && n->type == JV_STRING ? n->s : "?",
 		       repl_mode_name(m ? (unsigned)m->i : 0), state,
 		       repl_health_name(h ? (unsigned)h->i : 0),
 		       l && l->type == JV_STRING ? l->s : "-");
@@ -537,7 +558,8 @@ static char *set_state_request(const char *vm, const char *state)
 
 	st = strtol(state, &end, 10);
 	if (*end || end == state || st < 0 || st > 65535)
-		die("vm set-state: '%s' is not a ReplicationState number", state);
+		die("vm set-state: '%s' is not a ReplicationState number",
+		    state);
 	f = open_memstream(&req, &len);
 	if (!f)
 		die("out of memory");

@@ -82,7 +82,8 @@ static void parse_create(struct create_opts *c, int argc, char **argv)
 		if (argc - optind != 2)
 			usage_die(create_usage);
 		if (parse_size(argv[optind + 1], &o->virtual_size))
-			die("'%s' is not a size (bytes, or with K, M, G, T)", argv[optind + 1]);
+			die("'%s' is not a size (bytes, or with K, M, G, T)",
+			    argv[optind + 1]);
 	}
 	c->image = argv[optind];
 }
@@ -108,7 +109,8 @@ static void merge_progress(void *ctx, uint64_t done, uint64_t total)
 	}
 }
 
-static const char merge_usage[] = "hvresync merge [--ignore-parent-linkage] CHILD";
+static const char merge_usage[] =
+	"hvresync merge [--ignore-parent-linkage] CHILD";
 
 /* The command line of merge. */
 struct merge_opts {

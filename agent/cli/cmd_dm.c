@@ -104,23 +104,28 @@ static bool mappable(const char *path, const struct vhdx_info *info)
 	const struct vhdx_header_info *h = &info->header[info->current_header];
 
 	if (info->log_dirty || !vhdx_guid_is_zero(&h->log_guid)) {
-		error_msg("%s: the log is dirty (LogGuid is set), so some sectors are only right after a replay; run 'hvresync inspect --replay %s' first",
-			  path, path);
+		error_msg(
+			"%s: the log is dirty (LogGuid is set), so some sectors are only right after a replay; run 'hvresync inspect --replay %s' first",
+			path, path);
 		return false;
 	}
 	if (info->has_parent || info->type == VHDX_TYPE_DIFFERENCING) {
-		error_msg("%s: a differencing disk needs its parent chain, which device-mapper cannot merge; use 'hvresync mount' instead",
-			  path);
+		error_msg(
+			"%s: a differencing disk needs its parent chain, which device-mapper cannot merge; use 'hvresync mount' instead",
+			path);
 		return false;
 	}
 	if (info->block_states[VHDX_PAYLOAD_PARTIALLY_PRESENT]) {
-		error_msg("%s: %" PRIu64 " partially present blocks cannot be mapped by device-mapper; use 'hvresync mount' instead",
-			  path,
-			  info->block_states[VHDX_PAYLOAD_PARTIALLY_PRESENT]);
+		error_msg(
+			"%s: %" PRIu64
+			" partially present blocks cannot be mapped by device-mapper; use 'hvresync mount' instead",
+			path,
+			info->block_states[VHDX_PAYLOAD_PARTIALLY_PRESENT]);
 		return false;
 	}
 	if (!info->virtual_size || info->virtual_size % SECTOR) {
-		error_msg("%s: virtual size %" PRIu64 " is not a whole number of 512-byte sectors",
+		error_msg("%s: virtual size %" PRIu64
+			  " is not a whole number of 512-byte sectors",
 			  path, info->virtual_size);
 		return false;
 	}
@@ -141,24 +146,29 @@ static int add_extent(struct dm_table *t, const char *path,
 	case VHDX_EXT_UNALLOC:
 		break;
 	case VHDX_EXT_MEM:
-		error_msg("%s: virtual offset %" PRIu64 " is held in a replayed log sector; run 'hvresync inspect --replay %s' first",
-			  path, e->off, path);
+		error_msg(
+			"%s: virtual offset %" PRIu64
+			" is held in a replayed log sector; run 'hvresync inspect --replay %s' first",
+			path, e->off, path);
 		return -1;
 	default:
-		error_msg("%s: virtual offset %" PRIu64 " comes from a parent disk, which device-mapper cannot merge",
-			  path, e->off);
+		error_msg(
+			"%s: virtual offset %" PRIu64
+			" comes from a parent disk, which device-mapper cannot merge",
+			path, e->off);
 		return -1;
 	}
 	if (e->off % SECTOR || e->len % SECTOR ||
 	    (linear && e->file_off % SECTOR)) {
-		error_msg("%s: the run at virtual offset %" PRIu64 " (%" PRIu64 " bytes%s) is not aligned to 512-byte sectors",
-			  path, e->off, e->len,
-			  linear ? " of file data" : "");
+		error_msg("%s: the run at virtual offset %" PRIu64 " (%" PRIu64
+			  " bytes%s) is not aligned to 512-byte sectors",
+			  path, e->off, e->len, linear ? " of file data" : "");
 		return -1;
 	}
 	if (linear && (e->file_off > info->file_size ||
 		       e->len > info->file_size - e->file_off)) {
-		error_msg("%s: data for virtual offset %" PRIu64 " lies past the end of the file (truncated?)",
+		error_msg("%s: data for virtual offset %" PRIu64
+			  " lies past the end of the file (truncated?)",
 			  path, e->off);
 		return -1;
 	}
@@ -223,7 +233,8 @@ static int print_table(const struct dm_table *t, const char *dev)
 		const struct dm_line *l = &t->v[i];
 
 		if (l->linear)
-			printf("%" PRIu64 " %" PRIu64 " linear %s %" PRIu64 "\n",
+			printf("%" PRIu64 " %" PRIu64 " linear %s %" PRIu64
+			       "\n",
 			       l->start, l->len, dev, l->dev_off);
 		else
 			printf("%" PRIu64 " %" PRIu64 " zero\n", l->start,
@@ -332,16 +343,16 @@ static int parse_dm_table(struct dm_table_opts *o, int argc, char **argv)
 			return EXIT_OK;
 		default:
 			error_msg("dm-table: %s '%s'; usage: %s",
-				  optopt == 'd' ? "missing value for" :
-						  "unknown option",
+				  optopt == 'd' ? "missing value for"
+						: "unknown option",
 				  argv[optind - 1], dm_table_usage);
 			return EXIT_ERROR;
 		}
 	}
 	if (argc - optind != 1) {
 		error_msg("dm-table: %s; usage: %s",
-			  argc == optind ? "no IMAGE given" :
-					   "only one IMAGE at a time",
+			  argc == optind ? "no IMAGE given"
+					 : "only one IMAGE at a time",
 			  dm_table_usage);
 		return EXIT_ERROR;
 	}
@@ -376,8 +387,9 @@ int cmd_dm_table(int argc, char **argv)
 			/* A table naming a regular file does not load;
 			 * the note says how to get a device for it. */
 			dev = o.image;
-			note_msg("%s: no loop device backs this file; the table names the file itself (set one up with 'losetup -r -f --show %s' and pass --device)",
-				 o.image, o.image);
+			note_msg(
+				"%s: no loop device backs this file; the table names the file itself (set one up with 'losetup -r -f --show %s' and pass --device)",
+				o.image, o.image);
 		}
 	}
 	ret = print_table(&t, dev);
@@ -399,8 +411,7 @@ int cmd_dm_table(int argc, char **argv)
 static char dm_last_error[512];
 
 static void dm_log(int level, const char *file, int line, int dm_errno,
-		   const char *f, ...)
-	__attribute__((format(printf, 5, 6)));
+		   const char *f, ...) __attribute__((format(printf, 5, 6)));
 
 static void dm_log(int level, const char *file, int line, int dm_errno,
 		   const char *f, ...)
@@ -442,8 +453,9 @@ static bool check_device_mapper(const char *what)
 {
 	if (have_device_mapper())
 		return true;
-	error_msg("%s: this kernel has no device-mapper (%s is missing; try 'modprobe dm_mod')",
-		  what, DM_CONTROL);
+	error_msg(
+		"%s: this kernel has no device-mapper (%s is missing; try 'modprobe dm_mod')",
+		what, DM_CONTROL);
 	return false;
 }
 
@@ -536,8 +548,8 @@ static int loop_set_fd(int fd, int image_fd, const struct loop_config *cfg,
 /* Attach IMAGE_FD to a free loop device, read-only, cleared automatically
  * on its last close.  Keeps the loop device open in *LFD: until something
  * else (the DM table) holds it, closing it detaches the device. */
-static int loop_attach(int image_fd, const char *image, char *loopdev,
-		       size_t n, int *lfd, dev_t *rdev)
+static int loop_attach(int image_fd, const char *image, char *loopdev, size_t n,
+		       int *lfd, dev_t *rdev)
 {
 	struct loop_config cfg;
 	struct stat st;
@@ -618,23 +630,25 @@ struct map_opts {
  * status (after --help or an error line). */
 static int parse_map(struct map_opts *o, int argc, char **argv)
 {
-	if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+	if (argc == 2 &&
+	    (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
 		printf("usage: %s\n", map_usage);
 		return EXIT_OK;
 	}
 	if (argc != 3 || argv[1][0] == '-') {
 		error_msg("map: %s; usage: %s",
-			  argc > 1 && argv[1][0] == '-' ? "unknown option" :
-			  argc < 3 ? "IMAGE and NAME are needed" :
-				     "too many arguments",
+			  argc > 1 && argv[1][0] == '-' ? "unknown option"
+			  : argc < 3 ? "IMAGE and NAME are needed"
+				     : "too many arguments",
 			  map_usage);
 		return EXIT_ERROR;
 	}
 	o->image = argv[1];
 	o->name = argv[2];
 	if (!valid_name(o->name)) {
-		error_msg("map: '%s' is not a usable device name (1 to %d of A-Z a-z 0-9 . _ + -, not starting with '.' or '-')",
-			  o->name, NAME_MAX_LEN);
+		error_msg(
+			"map: '%s' is not a usable device name (1 to %d of A-Z a-z 0-9 . _ + -, not starting with '.' or '-')",
+			o->name, NAME_MAX_LEN);
 		return EXIT_ERROR;
 	}
 	return -1;
@@ -646,8 +660,9 @@ static bool map_possible(const char *name)
 	if (!check_device_mapper(name))
 		return false;
 	if (access(LOOP_CONTROL, F_OK) < 0) {
-		error_msg("%s: this kernel has no loop devices (%s is missing; try 'modprobe loop')",
-			  name, LOOP_CONTROL);
+		error_msg(
+			"%s: this kernel has no loop devices (%s is missing; try 'modprobe loop')",
+			name, LOOP_CONTROL);
 		return false;
 	}
 	return true;
@@ -682,8 +697,9 @@ static int dm_create(const char *name, dev_t rdev, const struct dm_table *t)
 			p[0] = '\0';
 		if (!dm_task_add_target(dmt, l->start, l->len,
 					l->linear ? "linear" : "zero", p)) {
-			error_msg("%s: cannot build the device-mapper table: %s",
-				  name, dm_why("out of memory"));
+			error_msg(
+				"%s: cannot build the device-mapper table: %s",
+				name, dm_why("out of memory"));
 			goto out;
 		}
 	}
@@ -726,7 +742,8 @@ static int map_loop(const char *path, const struct dm_table *t, dev_t *rdev)
 	}
 	if (vhdx_blockdev_geometry(lfd, &loop_bytes, NULL) < 0 ||
 	    loop_bytes / SECTOR < t->dev_end) {
-		error_msg("%s: %s holds %" PRIu64 " sectors, the table needs %" PRIu64,
+		error_msg("%s: %s holds %" PRIu64
+			  " sectors, the table needs %" PRIu64,
 			  path, loopdev, loop_bytes / SECTOR, t->dev_end);
 		loop_detach(lfd);
 		return -1;
@@ -834,14 +851,16 @@ static int open_blockdev(dev_t d)
  * status (after --help or an error line). */
 static int parse_unmap(const char **name, int argc, char **argv)
 {
-	if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+	if (argc == 2 &&
+	    (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
 		printf("usage: %s\n", unmap_usage);
 		return EXIT_OK;
 	}
 	if (argc != 2 || argv[1][0] == '-') {
 		error_msg("unmap: %s; usage: %s",
-			  argc > 1 && argv[1][0] == '-' ? "unknown option" :
-			  argc < 2 ? "no NAME given" : "too many arguments",
+			  argc > 1 && argv[1][0] == '-' ? "unknown option"
+			  : argc < 2			? "no NAME given"
+							: "too many arguments",
 			  unmap_usage);
 		return EXIT_ERROR;
 	}
@@ -867,8 +886,9 @@ static bool is_ours(const char *name)
 		return false;
 	}
 	if (strncmp(uuid, UUID_PREFIX, strlen(UUID_PREFIX))) {
-		error_msg("%s: not made by 'hvresync map' (uuid '%s'); remove it with dmsetup",
-			  name, uuid);
+		error_msg(
+			"%s: not made by 'hvresync map' (uuid '%s'); remove it with dmsetup",
+			name, uuid);
 		return false;
 	}
 	return true;
@@ -900,8 +920,8 @@ out:
 }
 
 /* Detach the loop devices the mapping used (open in LFDS). */
-static void loops_detach(const char *name, const dev_t *loops,
-			 const int *lfds, unsigned n)
+static void loops_detach(const char *name, const dev_t *loops, const int *lfds,
+			 unsigned n)
 {
 	unsigned i;
 
@@ -911,9 +931,10 @@ static void loops_detach(const char *name, const dev_t *loops,
 		/* ENXIO: already detached.  With other openers left the
 		 * kernel turns this into autoclear on their last close. */
 		if (ioctl(lfds[i], LOOP_CLR_FD, 0) < 0 && errno != ENXIO)
-			note_msg("%s: loop device %u:%u stays until its last user closes it (%s)",
-				 name, major(loops[i]), minor(loops[i]),
-				 strerror(errno));
+			note_msg(
+				"%s: loop device %u:%u stays until its last user closes it (%s)",
+				name, major(loops[i]), minor(loops[i]),
+				strerror(errno));
 	}
 }
 

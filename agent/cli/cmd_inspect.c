@@ -42,8 +42,8 @@ static const char *log_state(const struct vhdx_info *info)
 {
 	if (!info->log_dirty)
 		return "clean";
-	return info->log_replayed_on_disk ? "replayed_on_disk" :
-					    "replayed_in_memory";
+	return info->log_replayed_on_disk ? "replayed_on_disk"
+					  : "replayed_in_memory";
 }
 
 /* Payload block states in BAT order, merged by name (an implementation may
@@ -66,8 +66,8 @@ static unsigned block_states(const struct vhdx_info *info,
 		if (st == 4 && !info->block_states[st])
 			continue;
 		if (!name || !*name) {
-			snprintf(fallback[st], sizeof(fallback[st]),
-				 "state_%u", st);
+			snprintf(fallback[st], sizeof(fallback[st]), "state_%u",
+				 st);
 			name = fallback[st];
 		}
 		for (j = 0; j < n; j++)
@@ -440,8 +440,7 @@ static void text_headers(const struct vhdx_info *info)
 		printf("\nHeader %d%s\n", i + 1,
 		       i == info->current_header ? " (current)" : "");
 		if (!h->valid) {
-			printf(ROW "no (bad signature or checksum)\n",
-			       "valid");
+			printf(ROW "no (bad signature or checksum)\n", "valid");
 			continue;
 		}
 		printf(ROW "yes\n", "valid");
@@ -450,7 +449,8 @@ static void text_headers(const struct vhdx_info *info)
 		row_guid("DataWriteGuid", &h->data_write_guid, NULL);
 		row_guid("LogGuid", &h->log_guid, "no log in use");
 		printf(ROW "offset 0x%" PRIx64 ", length %s\n", "log",
-		       h->log_offset, fmt_size_exact(h1, sizeof(h1), h->log_length));
+		       h->log_offset,
+		       fmt_size_exact(h1, sizeof(h1), h->log_length));
 		printf(ROW "%u (log format %u)\n", "version", h->version,
 		       h->log_version);
 	}
@@ -466,13 +466,13 @@ static void text_log(const struct vhdx_info *info)
 	printf(ROW "dirty: replayed %s, %u entries\n", "state",
 	       info->log_replayed_on_disk ? "on disk" : "in memory",
 	       info->log_entries_replayed);
-	printf(ROW "%" PRIu64 "\n", "head sequence",
-	       info->log_sequence_head);
+	printf(ROW "%" PRIu64 "\n", "head sequence", info->log_sequence_head);
 	if (info->log_replayed_on_disk)
 		printf(ROW "the file now holds the replayed state\n", "note");
 	else
 		printf(ROW "file not changed; --replay writes the log "
-		       "into it\n", "note");
+			   "into it\n",
+		       "note");
 }
 
 static void text_regions(const struct vhdx_info *info)
@@ -490,7 +490,8 @@ static void text_regions(const struct vhdx_info *info)
 		snprintf(off, sizeof(off), "0x%" PRIx64, r->file_offset);
 		printf("  %-9s %-36s  %-12s %-9s %s\n", r->name,
 		       guid_str(&r->guid, buf), off,
-		       fmt_size_exact(h, sizeof(h), r->length), yes_no(r->required));
+		       fmt_size_exact(h, sizeof(h), r->length),
+		       yes_no(r->required));
 	}
 }
 
@@ -618,8 +619,8 @@ static void text_part(const struct probe_part *p, uint64_t virtual_size)
 	const char *tn = part_type_name(p->type);
 	char h1[32], h2[32];
 
-	printf("  %-3d start %-14" PRIu64 " size %-14" PRIu64
-	       " (%s at %s)\n", p->number, p->start, p->size,
+	printf("  %-3d start %-14" PRIu64 " size %-14" PRIu64 " (%s at %s)\n",
+	       p->number, p->start, p->size,
 	       fmt_size_exact(h1, sizeof(h1), p->size),
 	       fmt_size_exact(h2, sizeof(h2), p->start));
 	printf("      type %s", p->type);
@@ -680,9 +681,9 @@ static int print_text(struct inspect *in)
 	       vhdx_type_name(info->type),
 	       fmt_size_exact(h1, sizeof(h1), info->virtual_size),
 	       fmt_size_exact(h2, sizeof(h2), info->block_size),
-	       !info->log_dirty ? "clean" :
-	       info->log_replayed_on_disk ? "replayed on disk" :
-					    "DIRTY (replayed in memory)");
+	       !info->log_dirty		    ? "clean"
+	       : info->log_replayed_on_disk ? "replayed on disk"
+					    : "DIRTY (replayed in memory)");
 
 	printf("\nFile\n");
 	printf(ROW, "path");
@@ -754,8 +755,8 @@ static int parse_opts(struct inspect_opts *o, int argc, char **argv)
 	}
 	if (argc - optind != 1) {
 		error_msg("inspect: %s; usage: %s",
-			  argc == optind ? "no IMAGE given" :
-					   "only one IMAGE at a time",
+			  argc == optind ? "no IMAGE given"
+					 : "only one IMAGE at a time",
 			  inspect_usage);
 		return EXIT_ERROR;
 	}

@@ -39,8 +39,8 @@ static int get_random(unsigned char *buf, size_t len)
  * mistake. */
 static const char *parse_args(int argc, char **argv)
 {
-	if (argc == 2 && (!strcmp(argv[1], "--help") ||
-			  !strcmp(argv[1], "-h"))) {
+	if (argc == 2 &&
+	    (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
 		printf("usage: %s\n\n"
 		       "Write a new pre-shared key (32 random bytes as 64 hex "
 		       "digits) to FILE,\n"
@@ -48,7 +48,8 @@ static const char *parse_args(int argc, char **argv)
 		       "overwritten.  Copy it\n"
 		       "to the other side over a secure channel and pass it "
 		       "to push and serve\n"
-		       "with --psk-file.\n", KEYGEN_USAGE);
+		       "with --psk-file.\n",
+		       KEYGEN_USAGE);
 		exit(EXIT_OK);
 	}
 	if (argc != 2 || argv[1][0] == '-')
@@ -107,7 +108,8 @@ static int write_key_file(const char *path, const char *line, size_t len)
 		ret = errno;
 		if (ret == EEXIST)
 			error_msg("%s: already exists; not overwriting a key "
-				  "(remove it first to replace it)", path);
+				  "(remove it first to replace it)",
+				  path);
 		else
 			error_msg("%s: %s", path, strerror(ret));
 		return EXIT_ERROR;

@@ -126,7 +126,8 @@ static int lock_for_write(const char *path)
 	}
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK) {
 		error_msg("%s: in use by another hvresync view; a writable "
-			  "view needs the image to itself", path);
+			  "view needs the image to itself",
+			  path);
 		close(fd);
 		return -1;
 	}
@@ -151,10 +152,12 @@ static int lock_for_read(struct vhdx_image *img, bool written)
 		if (child)
 			error_msg("%s: is written through a writable hvresync "
 				  "view, so it cannot be read as the parent "
-				  "of %s", path, vhdx_get_info(child)->path);
+				  "of %s",
+				  path, vhdx_get_info(child)->path);
 		else
 			error_msg("%s: is written through a writable hvresync "
-				  "view; unmount that first", path);
+				  "view; unmount that first",
+				  path);
 		return -1;
 	}
 	return 0;
@@ -163,8 +166,7 @@ static int lock_for_read(struct vhdx_image *img, bool written)
 /* --- the close verdict for umount ---------------------------------------- */
 
 /* Abstract socket name of the mount with device MAJ:MIN. */
-static socklen_t status_addr(struct sockaddr_un *sa, unsigned maj,
-			     unsigned min)
+static socklen_t status_addr(struct sockaddr_un *sa, unsigned maj, unsigned min)
 {
 	int n;
 
@@ -263,7 +265,8 @@ static int status_wait(int fd, const char *mnt)
 				continue;
 			error_msg("%s: unmounted, but the serving process has "
 				  "not closed the images after %d s; see the "
-				  "system log", mnt, CLOSE_WAIT_SECS);
+				  "system log",
+				  mnt, CLOSE_WAIT_SECS);
 			return EXIT_ERROR;
 		}
 		n = read(fd, msg + used, sizeof(msg) - 1 - used);
@@ -309,13 +312,16 @@ static void close_images(struct view_image *images, unsigned count, bool rw,
 		ret = vhdx_close_checked(images[i].img);
 		images[i].img = NULL;
 		if (ret < 0) {
-			view_log(LOG_ERR, "%s: closing after writes failed: "
+			view_log(LOG_ERR,
+				 "%s: closing after writes failed: "
 				 "%s; writes since the last successful flush "
-				 "may be lost", images[i].path, strerror(-ret));
+				 "may be lost",
+				 images[i].path, strerror(-ret));
 			if (!verdict[0])
-				snprintf(verdict, len, "%s: closing after "
-					 "writes failed: %s", images[i].path,
-					 strerror(-ret));
+				snprintf(verdict, len,
+					 "%s: closing after "
+					 "writes failed: %s",
+					 images[i].path, strerror(-ret));
 		}
 	}
 }
@@ -369,10 +375,12 @@ static int wait_for_child(int fd, pid_t pid, const char *mnt)
 		error_msg("%s", msg);
 	} else if (waitpid(pid, &status, 0) == pid && WIFSIGNALED(status)) {
 		error_msg("%s: the serving process died of signal %d before "
-			  "the mount was ready", mnt, WTERMSIG(status));
+			  "the mount was ready",
+			  mnt, WTERMSIG(status));
 	} else {
 		error_msg("%s: the serving process exited before the mount "
-			  "was ready", mnt);
+			  "was ready",
+			  mnt);
 	}
 	return EXIT_ERROR;
 }
@@ -426,8 +434,8 @@ static int run_background(struct view *v, const char *mnt,
 struct mount_opts {
 	bool rw;
 	bool fg;
-	unsigned flags;     /* VHDX_OPEN_* */
-	char **images;      /* COUNT image paths */
+	unsigned flags; /* VHDX_OPEN_* */
+	char **images;	/* COUNT image paths */
 	unsigned count;
 	const char *mountpoint;
 };
@@ -610,7 +618,8 @@ int cmd_mount(int argc, char **argv)
 		return EXIT_ERROR;
 	if (view_find_mount(mnt, &mi) == 0 && !strcmp(mi.fstype, VIEW_FSTYPE)) {
 		error_msg("%s: already shows an hvresync view; 'hvresync "
-			  "umount %s' first", o.mountpoint, o.mountpoint);
+			  "umount %s' first",
+			  o.mountpoint, o.mountpoint);
 		free(mnt);
 		return EXIT_ERROR;
 	}
@@ -678,8 +687,8 @@ static int fusermount_u(const char *mnt, char *why, size_t whylen)
  * exit status (after --help; a mistake exits). */
 static int parse_umount(const char **mountpoint, int argc, char **argv)
 {
-	if (argc == 2 && (!strcmp(argv[1], "--help") ||
-			  !strcmp(argv[1], "-h"))) {
+	if (argc == 2 &&
+	    (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
 		printf("usage: %s\n", umount_usage);
 		return EXIT_OK;
 	}
@@ -723,7 +732,8 @@ static int unmount_view(const char *mnt, const char *arg)
 			return 0;
 		if (errno == EBUSY)
 			error_msg("%s: busy: a file of the view is "
-				  "open or a process works in it", arg);
+				  "open or a process works in it",
+				  arg);
 		else
 			error_msg("%s: umount: %s", arg, strerror(errno));
 		return -1;
@@ -753,8 +763,9 @@ int cmd_umount(int argc, char **argv)
 		return ret;
 	mnt = realpath(arg, NULL);
 	if (!mnt) {
-		error_msg("%s: %s", arg, errno == ENOENT ?
-			  "no such mountpoint" : strerror(errno));
+		error_msg("%s: %s", arg,
+			  errno == ENOENT ? "no such mountpoint"
+					  : strerror(errno));
 		return EXIT_ERROR;
 	}
 	ret = EXIT_ERROR;

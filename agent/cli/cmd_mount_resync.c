@@ -41,20 +41,20 @@
 #include "agent/lib/json.h"
 #include "agent/lib/probe.h"
 
-#define MR_USAGE \
-	"hvresync mount-and-resync VM [--config FILE] [--json] [--timeout S]\n" \
-	"                [--run-dir DIR] [--recovery-config FILE]\n" \
-	"  Mount the VM's replication-enabled disks as raw views under\n" \
-	"  RUN-DIR/VM/ (RUN-DIR: /run/hvresync), resynchronize the VM from\n" \
-	"  them through the agent and wait, check with libblkid that each\n" \
-	"  recovery disk shows its primary's partition table and filesystem\n" \
-	"  UUIDs, and unmount.\n" \
+#define MR_USAGE                                                                    \
+	"hvresync mount-and-resync VM [--config FILE] [--json] [--timeout S]\n"     \
+	"                [--run-dir DIR] [--recovery-config FILE]\n"                \
+	"  Mount the VM's replication-enabled disks as raw views under\n"           \
+	"  RUN-DIR/VM/ (RUN-DIR: /run/hvresync), resynchronize the VM from\n"       \
+	"  them through the agent and wait, check with libblkid that each\n"        \
+	"  recovery disk shows its primary's partition table and filesystem\n"      \
+	"  UUIDs, and unmount.\n"                                                   \
 	"  --config FILE           the agent's configuration (VM, disks, socket)\n" \
-	"  --json                  print one JSON object at the end\n" \
-	"  --timeout S             cancel the job if it has not finished in S s\n" \
-	"  --run-dir DIR           where the views are mounted\n" \
-	"  --recovery-config FILE  the recovery agent's configuration: its\n" \
-	"                          disks are probed when reachable from here\n" \
+	"  --json                  print one JSON object at the end\n"              \
+	"  --timeout S             cancel the job if it has not finished in S s\n"  \
+	"  --run-dir DIR           where the views are mounted\n"                   \
+	"  --recovery-config FILE  the recovery agent's configuration: its\n"       \
+	"                          disks are probed when reachable from here\n"     \
 	"  Exit status: 0 all well, 1 a recovery disk differs, 2 an error."
 
 #define DEFAULT_RUN_DIR "/run/hvresync"
@@ -153,7 +153,7 @@ static int follow_job(struct mr *m)
 {
 	struct timespec ts = { 0, POLL_NS };
 	double deadline = m->o.timeout > 0 ? mono_seconds() + m->o.timeout : 0;
-	struct follow f = { .last_phase = (enum job_phase)-1 };
+	struct follow f = { .last_phase = (enum job_phase) - 1 };
 	char err[1024];
 	struct job cur;
 	unsigned rv;
@@ -166,8 +166,8 @@ static int follow_job(struct mr *m)
 			if (f.bar_on)
 				progress_finish(&f.bar);
 			m->rv = RV_TIMEOUT;
-			mr_set_err(m, "job %s did not finish within %g s", m->job,
-				   m->o.timeout);
+			mr_set_err(m, "job %s did not finish within %g s",
+				   m->job, m->o.timeout);
 			cancel_job(m, "--timeout");
 			return -1;
 		}
@@ -212,7 +212,8 @@ static int find_recovery_disks(struct mr *m)
 		snprintf(m->skip_why, sizeof(m->skip_why),
 			 "the recovery disks are on %s, not known here (give "
 			 "--recovery-config FILE when they are reachable "
-			 "from this host)", m->vm->replica ?: "the peer");
+			 "from this host)",
+			 m->vm->replica ?: "the peer");
 		return 0;
 	}
 	if (config_load(m->o.recovery_config, &m->rcfg, err, sizeof(err))) {
@@ -235,7 +236,8 @@ static int find_recovery_disks(struct mr *m)
 				break;
 		if (k == rv->ndisks) {
 			mr_set_err(m, "%s: [vm %s] has no disk named %s",
-				   m->o.recovery_config, rv->name, m->disks[i].name);
+				   m->o.recovery_config, rv->name,
+				   m->disks[i].name);
 			return -1;
 		}
 		m->disks[i].recovery = rv->disks[k];
@@ -258,8 +260,10 @@ static int check_disk(struct mr_disk *d)
 	probe_describe(&d->p, pa, sizeof(pa));
 	if (!d->recovery) {
 		d->check = CHECK_SKIPPED;
-		fmt_line(d->what, sizeof(d->what), "%s (the recovery disk "
-		    "was not checked)", pa);
+		fmt_line(d->what, sizeof(d->what),
+			 "%s (the recovery disk "
+			 "was not checked)",
+			 pa);
 		return 0;
 	}
 	if (probe_path(d->recovery, d->sector, &d->r, why, sizeof(why))) {
@@ -270,12 +274,15 @@ static int check_disk(struct mr_disk *d)
 	d->probed_r = true;
 	if (probe_differ(&d->p, &d->r, why, sizeof(why))) {
 		d->check = CHECK_DIFFER;
-		fmt_line(d->what, sizeof(d->what), "%s differs from its "
-		    "primary: %s", d->recovery, why);
+		fmt_line(d->what, sizeof(d->what),
+			 "%s differs from its "
+			 "primary: %s",
+			 d->recovery, why);
 		return 1;
 	}
 	d->check = CHECK_MATCH;
-	fmt_line(d->what, sizeof(d->what), "%s; the same on %s", pa, d->recovery);
+	fmt_line(d->what, sizeof(d->what), "%s; the same on %s", pa,
+		 d->recovery);
 	return 0;
 }
 
@@ -500,7 +507,8 @@ static void parse_opts(struct mr_opts *o, int argc, char **argv)
 			if (*end || end == optarg || !(o->timeout > 0) ||
 			    o->timeout > 86400 * 8)
 				die("--timeout: '%s' is not a number of "
-				    "seconds", optarg);
+				    "seconds",
+				    optarg);
 			break;
 		case 'r':
 			o->run_dir = optarg;
@@ -532,8 +540,8 @@ static int prepare_paths(struct mr *m)
 	m->mnt = fs_path_join(m->run_dir, m->vm->name);
 	if (!m->mnt)
 		return -ENOMEM;
-	if (asprintf(&m->lock_path, "%s/%s.lock", m->run_dir,
-		     m->vm->name) < 0) {
+	if (asprintf(&m->lock_path, "%s/%s.lock", m->run_dir, m->vm->name) <
+	    0) {
 		m->lock_path = NULL;
 		return -ENOMEM;
 	}
@@ -555,8 +563,9 @@ static int prepare_disks(struct mr *m)
 		if (!d->view)
 			return -ENOMEM;
 		if (stat(d->path, &st) < 0) {
-			m->rv = errno == ENOENT || errno == ENOTDIR ?
-				RV_NOT_FOUND : RV_FAILED;
+			m->rv = errno == ENOENT || errno == ENOTDIR
+					? RV_NOT_FOUND
+					: RV_FAILED;
 			mr_set_err(m, "VM %s: disk %s: %s", m->vm->name,
 				   d->path, strerror(errno));
 			return -1;
@@ -701,7 +710,8 @@ static int run(struct mr *m)
 		       check_name(m->disks[i].check), m->disks[i].what);
 	fflush(stdout);
 	if (worst == 1)
-		mr_set_err(m, "VM %s: a recovery disk does not show its "
+		mr_set_err(m,
+			   "VM %s: a recovery disk does not show its "
 			   "primary's partition table and filesystems",
 			   m->vm->name);
 	else if (worst == 2)

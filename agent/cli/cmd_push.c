@@ -231,24 +231,24 @@ static void parse_operands(struct push_opts *o, int argc, char **argv)
 static int parse_opts(struct push_opts *o, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"json", no_argument, NULL, 'j'},
-		{"psk-file", required_argument, NULL, 'p'},
-		{"cert", required_argument, NULL, 'C'},
-		{"key", required_argument, NULL, 'K'},
-		{"ca", required_argument, NULL, 'A'},
-		{"insecure", no_argument, NULL, 'I'},
-		{"block-size", required_argument, NULL, 'b'},
-		{"hash", required_argument, NULL, 'H'},
-		{"compress", no_argument, NULL, 'z'},
-		{"bwlimit", required_argument, NULL, 'l'},
-		{"restart", no_argument, NULL, 'r'},
-		{"hold", no_argument, NULL, 'o'},
-		{"check", no_argument, NULL, 'c'},
-		{"merge", no_argument, NULL, 'm'},
-		{"discard", no_argument, NULL, 'd'},
-		{"timeout", required_argument, NULL, 't'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+		{ "json", no_argument, NULL, 'j' },
+		{ "psk-file", required_argument, NULL, 'p' },
+		{ "cert", required_argument, NULL, 'C' },
+		{ "key", required_argument, NULL, 'K' },
+		{ "ca", required_argument, NULL, 'A' },
+		{ "insecure", no_argument, NULL, 'I' },
+		{ "block-size", required_argument, NULL, 'b' },
+		{ "hash", required_argument, NULL, 'H' },
+		{ "compress", no_argument, NULL, 'z' },
+		{ "bwlimit", required_argument, NULL, 'l' },
+		{ "restart", no_argument, NULL, 'r' },
+		{ "hold", no_argument, NULL, 'o' },
+		{ "check", no_argument, NULL, 'c' },
+		{ "merge", no_argument, NULL, 'm' },
+		{ "discard", no_argument, NULL, 'd' },
+		{ "timeout", required_argument, NULL, 't' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
 	};
 	int c;
 
@@ -259,12 +259,24 @@ static int parse_opts(struct push_opts *o, int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
-		case 'j': o->json = true; break;
-		case 'p': o->psk = optarg; break;
-		case 'C': o->cert = optarg; break;
-		case 'K': o->key = optarg; break;
-		case 'A': o->ca = optarg; break;
-		case 'I': o->insecure = true; break;
+		case 'j':
+			o->json = true;
+			break;
+		case 'p':
+			o->psk = optarg;
+			break;
+		case 'C':
+			o->cert = optarg;
+			break;
+		case 'K':
+			o->key = optarg;
+			break;
+		case 'A':
+			o->ca = optarg;
+			break;
+		case 'I':
+			o->insecure = true;
+			break;
 		case 'b':
 		case 'l':
 		case 't':
@@ -279,12 +291,24 @@ static int parse_opts(struct push_opts *o, int argc, char **argv)
 				return EXIT_ERROR;
 			}
 			break;
-		case 'z': o->p.compress = true; break;
-		case 'r': o->p.flags |= PUSH_RESTART; break;
-		case 'o': o->p.flags |= PUSH_HOLD; break;
-		case 'c': o->p.flags |= PUSH_CHECK; break;
-		case 'm': o->p.flags |= PUSH_MERGE; break;
-		case 'd': o->p.flags |= PUSH_DISCARD; break;
+		case 'z':
+			o->p.compress = true;
+			break;
+		case 'r':
+			o->p.flags |= PUSH_RESTART;
+			break;
+		case 'o':
+			o->p.flags |= PUSH_HOLD;
+			break;
+		case 'c':
+			o->p.flags |= PUSH_CHECK;
+			break;
+		case 'm':
+			o->p.flags |= PUSH_MERGE;
+			break;
+		case 'd':
+			o->p.flags |= PUSH_DISCARD;
+			break;
 		case 'h':
 			printf("usage: %s\n\n%s", push_usage, push_help);
 			return EXIT_OK;

@@ -96,18 +96,18 @@ static bool parse_number(struct serve_opts *o, int c, const char *arg)
 static int parse_opts(struct serve_opts *o, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"listen", required_argument, NULL, 'l'},
-		{"export", required_argument, NULL, 'e'},
-		{"psk-file", required_argument, NULL, 'p'},
-		{"cert", required_argument, NULL, 'C'},
-		{"key", required_argument, NULL, 'K'},
-		{"ca", required_argument, NULL, 'A'},
-		{"insecure", no_argument, NULL, 'I'},
-		{"state-dir", required_argument, NULL, 's'},
-		{"window", required_argument, NULL, 'w'},
-		{"max-sessions", required_argument, NULL, 'n'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+		{ "listen", required_argument, NULL, 'l' },
+		{ "export", required_argument, NULL, 'e' },
+		{ "psk-file", required_argument, NULL, 'p' },
+		{ "cert", required_argument, NULL, 'C' },
+		{ "key", required_argument, NULL, 'K' },
+		{ "ca", required_argument, NULL, 'A' },
+		{ "insecure", no_argument, NULL, 'I' },
+		{ "state-dir", required_argument, NULL, 's' },
+		{ "window", required_argument, NULL, 'w' },
+		{ "max-sessions", required_argument, NULL, 'n' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
 	};
 	int c;
 
@@ -115,14 +115,30 @@ static int parse_opts(struct serve_opts *o, int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
-		case 'l': o->cfg.listen = optarg; break;
-		case 'e': o->exports[o->nexp++] = optarg; break;
-		case 'p': o->psk = optarg; break;
-		case 'C': o->cert = optarg; break;
-		case 'K': o->key = optarg; break;
-		case 'A': o->ca = optarg; break;
-		case 'I': o->insecure = true; break;
-		case 's': o->cfg.state_dir = optarg; break;
+		case 'l':
+			o->cfg.listen = optarg;
+			break;
+		case 'e':
+			o->exports[o->nexp++] = optarg;
+			break;
+		case 'p':
+			o->psk = optarg;
+			break;
+		case 'C':
+			o->cert = optarg;
+			break;
+		case 'K':
+			o->key = optarg;
+			break;
+		case 'A':
+			o->ca = optarg;
+			break;
+		case 'I':
+			o->insecure = true;
+			break;
+		case 's':
+			o->cfg.state_dir = optarg;
+			break;
 		case 'w':
 		case 'n':
 			if (!parse_number(o, c, optarg))

@@ -185,7 +185,8 @@ static void print_summary(struct verify *v)
 	fmt_size(rate, sizeof(rate), bps);
 	printf("bytes compared:  %" PRIu64 " (%s)\n", v->compared, c);
 	printf("bytes skipped:   %" PRIu64 " (%s, unallocated or zero on "
-	       "both sides)\n", v->skipped, s);
+	       "both sides)\n",
+	       v->skipped, s);
 	printf("bytes different: %" PRIu64 " (%s in %" PRIu64 " extent%s)\n",
 	       v->different, d, v->acc.count, v->acc.count == 1 ? "" : "s");
 	printf("read %s from A and %s from B in %.2f s (%s/s)\n", ra, rb,
@@ -215,7 +216,8 @@ static int parse_block_size(const char *arg, uint32_t *out)
 	}
 	if (!ur_is_pow2(v) || v < UR_MIN_BLOCK || v > UR_MAX_BLOCK) {
 		error_msg("--block-size: %s is not a power of two from 4K to "
-			  "4M", arg);
+			  "4M",
+			  arg);
 		return -EINVAL;
 	}
 	*out = (uint32_t)v;
@@ -280,7 +282,8 @@ static int parse_opts(struct verify *v, int argc, char **argv)
 		case 'H':
 			if (ur_hash_parse(optarg, &v->cfg.hash) < 0) {
 				error_msg("--hash: '%s' is not a known hash "
-					  "(xxh3 or sha256)", optarg);
+					  "(xxh3 or sha256)",
+					  optarg);
 				return EXIT_ERROR;
 			}
 			break;
@@ -385,8 +388,8 @@ static void report_failure(struct verify *v, int ret)
 
 	if (!*why)
 		why = ret == -EPROTO ? "internal error: the two "
-				       "disks' blocks came out of step" :
-				       strerror(-ret);
+				       "disks' blocks came out of step"
+				     : strerror(-ret);
 	error_msg("%s", why);
 	if (v->json) {
 		json_array_end(&v->w);

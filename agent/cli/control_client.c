@@ -22,8 +22,8 @@
 
 /* --- client --- */
 
-int control_resolve_socket(const char *config, const char *control,
-			   char **out, char *err, size_t errlen)
+int control_resolve_socket(const char *config, const char *control, char **out,
+			   char *err, size_t errlen)
 {
 	struct agent_config cfg;
 	const char *path = config;
@@ -80,19 +80,25 @@ int control_call(const char *sock, const char *request, int timeout_ms,
 	}
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
 		ret = -errno;
-		snprintf(err, errlen, "%s: cannot connect to the control socket: %s%s",
-			 sock, strerror(errno),
-			 errno == EACCES ? " (root or the agent's admin group only)" :
-			 errno == ENOENT || errno == ECONNREFUSED ? " (is the agent running?)" : "");
+		snprintf(err, errlen,
+			 "%s: cannot connect to the control socket: %s%s", sock,
+			 strerror(errno),
+			 errno == EACCES
+				 ? " (root or the agent's admin group only)"
+			 : errno == ENOENT || errno == ECONNREFUSED
+				 ? " (is the agent running?)"
+				 : "");
 		goto out;
 	}
 	ret = control_send_all(fd, request, rlen, (int)(deadline - mono_ms()));
 	if (!ret)
-		ret = control_send_all(fd, "\n", 1, (int)(deadline - mono_ms()));
+		ret = control_send_all(fd, "\n", 1,
+				       (int)(deadline - mono_ms()));
 	/* An agent that refuses a caller (or has no memory for one)
 	 * answers and closes without reading: its answer may be waiting. */
 	if (ret && ret != -EPIPE && ret != -ECONNRESET) {
-		snprintf(err, errlen, "%s: cannot send the request: %s", sock, strerror(-ret));
+		snprintf(err, errlen, "%s: cannot send the request: %s", sock,
+			 strerror(-ret));
 		goto out;
 	}
 	buf = malloc(cap);
@@ -105,7 +111,8 @@ int control_call(const char *sock, const char *request, int timeout_ms,
 
 		if (left <= 0) {
 			ret = -ETIMEDOUT;
-			snprintf(err, errlen, "%s: no answer from the agent within %d s",
+			snprintf(err, errlen,
+				 "%s: no answer from the agent within %d s",
 				 sock, (timeout_ms + 999) / 1000);
 			goto out;
 		}
@@ -119,7 +126,9 @@ int control_call(const char *sock, const char *request, int timeout_ms,
 
 			if (cap >= CONTROL_MAX_LINE * 64) {
 				ret = -EPROTO;
-				snprintf(err, errlen, "%s: the agent's reply is too long", sock);
+				snprintf(err, errlen,
+					 "%s: the agent's reply is too long",
+					 sock);
 				goto out;
 			}
 			nb = realloc(buf, cap * 2);
@@ -133,8 +142,10 @@ int control_call(const char *sock, const char *request, int timeout_ms,
 			continue;
 		if (n <= 0) {
 			ret = n < 0 ? -errno : -ECONNRESET;
-			snprintf(err, errlen, "%s: the agent closed the connection without answering",
-				 sock);
+			snprintf(
+				err, errlen,
+				"%s: the agent closed the connection without answering",
+				sock);
 			goto out;
 		}
 		have += (size_t)n;
@@ -144,15 +155,18 @@ int control_call(const char *sock, const char *request, int timeout_ms,
 		goto nomem;
 	if (ret) {
 		ret = -EPROTO;
-		snprintf(err, errlen, "%s: the agent's reply is not JSON: %s", sock, jerr);
+		snprintf(err, errlen, "%s: the agent's reply is not JSON: %s",
+			 sock, jerr);
 		goto out;
 	}
 	rv = jv_get(*reply, "ReturnValue");
-	if ((*reply)->type != JV_OBJECT || !rv || rv->type != JV_NUMBER || !rv->is_int) {
+	if ((*reply)->type != JV_OBJECT || !rv || rv->type != JV_NUMBER ||
+	    !rv->is_int) {
 		jv_free(*reply);
 		*reply = NULL;
 		ret = -EPROTO;
-		snprintf(err, errlen, "%s: the agent's reply has no ReturnValue", sock);
+		snprintf(err, errlen,
+			 "%s: the agent's reply has no ReturnValue", sock);
 		goto out;
 	}
 	ret = 0;
@@ -191,7 +205,8 @@ unsigned control_reply_rv(const struct jv *reply)
 {
 	const struct jv *rv = reply ? jv_get(reply, "ReturnValue") : NULL;
 
-	if (!rv || rv->type != JV_NUMBER || !rv->is_int || rv->i < 0 || rv->i > 0xffffffffLL)
+	if (!rv || rv->type != JV_NUMBER || !rv->is_int || rv->i < 0 ||
+	    rv->i > 0xffffffffLL)
 		return RV_FAILED;
 	return (unsigned)rv->i;
 }
@@ -204,7 +219,8 @@ const char *control_reply_error(const struct jv *reply)
 }
 
 /* Build a request with the writer; *out is malloc()ed. */
-static int build(char **out, void (*fill)(struct json_writer *w, const void *arg),
+static int build(char **out,
+		 void (*fill)(struct json_writer *w, const void *arg),
 		 const void *arg)
 {
 	struct json_writer w;
@@ -245,7 +261,8 @@ static void fill_resync(struct json_writer *w, const void *arg)
 		json_key(w, "Sources");
 		json_object_begin(w);
 		for (i = 0; i < a->nsources; i++)
-			json_kv_string(w, a->source_names[i], a->source_paths[i]);
+			json_kv_string(w, a->source_names[i],
+				       a->source_paths[i]);
 		json_object_end(w);
 	}
 	json_object_end(w);
@@ -266,13 +283,14 @@ static unsigned call_rv(const char *sock, const char *req, int timeout_ms,
 	if (e)
 		snprintf(err, errlen, "%s", e);
 	else if (rv != RV_OK && rv != RV_JOB_STARTED)
-		snprintf(err, errlen, "the agent answered %u (%s)", rv, rv_name(rv));
+		snprintf(err, errlen, "the agent answered %u (%s)", rv,
+			 rv_name(rv));
 	return rv;
 }
 
 unsigned control_resynchronize(const char *sock, const struct control_resync *a,
-			       int timeout_ms, char job[JOB_ID_LEN],
-			       char *err, size_t errlen)
+			       int timeout_ms, char job[JOB_ID_LEN], char *err,
+			       size_t errlen)
 {
 	struct jv *reply = NULL;
 	const struct jv *id;
@@ -291,7 +309,9 @@ unsigned control_resynchronize(const char *sock, const struct control_resync *a,
 	if (id && id->type == JV_STRING && job_id_valid(id->s))
 		memcpy(job, id->s, JOB_ID_LEN);
 	else if (rv == RV_JOB_STARTED) {
-		snprintf(err, errlen, "%s: the agent accepted the request but named no job", sock);
+		snprintf(err, errlen,
+			 "%s: the agent accepted the request but named no job",
+			 sock);
 		rv = RV_FAILED;
 	}
 	jv_free(reply);
@@ -343,8 +363,9 @@ unsigned control_get_job(const char *sock, const char *id, int timeout_ms,
 		inst = jv_get(reply, "Instance");
 		if (!inst || job_from_json(inst, j, jerr, sizeof(jerr))) {
 			job_clear(j);
-			snprintf(err, errlen, "%s: the agent's job is not readable: %s", sock,
-				 inst ? jerr : "no Instance");
+			snprintf(err, errlen,
+				 "%s: the agent's job is not readable: %s",
+				 sock, inst ? jerr : "no Instance");
 			rv = RV_FAILED;
 		}
 	}
@@ -356,8 +377,10 @@ unsigned control_job_state_change(const char *sock, const char *id,
 				  unsigned requested, int64_t timeout_usec,
 				  char *err, size_t errlen)
 {
-	struct idreq r = { .method = "RequestStateChange", .id = id,
-			   .requested = requested, .timeout_usec = timeout_usec };
+	struct idreq r = { .method = "RequestStateChange",
+			   .id = id,
+			   .requested = requested,
+			   .timeout_usec = timeout_usec };
 	struct jv *reply = NULL;
 	int timeout_ms = 30000 + (int)(timeout_usec / 1000);
 	char *req;
@@ -369,8 +392,10 @@ unsigned control_job_state_change(const char *sock, const char *id,
 		return RV_NO_MEMORY;
 	}
 	rv = call_rv(sock, req, timeout_ms, &reply, err, errlen);
-	if (rv != RSC_OK && rv != RSC_STARTED && !control_reply_error(reply) && reply)
-		snprintf(err, errlen, "the agent answered %u (%s)", rv, rsc_name(rv));
+	if (rv != RSC_OK && rv != RSC_STARTED && !control_reply_error(reply) &&
+	    reply)
+		snprintf(err, errlen, "the agent answered %u (%s)", rv,
+			 rsc_name(rv));
 	free(req);
 	jv_free(reply);
 	return rv;
@@ -389,14 +414,17 @@ unsigned control_wait_job(const char *sock, const char *id, int timeout_ms,
 		int64_t left = timeout_ms > 0 ? deadline - mono_ms() : 30000;
 
 		if (left <= 0) {
-			snprintf(err, errlen, "job %s did not finish within %d s", id,
+			snprintf(err, errlen,
+				 "job %s did not finish within %d s", id,
 				 (timeout_ms + 999) / 1000);
 			return RV_TIMEOUT;
 		}
-		rv = control_get_job(sock, id, left < 30000 ? (int)left : 30000, &cur,
-				     err, errlen);
-		if (rv == RV_TIMEOUT && timeout_ms > 0 && deadline - mono_ms() <= 0) {
-			snprintf(err, errlen, "job %s did not finish within %d s", id,
+		rv = control_get_job(sock, id, left < 30000 ? (int)left : 30000,
+				     &cur, err, errlen);
+		if (rv == RV_TIMEOUT && timeout_ms > 0 &&
+		    deadline - mono_ms() <= 0) {
+			snprintf(err, errlen,
+				 "job %s did not finish within %d s", id,
 				 (timeout_ms + 999) / 1000);
 			return RV_TIMEOUT;
 		}

@@ -14,14 +14,13 @@
 #include "agent/daemon/job.h"
 #include "agent/lib/jsonparse.h"
 
-
 /*
  * Which socket to talk to: @control when given, else the control key of
  * @config (when given, it must load), else that of the default config
  * when it is readable, else CONTROL_DEFAULT_SOCKET.  *out is malloc()ed.
  */
-int control_resolve_socket(const char *config, const char *control,
-			   char **out, char *err, size_t errlen);
+int control_resolve_socket(const char *config, const char *control, char **out,
+			   char *err, size_t errlen);
 
 /*
  * Send one request line (a JSON object without the newline) to @sock and
@@ -43,8 +42,8 @@ const char *control_reply_error(const struct jv *reply);
 
 /* Arguments of Resynchronize. */
 struct control_resync {
-	const char *vm;            /* ComputerSystem: name or id */
-	const char *start_time;    /* CIM datetime, ISO 8601 or NULL */
+	const char *vm;		/* ComputerSystem: name or id */
+	const char *start_time; /* CIM datetime, ISO 8601 or NULL */
 	/* Sources: read these files instead of the configured disks, paired
 	 * by file name ("os.vhdx" -> "/run/hvresync/web01/os.vhdx"). */
 	unsigned nsources;
@@ -55,8 +54,8 @@ struct control_resync {
 /* Resynchronize; returns its ReturnValue (or control_rv_for_error()),
  * @job gets the InstanceID on 4096. */
 unsigned control_resynchronize(const char *sock, const struct control_resync *a,
-			       int timeout_ms, char job[JOB_ID_LEN],
-			       char *err, size_t errlen);
+			       int timeout_ms, char job[JOB_ID_LEN], char *err,
+			       size_t errlen);
 /* GetJob; 0 with @j filled (job_clear() it), else a ReturnValue. */
 unsigned control_get_job(const char *sock, const char *id, int timeout_ms,
 			 struct job *j, char *err, size_t errlen);

@@ -18,34 +18,34 @@
 #include "vhdx/vhdx.h"
 
 enum check {
-	CHECK_NOT_RUN,   /* the job did not complete */
-	CHECK_SKIPPED,   /* the recovery disk is not reachable from here */
+	CHECK_NOT_RUN, /* the job did not complete */
+	CHECK_SKIPPED, /* the recovery disk is not reachable from here */
 	CHECK_MATCH,
 	CHECK_DIFFER,
 	CHECK_ERROR,
 };
 
 struct mr_disk {
-	const char *path;    /* the configured primary disk */
-	const char *name;    /* its file name: the view's name, Sources' key */
-	char *view;          /* RUN-DIR/VM/NAME */
+	const char *path; /* the configured primary disk */
+	const char *name; /* its file name: the view's name, Sources' key */
+	char *view;	  /* RUN-DIR/VM/NAME */
 	struct vhdx_image *img;
 	uint32_t sector;
-	char *recovery;      /* from --recovery-config, or NULL */
+	char *recovery; /* from --recovery-config, or NULL */
 	struct probe_result p, r;
 	bool probed_p, probed_r;
 	enum check check;
-	char what[1024];     /* the check's verdict in one line */
+	char what[1024]; /* the check's verdict in one line */
 };
 
 /* The command line, as given. */
 struct mr_opts {
-	const char *vm;              /* the operand: a VM's name or id */
+	const char *vm; /* the operand: a VM's name or id */
 	const char *config_path;
 	const char *recovery_config;
 	const char *run_dir;
 	bool json;
-	double timeout;              /* seconds; 0: none */
+	double timeout; /* seconds; 0: none */
 };
 
 struct mr {
@@ -60,16 +60,16 @@ struct mr {
 	char *lock_path;
 	int lock_fd;
 	bool mounted;
-	bool unmounted;      /* ours is gone and nothing is left there */
+	bool unmounted; /* ours is gone and nothing is left there */
 	pid_t server;
 	struct mr_disk *disks;
 	unsigned ndisks;
-	unsigned rv;         /* Resynchronize's ReturnValue, or 32772 */
+	unsigned rv; /* Resynchronize's ReturnValue, or 32772 */
 	char job[JOB_ID_LEN];
 	struct job final;
 	bool have_final;
 	int signal;
-	char err[1024];      /* the first failure, for the last line */
+	char err[1024]; /* the first failure, for the last line */
 	bool rv_printed;
 	bool final_printed;
 	char skip_why[512];

@@ -71,12 +71,13 @@ int mr_take_lock(struct mr *m)
 		}
 		if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
 			if (errno == EWOULDBLOCK)
-				mr_set_err(m, "%s: another mount-and-resync of VM "
-					   "%s is running", m->lock_path,
-					   m->vm->name);
+				mr_set_err(m,
+					   "%s: another mount-and-resync of VM "
+					   "%s is running",
+					   m->lock_path, m->vm->name);
 			else
-				mr_set_err(m, "%s: cannot lock: %s", m->lock_path,
-					   strerror(errno));
+				mr_set_err(m, "%s: cannot lock: %s",
+					   m->lock_path, strerror(errno));
 			close(fd);
 			return -1;
 		}
@@ -118,12 +119,15 @@ int mr_clear_mountpoint(struct mr *m)
 		if (ret == -ENOENT)
 			break;
 		if (ret < 0) {
-			mr_set_err(m, "/proc/self/mountinfo: %s", strerror(-ret));
+			mr_set_err(m, "/proc/self/mountinfo: %s",
+				   strerror(-ret));
 			return -1;
 		}
 		if (strcmp(mi.fstype, VIEW_FSTYPE)) {
-			mr_set_err(m, "%s: a %s filesystem is mounted there; it "
-				   "is not ours to remove", m->mnt, mi.fstype);
+			mr_set_err(m,
+				   "%s: a %s filesystem is mounted there; it "
+				   "is not ours to remove",
+				   m->mnt, mi.fstype);
 			return -1;
 		}
 		note_msg("%s: removing a view left behind by an earlier run",
@@ -157,8 +161,10 @@ static int lock_images(struct mr *m, struct mr_disk *d)
 		if (flock(vhdx_get_fd(p), LOCK_SH | LOCK_NB) == 0 ||
 		    errno != EWOULDBLOCK)
 			continue;
-		mr_set_err(m, "%s: is written through a writable hvresync view; "
-			   "unmount that first", vhdx_get_info(p)->path);
+		mr_set_err(m,
+			   "%s: is written through a writable hvresync view; "
+			   "unmount that first",
+			   vhdx_get_info(p)->path);
 		return -1;
 	}
 	return 0;
@@ -174,8 +180,8 @@ int mr_open_disks(struct mr *m)
 		int ret = vhdx_open(d->path, 0, &d->img, &verr);
 
 		if (ret < 0) {
-			mr_set_err(m, "%s", verr.msg[0] ? verr.msg :
-				   strerror(-ret));
+			mr_set_err(m, "%s",
+				   verr.msg[0] ? verr.msg : strerror(-ret));
 			return -1;
 		}
 		d->sector = vhdx_get_info(d->img)->logical_sector_size;
@@ -311,12 +317,16 @@ int mr_mount_views(struct mr *m)
 		mr_set_err(m, "%s", msg);
 	else if (waitpid(m->server, &status, 0) == m->server) {
 		m->server = 0;
-		mr_set_err(m, "%s: the view's serving process %s before the "
-			   "mount was ready", m->mnt, WIFSIGNALED(status) ?
-			   "was killed" : "exited");
+		mr_set_err(m,
+			   "%s: the view's serving process %s before the "
+			   "mount was ready",
+			   m->mnt,
+			   WIFSIGNALED(status) ? "was killed" : "exited");
 	} else {
-		mr_set_err(m, "%s: the view's serving process ended before the "
-			   "mount was ready", m->mnt);
+		mr_set_err(m,
+			   "%s: the view's serving process ended before the "
+			   "mount was ready",
+			   m->mnt);
 	}
 	return -1;
 }
@@ -355,7 +365,8 @@ void mr_unmount_views(struct mr *m)
 		kill(m->server, SIGTERM);
 		if (!reap_server(m, SERVER_STOP_SECS)) {
 			error_msg("%s: the view's server did not stop in %d s; "
-				  "killing it", m->mnt, SERVER_STOP_SECS);
+				  "killing it",
+				  m->mnt, SERVER_STOP_SECS);
 			kill(m->server, SIGKILL);
 			reap_server(m, 5);
 		}
@@ -377,4 +388,3 @@ void mr_unmount_views(struct mr *m)
 		error_msg("%s: cannot remove: %s", m->mnt, strerror(errno));
 	note_msg("%s: unmounted", m->mnt);
 }
-

@@ -52,9 +52,9 @@ static void draw(struct progress *p, double now)
 	n = snprintf(tail, sizeof(tail), " %3.0f%% %s/%s %s/s%s", frac * 100,
 		     done, total, rate, eta);
 	width = term_width() - 1;
-	barw = width > (unsigned)n + strlen(p->label) + 3 ?
-		       width - (unsigned)n - (unsigned)strlen(p->label) - 3 :
-		       0;
+	barw = width > (unsigned)n + strlen(p->label) + 3
+		       ? width - (unsigned)n - (unsigned)strlen(p->label) - 3
+		       : 0;
 	if (barw > sizeof(bar) - 1)
 		barw = sizeof(bar) - 1;
 	fill = (unsigned)(frac * barw);

@@ -17,7 +17,7 @@ struct progress {
 	const char *label;
 	uint64_t total;
 	uint64_t done;
-	double start;     /* CLOCK_MONOTONIC seconds */
+	double start; /* CLOCK_MONOTONIC seconds */
 	double last_draw;
 };
 

@@ -52,23 +52,30 @@ static void add_exports(struct agent *a, bool first)
 		for (k = 0; k < rt->cfg->ndisks; k++) {
 			ret = jobs_export_name(name, sizeof(name), rt->cfg, k);
 			if (ret)
-				snprintf(err, sizeof(err), "export name %s:%s %s", rt->cfg->name,
-					 config_basename(rt->cfg->disks[k]),
-					 ret == -ENAMETOOLONG ? "is too long" :
-					 "breaks the export-name rule");
+				snprintf(
+					err, sizeof(err),
+					"export name %s:%s %s", rt->cfg->name,
+					config_basename(rt->cfg->disks[k]),
+					ret == -ENAMETOOLONG
+						? "is too long"
+						: "breaks the export-name rule");
 			else
-				ret = server_add_export(a->server, name, rt->cfg->disks[k],
-							err, sizeof(err));
+				ret = server_add_export(a->server, name,
+							rt->cfg->disks[k], err,
+							sizeof(err));
 			if (ret == -EEXIST)
 				continue;
 			if (ret) {
 				all = false;
 				if (first)
-					log_msg(LOG_PRIO_WARNING, NULL, "VM %s: cannot export %s (tried again every minute): %s",
-						rt->cfg->name, rt->cfg->disks[k], err);
+					log_msg(LOG_PRIO_WARNING, NULL,
+						"VM %s: cannot export %s (tried again every minute): %s",
+						rt->cfg->name,
+						rt->cfg->disks[k], err);
 				continue;
 			}
-			log_msg(LOG_PRIO_INFO, NULL, "VM %s: exporting %s as %s", rt->cfg->name,
+			log_msg(LOG_PRIO_INFO, NULL,
+				"VM %s: exporting %s as %s", rt->cfg->name,
 				rt->cfg->disks[k], name);
 		}
 		rt->exported = all;
@@ -96,8 +103,10 @@ static int64_t run_job_list(struct agent *a, int64_t now, int64_t wake)
 		runner_reap(aj);
 		if (aj->j.finished && !aj->has_thread &&
 		    now >= aj->j.finished + aj->j.retention) {
-			log_msg(LOG_PRIO_INFO, NULL, "job %s (VM %s, %s) removed: its TimeBeforeRemoval passed",
-				aj->j.id, aj->j.vm, job_state_name(aj->j.state));
+			log_msg(LOG_PRIO_INFO, NULL,
+				"job %s (VM %s, %s) removed: its TimeBeforeRemoval passed",
+				aj->j.id, aj->j.vm,
+				job_state_name(aj->j.state));
 			job_remove(a->jobs_dir, aj->j.id);
 			*pp = aj->next;
 			jobs_free(aj);
@@ -109,7 +118,8 @@ static int64_t run_job_list(struct agent *a, int64_t now, int64_t wake)
 			if (aj->j.scheduled <= now) {
 				ret = runner_start(a, aj);
 				if (ret)
-					log_msg(LOG_PRIO_ERR, NULL, "job %s: cannot start: %s",
+					log_msg(LOG_PRIO_ERR, NULL,
+						"job %s: cannot start: %s",
 						aj->j.id, strerror(-ret));
 			} else if (aj->j.scheduled < wake) {
 				wake = aj->j.scheduled;
@@ -121,13 +131,15 @@ static int64_t run_job_list(struct agent *a, int64_t now, int64_t wake)
 }
 
 /* Does @rt need a job from the auto-resync window at local minute @min? */
-static bool auto_resync_due(struct agent *a, struct vmrt *rt, int64_t now, int min)
+static bool auto_resync_due(struct agent *a, struct vmrt *rt, int64_t now,
+			    int min)
 {
 	const struct vm_config *vm = rt->cfg;
 
 	return vm->auto_resync && rt->st.state == RS_RESYNC_REQUIRED &&
 	       config_in_window(vm, min) && !jobs_active_of(a, vm->name) &&
-	       vm->ndisks && vm->replica && vm_mode(vm) != RM_EXTENDED_REPLICA &&
+	       vm->ndisks && vm->replica &&
+	       vm_mode(vm) != RM_EXTENDED_REPLICA &&
 	       !(rt->last_auto && now - rt->last_auto < AUTO_RETRY_US);
 }
 
@@ -147,20 +159,22 @@ static void auto_resync(struct agent *a, int64_t now)
 			continue;
 		aj = jobs_new(a, vm, NULL, 0, true);
 		if (!aj) {
-			log_msg(LOG_PRIO_ERR, NULL, "VM %s: auto-resync: out of memory",
-				vm->name);
+			log_msg(LOG_PRIO_ERR, NULL,
+				"VM %s: auto-resync: out of memory", vm->name);
 			continue;
 		}
 		rt->last_auto = now;
 		if (job_save(a->jobs_dir, &aj->j, now) || runner_start(a, aj)) {
-			log_msg(LOG_PRIO_ERR, NULL, "VM %s: auto-resync: cannot start a job",
+			log_msg(LOG_PRIO_ERR, NULL,
+				"VM %s: auto-resync: cannot start a job",
 				vm->name);
 			job_remove(a->jobs_dir, aj->j.id);
 			jobs_free(aj);
 			continue;
 		}
 		jobs_add(a, aj);
-		log_msg(LOG_PRIO_INFO, NULL, "VM %s: auto-resync inside its window: job %s",
+		log_msg(LOG_PRIO_INFO, NULL,
+			"VM %s: auto-resync inside its window: job %s",
 			vm->name, aj->j.id);
 	}
 }
@@ -204,7 +218,8 @@ static void *server_main(void *arg)
 	int ret = server_run(a->server);
 
 	if (ret)
-		log_msg(LOG_PRIO_ERR, NULL, "serve: stopped: %s", strerror(-ret));
+		log_msg(LOG_PRIO_ERR, NULL, "serve: stopped: %s",
+			strerror(-ret));
 	return NULL;
 }
 
@@ -219,11 +234,13 @@ static void resume_jobs(struct agent *a)
 	for (aj = a->jobs; aj; aj = aj->next) {
 		unsigned s = aj->j.state;
 
-		if (s == JS_STARTING || s == JS_RUNNING || s == JS_SHUTTING_DOWN) {
+		if (s == JS_STARTING || s == JS_RUNNING ||
+		    s == JS_SHUTTING_DOWN) {
 			int ret = runner_start(a, aj);
 
 			if (ret)
-				log_msg(LOG_PRIO_ERR, NULL, "job %s: cannot resume: %s", aj->j.id,
+				log_msg(LOG_PRIO_ERR, NULL,
+					"job %s: cannot resume: %s", aj->j.id,
 					strerror(-ret));
 		}
 	}
@@ -255,8 +272,10 @@ static int open_state_dir(struct agent *a, char *err, size_t errlen)
 		return -ENOMEM;
 	}
 	if ((ret = fs_mkdir_p(a->cfg.state_dir, 0700)) ||
-	    (ret = fs_mkdir_p(a->jobs_dir, 0700)) || (ret = fs_mkdir_p(a->vms_dir, 0700))) {
-		snprintf(err, errlen, "%s: cannot create the state directory: %s",
+	    (ret = fs_mkdir_p(a->jobs_dir, 0700)) ||
+	    (ret = fs_mkdir_p(a->vms_dir, 0700))) {
+		snprintf(err, errlen,
+			 "%s: cannot create the state directory: %s",
 			 a->cfg.state_dir, strerror(-ret));
 		return ret;
 	}
@@ -265,8 +284,9 @@ static int open_state_dir(struct agent *a, char *err, size_t errlen)
 	free(lk);
 	if (a->lock_fd < 0 || flock(a->lock_fd, LOCK_EX | LOCK_NB)) {
 		snprintf(err, errlen, "%s: %s", a->cfg.state_dir,
-			 errno == EWOULDBLOCK ? "another agent uses this state directory" :
-			 strerror(errno));
+			 errno == EWOULDBLOCK
+				 ? "another agent uses this state directory"
+				 : strerror(errno));
 		return -EBUSY;
 	}
 	/* the lock file names the agent, for scripts and kill(1) */
@@ -285,11 +305,14 @@ static void load_vm_states(struct agent *a, char *err, size_t errlen)
 	for (i = 0; i < a->cfg.nvms; i++) {
 		rt = &a->vms[i];
 		rt->cfg = &a->cfg.vms[i];
-		if (!vm_state_load(a->vms_dir, rt->cfg->name, &rt->st, err, errlen))
+		if (!vm_state_load(a->vms_dir, rt->cfg->name, &rt->st, err,
+				   errlen))
 			continue;
-		log_msg(LOG_PRIO_WARNING, NULL, "VM %s: state record unreadable, starting from 1: %s",
+		log_msg(LOG_PRIO_WARNING, NULL,
+			"VM %s: state record unreadable, starting from 1: %s",
 			rt->cfg->name, err);
-		vm_state_load("/nonexistent", rt->cfg->name, &rt->st, err, errlen);
+		vm_state_load("/nonexistent", rt->cfg->name, &rt->st, err,
+			      errlen);
 	}
 }
 
@@ -316,13 +339,16 @@ static int start_server(struct agent *a, char *err, size_t errlen)
 	add_exports(a, true);
 	ret = pthread_create(&a->server_thread, NULL, server_main, a);
 	if (ret) {
-		snprintf(err, errlen, "cannot start the server thread: %s", strerror(ret));
+		snprintf(err, errlen, "cannot start the server thread: %s",
+			 strerror(ret));
 		return -ret;
 	}
 	a->server_running = true;
-	log_msg(LOG_PRIO_INFO, NULL, "serving peers on %s (%s)", server_addr(a->server),
-		a->cfg.insecure ? "plain TCP, loopback only" :
-		a->cfg.cert_file ? "TLS 1.3, certificates" : "TLS 1.3, pre-shared key");
+	log_msg(LOG_PRIO_INFO, NULL, "serving peers on %s (%s)",
+		server_addr(a->server),
+		a->cfg.insecure	   ? "plain TCP, loopback only"
+		: a->cfg.cert_file ? "TLS 1.3, certificates"
+				   : "TLS 1.3, pre-shared key");
 	return 0;
 }
 
@@ -341,18 +367,20 @@ static int setup(struct agent *a, char *err, size_t errlen)
 	load_vm_states(a, err, errlen);
 	ret = jobs_load(a);
 	if (ret) {
-		snprintf(err, errlen, "%s: cannot read jobs: %s", a->jobs_dir, strerror(-ret));
+		snprintf(err, errlen, "%s: cannot read jobs: %s", a->jobs_dir,
+			 strerror(-ret));
 		return ret;
 	}
 	ret = push_security_config(&a->tls, a->cfg.psk_file, a->cfg.cert_file,
-				   a->cfg.key_file, a->cfg.ca_file, a->cfg.insecure, err, errlen);
+				   a->cfg.key_file, a->cfg.ca_file,
+				   a->cfg.insecure, err, errlen);
 	if (ret)
 		return ret;
 
 	/* The control socket first: a second agent on it stops here,
 	 * before it binds the peer port. */
-	ret = control_server_start(a->cfg.control, a->cfg.admin_group, methods_handle, a,
-				   &a->ctl, err, errlen);
+	ret = control_server_start(a->cfg.control, a->cfg.admin_group,
+				   methods_handle, a, &a->ctl, err, errlen);
 	if (ret)
 		return ret;
 	log_msg(LOG_PRIO_INFO, NULL, "control API on %s", a->cfg.control);
@@ -363,7 +391,8 @@ static int setup(struct agent *a, char *err, size_t errlen)
 	resume_jobs(a);
 	ret = pthread_create(&a->sched_thread, NULL, scheduler, a);
 	if (ret) {
-		snprintf(err, errlen, "cannot start the scheduler: %s", strerror(ret));
+		snprintf(err, errlen, "cannot start the scheduler: %s",
+			 strerror(ret));
 		return -ret;
 	}
 	a->sched_running = true;
@@ -476,7 +505,8 @@ static void detached_ready(int ready_fd)
 		close(fd);
 	}
 	if (write(ready_fd, "R", 1) != 1)
-		log_msg(LOG_PRIO_WARNING, NULL, "cannot tell the parent we are ready");
+		log_msg(LOG_PRIO_WARNING, NULL,
+			"cannot tell the parent we are ready");
 	close(ready_fd);
 }
 
@@ -541,14 +571,16 @@ int agent_run(const struct agent_options *o, char *err, size_t errlen)
 		log_use_plain(); /* the caller reports @err as the CLI does */
 		return ret < 0 ? ret : -EINVAL;
 	}
-	log_msg(LOG_PRIO_INFO, NULL, "agent ready: %u VM(s) from %s, state in %s",
-		a.cfg.nvms, o->config, a.cfg.state_dir);
+	log_msg(LOG_PRIO_INFO, NULL,
+		"agent ready: %u VM(s) from %s, state in %s", a.cfg.nvms,
+		o->config, a.cfg.state_dir);
 	sd_notify(0, "READY=1");
 	if (!o->foreground)
 		detached_ready(ready[1]);
 	sig = wait_for_stop(&set);
 	log_msg(LOG_PRIO_INFO, NULL,
-		"signal %d: stopping (running jobs resume at the next start)", sig);
+		"signal %d: stopping (running jobs resume at the next start)",
+		sig);
 	sd_notify(0, "STOPPING=1");
 	teardown(&a);
 	pthread_mutex_destroy(&a.lock);

@@ -50,7 +50,8 @@ static void civil_from_days(int64_t z, int *y, unsigned *m, unsigned *d)
 
 static unsigned days_in_month(int y, unsigned m)
 {
-	static const unsigned dim[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+	static const unsigned dim[] = { 31, 28, 31, 30, 31, 30,
+					31, 31, 30, 31, 30, 31 };
 	bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
 
 	return m == 2 && leap ? 29 : dim[m - 1];
@@ -70,10 +71,12 @@ static int digits(const char *s, unsigned n, int64_t *v)
 	return 0;
 }
 
-static int civil_valid(int64_t y, int64_t mo, int64_t d, int64_t h, int64_t mi, int64_t s)
+static int civil_valid(int64_t y, int64_t mo, int64_t d, int64_t h, int64_t mi,
+		       int64_t s)
 {
 	if (y < 1970 || y > 9999 || mo < 1 || mo > 12 || d < 1 ||
-	    d > days_in_month((int)y, (unsigned)mo) || h > 23 || mi > 59 || s > 59)
+	    d > days_in_month((int)y, (unsigned)mo) || h > 23 || mi > 59 ||
+	    s > 59)
 		return -EINVAL;
 	return 0;
 }
@@ -82,22 +85,27 @@ int cim_datetime_parse(const char *s, int64_t *usec)
 {
 	int64_t y, mo, d, h, mi, se, us, off;
 
-	if (!s || strlen(s) != 25 || s[14] != '.' || (s[21] != '+' && s[21] != '-'))
+	if (!s || strlen(s) != 25 || s[14] != '.' ||
+	    (s[21] != '+' && s[21] != '-'))
 		return -EINVAL;
 	if (digits(s, 4, &y) || digits(s + 4, 2, &mo) || digits(s + 6, 2, &d) ||
-	    digits(s + 8, 2, &h) || digits(s + 10, 2, &mi) || digits(s + 12, 2, &se) ||
-	    digits(s + 15, 6, &us) || digits(s + 22, 3, &off))
+	    digits(s + 8, 2, &h) || digits(s + 10, 2, &mi) ||
+	    digits(s + 12, 2, &se) || digits(s + 15, 6, &us) ||
+	    digits(s + 22, 3, &off))
 		return -EINVAL;
 	if (civil_valid(y, mo, d, h, mi, se) || off > 720)
 		return -EINVAL;
 	if (s[21] == '-')
 		off = -off;
-	*usec = ((days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 +
-		  se - off * 60) * USEC) + us;
+	*usec = ((days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 +
+		  h * 3600 + mi * 60 + se - off * 60) *
+		 USEC) +
+		us;
 	return 0;
 }
 
-void cim_datetime_format(int64_t usec, int offset_min, char out[CIM_DATETIME_LEN])
+void cim_datetime_format(int64_t usec, int offset_min,
+			 char out[CIM_DATETIME_LEN])
 {
 	int64_t t = usec / USEC + (int64_t)offset_min * 60, us = usec % USEC;
 	int64_t days, rem;
@@ -117,8 +125,9 @@ void cim_datetime_format(int64_t usec, int offset_min, char out[CIM_DATETIME_LEN
 	char tmp[96];
 
 	civil_from_days(days, &y, &m, &d);
-	snprintf(tmp, sizeof(tmp), "%04d%02u%02u%02d%02d%02d.%06d%c%03d", y % 10000, m % 100,
-		 d % 100, (int)(rem / 3600), (int)(rem / 60 % 60), (int)(rem % 60), (int)us,
+	snprintf(tmp, sizeof(tmp), "%04d%02u%02u%02d%02d%02d.%06d%c%03d",
+		 y % 10000, m % 100, d % 100, (int)(rem / 3600),
+		 (int)(rem / 60 % 60), (int)(rem % 60), (int)us,
 		 offset_min < 0 ? '-' : '+', abs(offset_min) % 1000);
 	memcpy(out, tmp, CIM_DATETIME_LEN - 1);
 	out[CIM_DATETIME_LEN - 1] = '\0';
@@ -130,8 +139,9 @@ int cim_interval_parse(const char *s, int64_t *usec)
 
 	if (!s || strlen(s) != 25 || s[14] != '.' || strcmp(s + 21, ":000"))
 		return -EINVAL;
-	if (digits(s, 8, &d) || digits(s + 8, 2, &h) || digits(s + 10, 2, &mi) ||
-	    digits(s + 12, 2, &se) || digits(s + 15, 6, &us))
+	if (digits(s, 8, &d) || digits(s + 8, 2, &h) ||
+	    digits(s + 10, 2, &mi) || digits(s + 12, 2, &se) ||
+	    digits(s + 15, 6, &us))
 		return -EINVAL;
 	if (h > 23 || mi > 59 || se > 59)
 		return -EINVAL;
@@ -150,8 +160,8 @@ void cim_interval_format(int64_t usec, char out[CIM_DATETIME_LEN])
 	t = usec / USEC;
 	us = usec % USEC;
 	snprintf(tmp, sizeof(tmp), "%08lld%02d%02d%02d.%06d:000",
-		 (long long)(t / 86400 % 100000000), (int)(t / 3600 % 24), (int)(t / 60 % 60),
-		 (int)(t % 60), (int)us);
+		 (long long)(t / 86400 % 100000000), (int)(t / 3600 % 24),
+		 (int)(t / 60 % 60), (int)(t % 60), (int)us);
 	memcpy(out, tmp, CIM_DATETIME_LEN - 1);
 	out[CIM_DATETIME_LEN - 1] = '\0';
 }
@@ -193,7 +203,8 @@ int iso8601_parse(const char *s, int64_t *usec)
 				p++;
 				if (!isdigit((unsigned char)*p))
 					return -EINVAL;
-				for (; isdigit((unsigned char)*p); p++, scale /= 10)
+				for (; isdigit((unsigned char)*p);
+				     p++, scale /= 10)
 					us += (*p - '0') * scale;
 			}
 		}
@@ -220,8 +231,11 @@ int iso8601_parse(const char *s, int64_t *usec)
 	if (*p || civil_valid(y, mo, d, h, mi, se))
 		return -EINVAL;
 	if (zone) {
-		*usec = (days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 +
-			 mi * 60 + se - sign * (oh * 3600 + om * 60)) * USEC + us;
+		*usec = (days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 +
+			 h * 3600 + mi * 60 + se -
+			 sign * (oh * 3600 + om * 60)) *
+				USEC +
+			us;
 	} else {
 		struct tm tm = { 0 };
 		time_t t;

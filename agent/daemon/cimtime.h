@@ -14,7 +14,8 @@
 /* "yyyymmddHHMMSS.mmmmmmsUUU" (s is + or -, UUU minutes east of UTC). */
 int cim_datetime_parse(const char *s, int64_t *usec);
 /* Format USEC as seen at OFFSET_MIN minutes east of UTC. */
-void cim_datetime_format(int64_t usec, int offset_min, char out[CIM_DATETIME_LEN]);
+void cim_datetime_format(int64_t usec, int offset_min,
+			 char out[CIM_DATETIME_LEN]);
 /* "ddddddddHHMMSS.mmmmmm:000" */
 int cim_interval_parse(const char *s, int64_t *usec);
 void cim_interval_format(int64_t usec, char out[CIM_DATETIME_LEN]);

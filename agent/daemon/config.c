@@ -84,7 +84,8 @@ static int parse_window(const char *v, struct vm_config *vm)
 	char a[16], b[16];
 	const char *dash = strchr(v, '-');
 
-	if (!dash || dash - v >= (long)sizeof(a) || strlen(dash + 1) >= sizeof(b))
+	if (!dash || dash - v >= (long)sizeof(a) ||
+	    strlen(dash + 1) >= sizeof(b))
 		return -EINVAL;
 	memcpy(a, v, (size_t)(dash - v));
 	a[dash - v] = '\0';
@@ -127,7 +128,9 @@ static int agent_key(struct parse *p, const char *name, const char *value)
 
 	if (!strcmp(name, "insecure")) {
 		if (strcmp(value, "true") && strcmp(value, "false"))
-			return bad(p, "insecure: expected true or false, not '%s'", value, "");
+			return bad(p,
+				   "insecure: expected true or false, not '%s'",
+				   value, "");
 		c->insecure = !strcmp(value, "true");
 		return 1;
 	}
@@ -135,7 +138,8 @@ static int agent_key(struct parse *p, const char *name, const char *value)
 		if (strcmp(name, keys[i].key))
 			continue;
 		if (!strcmp(name, "listen") && !valid_hostport(value))
-			return bad(p, "listen: '%s' is not ADDR:PORT", value, "");
+			return bad(p, "listen: '%s' is not ADDR:PORT", value,
+				   "");
 		if (set_str((char **)((char *)c + keys[i].off), value))
 			return bad(p, "out of memory", "", "");
 		return 1;
@@ -151,7 +155,8 @@ static int vm_key(struct parse *p, const char *name, const char *value)
 	if (!strcmp(name, "id")) {
 		if (vhdx_guid_parse(value, &g))
 			return bad(p, "id: '%s' is not a GUID", value, "");
-		return set_str(&vm->id, value) ? bad(p, "out of memory", "", "") : 1;
+		return set_str(&vm->id, value) ? bad(p, "out of memory", "", "")
+					       : 1;
 	}
 	if (!strcmp(name, "role")) {
 		if (!strcmp(value, "primary"))
@@ -161,32 +166,43 @@ static int vm_key(struct parse *p, const char *name, const char *value)
 		else if (!strcmp(value, "extended-replica"))
 			vm->role = VM_ROLE_EXTENDED_REPLICA;
 		else
-			return bad(p, "role: expected primary, replica or extended-replica, not '%s'",
-				   value, "");
+			return bad(
+				p,
+				"role: expected primary, replica or extended-replica, not '%s'",
+				value, "");
 		return 1;
 	}
 	if (!strcmp(name, "replica")) {
 		if (!valid_hostport(value))
-			return bad(p, "replica: '%s' is not HOST:PORT", value, "");
-		return set_str(&vm->replica, value) ? bad(p, "out of memory", "", "") : 1;
+			return bad(p, "replica: '%s' is not HOST:PORT", value,
+				   "");
+		return set_str(&vm->replica, value)
+			       ? bad(p, "out of memory", "", "")
+			       : 1;
 	}
 	if (!strcmp(name, "disk") || !strcmp(name, "exclude")) {
 		if (value[0] != '/')
-			return bad(p, "%s: '%s' is not an absolute path", name, value);
-		if (!strcmp(name, "disk") ? push_str(&vm->disks, &vm->ndisks, value)
-					  : push_str(&vm->excludes, &vm->nexcludes, value))
+			return bad(p, "%s: '%s' is not an absolute path", name,
+				   value);
+		if (!strcmp(name, "disk")
+			    ? push_str(&vm->disks, &vm->ndisks, value)
+			    : push_str(&vm->excludes, &vm->nexcludes, value))
 			return bad(p, "out of memory", "", "");
 		return 1;
 	}
 	if (!strcmp(name, "auto-resync")) {
 		if (parse_window(value, vm))
-			return bad(p, "auto-resync: '%s' is not a window HH:MM-HH:MM", value, "");
+			return bad(
+				p,
+				"auto-resync: '%s' is not a window HH:MM-HH:MM",
+				value, "");
 		return 1;
 	}
 	return bad(p, "unknown key '%s' in [vm %s]", name, vm->name);
 }
 
-static int handler(void *user, const char *section, const char *name, const char *value)
+static int handler(void *user, const char *section, const char *name,
+		   const char *value)
 {
 	struct parse *p = user;
 	struct agent_config *c = p->cfg;
@@ -194,18 +210,23 @@ static int handler(void *user, const char *section, const char *name, const char
 
 	if (p->err[0])
 		return 0;
-	if (!name) /* a section header alone (inih with INI_CALL_HANDLER_ON_NEW_SECTION) */
+	if (!name) /* a section header alone (inih with
+		      INI_CALL_HANDLER_ON_NEW_SECTION) */
 		return 1;
 	if (!strcmp(section, "agent"))
 		return agent_key(p, name, value);
 	if (strncmp(section, "vm ", 3) || !section[3])
-		return bad(p, "unknown section [%s] (expected [agent] or [vm NAME])", section, "");
+		return bad(
+			p,
+			"unknown section [%s] (expected [agent] or [vm NAME])",
+			section, "");
 	if (!p->vm || strcmp(p->vm->name, section + 3)) {
 		struct vm_config *v;
 
 		for (i = 0; i < c->nvms; i++)
 			if (!strcmp(c->vms[i].name, section + 3))
-				return bad(p, "[vm %s] appears twice", section + 3, "");
+				return bad(p, "[vm %s] appears twice",
+					   section + 3, "");
 		v = realloc(c->vms, (c->nvms + 1) * sizeof(*v));
 		if (!v)
 			return bad(p, "out of memory", "", "");
@@ -226,7 +247,8 @@ static int defaults(struct agent_config *c)
 
 	snprintf(port, sizeof(port), "0.0.0.0:%d", HVRESYNC_DEFAULT_PORT);
 	if ((!c->listen && set_str(&c->listen, port)) ||
-	    (!c->control && set_str(&c->control, "/run/hvresync/control.sock")) ||
+	    (!c->control &&
+	     set_str(&c->control, "/run/hvresync/control.sock")) ||
 	    (!c->state_dir && set_str(&c->state_dir, "/var/lib/hvresync")) ||
 	    (!c->admin_group && set_str(&c->admin_group, "hvresync")) ||
 	    (!c->psk_file && !c->cert_file && !c->insecure &&
@@ -235,7 +257,8 @@ static int defaults(struct agent_config *c)
 	return 0;
 }
 
-int config_load(const char *path, struct agent_config *cfg, char *err, size_t errlen)
+int config_load(const char *path, struct agent_config *cfg, char *err,
+		size_t errlen)
 {
 	struct parse p = { .cfg = cfg, .err = err, .errlen = errlen };
 	unsigned i, j, k;
@@ -249,14 +272,17 @@ int config_load(const char *path, struct agent_config *cfg, char *err, size_t er
 	p.f = fopen(path, "re");
 	if (!p.f) {
 		ret = -errno;
-		snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+		snprintf(err, errlen, "%s: cannot read: %s", path,
+			 strerror(errno));
 		return ret;
 	}
 	ret = ini_parse_stream(reader, &p, handler, &p);
 	fclose(p.f);
 	if (ret > 0 && !err[0])
-		snprintf(err, errlen, "%s:%d: not a valid line (expected [section], key = value or a ; comment)",
-			 path, ret);
+		snprintf(
+			err, errlen,
+			"%s:%d: not a valid line (expected [section], key = value or a ; comment)",
+			path, ret);
 	if (err[0])
 		return -EINVAL;
 	if (defaults(cfg)) {
@@ -264,36 +290,45 @@ int config_load(const char *path, struct agent_config *cfg, char *err, size_t er
 		return -ENOMEM;
 	}
 	if (cfg->cert_file && (!cfg->key_file || !cfg->ca_file)) {
-		snprintf(err, errlen, "%s: cert-file needs key-file and ca-file too", path);
+		snprintf(err, errlen,
+			 "%s: cert-file needs key-file and ca-file too", path);
 		return -EINVAL;
 	}
 	for (i = 0; i < cfg->nvms; i++) {
 		struct vm_config *vm = &cfg->vms[i];
 
 		if (vm->role == VM_ROLE_EXTENDED_REPLICA && vm->replica) {
-			snprintf(err, errlen,
-				 "%s:%d: [vm %s] is an extended replica, the last hop: it cannot name a replica",
-				 path, vm->line, vm->name);
+			snprintf(
+				err, errlen,
+				"%s:%d: [vm %s] is an extended replica, the last hop: it cannot name a replica",
+				path, vm->line, vm->name);
 			return -EINVAL;
 		}
 		if (vm->role == VM_ROLE_PRIMARY && !vm->replica) {
-			snprintf(err, errlen, "%s:%d: [vm %s] is primary but names no replica = HOST:PORT",
-				 path, vm->line, vm->name);
+			snprintf(
+				err, errlen,
+				"%s:%d: [vm %s] is primary but names no replica = HOST:PORT",
+				path, vm->line, vm->name);
 			return -EINVAL;
 		}
 		for (j = 0; j < vm->ndisks; j++) {
 			for (k = 0; k < j; k++)
 				if (!strcmp(config_basename(vm->disks[j]),
 					    config_basename(vm->disks[k]))) {
-					snprintf(err, errlen,
-						 "%s:%d: [vm %s] has two disks named %s: disks are paired by file name",
-						 path, vm->line, vm->name, config_basename(vm->disks[j]));
+					snprintf(
+						err, errlen,
+						"%s:%d: [vm %s] has two disks named %s: disks are paired by file name",
+						path, vm->line, vm->name,
+						config_basename(vm->disks[j]));
 					return -EINVAL;
 				}
 			for (k = 0; k < vm->nexcludes; k++)
 				if (!strcmp(vm->disks[j], vm->excludes[k])) {
-					snprintf(err, errlen, "%s:%d: [vm %s] lists %s as both disk and exclude",
-						 path, vm->line, vm->name, vm->disks[j]);
+					snprintf(
+						err, errlen,
+						"%s:%d: [vm %s] lists %s as both disk and exclude",
+						path, vm->line, vm->name,
+						vm->disks[j]);
 					return -EINVAL;
 				}
 		}
@@ -334,7 +369,8 @@ void config_free(struct agent_config *c)
 	memset(c, 0, sizeof(*c));
 }
 
-const struct vm_config *config_find_vm(const struct agent_config *cfg, const char *key)
+const struct vm_config *config_find_vm(const struct agent_config *cfg,
+				       const char *key)
 {
 	unsigned i;
 	const char *k = key;
@@ -376,5 +412,6 @@ bool config_in_window(const struct vm_config *vm, int min)
 		return false;
 	if (vm->window_start <= vm->window_end)
 		return min >= vm->window_start && min < vm->window_end;
-	return min >= vm->window_start || min < vm->window_end; /* across midnight */
+	return min >= vm->window_start ||
+	       min < vm->window_end; /* across midnight */
 }

@@ -20,17 +20,17 @@ enum vm_role {
 
 struct vm_config {
 	char *name;
-	char *id;           /* GUID as written, or NULL */
+	char *id; /* GUID as written, or NULL */
 	enum vm_role role;
-	char *replica;      /* HOST:PORT of the recovery (or extended) agent */
-	char **disks;       /* replication-enabled disks */
+	char *replica; /* HOST:PORT of the recovery (or extended) agent */
+	char **disks;  /* replication-enabled disks */
 	unsigned ndisks;
-	char **excludes;    /* attached but never read or sent */
+	char **excludes; /* attached but never read or sent */
 	unsigned nexcludes;
 	bool auto_resync;
-	int window_start;   /* minutes after local midnight */
+	int window_start; /* minutes after local midnight */
 	int window_end;
-	int line;           /* where the section starts, for messages */
+	int line; /* where the section starts, for messages */
 };
 
 struct agent_config {
@@ -43,17 +43,19 @@ struct agent_config {
 	char *key_file;
 	char *ca_file;
 	char *admin_group;
-	bool insecure;      /* plain TCP, loopback only: tests and demos */
+	bool insecure; /* plain TCP, loopback only: tests and demos */
 	struct vm_config *vms;
 	unsigned nvms;
 };
 
 /* Load PATH.  On error returns a negative errno and ERR holds one line:
  * "PATH:LINE: what is wrong". */
-int config_load(const char *path, struct agent_config *cfg, char *err, size_t errlen);
+int config_load(const char *path, struct agent_config *cfg, char *err,
+		size_t errlen);
 void config_free(struct agent_config *cfg);
 /* Find a VM by name or by id (case-insensitive GUID). */
-const struct vm_config *config_find_vm(const struct agent_config *cfg, const char *key);
+const struct vm_config *config_find_vm(const struct agent_config *cfg,
+				       const char *key);
 /* File name of PATH (disks are paired by file name across agents). */
 const char *config_basename(const char *path);
 /* Is the local time of day MIN (minutes) inside the VM's window? */

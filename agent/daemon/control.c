@@ -2,7 +2,8 @@
 /*
  * control.c - the control API's UNIX socket: the server (peer credentials,
  * one thread per connection, newline-delimited JSON); the client side is
- * the CLI's (agent/cli/control_client.c).  See control.h and docs/control-api.md.
+ * the CLI's (agent/cli/control_client.c).  See control.h and
+ * docs/control-api.md.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -117,7 +118,8 @@ static bool db_groups_have(uid_t uid, gid_t want)
 	return in_groups(groups, n, want);
 }
 
-static bool authorized_fd(int fd, const struct control_caller *c, gid_t admin_gid)
+static bool authorized_fd(int fd, const struct control_caller *c,
+			  gid_t admin_gid)
 {
 	gid_t groups[1024];
 	int n;
@@ -179,7 +181,8 @@ static int reply_simple(int fd, unsigned rv, const char *msg)
 	size_t o;
 	const unsigned char *p;
 
-	o = (size_t)snprintf(buf, sizeof(buf), "{\"ReturnValue\":%u,\"Error\":\"", rv);
+	o = (size_t)snprintf(buf, sizeof(buf),
+			     "{\"ReturnValue\":%u,\"Error\":\"", rv);
 	for (p = (const unsigned char *)msg; *p && o < sizeof(buf) - 16; p++) {
 		if (*p == '"' || *p == '\\') {
 			buf[o++] = '\\';
@@ -208,9 +211,10 @@ static int answer(struct client *cl, const char *line, size_t len)
 	int ret;
 
 	if (!cl->authorized) {
-		snprintf(msg, sizeof(msg),
-			 "access denied: uid %u is neither root nor in the agent's admin group",
-			 (unsigned)cl->who.uid);
+		snprintf(
+			msg, sizeof(msg),
+			"access denied: uid %u is neither root nor in the agent's admin group",
+			(unsigned)cl->who.uid);
 		return reply_simple(cl->fd, RV_ACCESS_DENIED, msg);
 	}
 	ret = jv_parse(line, len, &req, err, sizeof(err));
@@ -222,13 +226,16 @@ static int answer(struct client *cl, const char *line, size_t len)
 	}
 	if (req->type != JV_OBJECT) {
 		jv_free(req);
-		return reply_simple(cl->fd, RV_BAD_TYPE, "a request is a JSON object");
+		return reply_simple(cl->fd, RV_BAD_TYPE,
+				    "a request is a JSON object");
 	}
 	m = jv_get(req, "Method");
 	if (!m || m->type != JV_STRING) {
 		jv_free(req);
-		return reply_simple(cl->fd, m ? RV_BAD_TYPE : RV_INVALID_PARAMETER,
-				    m ? "Method is not a string" : "the request names no Method");
+		return reply_simple(cl->fd,
+				    m ? RV_BAD_TYPE : RV_INVALID_PARAMETER,
+				    m ? "Method is not a string"
+				      : "the request names no Method");
 	}
 	f = open_memstream(&buf, &blen);
 	if (!f) {
@@ -243,7 +250,8 @@ static int answer(struct client *cl, const char *line, size_t len)
 	jv_free(req);
 	if (ret) {
 		free(buf);
-		return reply_simple(cl->fd, ret == -ENOMEM ? RV_NO_MEMORY : RV_FAILED,
+		return reply_simple(cl->fd,
+				    ret == -ENOMEM ? RV_NO_MEMORY : RV_FAILED,
 				    "the agent could not write its reply");
 	}
 	ret = control_send_all(cl->fd, buf, blen, 10000);
@@ -274,7 +282,8 @@ static void *client_thread(void *arg)
 			continue;
 		if (r <= 0)
 			break;
-		n = recv(cl->fd, buf + have, CONTROL_MAX_LINE + 1 - have, MSG_DONTWAIT);
+		n = recv(cl->fd, buf + have, CONTROL_MAX_LINE + 1 - have,
+			 MSG_DONTWAIT);
 		if (n < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (n <= 0)
@@ -285,7 +294,8 @@ static void *client_thread(void *arg)
 
 			if (len && buf[len - 1] == '\r')
 				len--;
-			for (i = 0; i < len && (buf[i] == ' ' || buf[i] == '\t'); i++)
+			for (i = 0;
+			     i < len && (buf[i] == ' ' || buf[i] == '\t'); i++)
 				;
 			if (i < len && answer(cl, buf, len))
 				goto out;
@@ -324,8 +334,9 @@ static void start_client(struct control_server *s, int fd)
 	unsigned i;
 
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen)) {
-		log_msg(LOG_PRIO_WARNING, NULL, "control: cannot identify a caller: %s",
-			  strerror(errno));
+		log_msg(LOG_PRIO_WARNING, NULL,
+			"control: cannot identify a caller: %s",
+			strerror(errno));
 		close(fd);
 		return;
 	}
@@ -342,8 +353,9 @@ static void start_client(struct control_server *s, int fd)
 	cl->who.pid = cred.pid;
 	cl->authorized = authorized_fd(fd, &cl->who, s->admin_gid);
 	if (!cl->authorized)
-		log_msg(LOG_PRIO_NOTICE, NULL, "control: refused uid %u (pid %d): not root, not in the admin group",
-			  (unsigned)cred.uid, (int)cred.pid);
+		log_msg(LOG_PRIO_NOTICE, NULL,
+			"control: refused uid %u (pid %d): not root, not in the admin group",
+			(unsigned)cred.uid, (int)cred.pid);
 
 	pthread_mutex_lock(&s->lock);
 	if (s->nconn >= CONTROL_MAX_CLIENTS || s->stopping) {
@@ -389,17 +401,21 @@ static void *accept_thread(void *arg)
 		if (poll(p, 2, -1) < 0) {
 			if (errno == EINTR)
 				continue;
-			log_msg(LOG_PRIO_ERR, NULL, "control: poll: %s", strerror(errno));
+			log_msg(LOG_PRIO_ERR, NULL, "control: poll: %s",
+				strerror(errno));
 			break;
 		}
 		if (p[1].revents)
 			break;
 		fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED)
+			if (errno == EINTR || errno == EAGAIN ||
+			    errno == ECONNABORTED)
 				continue;
-			log_msg(LOG_PRIO_ERR, NULL, "control: accept: %s", strerror(errno));
-			if (errno == EMFILE || errno == ENFILE || errno == ENOMEM)
+			log_msg(LOG_PRIO_ERR, NULL, "control: accept: %s",
+				strerror(errno));
+			if (errno == EMFILE || errno == ENFILE ||
+			    errno == ENOMEM)
 				usleep(100000);
 			continue;
 		}
@@ -435,8 +451,8 @@ static int make_socket_dir(const char *path, char *err, size_t errlen)
 		*slash = '\0';
 		ret = fs_mkdir_p(dir, 0755);
 		if (ret)
-			snprintf(err, errlen, "%s: cannot create directory: %s", dir,
-				 strerror(-ret));
+			snprintf(err, errlen, "%s: cannot create directory: %s",
+				 dir, strerror(-ret));
 	}
 	free(dir);
 	return ret;
@@ -466,7 +482,8 @@ static int take_path(const struct sockaddr_un *sa, char *err, size_t errlen)
 		return -EEXIST;
 	}
 	if (someone_listens(sa)) {
-		snprintf(err, errlen, "%s: another agent is already listening there", path);
+		snprintf(err, errlen,
+			 "%s: another agent is already listening there", path);
 		return -EADDRINUSE;
 	}
 	unlink(path);
@@ -482,10 +499,12 @@ static int listen_on(struct control_server *s, const struct sockaddr_un *sa,
 	int ret;
 
 	s->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (s->lfd < 0 || bind(s->lfd, (const struct sockaddr *)sa, sizeof(*sa)) ||
+	if (s->lfd < 0 ||
+	    bind(s->lfd, (const struct sockaddr *)sa, sizeof(*sa)) ||
 	    listen(s->lfd, 64)) {
 		ret = -errno;
-		snprintf(err, errlen, "%s: cannot listen: %s", path, strerror(errno));
+		snprintf(err, errlen, "%s: cannot listen: %s", path,
+			 strerror(errno));
 		return ret;
 	}
 	/* SO_PEERCRED checks every caller anyway; the mode keeps others
@@ -515,7 +534,8 @@ static int start_accepting(struct control_server *s, char *err, size_t errlen)
 	pthread_cond_init(&s->cond, NULL);
 	ret = pthread_create(&s->accept_thread, NULL, accept_thread, s);
 	if (ret) {
-		snprintf(err, errlen, "cannot start the control thread: %s", strerror(ret));
+		snprintf(err, errlen, "cannot start the control thread: %s",
+			 strerror(ret));
 		pthread_mutex_destroy(&s->lock);
 		pthread_cond_destroy(&s->cond);
 		return -ret;
@@ -545,8 +565,9 @@ int control_server_start(const char *path, const char *admin_group,
 	int ret;
 
 	if (strlen(path) >= sizeof(sa.sun_path)) {
-		snprintf(err, errlen, "%s: control socket path longer than %zu bytes",
-			 path, sizeof(sa.sun_path) - 1);
+		snprintf(err, errlen,
+			 "%s: control socket path longer than %zu bytes", path,
+			 sizeof(sa.sun_path) - 1);
 		return -ENAMETOOLONG;
 	}
 	strcpy(sa.sun_path, path);
@@ -572,7 +593,8 @@ int control_server_start(const char *path, const char *admin_group,
 	if (ret)
 		goto fail;
 	if (s->admin_gid == (gid_t)-1)
-		log_msg(LOG_PRIO_WARNING, NULL, "control: admin group '%s' does not exist: only root may use %s",
+		log_msg(LOG_PRIO_WARNING, NULL,
+			"control: admin group '%s' does not exist: only root may use %s",
 			admin_group ? admin_group : "", path);
 	ret = start_accepting(s, err, errlen);
 	if (ret) {
@@ -597,7 +619,8 @@ void control_server_stop(struct control_server *s)
 	s->stopping = true;
 	pthread_mutex_unlock(&s->lock);
 	if (write(s->wake[1], &c, 1) < 0)
-		log_msg(LOG_PRIO_WARNING, NULL, "control: cannot wake the accept thread");
+		log_msg(LOG_PRIO_WARNING, NULL,
+			"control: cannot wake the accept thread");
 	pthread_join(s->accept_thread, NULL);
 	close(s->lfd);
 	unlink(s->path);

@@ -23,7 +23,7 @@
 #include "agent/lib/jsonparse.h"
 
 #define CONTROL_DEFAULT_SOCKET "/run/hvresync/control.sock"
-#define CONTROL_MAX_LINE (64u << 10)	/* a request or reply line */
+#define CONTROL_MAX_LINE (64u << 10) /* a request or reply line */
 #define CONTROL_MAX_CLIENTS 64
 
 /* --- server --- */

@@ -36,10 +36,10 @@ struct ajob {
 	struct job j;
 	struct agent *a;
 	pthread_t thread;
-	bool has_thread;      /* a runner exists and must be joined */
-	bool thread_done;     /* it has returned (or is about to) */
-	volatile int stop;    /* push_disk()'s stop flag */
-	unsigned stop_req;    /* REQ_SUSPEND/TERMINATE/KILL, STOP_SHUTDOWN */
+	bool has_thread;   /* a runner exists and must be joined */
+	bool thread_done;  /* it has returned (or is about to) */
+	volatile int stop; /* push_disk()'s stop flag */
+	unsigned stop_req; /* REQ_SUSPEND/TERMINATE/KILL, STOP_SHUTDOWN */
 	int64_t last_save;
 	uint64_t base_compared, base_different, base_sent;
 	unsigned cur_disk;
@@ -49,8 +49,8 @@ struct ajob {
 struct vmrt {
 	const struct vm_config *cfg;
 	struct vm_state st;
-	int64_t last_auto;     /* when auto-resync last submitted a job */
-	bool exported;         /* its disks are all exports of the server */
+	int64_t last_auto; /* when auto-resync last submitted a job */
+	bool exported;	   /* its disks are all exports of the server */
 };
 
 struct agent {
@@ -70,8 +70,8 @@ struct agent {
 	struct ajob *jobs;
 	struct vmrt *vms;
 	bool stopping;
-	bool recheck;          /* run the auto-resync pass now */
-	bool ready;            /* jobs restored: requests are served */
+	bool recheck; /* run the auto-resync pass now */
+	bool ready;   /* jobs restored: requests are served */
 	int64_t retention;
 	uint64_t bwlimit;
 	int lock_fd;
@@ -116,7 +116,8 @@ int jobs_export_name(char *out, size_t len, const struct vm_config *vm,
 		     unsigned i);
 /* Is the primary sending to disk @i of replica VM @vm right now?  False
  * too when this agent serves no exports. */
-bool jobs_disk_receiving(struct agent *a, const struct vm_config *vm, unsigned i);
+bool jobs_disk_receiving(struct agent *a, const struct vm_config *vm,
+			 unsigned i);
 
 /* --- runner.c: a job's thread --- */
 

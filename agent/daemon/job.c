@@ -93,17 +93,28 @@ bool job_state_final(unsigned s)
 const char *job_state_name(unsigned s)
 {
 	switch (s) {
-	case JS_NEW: return "New";
-	case JS_STARTING: return "Starting";
-	case JS_RUNNING: return "Running";
-	case JS_SUSPENDED: return "Suspended";
-	case JS_SHUTTING_DOWN: return "Shutting Down";
-	case JS_COMPLETED: return "Completed";
-	case JS_TERMINATED: return "Terminated";
-	case JS_KILLED: return "Killed";
-	case JS_EXCEPTION: return "Exception";
-	case JS_SERVICE: return "Service";
-	case JS_COMPLETED_WARNINGS: return "Completed with warnings";
+	case JS_NEW:
+		return "New";
+	case JS_STARTING:
+		return "Starting";
+	case JS_RUNNING:
+		return "Running";
+	case JS_SUSPENDED:
+		return "Suspended";
+	case JS_SHUTTING_DOWN:
+		return "Shutting Down";
+	case JS_COMPLETED:
+		return "Completed";
+	case JS_TERMINATED:
+		return "Terminated";
+	case JS_KILLED:
+		return "Killed";
+	case JS_EXCEPTION:
+		return "Exception";
+	case JS_SERVICE:
+		return "Service";
+	case JS_COMPLETED_WARNINGS:
+		return "Completed with warnings";
 	}
 	return "Unknown";
 }
@@ -111,9 +122,12 @@ const char *job_state_name(unsigned s)
 const char *job_type_name(unsigned t)
 {
 	switch (t) {
-	case JT_RESYNC: return "Resynchronizing";
-	case JT_STOP_RESYNC: return "Stop resynchronizing";
-	case JT_RESYNC_EXTENDED: return "Resynchronizing extended replication";
+	case JT_RESYNC:
+		return "Resynchronizing";
+	case JT_STOP_RESYNC:
+		return "Stop resynchronizing";
+	case JT_RESYNC_EXTENDED:
+		return "Resynchronizing extended replication";
 	}
 	return "Unknown";
 }
@@ -121,20 +135,34 @@ const char *job_type_name(unsigned t)
 const char *rv_name(unsigned rv)
 {
 	switch (rv) {
-	case RV_OK: return "Completed with no error";
-	case RV_JOB_STARTED: return "Method parameters checked, job started";
-	case RV_FAILED: return "Failed";
-	case RV_ACCESS_DENIED: return "Access denied";
-	case RV_NOT_SUPPORTED: return "Not supported";
-	case RV_UNKNOWN: return "Status is unknown";
-	case RV_TIMEOUT: return "Timeout";
-	case RV_INVALID_PARAMETER: return "Invalid parameter";
-	case RV_IN_USE: return "System is in use";
-	case RV_INVALID_STATE: return "Invalid state for this operation";
-	case RV_BAD_TYPE: return "Incorrect data type";
-	case RV_NOT_AVAILABLE: return "System is not available";
-	case RV_NO_MEMORY: return "Out of memory";
-	case RV_NOT_FOUND: return "File not found";
+	case RV_OK:
+		return "Completed with no error";
+	case RV_JOB_STARTED:
+		return "Method parameters checked, job started";
+	case RV_FAILED:
+		return "Failed";
+	case RV_ACCESS_DENIED:
+		return "Access denied";
+	case RV_NOT_SUPPORTED:
+		return "Not supported";
+	case RV_UNKNOWN:
+		return "Status is unknown";
+	case RV_TIMEOUT:
+		return "Timeout";
+	case RV_INVALID_PARAMETER:
+		return "Invalid parameter";
+	case RV_IN_USE:
+		return "System is in use";
+	case RV_INVALID_STATE:
+		return "Invalid state for this operation";
+	case RV_BAD_TYPE:
+		return "Incorrect data type";
+	case RV_NOT_AVAILABLE:
+		return "System is not available";
+	case RV_NO_MEMORY:
+		return "Out of memory";
+	case RV_NOT_FOUND:
+		return "File not found";
 	}
 	return "Unknown return value";
 }
@@ -142,27 +170,36 @@ const char *rv_name(unsigned rv)
 const char *rsc_name(unsigned rv)
 {
 	switch (rv) {
-	case RSC_OK: return "Completed with no error";
-	case RSC_NOT_SUPPORTED: return "Not supported";
-	case RSC_UNKNOWN: return "Unknown or unspecified error";
-	case RSC_TIMEOUT: return "Cannot complete within timeout period";
-	case RSC_FAILED: return "Failed";
-	case RSC_INVALID_PARAMETER: return "Invalid parameter";
-	case RSC_IN_USE: return "In use";
-	case RSC_STARTED: return "Method parameters checked, transition started";
-	case RSC_INVALID_TRANSITION: return "Invalid state transition";
-	case RSC_TIMEOUT_UNSUPPORTED: return "Use of timeout parameter not supported";
-	case RSC_BUSY: return "Busy";
+	case RSC_OK:
+		return "Completed with no error";
+	case RSC_NOT_SUPPORTED:
+		return "Not supported";
+	case RSC_UNKNOWN:
+		return "Unknown or unspecified error";
+	case RSC_TIMEOUT:
+		return "Cannot complete within timeout period";
+	case RSC_FAILED:
+		return "Failed";
+	case RSC_INVALID_PARAMETER:
+		return "Invalid parameter";
+	case RSC_IN_USE:
+		return "In use";
+	case RSC_STARTED:
+		return "Method parameters checked, transition started";
+	case RSC_INVALID_TRANSITION:
+		return "Invalid state transition";
+	case RSC_TIMEOUT_UNSUPPORTED:
+		return "Use of timeout parameter not supported";
+	case RSC_BUSY:
+		return "Busy";
 	}
 	/* the control API answers type and access errors with 327xx */
 	return rv_name(rv);
 }
 
 static const char *const phase_names[] = {
-	[JOB_PHASE_CHECK] = "check",
-	[JOB_PHASE_SEND] = "send",
-	[JOB_PHASE_MERGE] = "merge",
-	[JOB_PHASE_DISCARD] = "discard",
+	[JOB_PHASE_CHECK] = "check", [JOB_PHASE_SEND] = "send",
+	[JOB_PHASE_MERGE] = "merge", [JOB_PHASE_DISCARD] = "discard",
 	[JOB_PHASE_DONE] = "done",
 };
 
@@ -298,8 +335,8 @@ struct rd {
 	int ret;
 };
 
-static const struct jv *member(struct rd *r, const struct jv *obj, const char *k,
-			       enum jv_type t, bool nullable)
+static const struct jv *member(struct rd *r, const struct jv *obj,
+			       const char *k, enum jv_type t, bool nullable)
 {
 	const struct jv *v;
 
@@ -329,7 +366,8 @@ static uint64_t get_u64(struct rd *r, const struct jv *obj, const char *k)
 	if (!v)
 		return 0;
 	if (!v->is_int || v->i < 0) {
-		snprintf(r->err, r->errlen, "member %s is not a whole number", k);
+		snprintf(r->err, r->errlen, "member %s is not a whole number",
+			 k);
 		r->ret = -EINVAL;
 		return 0;
 	}
@@ -343,7 +381,8 @@ static bool get_bool(struct rd *r, const struct jv *obj, const char *k)
 	return v ? v->b : false;
 }
 
-static char *get_str(struct rd *r, const struct jv *obj, const char *k, bool nullable)
+static char *get_str(struct rd *r, const struct jv *obj, const char *k,
+		     bool nullable)
 {
 	const struct jv *v = member(r, obj, k, JV_STRING, nullable);
 	char *s;
@@ -364,7 +403,8 @@ static int64_t get_time(struct rd *r, const struct jv *obj, const char *k)
 	if (!v)
 		return 0;
 	if (cim_datetime_parse(v->s, &t)) {
-		snprintf(r->err, r->errlen, "member %s is not a CIM datetime", k);
+		snprintf(r->err, r->errlen, "member %s is not a CIM datetime",
+			 k);
 		r->ret = -EINVAL;
 		return 0;
 	}
@@ -379,7 +419,8 @@ static int64_t get_interval(struct rd *r, const struct jv *obj, const char *k)
 	if (!v)
 		return 0;
 	if (cim_interval_parse(v->s, &t)) {
-		snprintf(r->err, r->errlen, "member %s is not a CIM interval", k);
+		snprintf(r->err, r->errlen, "member %s is not a CIM interval",
+			 k);
 		r->ret = -EINVAL;
 		return 0;
 	}
@@ -433,11 +474,14 @@ int job_from_json(const struct jv *v, struct job *j, char *err, size_t errlen)
 	j->finished = get_time(&r, v, "TimeFinished");
 	phase = get_str(&r, v, "Phase", false);
 	if (phase) {
-		for (i = 0; i < sizeof(phase_names) / sizeof(phase_names[0]); i++)
+		for (i = 0; i < sizeof(phase_names) / sizeof(phase_names[0]);
+		     i++)
 			if (!strcmp(phase, phase_names[i]))
 				break;
-		if (i == sizeof(phase_names) / sizeof(phase_names[0]) && !r.ret) {
-			snprintf(err, errlen, "Phase '%.20s' is not a phase", phase);
+		if (i == sizeof(phase_names) / sizeof(phase_names[0]) &&
+		    !r.ret) {
+			snprintf(err, errlen, "Phase '%.20s' is not a phase",
+				 phase);
 			r.ret = -EINVAL;
 		}
 		j->phase = (enum job_phase)i;
@@ -476,7 +520,8 @@ int job_from_json(const struct jv *v, struct job *j, char *err, size_t errlen)
 		r.ret = -EINVAL;
 	}
 	if (!r.ret && j->percent > 100) {
-		snprintf(err, errlen, "PercentComplete %u is over 100", j->percent);
+		snprintf(err, errlen, "PercentComplete %u is over 100",
+			 j->percent);
 		r.ret = -EINVAL;
 	}
 	if (r.ret == -ENOMEM)

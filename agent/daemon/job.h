@@ -80,45 +80,45 @@
 /* Where a job is in Hyper-V's order of work. */
 enum job_phase {
 	JOB_PHASE_CHECK,   /* geometry of every disk, nothing written */
-	JOB_PHASE_SEND,    /* compare and send, into held children */
+	JOB_PHASE_SEND,	   /* compare and send, into held children */
 	JOB_PHASE_MERGE,   /* merge the children: no longer cancellable */
 	JOB_PHASE_DISCARD, /* cancelled: remove the children */
 	JOB_PHASE_DONE,
 };
 
 struct job_disk {
-	char *name;        /* file name; the export is "VM:name" */
-	char *path;        /* what is read on this side */
-	uint64_t size;     /* virtual size, known after the check */
-	uint64_t done;     /* bytes of it compared in the send phase */
-	uint64_t resumed;  /* where the recovery side resumed the last
-			    * send session (0: from the start) */
-	bool started;      /* a send session began: later ones resume */
-	bool sent;         /* the send session finished (child held) */
+	char *name;	  /* file name; the export is "VM:name" */
+	char *path;	  /* what is read on this side */
+	uint64_t size;	  /* virtual size, known after the check */
+	uint64_t done;	  /* bytes of it compared in the send phase */
+	uint64_t resumed; /* where the recovery side resumed the last
+			   * send session (0: from the start) */
+	bool started;	  /* a send session began: later ones resume */
+	bool sent;	  /* the send session finished (child held) */
 	bool merged;
 };
 
 struct job {
-	char id[JOB_ID_LEN];        /* InstanceID */
-	char *vm;                   /* VM name */
-	char *vm_id;                /* the VM's GUID, or NULL */
-	char *peer;                 /* HOST:PORT of the agent sent to */
-	unsigned type;              /* JobType */
-	unsigned state;             /* JobState */
-	unsigned percent;           /* PercentComplete */
-	unsigned error_code;        /* ErrorCode, a Resynchronize value */
-	char *error_desc;           /* ErrorDescription */
-	char *error_summary;        /* ErrorSummaryDescription */
-	int64_t submitted;          /* usec since the epoch (UTC) */
-	int64_t scheduled;          /* 0: start at once */
-	int64_t started;            /* first start, 0 before */
-	int64_t last_change;        /* TimeOfLastStateChange */
-	int64_t finished;           /* 0 while not finished */
-	int64_t elapsed;            /* usec run, up to running_since */
-	int64_t running_since;      /* 0 when not running; not persisted */
-	int64_t retention;          /* usec a finished job stays visible */
+	char id[JOB_ID_LEN];   /* InstanceID */
+	char *vm;	       /* VM name */
+	char *vm_id;	       /* the VM's GUID, or NULL */
+	char *peer;	       /* HOST:PORT of the agent sent to */
+	unsigned type;	       /* JobType */
+	unsigned state;	       /* JobState */
+	unsigned percent;      /* PercentComplete */
+	unsigned error_code;   /* ErrorCode, a Resynchronize value */
+	char *error_desc;      /* ErrorDescription */
+	char *error_summary;   /* ErrorSummaryDescription */
+	int64_t submitted;     /* usec since the epoch (UTC) */
+	int64_t scheduled;     /* 0: start at once */
+	int64_t started;       /* first start, 0 before */
+	int64_t last_change;   /* TimeOfLastStateChange */
+	int64_t finished;      /* 0 while not finished */
+	int64_t elapsed;       /* usec run, up to running_since */
+	int64_t running_since; /* 0 when not running; not persisted */
+	int64_t retention;     /* usec a finished job stays visible */
 	bool cancellable;
-	bool auto_resync;           /* submitted by the auto-resync window */
+	bool auto_resync; /* submitted by the auto-resync window */
 	uint64_t bytes_compared;
 	uint64_t bytes_different;
 	uint64_t bytes_sent;

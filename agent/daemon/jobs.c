@@ -122,8 +122,8 @@ void jobs_persist(struct agent *a, struct ajob *aj)
 	int ret = job_save(a->jobs_dir, &aj->j, wall_us());
 
 	if (ret)
-		log_msg(LOG_PRIO_ERR, NULL, "job %s: cannot save to %s: %s", aj->j.id,
-			a->jobs_dir, strerror(-ret));
+		log_msg(LOG_PRIO_ERR, NULL, "job %s: cannot save to %s: %s",
+			aj->j.id, a->jobs_dir, strerror(-ret));
 }
 
 void jobs_set_vm(struct agent *a, struct vmrt *vm, unsigned state)
@@ -133,14 +133,17 @@ void jobs_set_vm(struct agent *a, struct vmrt *vm, unsigned state)
 	if (!vm)
 		return;
 	if (vm->st.state != state)
-		log_msg(LOG_PRIO_INFO, NULL, "VM %s: ReplicationState %u (%s) -> %u (%s)",
-			vm->cfg->name, vm->st.state, repl_state_name(vm->st.state),
-			state, repl_state_name(state));
+		log_msg(LOG_PRIO_INFO, NULL,
+			"VM %s: ReplicationState %u (%s) -> %u (%s)",
+			vm->cfg->name, vm->st.state,
+			repl_state_name(vm->st.state), state,
+			repl_state_name(state));
 	vm_state_set(&vm->st, state, wall_us());
 	ret = vm_state_save(a->vms_dir, vm->cfg->name, &vm->st);
 	if (ret)
-		log_msg(LOG_PRIO_ERR, NULL, "VM %s: cannot save its state in %s: %s",
-			vm->cfg->name, a->vms_dir, strerror(-ret));
+		log_msg(LOG_PRIO_ERR, NULL,
+			"VM %s: cannot save its state in %s: %s", vm->cfg->name,
+			a->vms_dir, strerror(-ret));
 }
 
 void jobs_notify_status(struct agent *a)
@@ -167,8 +170,8 @@ void jobs_set_state(struct ajob *aj, unsigned state)
 	if (aj->j.state == state)
 		return;
 	/* ElapsedTime counts running time only */
-	if (aj->j.running_since && state != JS_RUNNING && state != JS_STARTING &&
-	    state != JS_SHUTTING_DOWN) {
+	if (aj->j.running_since && state != JS_RUNNING &&
+	    state != JS_STARTING && state != JS_SHUTTING_DOWN) {
 		aj->j.elapsed += now - aj->j.running_since;
 		aj->j.running_since = 0;
 	}
@@ -192,7 +195,8 @@ static void log_job_json(struct ajob *aj, const char *what)
 	fclose(f);
 	if (len && buf[len - 1] == '\n')
 		buf[len - 1] = '\0';
-	log_msg(LOG_PRIO_INFO, NULL, "job %s %s: %s", aj->j.id, what, buf ? buf : "");
+	log_msg(LOG_PRIO_INFO, NULL, "job %s %s: %s", aj->j.id, what,
+		buf ? buf : "");
 	free(buf);
 }
 
@@ -219,7 +223,9 @@ void jobs_finish(struct agent *a, struct ajob *aj, unsigned state,
 		vm->st.last_job_state = state;
 		if (state == JS_COMPLETED)
 			vm->st.last_success = now;
-		jobs_set_vm(a, vm, state == JS_COMPLETED ? RS_REPLICATING : RS_RESYNC_REQUIRED);
+		jobs_set_vm(a, vm,
+			    state == JS_COMPLETED ? RS_REPLICATING
+						  : RS_RESYNC_REQUIRED);
 	}
 	jobs_persist(a, aj);
 	log_job_json(aj, job_state_name(state));
@@ -231,7 +237,8 @@ static bool job_file_name(const char *name)
 {
 	size_t len = strlen(name);
 
-	return len == JOB_ID_LEN - 1 + 5 && !strcmp(name + JOB_ID_LEN - 1, ".json");
+	return len == JOB_ID_LEN - 1 + 5 &&
+	       !strcmp(name + JOB_ID_LEN - 1, ".json");
 }
 
 /* Read one job record into the list; a record that does not read is
@@ -247,8 +254,9 @@ static int load_job(struct agent *a, const char *name)
 	aj->a = a;
 	ret = job_load(a->jobs_dir, name, &aj->j, err, sizeof(err));
 	if (ret) {
-		log_msg(LOG_PRIO_WARNING, NULL, "%s/%s: not a job record, ignored: %s",
-			a->jobs_dir, name, err);
+		log_msg(LOG_PRIO_WARNING, NULL,
+			"%s/%s: not a job record, ignored: %s", a->jobs_dir,
+			name, err);
 		jobs_free(aj);
 		return 0;
 	}
@@ -257,13 +265,15 @@ static int load_job(struct agent *a, const char *name)
 	if (!ajob_active(aj))
 		return 0;
 	if (!jobs_vm(a, aj->j.vm)) {
-		jobs_finish(a, aj, JS_EXCEPTION, RV_INVALID_PARAMETER,
-			    "The VM is no longer configured.",
-			    "the agent restarted and its configuration has no such VM");
+		jobs_finish(
+			a, aj, JS_EXCEPTION, RV_INVALID_PARAMETER,
+			"The VM is no longer configured.",
+			"the agent restarted and its configuration has no such VM");
 		return 0;
 	}
-	log_msg(LOG_PRIO_INFO, NULL, "job %s (VM %s) restored: %s, %s phase, %u%%",
-		aj->j.id, aj->j.vm, job_state_name(aj->j.state),
+	log_msg(LOG_PRIO_INFO, NULL,
+		"job %s (VM %s) restored: %s, %s phase, %u%%", aj->j.id,
+		aj->j.vm, job_state_name(aj->j.state),
 		job_phase_name(aj->j.phase), aj->j.percent);
 	return 0;
 }
@@ -289,7 +299,8 @@ int jobs_export_name(char *out, size_t len, const struct vm_config *vm,
 	return sync_export_name(out, len, vm->name, vm->disks[i]);
 }
 
-bool jobs_disk_receiving(struct agent *a, const struct vm_config *vm, unsigned i)
+bool jobs_disk_receiving(struct agent *a, const struct vm_config *vm,
+			 unsigned i)
 {
 	char name[PROTO_NAME_MAX + 1];
 

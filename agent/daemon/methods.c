@@ -44,7 +44,8 @@ static void reply_rv(struct json_writer *w, unsigned rv, const char *fmt, ...)
 /* A member of type @t (or null when @nullable); 0, RV_BAD_TYPE, or
  * RV_INVALID_PARAMETER when it is required and missing. */
 static unsigned field(const struct jv *req, const char *k, enum jv_type t,
-		      bool required, const struct jv **out, char *msg, size_t len)
+		      bool required, const struct jv **out, char *msg,
+		      size_t len)
 {
 	const struct jv *v = jv_get(req, k);
 
@@ -73,7 +74,8 @@ static unsigned sources_types(const struct jv *src, char *msg, size_t len)
 
 	for (i = 0; src && i < src->n; i++) {
 		if (src->items[i].type != JV_STRING) {
-			snprintf(msg, len, "Sources.%s is %s, not string", src->keys[i],
+			snprintf(msg, len, "Sources.%s is %s, not string",
+				 src->keys[i],
 				 jv_type_name(src->items[i].type));
 			return RV_BAD_TYPE;
 		}
@@ -82,16 +84,17 @@ static unsigned sources_types(const struct jv *src, char *msg, size_t len)
 }
 
 /* StartTime @s into *@start: 0 for now (or up to a minute ago). */
-static unsigned start_time(const char *s, int64_t now, int64_t *start, char *msg,
-			   size_t len)
+static unsigned start_time(const char *s, int64_t now, int64_t *start,
+			   char *msg, size_t len)
 {
 	*start = 0;
 	if (!s || !s[0])
 		return 0;
 	if (start_time_parse(s, start)) {
-		snprintf(msg, len,
-			 "StartTime '%s' is neither a CIM datetime (yyyymmddHHMMSS.mmmmmmsUUU) nor ISO 8601",
-			 s);
+		snprintf(
+			msg, len,
+			"StartTime '%s' is neither a CIM datetime (yyyymmddHHMMSS.mmmmmmsUUU) nor ISO 8601",
+			s);
 		return RV_INVALID_PARAMETER;
 	}
 	if (*start < now - START_TIME_SLACK_US) {
@@ -99,7 +102,8 @@ static unsigned start_time(const char *s, int64_t now, int64_t *start, char *msg
 		return RV_INVALID_PARAMETER;
 	}
 	if (*start > now + MAX_AHEAD_US) {
-		snprintf(msg, len, "StartTime '%s' is more than 7 days ahead", s);
+		snprintf(msg, len, "StartTime '%s' is more than 7 days ahead",
+			 s);
 		return RV_INVALID_PARAMETER;
 	}
 	if (*start <= now)
@@ -116,15 +120,19 @@ static unsigned sources_pair(const struct vm_config *vm, const struct jv *src,
 
 	for (i = 0; src && i < src->n; i++) {
 		for (k = 0; k < vm->ndisks; k++)
-			if (!strcmp(src->keys[i], config_basename(vm->disks[k])))
+			if (!strcmp(src->keys[i],
+				    config_basename(vm->disks[k])))
 				break;
 		if (k == vm->ndisks) {
-			snprintf(msg, len, "Sources: VM %s has no replication-enabled disk named '%s'",
-				 vm->name, src->keys[i]);
+			snprintf(
+				msg, len,
+				"Sources: VM %s has no replication-enabled disk named '%s'",
+				vm->name, src->keys[i]);
 			return RV_INVALID_PARAMETER;
 		}
 		if (src->items[i].s[0] != '/') {
-			snprintf(msg, len, "Sources.%s: '%s' is not an absolute path",
+			snprintf(msg, len,
+				 "Sources.%s: '%s' is not an absolute path",
 				 src->keys[i], src->items[i].s);
 			return RV_INVALID_PARAMETER;
 		}
@@ -141,7 +149,8 @@ unsigned resync_parse(const struct agent_config *cfg, const struct jv *req,
 	unsigned rv;
 
 	memset(out, 0, sizeof(*out));
-	if ((rv = field(req, "ComputerSystem", JV_STRING, true, &cs, msg, len)) ||
+	if ((rv = field(req, "ComputerSystem", JV_STRING, true, &cs, msg,
+			len)) ||
 	    (rv = field(req, "StartTime", JV_STRING, false, &stv, msg, len)) ||
 	    (rv = field(req, "Sources", JV_OBJECT, false, &src, msg, len)) ||
 	    (rv = sources_types(src, msg, len)))
@@ -151,14 +160,16 @@ unsigned resync_parse(const struct agent_config *cfg, const struct jv *req,
 		snprintf(msg, len, "no VM named '%s' in %s", cs->s, cfg->path);
 		return RV_INVALID_PARAMETER;
 	}
-	if ((rv = start_time(stv ? stv->s : NULL, now, &out->start, msg, len)) ||
+	if ((rv = start_time(stv ? stv->s : NULL, now, &out->start, msg,
+			     len)) ||
 	    (rv = sources_pair(vm, src, msg, len)))
 		return rv;
 	if (vm_mode(vm) == RM_EXTENDED_REPLICA ||
 	    (vm->role == VM_ROLE_REPLICA && !vm->replica)) {
-		snprintf(msg, len,
-			 "VM %s is a replica with no extended replica: its primary resynchronizes it",
-			 vm->name);
+		snprintf(
+			msg, len,
+			"VM %s is a replica with no extended replica: its primary resynchronizes it",
+			vm->name);
 		return RV_NOT_SUPPORTED;
 	}
 	out->vm = vm;
@@ -180,17 +191,22 @@ static bool child_exists(const char *disk)
 
 /* Is a disk there and something we can read?  0, RV_NOT_FOUND or
  * RV_FAILED, with @msg. */
-static unsigned check_disk(const char *vm, const char *path, char *msg, size_t len)
+static unsigned check_disk(const char *vm, const char *path, char *msg,
+			   size_t len)
 {
 	struct stat st;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
 	if (fd < 0) {
-		snprintf(msg, len, "VM %s: disk %s: %s", vm, path, strerror(errno));
-		return errno == ENOENT || errno == ENOTDIR ? RV_NOT_FOUND : RV_FAILED;
+		snprintf(msg, len, "VM %s: disk %s: %s", vm, path,
+			 strerror(errno));
+		return errno == ENOENT || errno == ENOTDIR ? RV_NOT_FOUND
+							   : RV_FAILED;
 	}
 	if (fstat(fd, &st) || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
-		snprintf(msg, len, "VM %s: disk %s is not a file or block device", vm, path);
+		snprintf(msg, len,
+			 "VM %s: disk %s is not a file or block device", vm,
+			 path);
 		close(fd);
 		return RV_FAILED;
 	}
@@ -199,8 +215,8 @@ static unsigned check_disk(const char *vm, const char *path, char *msg, size_t l
 }
 
 /* A replica VM's disks may not be taking a resync from its primary. */
-static unsigned replica_idle(struct agent *a, const struct vm_config *vm, char *msg,
-			     size_t len)
+static unsigned replica_idle(struct agent *a, const struct vm_config *vm,
+			     char *msg, size_t len)
 {
 	const char *name;
 	unsigned i;
@@ -210,16 +226,19 @@ static unsigned replica_idle(struct agent *a, const struct vm_config *vm, char *
 	for (i = 0; i < vm->ndisks; i++) {
 		name = config_basename(vm->disks[i]);
 		if (jobs_disk_receiving(a, vm, i)) {
-			snprintf(msg, len, "VM %s: disk %s is receiving from the primary right now",
-				 vm->name, name);
+			snprintf(
+				msg, len,
+				"VM %s: disk %s is receiving from the primary right now",
+				vm->name, name);
 			return RV_IN_USE;
 		}
 		/* between the primary's sessions its held copy waits as a
 		 * child: a merge could land under our reads */
 		if (child_exists(vm->disks[i])) {
-			snprintf(msg, len,
-				 "VM %s: disk %s has a resynchronization from the primary under way (%s%s exists)",
-				 vm->name, name, name, SERVER_CHILD_SUFFIX);
+			snprintf(
+				msg, len,
+				"VM %s: disk %s has a resynchronization from the primary under way (%s%s exists)",
+				vm->name, name, name, SERVER_CHILD_SUFFIX);
 			return RV_IN_USE;
 		}
 	}
@@ -241,26 +260,30 @@ static unsigned resync_check(struct agent *a, const struct resync_request *r,
 	}
 	aj = jobs_active_of(a, vm->name);
 	if (aj) {
-		snprintf(msg, len, "VM %s already has resynchronization job %s (%s)",
+		snprintf(msg, len,
+			 "VM %s already has resynchronization job %s (%s)",
 			 vm->name, aj->j.id, job_state_name(aj->j.state));
 		return RV_IN_USE;
 	}
 	if (!vm->ndisks) {
-		snprintf(msg, len, "VM %s has no replication-enabled disks", vm->name);
+		snprintf(msg, len, "VM %s has no replication-enabled disks",
+			 vm->name);
 		return RV_INVALID_STATE;
 	}
 	if (rt->st.state == RS_FAILOVER || rt->st.state == RS_FAILBACK) {
-		snprintf(msg, len, "VM %s is in ReplicationState %u (%s)", vm->name,
-			 rt->st.state, repl_state_name(rt->st.state));
+		snprintf(msg, len, "VM %s is in ReplicationState %u (%s)",
+			 vm->name, rt->st.state, repl_state_name(rt->st.state));
 		return RV_INVALID_STATE;
 	}
 	if ((rv = replica_idle(a, vm, msg, len)))
 		return rv;
 	for (i = 0; i < vm->ndisks; i++) {
 		const char *name = config_basename(vm->disks[i]);
-		const struct jv *s = r->sources ? jv_get(r->sources, name) : NULL;
+		const struct jv *s =
+			r->sources ? jv_get(r->sources, name) : NULL;
 
-		if ((rv = check_disk(vm->name, s ? s->s : vm->disks[i], msg, len)))
+		if ((rv = check_disk(vm->name, s ? s->s : vm->disks[i], msg,
+				     len)))
 			return rv;
 	}
 	return 0;
@@ -269,7 +292,8 @@ static unsigned resync_check(struct agent *a, const struct resync_request *r,
 /* Create, record and (unless scheduled) start the job; it joins the
  * list only once all of that worked. */
 static unsigned resync_create(struct agent *a, const struct resync_request *r,
-			      int64_t now, struct ajob **out, char *msg, size_t len)
+			      int64_t now, struct ajob **out, char *msg,
+			      size_t len)
 {
 	struct ajob *aj = jobs_new(a, r->vm, r->sources, r->start, false);
 	int ret;
@@ -280,8 +304,8 @@ static unsigned resync_create(struct agent *a, const struct resync_request *r,
 	}
 	ret = job_save(a->jobs_dir, &aj->j, now);
 	if (ret) {
-		snprintf(msg, len, "cannot record the job in %s: %s", a->jobs_dir,
-			 strerror(-ret));
+		snprintf(msg, len, "cannot record the job in %s: %s",
+			 a->jobs_dir, strerror(-ret));
 		jobs_free(aj);
 		return ret == -ENOMEM ? RV_NO_MEMORY : RV_FAILED;
 	}
@@ -290,13 +314,15 @@ static unsigned resync_create(struct agent *a, const struct resync_request *r,
 		if (ret) {
 			job_remove(a->jobs_dir, aj->j.id);
 			jobs_free(aj);
-			snprintf(msg, len, "cannot start the job: %s", strerror(-ret));
-			return ret == -EAGAIN || ret == -ENOMEM ? RV_NO_MEMORY : RV_FAILED;
+			snprintf(msg, len, "cannot start the job: %s",
+				 strerror(-ret));
+			return ret == -EAGAIN || ret == -ENOMEM ? RV_NO_MEMORY
+								: RV_FAILED;
 		}
 	}
 	jobs_add(a, aj);
-	jobs_set_vm(a, jobs_vm(a, r->vm->name), r->start ? RS_RESYNC_REQUIRED :
-		    RS_RESYNCHRONIZING);
+	jobs_set_vm(a, jobs_vm(a, r->vm->name),
+		    r->start ? RS_RESYNC_REQUIRED : RS_RESYNCHRONIZING);
 	pthread_cond_broadcast(&a->cond);
 	jobs_notify_status(a);
 	*out = aj;
@@ -309,9 +335,11 @@ static void resync_reply_started(const struct control_caller *who,
 				 const struct resync_request *r,
 				 const struct ajob *aj, struct json_writer *w)
 {
-	log_msg(LOG_PRIO_INFO, NULL, "uid %u: Resynchronize %s: job %s (JobType %u) %s%s",
+	log_msg(LOG_PRIO_INFO, NULL,
+		"uid %u: Resynchronize %s: job %s (JobType %u) %s%s",
 		(unsigned)who->uid, r->vm->name, aj->j.id, aj->j.type,
-		r->start ? "scheduled for " : "started", r->start ? r->start_text : "");
+		r->start ? "scheduled for " : "started",
+		r->start ? r->start_text : "");
 	json_object_begin(w);
 	json_kv_u64(w, "ReturnValue", RV_JOB_STARTED);
 	json_kv_string(w, "Job", aj->j.id);
@@ -321,8 +349,9 @@ static void resync_reply_started(const struct control_caller *who,
 static void resync_reply_refused(const struct control_caller *who, unsigned rv,
 				 const char *msg, struct json_writer *w)
 {
-	log_msg(LOG_PRIO_NOTICE, NULL, "uid %u: Resynchronize refused with %u: %s",
-		(unsigned)who->uid, rv, msg);
+	log_msg(LOG_PRIO_NOTICE, NULL,
+		"uid %u: Resynchronize refused with %u: %s", (unsigned)who->uid,
+		rv, msg);
 	json_object_begin(w);
 	json_kv_u64(w, "ReturnValue", rv);
 	json_kv_null(w, "Job");
@@ -366,7 +395,8 @@ unsigned state_change_parse(const struct jv *req,
 
 	memset(out, 0, sizeof(*out));
 	if ((rv = field(req, "Job", JV_STRING, true, &id, msg, len)) ||
-	    (rv = field(req, "RequestedState", JV_NUMBER, true, &rs, msg, len)) ||
+	    (rv = field(req, "RequestedState", JV_NUMBER, true, &rs, msg,
+			len)) ||
 	    (rv = field(req, "TimeoutPeriod", JV_STRING, false, &to, msg, len)))
 		/* RequestStateChange has its own number for a missing member */
 		return rv == RV_INVALID_PARAMETER ? RSC_INVALID_PARAMETER : rv;
@@ -375,9 +405,10 @@ unsigned state_change_parse(const struct jv *req,
 		return RSC_INVALID_PARAMETER;
 	}
 	if (to && cim_interval_parse(to->s, &out->timeout)) {
-		snprintf(msg, len,
-			 "TimeoutPeriod '%s' is not a CIM interval (ddddddddHHMMSS.mmmmmm:000)",
-			 to->s);
+		snprintf(
+			msg, len,
+			"TimeoutPeriod '%s' is not a CIM interval (ddddddddHHMMSS.mmmmmm:000)",
+			to->s);
 		return RSC_INVALID_PARAMETER;
 	}
 	out->job = id->s;
@@ -396,9 +427,11 @@ unsigned state_change_check(const struct job *j, unsigned requested,
 			 job_state_name(j->state), requested, rsc_name(rv));
 		return rv;
 	}
-	if (!j->cancellable && requested != REQ_START && !job_state_final(j->state) &&
-	    j->state != JS_SUSPENDED) {
-		snprintf(msg, len, "job %s is merging and can no longer be stopped", j->id);
+	if (!j->cancellable && requested != REQ_START &&
+	    !job_state_final(j->state) && j->state != JS_SUSPENDED) {
+		snprintf(msg, len,
+			 "job %s is merging and can no longer be stopped",
+			 j->id);
 		return RSC_INVALID_TRANSITION;
 	}
 	return rv;
@@ -418,9 +451,11 @@ static unsigned cancel_job(struct agent *a, struct ajob *aj, unsigned requested,
 	if (vm)
 		vm->last_auto = wall_us();
 	if (aj->j.state == JS_NEW) {
-		jobs_finish(a, aj, next, 0, requested == REQ_KILL ? "The job was killed." :
-			    "The job was cancelled.",
-			    "cancelled before it started; the VM needs a resynchronization");
+		jobs_finish(
+			a, aj, next, 0,
+			requested == REQ_KILL ? "The job was killed."
+					      : "The job was cancelled.",
+			"cancelled before it started; the VM needs a resynchronization");
 		return rv;
 	}
 	if (aj->j.state == JS_SUSPENDED) {
@@ -453,8 +488,8 @@ static unsigned cancel_job(struct agent *a, struct ajob *aj, unsigned requested,
 /* Under the lock: carry out a transition state_change_check() allowed
  * (@rv RSC_OK or RSC_STARTED, toward @next).  Returns the ReturnValue. */
 static unsigned state_change_apply(struct agent *a, struct ajob *aj,
-				   unsigned requested, unsigned next, unsigned rv,
-				   char *msg, size_t len)
+				   unsigned requested, unsigned next,
+				   unsigned rv, char *msg, size_t len)
 {
 	int ret;
 
@@ -486,9 +521,11 @@ static bool transition_done(const struct ajob *aj, unsigned requested)
 {
 	switch (requested) {
 	case REQ_START:
-		return aj->j.state == JS_RUNNING || job_state_final(aj->j.state);
+		return aj->j.state == JS_RUNNING ||
+		       job_state_final(aj->j.state);
 	case REQ_SUSPEND:
-		return aj->j.state == JS_SUSPENDED || job_state_final(aj->j.state);
+		return aj->j.state == JS_SUSPENDED ||
+		       job_state_final(aj->j.state);
 	}
 	return job_state_final(aj->j.state);
 }
@@ -496,8 +533,8 @@ static bool transition_done(const struct ajob *aj, unsigned requested)
 /* Under the lock: wait up to @timeout for the transition to end.
  * RSC_OK, or RSC_TIMEOUT with @msg. */
 static unsigned state_change_wait(struct agent *a, struct ajob *aj,
-				  unsigned requested, int64_t timeout, char *msg,
-				  size_t len)
+				  unsigned requested, int64_t timeout,
+				  char *msg, size_t len)
 {
 	int64_t deadline = wall_us() + timeout;
 
@@ -505,17 +542,20 @@ static unsigned state_change_wait(struct agent *a, struct ajob *aj,
 		struct timespec ts = { .tv_sec = deadline / 1000000,
 				       .tv_nsec = (deadline % 1000000) * 1000 };
 
-		if (pthread_cond_timedwait(&a->cond, &a->lock, &ts) == ETIMEDOUT)
+		if (pthread_cond_timedwait(&a->cond, &a->lock, &ts) ==
+		    ETIMEDOUT)
 			break;
 	}
 	if (transition_done(aj, requested))
 		return RSC_OK;
-	snprintf(msg, len, "job %s is %s: the transition goes on in the background",
+	snprintf(msg, len,
+		 "job %s is %s: the transition goes on in the background",
 		 aj->j.id, job_state_name(aj->j.state));
 	return RSC_TIMEOUT;
 }
 
-static void do_request_state_change(struct agent *a, const struct control_caller *who,
+static void do_request_state_change(struct agent *a,
+				    const struct control_caller *who,
 				    const struct jv *req, struct json_writer *w)
 {
 	struct state_change_request r;
@@ -532,20 +572,23 @@ static void do_request_state_change(struct agent *a, const struct control_caller
 	aj = jobs_find(a, r.job);
 	if (!aj) {
 		pthread_mutex_unlock(&a->lock);
-		reply_rv(w, RSC_INVALID_PARAMETER, "no job %s (finished jobs stay 5 minutes)",
-			 r.job);
+		reply_rv(w, RSC_INVALID_PARAMETER,
+			 "no job %s (finished jobs stay 5 minutes)", r.job);
 		return;
 	}
 	rv = state_change_check(&aj->j, r.requested, &next, msg, sizeof(msg));
 	if (rv != RSC_OK && rv != RSC_STARTED)
 		goto out;
-	log_msg(LOG_PRIO_INFO, NULL, "uid %u: RequestStateChange %u on job %s (%s)",
-		(unsigned)who->uid, r.requested, aj->j.id, job_state_name(aj->j.state));
+	log_msg(LOG_PRIO_INFO, NULL,
+		"uid %u: RequestStateChange %u on job %s (%s)",
+		(unsigned)who->uid, r.requested, aj->j.id,
+		job_state_name(aj->j.state));
 	if (next == aj->j.state && rv == RSC_OK)
 		goto out; /* already there */
 	rv = state_change_apply(a, aj, r.requested, next, rv, msg, sizeof(msg));
 	if (rv == RSC_STARTED && r.timeout > 0)
-		rv = state_change_wait(a, aj, r.requested, r.timeout, msg, sizeof(msg));
+		rv = state_change_wait(a, aj, r.requested, r.timeout, msg,
+				       sizeof(msg));
 out:
 	pthread_mutex_unlock(&a->lock);
 	reply_rv(w, rv, msg[0] ? "%s" : NULL, msg);
@@ -553,7 +596,8 @@ out:
 
 /* --- jobs and VMs --- */
 
-static void do_get_job(struct agent *a, const struct jv *req, struct json_writer *w)
+static void do_get_job(struct agent *a, const struct jv *req,
+		       struct json_writer *w)
 {
 	const struct jv *id;
 	struct ajob *aj;
@@ -568,9 +612,10 @@ static void do_get_job(struct agent *a, const struct jv *req, struct json_writer
 	aj = jobs_find(a, id->s);
 	if (!aj) {
 		pthread_mutex_unlock(&a->lock);
-		reply_rv(w, RV_INVALID_PARAMETER,
-			 "no job %s (finished jobs stay visible for %lld s, then only in the log)",
-			 id->s, (long long)(a->retention / 1000000));
+		reply_rv(
+			w, RV_INVALID_PARAMETER,
+			"no job %s (finished jobs stay visible for %lld s, then only in the log)",
+			id->s, (long long)(a->retention / 1000000));
 		return;
 	}
 	json_object_begin(w);
@@ -581,7 +626,8 @@ static void do_get_job(struct agent *a, const struct jv *req, struct json_writer
 	pthread_mutex_unlock(&a->lock);
 }
 
-static void do_list_jobs(struct agent *a, const struct jv *req, struct json_writer *w)
+static void do_list_jobs(struct agent *a, const struct jv *req,
+			 struct json_writer *w)
 {
 	const struct jv *cs;
 	const struct vm_config *vm = NULL;
@@ -590,7 +636,8 @@ static void do_list_jobs(struct agent *a, const struct jv *req, struct json_writ
 	char msg[256];
 	unsigned rv;
 
-	if ((rv = field(req, "ComputerSystem", JV_STRING, false, &cs, msg, sizeof(msg)))) {
+	if ((rv = field(req, "ComputerSystem", JV_STRING, false, &cs, msg,
+			sizeof(msg)))) {
 		reply_rv(w, rv, "%s", msg);
 		return;
 	}
@@ -617,7 +664,8 @@ static void vm_json(struct agent *a, struct vmrt *rt, struct json_writer *w)
 	struct vm_state st = rt->st;
 	unsigned i;
 
-	if (rt->cfg->role != VM_ROLE_PRIMARY && !jobs_active_of(a, rt->cfg->name)) {
+	if (rt->cfg->role != VM_ROLE_PRIMARY &&
+	    !jobs_active_of(a, rt->cfg->name)) {
 		for (i = 0; i < rt->cfg->ndisks; i++) {
 			if (jobs_disk_receiving(a, rt->cfg, i)) {
 				st.state = RS_RESYNCHRONIZING;
@@ -629,20 +677,23 @@ static void vm_json(struct agent *a, struct vmrt *rt, struct json_writer *w)
 	vm_to_json(w, rt->cfg, &st);
 }
 
-static void do_get_vm(struct agent *a, const struct jv *req, struct json_writer *w)
+static void do_get_vm(struct agent *a, const struct jv *req,
+		      struct json_writer *w)
 {
 	const struct vm_config *vm;
 	const struct jv *cs;
 	char msg[256];
 	unsigned rv;
 
-	if ((rv = field(req, "ComputerSystem", JV_STRING, true, &cs, msg, sizeof(msg)))) {
+	if ((rv = field(req, "ComputerSystem", JV_STRING, true, &cs, msg,
+			sizeof(msg)))) {
 		reply_rv(w, rv, "%s", msg);
 		return;
 	}
 	vm = config_find_vm(&a->cfg, cs->s);
 	if (!vm) {
-		reply_rv(w, RV_INVALID_PARAMETER, "no VM named '%s' in %s", cs->s, a->cfg.path);
+		reply_rv(w, RV_INVALID_PARAMETER, "no VM named '%s' in %s",
+			 cs->s, a->cfg.path);
 		return;
 	}
 	pthread_mutex_lock(&a->lock);
@@ -670,10 +721,10 @@ static void do_list_vms(struct agent *a, struct json_writer *w)
 	pthread_mutex_unlock(&a->lock);
 }
 
-static void do_request_replication_state_change(struct agent *a,
-						const struct control_caller *who,
-						const struct jv *req,
-						struct json_writer *w)
+static void
+do_request_replication_state_change(struct agent *a,
+				    const struct control_caller *who,
+				    const struct jv *req, struct json_writer *w)
 {
 	const struct vm_config *vm;
 	const struct jv *cs, *rs;
@@ -681,31 +732,37 @@ static void do_request_replication_state_change(struct agent *a,
 	char msg[512];
 	unsigned rv;
 
-	if ((rv = field(req, "ComputerSystem", JV_STRING, true, &cs, msg, sizeof(msg))) ||
-	    (rv = field(req, "RequestedState", JV_NUMBER, true, &rs, msg, sizeof(msg)))) {
+	if ((rv = field(req, "ComputerSystem", JV_STRING, true, &cs, msg,
+			sizeof(msg))) ||
+	    (rv = field(req, "RequestedState", JV_NUMBER, true, &rs, msg,
+			sizeof(msg)))) {
 		reply_rv(w, rv, "%s", msg);
 		return;
 	}
 	vm = config_find_vm(&a->cfg, cs->s);
 	if (!vm) {
-		reply_rv(w, RV_INVALID_PARAMETER, "no VM named '%s' in %s", cs->s, a->cfg.path);
+		reply_rv(w, RV_INVALID_PARAMETER, "no VM named '%s' in %s",
+			 cs->s, a->cfg.path);
 		return;
 	}
-	if (!rs->is_int || rs->i < 0 || rs->i > RS_MAX || !vm_state_settable((unsigned)rs->i)) {
-		reply_rv(w, RV_INVALID_PARAMETER,
-			 "RequestedState %g cannot be set (1-9 and 12-14; 10 and 11 belong to jobs)",
-			 rs->num);
+	if (!rs->is_int || rs->i < 0 || rs->i > RS_MAX ||
+	    !vm_state_settable((unsigned)rs->i)) {
+		reply_rv(
+			w, RV_INVALID_PARAMETER,
+			"RequestedState %g cannot be set (1-9 and 12-14; 10 and 11 belong to jobs)",
+			rs->num);
 		return;
 	}
 	pthread_mutex_lock(&a->lock);
 	aj = jobs_active_of(a, vm->name);
 	if (aj) {
 		pthread_mutex_unlock(&a->lock);
-		reply_rv(w, RV_IN_USE, "VM %s has job %s (%s)", vm->name, aj->j.id,
-			 job_state_name(aj->j.state));
+		reply_rv(w, RV_IN_USE, "VM %s has job %s (%s)", vm->name,
+			 aj->j.id, job_state_name(aj->j.state));
 		return;
 	}
-	log_msg(LOG_PRIO_INFO, NULL, "uid %u: RequestReplicationStateChange %s to %lld",
+	log_msg(LOG_PRIO_INFO, NULL,
+		"uid %u: RequestReplicationStateChange %s to %lld",
 		(unsigned)who->uid, vm->name, (long long)rs->i);
 	jobs_set_vm(a, jobs_vm(a, vm->name), (unsigned)rs->i);
 	a->recheck = true; /* a VM marked 9 inside its window starts now */
@@ -714,8 +771,8 @@ static void do_request_replication_state_change(struct agent *a,
 	reply_rv(w, RV_OK, NULL);
 }
 
-void methods_handle(void *ctx, const struct control_caller *who, const struct jv *req,
-		    struct json_writer *w)
+void methods_handle(void *ctx, const struct control_caller *who,
+		    const struct jv *req, struct json_writer *w)
 {
 	struct agent *a = ctx;
 	const char *m = jv_get(req, "Method")->s;

@@ -17,15 +17,15 @@
 #include "agent/lib/jsonparse.h"
 
 #define START_TIME_SLACK_US (60LL * 1000000) /* "now" may be this late */
-#define MAX_AHEAD_US (7LL * 86400 * 1000000)  /* farthest StartTime */
+#define MAX_AHEAD_US (7LL * 86400 * 1000000) /* farthest StartTime */
 
 /* A Resynchronize request, checked against the configuration.  The
  * pointers point into the request and the configuration. */
 struct resync_request {
 	const struct vm_config *vm;
-	const struct jv *sources;  /* NULL, or disk file name -> path */
-	const char *start_text;    /* StartTime as given, or NULL */
-	int64_t start;             /* when to start; 0: now */
+	const struct jv *sources; /* NULL, or disk file name -> path */
+	const char *start_text;	  /* StartTime as given, or NULL */
+	int64_t start;		  /* when to start; 0: now */
 };
 
 /* Read a Resynchronize request at time @now (microseconds since the
@@ -37,9 +37,9 @@ unsigned resync_parse(const struct agent_config *cfg, const struct jv *req,
 
 /* A RequestStateChange request. */
 struct state_change_request {
-	const char *job;           /* InstanceID as given */
-	unsigned requested;        /* RequestedState */
-	int64_t timeout;           /* TimeoutPeriod in microseconds; 0: none */
+	const char *job;    /* InstanceID as given */
+	unsigned requested; /* RequestedState */
+	int64_t timeout;    /* TimeoutPeriod in microseconds; 0: none */
 };
 
 unsigned state_change_parse(const struct jv *req,

@@ -21,13 +21,13 @@
 #include "uring/source.h"
 
 #define SAVE_INTERVAL_US 5000000 /* progress is persisted this often */
-#define BUSY_RETRIES 30          /* seconds an export may stay busy */
+#define BUSY_RETRIES 30		 /* seconds an export may stay busy */
 
 /* Where a runner got to when a phase stopped. */
 struct run {
 	struct ajob *aj;
-	unsigned disk;  /* the disk being worked on; ndisks: none */
-	int ret;        /* the session's result */
+	unsigned disk;	/* the disk being worked on; ndisks: none */
+	int ret;	/* the session's result */
 	char err[1024]; /* and its message */
 };
 
@@ -100,11 +100,13 @@ static void max_u64(uint64_t *dst, uint64_t v)
 /* Under the lock: a session's counters into the job's.  Within a job they
  * only grow (a first session starts from 0 anyway), so a late or partial
  * report never shows the job going backwards. */
-static void take_stats(struct ajob *aj, struct job_disk *d, const struct push_stats *st)
+static void take_stats(struct ajob *aj, struct job_disk *d,
+		       const struct push_stats *st)
 {
 	max_u64(&d->done, st->position);
 	max_u64(&aj->j.bytes_compared, aj->base_compared + st->bytes_compared);
-	max_u64(&aj->j.bytes_different, aj->base_different + st->bytes_different);
+	max_u64(&aj->j.bytes_different,
+		aj->base_different + st->bytes_different);
 	max_u64(&aj->j.bytes_sent, aj->base_sent + st->bytes_sent);
 }
 
@@ -200,14 +202,17 @@ static int session(struct ajob *aj, unsigned i, unsigned flags, char *err,
 	};
 	int ret;
 
-	ret = sync_export_name(export_name, sizeof(export_name), aj->j.vm, d->name);
+	ret = sync_export_name(export_name, sizeof(export_name), aj->j.vm,
+			       d->name);
 	if (ret == -ENAMETOOLONG) {
-		snprintf(err, errlen, "export name %s:%s is longer than %u bytes",
-			 aj->j.vm, d->name, PROTO_NAME_MAX);
+		snprintf(err, errlen,
+			 "export name %s:%s is longer than %u bytes", aj->j.vm,
+			 d->name, PROTO_NAME_MAX);
 		return -EINVAL;
 	}
 	if (ret) {
-		snprintf(err, errlen, "export name %s:%s breaks the export-name rule",
+		snprintf(err, errlen,
+			 "export name %s:%s breaks the export-name rule",
 			 aj->j.vm, d->name);
 		return -EINVAL;
 	}
@@ -227,7 +232,8 @@ static int session(struct ajob *aj, unsigned i, unsigned flags, char *err,
 	pthread_mutex_lock(&a->lock);
 	if (st.virtual_size)
 		d->size = st.virtual_size;
-	if (flags & PUSH_HOLD) { /* the last report may be ahead of a cut session */
+	if (flags &
+	    PUSH_HOLD) { /* the last report may be ahead of a cut session */
 		take_stats(aj, d, &st);
 		d->resumed = st.resume_offset;
 	}
@@ -248,8 +254,8 @@ bool runner_handle_stop(struct agent *a, struct ajob *aj)
 		jobs_set_state(aj, JS_SUSPENDED);
 		jobs_set_vm(a, vm, RS_RESYNC_SUSPENDED);
 		jobs_persist(a, aj);
-		log_msg(LOG_PRIO_INFO, NULL, "job %s (VM %s) suspended at %u%%", aj->j.id,
-			aj->j.vm, aj->j.percent);
+		log_msg(LOG_PRIO_INFO, NULL, "job %s (VM %s) suspended at %u%%",
+			aj->j.id, aj->j.vm, aj->j.percent);
 		jobs_notify_status(a);
 		return true;
 	case REQ_TERMINATE:
@@ -258,12 +264,14 @@ bool runner_handle_stop(struct agent *a, struct ajob *aj)
 		aj->stop = 0;
 		aj->stop_req = 0;
 		jobs_persist(a, aj);
-		log_msg(LOG_PRIO_INFO, NULL, "job %s (VM %s) cancelled: discarding the recovery side's partial copies",
+		log_msg(LOG_PRIO_INFO, NULL,
+			"job %s (VM %s) cancelled: discarding the recovery side's partial copies",
 			aj->j.id, aj->j.vm);
 		return false;
 	case REQ_KILL:
-		jobs_finish(a, aj, JS_KILLED, 0, "The job was killed.",
-			    "RequestStateChange 5 (Kill): stopped without discarding the recovery side's partial copies; the next resynchronization starts over");
+		jobs_finish(
+			a, aj, JS_KILLED, 0, "The job was killed.",
+			"RequestStateChange 5 (Kill): stopped without discarding the recovery side's partial copies; the next resynchronization starts over");
 		return true;
 	default: /* STOP_SHUTDOWN: stay as we are, resume at the next start */
 		if (aj->j.running_since) {
@@ -293,33 +301,38 @@ static void discard_all(struct agent *a, struct ajob *aj)
 		}
 		pthread_mutex_unlock(&a->lock);
 		if (ret && ret != -ENOENT && !failed[0])
-			snprintf(failed, sizeof(failed),
-				 "could not discard the partial copy of %s (the next resynchronization starts over anyway): %s",
-				 aj->j.disks[i].name, err);
+			snprintf(
+				failed, sizeof(failed),
+				"could not discard the partial copy of %s (the next resynchronization starts over anyway): %s",
+				aj->j.disks[i].name, err);
 	}
 	pthread_mutex_lock(&a->lock);
-	jobs_finish(a, aj, JS_TERMINATED, 0, "The job was cancelled.",
-		    failed[0] ? failed :
-		    "RequestStateChange 4 (Terminate): the recovery images are untouched; the VM needs a resynchronization");
+	jobs_finish(
+		a, aj, JS_TERMINATED, 0, "The job was cancelled.",
+		failed[0]
+			? failed
+			: "RequestStateChange 4 (Terminate): the recovery images are untouched; the VM needs a resynchronization");
 	pthread_mutex_unlock(&a->lock);
 }
 
-static void fail_job(struct agent *a, struct ajob *aj, int ret, const char *what,
-		     const char *disk, const char *err)
+static void fail_job(struct agent *a, struct ajob *aj, int ret,
+		     const char *what, const char *disk, const char *err)
 {
 	char summary[512];
 
 	snprintf(summary, sizeof(summary),
-		 "Resynchronization of VM '%s' failed in the %s of disk %s.", aj->j.vm,
-		 what, disk);
-	log_msg(LOG_PRIO_ERR, NULL, "job %s (VM %s): %s: %s", aj->j.id, aj->j.vm, what, err);
+		 "Resynchronization of VM '%s' failed in the %s of disk %s.",
+		 aj->j.vm, what, disk);
+	log_msg(LOG_PRIO_ERR, NULL, "job %s (VM %s): %s: %s", aj->j.id,
+		aj->j.vm, what, err);
 	jobs_finish(a, aj, JS_EXCEPTION, rv_for_push(ret), summary, err);
 }
 
 static const char *phase_work(enum job_phase p)
 {
-	return p == JOB_PHASE_CHECK ? "geometry check" :
-	       p == JOB_PHASE_SEND ? "comparison and copy" : "merge";
+	return p == JOB_PHASE_CHECK  ? "geometry check"
+	       : p == JOB_PHASE_SEND ? "comparison and copy"
+				     : "merge";
 }
 
 /* Under the lock (dropped during a discard): a phase stopped, on request
@@ -352,7 +365,8 @@ static bool phase_check(struct run *r)
 	if (j->phase != JOB_PHASE_CHECK)
 		return true;
 	for (r->disk = 0; r->disk < j->ndisks; r->disk++) {
-		r->ret = session(aj, r->disk, PUSH_CHECK, r->err, sizeof(r->err));
+		r->ret = session(aj, r->disk, PUSH_CHECK, r->err,
+				 sizeof(r->err));
 		if (r->ret || aj->stop)
 			return false;
 	}
@@ -427,7 +441,8 @@ static bool phase_merge(struct run *r)
 	for (r->disk = 0; r->disk < j->ndisks; r->disk++) {
 		if (j->disks[r->disk].merged)
 			continue;
-		r->ret = session(aj, r->disk, PUSH_MERGE, r->err, sizeof(r->err));
+		r->ret = session(aj, r->disk, PUSH_MERGE, r->err,
+				 sizeof(r->err));
 		if (r->ret)
 			return false;
 		pthread_mutex_lock(&aj->a->lock);
@@ -478,8 +493,9 @@ static void mark_running(struct agent *a, struct ajob *aj, struct vmrt *vm)
 	jobs_set_vm(a, vm, RS_RESYNCHRONIZING);
 	jobs_persist(a, aj);
 	jobs_notify_status(a);
-	log_msg(LOG_PRIO_INFO, NULL, "job %s (VM %s, JobType %u) running: %s phase, to %s",
-		j->id, j->vm, j->type, job_phase_name(j->phase), j->peer);
+	log_msg(LOG_PRIO_INFO, NULL,
+		"job %s (VM %s, JobType %u) running: %s phase, to %s", j->id,
+		j->vm, j->type, job_phase_name(j->phase), j->peer);
 }
 
 /* Under the lock (dropped while sessions run): run the phases the job
@@ -492,8 +508,10 @@ static const struct vm_config *run_phases(struct agent *a, struct ajob *aj)
 	bool done;
 
 	if (vm && hold_exports(a, vm->cfg, true)) {
-		snprintf(r.err, sizeof(r.err),
-			 "VM %s: a disk is receiving from the primary right now", aj->j.vm);
+		snprintf(
+			r.err, sizeof(r.err),
+			"VM %s: a disk is receiving from the primary right now",
+			aj->j.vm);
 		r.ret = -EBUSY;
 		stopped(a, &r);
 		return NULL;

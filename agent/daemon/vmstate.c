@@ -37,10 +37,14 @@ const char *repl_state_name(unsigned s)
 const char *repl_health_name(unsigned h)
 {
 	switch (h) {
-	case RH_NOT_APPLICABLE: return "Not applicable";
-	case RH_OK: return "Ok";
-	case RH_WARNING: return "Warning";
-	case RH_CRITICAL: return "Critical";
+	case RH_NOT_APPLICABLE:
+		return "Not applicable";
+	case RH_OK:
+		return "Ok";
+	case RH_WARNING:
+		return "Warning";
+	case RH_CRITICAL:
+		return "Critical";
 	}
 	return "Unknown";
 }
@@ -48,11 +52,16 @@ const char *repl_health_name(unsigned h)
 const char *repl_mode_name(unsigned m)
 {
 	switch (m) {
-	case RM_NONE: return "None";
-	case RM_PRIMARY: return "Primary";
-	case RM_REPLICA: return "Replica";
-	case RM_TEST_REPLICA: return "Test replica";
-	case RM_EXTENDED_REPLICA: return "Extended replica";
+	case RM_NONE:
+		return "None";
+	case RM_PRIMARY:
+		return "Primary";
+	case RM_REPLICA:
+		return "Replica";
+	case RM_TEST_REPLICA:
+		return "Test replica";
+	case RM_EXTENDED_REPLICA:
+		return "Extended replica";
 	}
 	return "Unknown";
 }
@@ -154,8 +163,11 @@ int vm_state_load(const char *dir, const char *name, struct vm_state *st,
 		return ret;
 	ret = -EINVAL;
 	m = jv_get(v, "ReplicationState");
-	if (!m || m->type != JV_NUMBER || !m->is_int || m->i < 0 || m->i > RS_MAX) {
-		snprintf(err, errlen, "%s/%s: ReplicationState is missing or wrong", dir, fname);
+	if (!m || m->type != JV_NUMBER || !m->is_int || m->i < 0 ||
+	    m->i > RS_MAX) {
+		snprintf(err, errlen,
+			 "%s/%s: ReplicationState is missing or wrong", dir,
+			 fname);
 		goto out;
 	}
 	st->state = (unsigned)m->i;
@@ -232,8 +244,10 @@ void vm_to_json(struct json_writer *w, const struct vm_config *vm,
 	json_kv_u64(w, "ReplicationHealth", st->health);
 	json_kv_u64(w, "ReplicationMode", mode);
 	job_kv_time(w, "TimeOfLastStateChange", st->last_change);
-	json_kv_string(w, "Role", mode == RM_PRIMARY ? "primary" :
-				  mode == RM_REPLICA ? "replica" : "extended-replica");
+	json_kv_string(w, "Role",
+		       mode == RM_PRIMARY   ? "primary"
+		       : mode == RM_REPLICA ? "replica"
+					    : "extended-replica");
 	json_kv_string(w, "Replica", vm->replica);
 	json_key(w, "Disks");
 	json_array_begin(w);

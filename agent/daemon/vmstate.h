@@ -53,12 +53,12 @@
 #define RM_EXTENDED_REPLICA 4
 
 struct vm_state {
-	unsigned state;           /* ReplicationState */
-	unsigned health;          /* ReplicationHealth */
-	int64_t last_change;      /* usec, when state last changed */
-	char last_job[JOB_ID_LEN];/* the last resync job, "" for none */
-	unsigned last_job_state;  /* its final JobState, 0 while unfinished */
-	int64_t last_success;     /* when a resync last completed, 0 never */
+	unsigned state;		   /* ReplicationState */
+	unsigned health;	   /* ReplicationHealth */
+	int64_t last_change;	   /* usec, when state last changed */
+	char last_job[JOB_ID_LEN]; /* the last resync job, "" for none */
+	unsigned last_job_state;   /* its final JobState, 0 while unfinished */
+	int64_t last_success;	   /* when a resync last completed, 0 never */
 };
 
 const char *repl_state_name(unsigned s);

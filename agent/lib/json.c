@@ -121,8 +121,7 @@ static void end(struct json_writer *w, bool object)
 
 	if (w->err)
 		return;
-	if (!w->depth || w->is_object[w->depth - 1] != object ||
-	    w->after_key) {
+	if (!w->depth || w->is_object[w->depth - 1] != object || w->after_key) {
 		fail(w, -EINVAL);
 		return;
 	}
@@ -222,13 +221,27 @@ static void write_escaped(struct json_writer *w, const char *str, size_t len)
 		put(w, (const char *)s + i - run, run);
 		run = 0;
 		switch (c) {
-		case '"': rep = "\\\""; break;
-		case '\\': rep = "\\\\"; break;
-		case '\b': rep = "\\b"; break;
-		case '\f': rep = "\\f"; break;
-		case '\n': rep = "\\n"; break;
-		case '\r': rep = "\\r"; break;
-		case '\t': rep = "\\t"; break;
+		case '"':
+			rep = "\\\"";
+			break;
+		case '\\':
+			rep = "\\\\";
+			break;
+		case '\b':
+			rep = "\\b";
+			break;
+		case '\f':
+			rep = "\\f";
+			break;
+		case '\n':
+			rep = "\\n";
+			break;
+		case '\r':
+			rep = "\\r";
+			break;
+		case '\t':
+			rep = "\\t";
+			break;
 		default:
 			if (c < 0x20) {
 				snprintf(esc, sizeof(esc), "\\u%04x", c);

@@ -30,11 +30,11 @@
 
 struct json_writer {
 	FILE *out;
-	unsigned indent;     /* spaces per level; 0 writes one compact line */
+	unsigned indent; /* spaces per level; 0 writes one compact line */
 	unsigned depth;
-	int err;             /* first error, sticky: 0 or a negative errno */
-	bool after_key;      /* a key was written, its value comes next */
-	bool done;           /* the top-level value is complete */
+	int err;	/* first error, sticky: 0 or a negative errno */
+	bool after_key; /* a key was written, its value comes next */
+	bool done;	/* the top-level value is complete */
 	bool has_items[JSON_MAX_DEPTH];
 	bool is_object[JSON_MAX_DEPTH];
 };
@@ -70,15 +70,13 @@ static inline void json_kv_string(struct json_writer *w, const char *k,
 	json_string(w, s);
 }
 
-static inline void json_kv_u64(struct json_writer *w, const char *k,
-			       uint64_t v)
+static inline void json_kv_u64(struct json_writer *w, const char *k, uint64_t v)
 {
 	json_key(w, k);
 	json_u64(w, v);
 }
 
-static inline void json_kv_i64(struct json_writer *w, const char *k,
-			       int64_t v)
+static inline void json_kv_i64(struct json_writer *w, const char *k, int64_t v)
 {
 	json_key(w, k);
 	json_i64(w, v);

@@ -21,7 +21,8 @@ struct parser {
 static int fail(struct parser *ps, const char *what)
 {
 	if (!ps->ret) {
-		snprintf(ps->err, ps->errlen, "%s at byte %ld", what, (long)(ps->p - ps->start));
+		snprintf(ps->err, ps->errlen, "%s at byte %ld", what,
+			 (long)(ps->p - ps->start));
 		ps->ret = -EINVAL;
 	}
 	return ps->ret;
@@ -29,8 +30,8 @@ static int fail(struct parser *ps, const char *what)
 
 static void skip_ws(struct parser *ps)
 {
-	while (ps->p < ps->end &&
-	       (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
+	while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' ||
+				   *ps->p == '\n' || *ps->p == '\r'))
 		ps->p++;
 }
 
@@ -112,21 +113,38 @@ static int parse_string(struct parser *ps, char **out)
 		}
 		c = (unsigned char)*ps->p++;
 		switch (c) {
-		case '"': *o++ = '"'; break;
-		case '\\': *o++ = '\\'; break;
-		case '/': *o++ = '/'; break;
-		case 'b': *o++ = '\b'; break;
-		case 'f': *o++ = '\f'; break;
-		case 'n': *o++ = '\n'; break;
-		case 'r': *o++ = '\r'; break;
-		case 't': *o++ = '\t'; break;
+		case '"':
+			*o++ = '"';
+			break;
+		case '\\':
+			*o++ = '\\';
+			break;
+		case '/':
+			*o++ = '/';
+			break;
+		case 'b':
+			*o++ = '\b';
+			break;
+		case 'f':
+			*o++ = '\f';
+			break;
+		case 'n':
+			*o++ = '\n';
+			break;
+		case 'r':
+			*o++ = '\r';
+			break;
+		case 't':
+			*o++ = '\t';
+			break;
 		case 'u': {
 			unsigned u, lo;
 
 			if (hex4(ps, &u))
 				goto bad;
 			if (u >= 0xD800 && u <= 0xDBFF) {
-				if (ps->end - ps->p < 6 || ps->p[0] != '\\' || ps->p[1] != 'u') {
+				if (ps->end - ps->p < 6 || ps->p[0] != '\\' ||
+				    ps->p[1] != 'u') {
 					fail(ps, "unpaired surrogate");
 					goto bad;
 				}
@@ -137,7 +155,8 @@ static int parse_string(struct parser *ps, char **out)
 					fail(ps, "unpaired surrogate");
 					goto bad;
 				}
-				u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
+				u = 0x10000 + ((u - 0xD800) << 10) +
+				    (lo - 0xDC00);
 			} else if (u >= 0xDC00 && u <= 0xDFFF) {
 				fail(ps, "unpaired surrogate");
 				goto bad;
@@ -212,7 +231,8 @@ static int parse_number(struct parser *ps, struct jv *v)
 	return 0;
 }
 
-static int parse_container(struct parser *ps, struct jv *v, int depth, bool object)
+static int parse_container(struct parser *ps, struct jv *v, int depth,
+			   bool object)
 {
 	char close = object ? '}' : ']';
 	size_t cap = 0;
@@ -275,7 +295,8 @@ static int parse_container(struct parser *ps, struct jv *v, int depth, bool obje
 			ps->p++;
 			return 0;
 		}
-		return fail(ps, object ? "expected ',' or '}'" : "expected ',' or ']'");
+		return fail(ps, object ? "expected ',' or '}'"
+				       : "expected ',' or ']'");
 	}
 }
 
@@ -347,9 +368,13 @@ void jv_free(struct jv *v)
 	free(v);
 }
 
-int jv_parse(const char *text, size_t len, struct jv **out, char *err, size_t errlen)
+int jv_parse(const char *text, size_t len, struct jv **out, char *err,
+	     size_t errlen)
 {
-	struct parser ps = { .p = text, .start = text, .end = text + len, .err = err,
+	struct parser ps = { .p = text,
+			     .start = text,
+			     .end = text + len,
+			     .err = err,
 			     .errlen = errlen };
 	struct jv *v = calloc(1, sizeof(*v));
 
@@ -385,7 +410,8 @@ const struct jv *jv_get(const struct jv *obj, const char *key)
 
 const char *jv_type_name(enum jv_type t)
 {
-	static const char *names[] = { "null", "boolean", "number", "string", "array", "object" };
+	static const char *names[] = { "null",	 "boolean", "number",
+				       "string", "array",   "object" };
 
 	return t <= JV_OBJECT ? names[t] : "?";
 }

@@ -17,17 +17,18 @@ struct jv {
 	enum jv_type type;
 	bool b;
 	double num;
-	bool is_int;      /* the number was written as an integer */
-	int64_t i;        /* its value, when is_int */
-	char *s;          /* STRING: UTF-8, NUL-terminated */
-	size_t n;         /* ARRAY/OBJECT: number of items */
+	bool is_int;	  /* the number was written as an integer */
+	int64_t i;	  /* its value, when is_int */
+	char *s;	  /* STRING: UTF-8, NUL-terminated */
+	size_t n;	  /* ARRAY/OBJECT: number of items */
 	struct jv *items; /* ARRAY/OBJECT values */
-	char **keys;      /* OBJECT keys */
+	char **keys;	  /* OBJECT keys */
 };
 
 /* Parse LEN bytes; returns 0 with *out allocated, or -EINVAL / -ENOMEM
  * with ERR describing the problem and where. */
-int jv_parse(const char *text, size_t len, struct jv **out, char *err, size_t errlen);
+int jv_parse(const char *text, size_t len, struct jv **out, char *err,
+	     size_t errlen);
 void jv_free(struct jv *v);
 /* Member KEY of an object, or NULL. */
 const struct jv *jv_get(const struct jv *obj, const char *key);

@@ -50,8 +50,9 @@ void log_vmsg(int prio, const char *component, const char *fmt, va_list ap)
 			syslog(prio, "%s", line);
 		break;
 	case STYLE_JOURNAL:
-		fprintf(stderr, "<%d>%s%s%s\n", prio, component ? component : "",
-			component ? ": " : "", line);
+		fprintf(stderr, "<%d>%s%s%s\n", prio,
+			component ? component : "", component ? ": " : "",
+			line);
 		break;
 	case STYLE_PLAIN:
 		/* the CLI's own errors need no label: its exit code says so */

@@ -50,8 +50,8 @@ struct view {
 	struct vhdx_image *img; /* NULL: FD is a raw disk, probed in place */
 	uint64_t size;
 	unsigned sector;
-	int fd;                 /* what libblkid reads */
-	uint8_t *buf;           /* COPY_CHUNK bytes (a VHDX only) */
+	int fd;	      /* what libblkid reads */
+	uint8_t *buf; /* COPY_CHUNK bytes (a VHDX only) */
 	char *why;
 	size_t why_len;
 };
@@ -204,9 +204,9 @@ static int probe_fs(struct view *v, uint64_t off, uint64_t size,
 		return probe_fail(v, "set up a probe");
 	blkid_probe_enable_partitions(pr, 0);
 	blkid_probe_enable_superblocks(pr, 1);
-	blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_LABEL |
-				BLKID_SUBLKS_UUID | BLKID_SUBLKS_TYPE |
-				BLKID_SUBLKS_USAGE | BLKID_SUBLKS_VERSION);
+	blkid_probe_set_superblocks_flags(
+		pr, BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID | BLKID_SUBLKS_TYPE |
+			    BLKID_SUBLKS_USAGE | BLKID_SUBLKS_VERSION);
 	rc = blkid_do_safeprobe(pr);
 	if (rc == -2) {
 		fs->ambivalent = true;
@@ -272,7 +272,8 @@ static uint64_t fs_extra_area(const uint8_t *bs, uint64_t *len)
 			return 0;
 		cluster = (uint64_t)bps * spc;
 		off = ((uint64_t)le16_get(bs + 0x0e) +
-		       (uint64_t)bs[0x10] * le32_get(bs + 0x24)) * bps;
+		       (uint64_t)bs[0x10] * le32_get(bs + 0x24)) *
+		      bps;
 		*len = cluster;
 		return off + (uint64_t)(root - 2) * cluster;
 	}
@@ -339,8 +340,7 @@ static int copy_ebr_chain(struct view *v, uint64_t start, uint64_t size)
 	return 0;
 }
 
-static void fill_part(struct view *v, blkid_partition par,
-		      struct probe_part *p)
+static void fill_part(struct view *v, blkid_partition par, struct probe_part *p)
 {
 	const char *s;
 
@@ -367,8 +367,7 @@ static void fill_part(struct view *v, blkid_partition par,
  * Partition chain on the whole disk.  *EXTENDED is set when the table has
  * an MBR extended partition whose EBR chain still has to be copied.
  */
-static int probe_table(struct view *v, struct probe_result *res,
-		       bool *extended)
+static int probe_table(struct view *v, struct probe_result *res, bool *extended)
 {
 	blkid_partlist ls;
 	blkid_parttable tab;
@@ -578,8 +577,10 @@ static int probe_raw_fd(int fd, const char *path, unsigned sector,
 	if (S_ISBLK(st.st_mode)) {
 		ret = vhdx_blockdev_geometry(fd, &v.size, &ssz);
 		if (ret < 0) {
-			snprintf(why, why_len, "%s: cannot read the device's "
-				 "geometry: %s", path, strerror(-ret));
+			snprintf(why, why_len,
+				 "%s: cannot read the device's "
+				 "geometry: %s",
+				 path, strerror(-ret));
 			return ret;
 		}
 	}
@@ -643,8 +644,8 @@ int probe_path(const char *path, unsigned sector, struct probe_result *res,
 	close(fd);
 	ret = vhdx_open(path, 0, &img, &verr);
 	if (ret < 0) {
-		snprintf(why, why_len, "%s", verr.msg[0] ? verr.msg :
-			 strerror(-ret));
+		snprintf(why, why_len, "%s",
+			 verr.msg[0] ? verr.msg : strerror(-ret));
 		return ret;
 	}
 	ret = probe_image(img, res, why, why_len);
@@ -666,8 +667,8 @@ static void fs_text(const struct probe_fs *fs, char *buf, size_t len)
 	else if (!fs->found)
 		snprintf(buf, len, "no filesystem");
 	else
-		fmt_line(buf, len, "%s%s%s", fs->type, fs->uuid[0] ? " UUID=" : "",
-		    fs->uuid);
+		fmt_line(buf, len, "%s%s%s", fs->type,
+			 fs->uuid[0] ? " UUID=" : "", fs->uuid);
 }
 
 void probe_describe(const struct probe_result *r, char *buf, size_t len)
@@ -677,7 +678,8 @@ void probe_describe(const struct probe_result *r, char *buf, size_t len)
 	unsigned i;
 
 	if (r->table_ambivalent)
-		used = (size_t)snprintf(buf, len, "an ambivalent partition table");
+		used = (size_t)snprintf(buf, len,
+					"an ambivalent partition table");
 	else if (r->table_found)
 		used = (size_t)snprintf(buf, len, "%s table %s, %u partition%s",
 					r->table_type, r->table_id, r->nparts,
@@ -693,7 +695,8 @@ void probe_describe(const struct probe_result *r, char *buf, size_t len)
 		if (r->parts[i].extended)
 			continue;
 		fs_text(&r->parts[i].fs, fs, sizeof(fs));
-		fmt_line(buf + used, len - used, ", %d: %s", r->parts[i].number, fs);
+		fmt_line(buf + used, len - used, ", %d: %s", r->parts[i].number,
+			 fs);
 		used += strlen(buf + used);
 	}
 }
@@ -708,8 +711,8 @@ static bool fs_differs(const struct probe_fs *a, const struct probe_fs *b,
 		return false;
 	fs_text(a, fa, sizeof(fa));
 	fs_text(b, fb, sizeof(fb));
-	fmt_line(why, len, "%s: %s on the primary, %s on the recovery disk", where,
-	    fa, fb);
+	fmt_line(why, len, "%s: %s on the primary, %s on the recovery disk",
+		 where, fa, fb);
 	return true;
 }
 
@@ -720,12 +723,14 @@ static bool part_differs(const struct probe_part *p, const struct probe_part *q,
 	    p->size == q->size && !strcmp(p->type, q->type) &&
 	    !strcmp(p->uuid, q->uuid) && !strcmp(p->name, q->name))
 		return false;
-	fmt_line(why, len, "partition %d: start %llu size %llu type %s PARTUUID %s "
-	    "on the primary, partition %d: start %llu size %llu type %s "
-	    "PARTUUID %s on the recovery disk", p->number,
-	    (unsigned long long)p->start, (unsigned long long)p->size, p->type,
-	    p->uuid, q->number, (unsigned long long)q->start,
-	    (unsigned long long)q->size, q->type, q->uuid);
+	fmt_line(why, len,
+		 "partition %d: start %llu size %llu type %s PARTUUID %s "
+		 "on the primary, partition %d: start %llu size %llu type %s "
+		 "PARTUUID %s on the recovery disk",
+		 p->number, (unsigned long long)p->start,
+		 (unsigned long long)p->size, p->type, p->uuid, q->number,
+		 (unsigned long long)q->start, (unsigned long long)q->size,
+		 q->type, q->uuid);
 	return true;
 }
 
@@ -739,15 +744,18 @@ bool probe_differ(const struct probe_result *a, const struct probe_result *b,
 	    a->table_ambivalent != b->table_ambivalent ||
 	    strcmp(a->table_type, b->table_type) ||
 	    strcmp(a->table_id, b->table_id)) {
-		fmt_line(why, len, "partition table: %s %s on the primary, %s %s on "
-		    "the recovery disk",
-		    a->table_found ? a->table_type : "none", a->table_id,
-		    b->table_found ? b->table_type : "none", b->table_id);
+		fmt_line(why, len,
+			 "partition table: %s %s on the primary, %s %s on "
+			 "the recovery disk",
+			 a->table_found ? a->table_type : "none", a->table_id,
+			 b->table_found ? b->table_type : "none", b->table_id);
 		return true;
 	}
 	if (a->nparts != b->nparts) {
-		snprintf(why, len, "%u partitions on the primary, %u on the "
-			 "recovery disk", a->nparts, b->nparts);
+		snprintf(why, len,
+			 "%u partitions on the primary, %u on the "
+			 "recovery disk",
+			 a->nparts, b->nparts);
 		return true;
 	}
 	if (fs_differs(&a->disk_fs, &b->disk_fs, "whole disk", why, len))

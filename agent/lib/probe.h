@@ -20,23 +20,23 @@
 struct probe_fs {
 	bool found;
 	bool ambivalent; /* more than one signature; nothing reported */
-	char type[64];   /* "ext4", "vfat", "ntfs", ... */
+	char type[64];	 /* "ext4", "vfat", "ntfs", ... */
 	char version[64];
-	char usage[32];  /* "filesystem", "raid", "crypto", "other" */
+	char usage[32]; /* "filesystem", "raid", "crypto", "other" */
 	char label[PROBE_STR_LEN];
 	char uuid[128];
 };
 
 struct probe_part {
-	int number;     /* as libblkid numbers it: 1.. (5.. for logical) */
+	int number;	/* as libblkid numbers it: 1.. (5.. for logical) */
 	uint64_t start; /* bytes from the start of the disk */
-	uint64_t size;  /* bytes */
-	char type[64];  /* "0x83" (MBR) or the GPT type GUID */
-	char uuid[64];  /* PARTUUID */
+	uint64_t size;	/* bytes */
+	char type[64];	/* "0x83" (MBR) or the GPT type GUID */
+	char uuid[64];	/* PARTUUID */
 	char name[PROBE_STR_LEN]; /* GPT partition name, or "" */
-	bool extended;  /* an MBR extended container */
+	bool extended;		  /* an MBR extended container */
 	bool logical;
-	bool past_end;  /* the table says it runs past the virtual size */
+	bool past_end; /* the table says it runs past the virtual size */
 	struct probe_fs fs;
 };
 

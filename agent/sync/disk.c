@@ -186,7 +186,7 @@ static int reopen_child(struct session *s, struct vhdx_error *verr)
 
 static int create_child(struct session *s)
 {
-	struct vhdx_create_opts opts = {.parent = s->image};
+	struct vhdx_create_opts opts = { .parent = s->image };
 	struct vhdx_error verr;
 	int ret;
 
@@ -327,7 +327,7 @@ int disk_write(struct session *s, const void *buf, size_t len, uint64_t off)
 int disk_zero(struct session *s, uint64_t off, uint64_t len)
 {
 	static const uint8_t zeros[1 << 16];
-	uint64_t range[2] = {off, len};
+	uint64_t range[2] = { off, len };
 	int ret;
 
 	if (s->vhdx)

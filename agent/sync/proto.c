@@ -18,7 +18,6 @@
 #include "agent/sync/proto.h"
 #include "vhdx/le.h"
 
-
 /* ---- types and limits --------------------------------------------------- */
 
 static const char *const type_names[PROTO_TYPE_MAX + 1] = {
@@ -41,8 +40,8 @@ static const uint32_t limits[PROTO_TYPE_MAX + 1] = {
 	[PROTO_HASHES] = 16 + PROTO_HASH_ENTRY_LEN * PROTO_HASHES_MAX,
 	[PROTO_CREDIT] = PROTO_CREDIT_LEN,
 	[PROTO_SUBREQ] = PROTO_SUBREQ_LEN,
-	[PROTO_SUBHASHES] = PROTO_SUBHASHES_FIXED +
-			    PROTO_HASH_LEN * PROTO_SUBHASHES_MAX,
+	[PROTO_SUBHASHES] =
+		PROTO_SUBHASHES_FIXED + PROTO_HASH_LEN * PROTO_SUBHASHES_MAX,
 	[PROTO_DATA] = PROTO_MAX_PAYLOAD,
 	[PROTO_ZERO] = PROTO_ZERO_LEN,
 	[PROTO_DONE] = 0,
@@ -76,8 +75,8 @@ uint8_t proto_known_flags(unsigned type)
 
 /* ---- header ------------------------------------------------------------- */
 
-void proto_put_header(uint8_t hdr[PROTO_HDR_LEN], uint8_t type,
-		      uint8_t flags, uint32_t len, uint32_t crc)
+void proto_put_header(uint8_t hdr[PROTO_HDR_LEN], uint8_t type, uint8_t flags,
+		      uint32_t len, uint32_t crc)
 {
 	le16_put(hdr, PROTO_MAGIC);
 	hdr[2] = type;
@@ -101,7 +100,8 @@ int proto_parse_header(const uint8_t hdr[PROTO_HDR_LEN], struct frame *f,
 
 		sync_seterr(err, "malformed frame: bad magic 0x%04x%s", magic,
 			    tls ? " (the peer speaks TLS: is only this side "
-				  "--insecure?)" : "");
+				  "--insecure?)"
+				: "");
 		return -EPROTO;
 	}
 	if (!proto_known_type(f->type)) {
@@ -109,14 +109,17 @@ int proto_parse_header(const uint8_t hdr[PROTO_HDR_LEN], struct frame *f,
 		return -EPROTO;
 	}
 	if (f->flags & ~proto_known_flags(f->type)) {
-		sync_seterr(err, "malformed frame: %s with unknown flags "
-			    "0x%02x", type_names[f->type], f->flags);
+		sync_seterr(err,
+			    "malformed frame: %s with unknown flags "
+			    "0x%02x",
+			    type_names[f->type], f->flags);
 		return -EPROTO;
 	}
 	if (f->length > limits[f->type]) {
-		sync_seterr(err, "malformed frame: %s of %u bytes, the limit "
-			    "is %u", type_names[f->type], f->length,
-			    limits[f->type]);
+		sync_seterr(err,
+			    "malformed frame: %s of %u bytes, the limit "
+			    "is %u",
+			    type_names[f->type], f->length, limits[f->type]);
 		return -EMSGSIZE;
 	}
 	return 0;
@@ -158,9 +161,10 @@ static int check_hello(const struct msg_hello *h, struct vhdx_error *err)
 	}
 	if (!pow2(h->block_size) || h->block_size < PROTO_BLOCK_MIN ||
 	    h->block_size > PROTO_BLOCK_MAX) {
-		sync_seterr(err, "HELLO asks for block size %u (a power of "
-			    "two from %u to %u is supported)", h->block_size,
-			    PROTO_BLOCK_MIN, PROTO_BLOCK_MAX);
+		sync_seterr(err,
+			    "HELLO asks for block size %u (a power of "
+			    "two from %u to %u is supported)",
+			    h->block_size, PROTO_BLOCK_MIN, PROTO_BLOCK_MAX);
 		return -EPROTONOSUPPORT;
 	}
 	if (!pow2(h->logical_sector) || h->logical_sector < 512 ||
@@ -172,8 +176,10 @@ static int check_hello(const struct msg_hello *h, struct vhdx_error *err)
 	/* A session does one thing. */
 	if (action && (!pow2(action) ||
 		       (h->flags & (PROTO_HELLO_RESTART | PROTO_HELLO_HOLD)))) {
-		sync_seterr(err, "malformed frame: HELLO flags 0x%x ask for "
-			    "more than one action", h->flags);
+		sync_seterr(err,
+			    "malformed frame: HELLO flags 0x%x ask for "
+			    "more than one action",
+			    h->flags);
 		return -EPROTO;
 	}
 	return 0;
@@ -183,8 +189,10 @@ static int check_range(const char *what, uint64_t offset, uint64_t length,
 		       uint64_t max, struct vhdx_error *err)
 {
 	if (!length || length > max) {
-		sync_seterr(err, "malformed frame: %s length %llu (1 to %llu "
-			    "allowed)", what, (unsigned long long)length,
+		sync_seterr(err,
+			    "malformed frame: %s length %llu (1 to %llu "
+			    "allowed)",
+			    what, (unsigned long long)length,
 			    (unsigned long long)max);
 		return -EPROTO;
 	}
@@ -204,8 +212,8 @@ static int want_len(const char *what, size_t len, size_t want,
 {
 	if (len == want)
 		return 0;
-	sync_seterr(err, "malformed frame: %s of %zu bytes, expected %zu",
-		    what, len, want);
+	sync_seterr(err, "malformed frame: %s of %zu bytes, expected %zu", what,
+		    len, want);
 	return -EPROTO;
 }
 
@@ -225,13 +233,17 @@ static int decode_hello(const uint8_t *p, size_t len, struct msg_hello *h,
 	 */
 	h->version = le32_get(p);
 	if (h->version != PROTO_VERSION) {
-		sync_seterr(err, "HELLO for protocol version %u (this side "
-			    "speaks version %u)", h->version, PROTO_VERSION);
+		sync_seterr(err,
+			    "HELLO for protocol version %u (this side "
+			    "speaks version %u)",
+			    h->version, PROTO_VERSION);
 		return -EPROTONOSUPPORT;
 	}
 	if (len < PROTO_HELLO_FIXED + 1) {
-		sync_seterr(err, "malformed frame: HELLO of %zu bytes, at "
-			    "least %u expected", len, PROTO_HELLO_FIXED + 1);
+		sync_seterr(err,
+			    "malformed frame: HELLO of %zu bytes, at "
+			    "least %u expected",
+			    len, PROTO_HELLO_FIXED + 1);
 		return -EPROTO;
 	}
 	h->flags = le32_get(p + 4);
@@ -239,7 +251,7 @@ static int decode_hello(const uint8_t *p, size_t len, struct msg_hello *h,
 	h->hash = p[12];
 	if (p[13] || p[14] || p[15]) {
 		sync_seterr(err, "malformed frame: HELLO reserved bytes not "
-			    "zero");
+				 "zero");
 		return -EPROTO;
 	}
 	memcpy(h->seed, p + 16, 16);
@@ -247,13 +259,13 @@ static int decode_hello(const uint8_t *p, size_t len, struct msg_hello *h,
 	h->logical_sector = le32_get(p + 40);
 	h->name_len = le16_get(p + 44);
 	if (len != PROTO_HELLO_FIXED + (size_t)h->name_len) {
-		sync_seterr(err, "malformed frame: HELLO of %zu bytes with a "
-			    "%u-byte name, expected %u", len, h->name_len,
-			    PROTO_HELLO_FIXED + h->name_len);
+		sync_seterr(err,
+			    "malformed frame: HELLO of %zu bytes with a "
+			    "%u-byte name, expected %u",
+			    len, h->name_len, PROTO_HELLO_FIXED + h->name_len);
 		return -EPROTO;
 	}
-	ret = check_name((const char *)p + PROTO_HELLO_FIXED, h->name_len,
-			 err);
+	ret = check_name((const char *)p + PROTO_HELLO_FIXED, h->name_len, err);
 	if (ret)
 		return ret;
 	memcpy(h->name, p + PROTO_HELLO_FIXED, h->name_len);
@@ -290,14 +302,18 @@ static int decode_error(const uint8_t *p, size_t len, struct msg_error *e,
 	e->code = le32_get(p);
 	e->message_len = le16_get(p + 4);
 	if (e->message_len > PROTO_ERRMSG_MAX) {
-		sync_seterr(err, "malformed frame: ERROR message of %u bytes "
-			    "(at most %u)", e->message_len, PROTO_ERRMSG_MAX);
+		sync_seterr(err,
+			    "malformed frame: ERROR message of %u bytes "
+			    "(at most %u)",
+			    e->message_len, PROTO_ERRMSG_MAX);
 		return -EPROTO;
 	}
 	if (len != PROTO_ERROR_FIXED + (size_t)e->message_len) {
-		sync_seterr(err, "malformed frame: ERROR of %zu bytes with a "
-			    "%u-byte message, expected %u", len,
-			    e->message_len, PROTO_ERROR_FIXED + e->message_len);
+		sync_seterr(err,
+			    "malformed frame: ERROR of %zu bytes with a "
+			    "%u-byte message, expected %u",
+			    len, e->message_len,
+			    PROTO_ERROR_FIXED + e->message_len);
 		return -EPROTO;
 	}
 	/* The message ends up in logs: no control characters get there. */
@@ -324,14 +340,18 @@ static int decode_hashes(const uint8_t *p, size_t len, struct msg_hashes *h,
 	h->count = le32_get(p + 8);
 	h->entries = p + PROTO_HASHES_FIXED;
 	if (h->count < 1 || h->count > PROTO_HASHES_MAX) {
-		sync_seterr(err, "malformed frame: HASHES with %u entries (1 "
-			    "to %u allowed)", h->count, PROTO_HASHES_MAX);
+		sync_seterr(err,
+			    "malformed frame: HASHES with %u entries (1 "
+			    "to %u allowed)",
+			    h->count, PROTO_HASHES_MAX);
 		return -EPROTO;
 	}
 	want = PROTO_HASHES_FIXED + (size_t)h->count * PROTO_HASH_ENTRY_LEN;
 	if (len != want) {
-		sync_seterr(err, "malformed frame: HASHES of %zu bytes with "
-			    "%u entries, expected %zu", len, h->count, want);
+		sync_seterr(err,
+			    "malformed frame: HASHES of %zu bytes with "
+			    "%u entries, expected %zu",
+			    len, h->count, want);
 		return -EPROTO;
 	}
 	if (h->first_block > UINT64_MAX - h->count) {
@@ -342,8 +362,10 @@ static int decode_hashes(const uint8_t *p, size_t len, struct msg_hashes *h,
 		uint8_t kind = proto_hash_kind(h, i);
 
 		if (kind != PROTO_KIND_ZERO && kind != PROTO_KIND_DATA) {
-			sync_seterr(err, "malformed frame: HASHES entry %u "
-				    "has unknown kind %u", i, kind);
+			sync_seterr(err,
+				    "malformed frame: HASHES entry %u "
+				    "has unknown kind %u",
+				    i, kind);
 			return -EPROTO;
 		}
 	}
@@ -383,15 +405,18 @@ static int decode_subhashes(const uint8_t *p, size_t len,
 	s->count = le32_get(p + 8);
 	s->hashes = p + PROTO_SUBHASHES_FIXED;
 	if (s->count < 1 || s->count > PROTO_SUBHASHES_MAX) {
-		sync_seterr(err, "malformed frame: SUBHASHES with %u hashes "
-			    "(1 to %u allowed)", s->count, PROTO_SUBHASHES_MAX);
+		sync_seterr(err,
+			    "malformed frame: SUBHASHES with %u hashes "
+			    "(1 to %u allowed)",
+			    s->count, PROTO_SUBHASHES_MAX);
 		return -EPROTO;
 	}
 	want = PROTO_SUBHASHES_FIXED + (size_t)s->count * PROTO_HASH_LEN;
 	if (len != want) {
-		sync_seterr(err, "malformed frame: SUBHASHES of %zu bytes "
-			    "with %u hashes, expected %zu", len, s->count,
-			    want);
+		sync_seterr(err,
+			    "malformed frame: SUBHASHES of %zu bytes "
+			    "with %u hashes, expected %zu",
+			    len, s->count, want);
 		return -EPROTO;
 	}
 	return 0;
@@ -401,8 +426,10 @@ static int decode_data(uint8_t flags, const uint8_t *p, size_t len,
 		       struct msg_data *d, struct vhdx_error *err)
 {
 	if (len <= PROTO_DATA_FIXED) {
-		sync_seterr(err, "malformed frame: DATA of %zu bytes carries "
-			    "no data", len);
+		sync_seterr(err,
+			    "malformed frame: DATA of %zu bytes carries "
+			    "no data",
+			    len);
 		return -EPROTO;
 	}
 	d->offset = le64_get(p);
@@ -411,8 +438,10 @@ static int decode_data(uint8_t flags, const uint8_t *p, size_t len,
 	d->data = p + PROTO_DATA_FIXED;
 	d->data_len = (uint32_t)(len - PROTO_DATA_FIXED);
 	if (!d->compressed && d->length != d->data_len) {
-		sync_seterr(err, "malformed frame: DATA says %u bytes but "
-			    "carries %u", d->length, d->data_len);
+		sync_seterr(err,
+			    "malformed frame: DATA says %u bytes but "
+			    "carries %u",
+			    d->length, d->data_len);
 		return -EPROTO;
 	}
 	if (d->compressed && d->data_len > PROTO_DATA_MAX + PROTO_DATA_SLACK) {
@@ -433,8 +462,8 @@ static int decode_zero(const uint8_t *p, size_t len, struct msg_zero *z,
 	return check_range("ZERO", z->offset, z->length, UINT64_MAX, err);
 }
 
-static int decode_finished(const uint8_t *p, size_t len,
-			   struct msg_finished *f, struct vhdx_error *err)
+static int decode_finished(const uint8_t *p, size_t len, struct msg_finished *f,
+			   struct vhdx_error *err)
 {
 	if (want_len("FINISHED", len, PROTO_FINISHED_LEN, err))
 		return -EPROTO;
@@ -443,8 +472,8 @@ static int decode_finished(const uint8_t *p, size_t len,
 	return 0;
 }
 
-int proto_decode(uint8_t type, uint8_t flags, const void *payload,
-		 size_t len, struct msg *out, struct vhdx_error *err)
+int proto_decode(uint8_t type, uint8_t flags, const void *payload, size_t len,
+		 struct msg *out, struct vhdx_error *err)
 {
 	const uint8_t *p = payload;
 
@@ -455,13 +484,17 @@ int proto_decode(uint8_t type, uint8_t flags, const void *payload,
 		return -EPROTO;
 	}
 	if (flags & ~proto_known_flags(type)) {
-		sync_seterr(err, "malformed frame: %s with unknown flags "
-			    "0x%02x", type_names[type], flags);
+		sync_seterr(err,
+			    "malformed frame: %s with unknown flags "
+			    "0x%02x",
+			    type_names[type], flags);
 		return -EPROTO;
 	}
 	if (len > limits[type]) {
-		sync_seterr(err, "malformed frame: %s of %zu bytes, the limit "
-			    "is %u", type_names[type], len, limits[type]);
+		sync_seterr(err,
+			    "malformed frame: %s of %zu bytes, the limit "
+			    "is %u",
+			    type_names[type], len, limits[type]);
 		return -EMSGSIZE;
 	}
 	switch (type) {
@@ -643,8 +676,7 @@ static int encode_zero(const struct msg_zero *z, struct proto_parts *pp,
 	return 0;
 }
 
-static int encode_finished(const struct msg_finished *f,
-			   struct proto_parts *pp)
+static int encode_finished(const struct msg_finished *f, struct proto_parts *pp)
 {
 	le64_put(pp->fixed, f->bytes_written);
 	le32_put(pp->fixed + 8, f->seconds_merge);
@@ -699,15 +731,16 @@ int proto_encode_parts(const struct msg *m, struct proto_parts *pp,
 	if (encode_payload(m, pp, &why)) {
 		/* The checks are the decoder's: drop its "malformed" label. */
 		sync_seterr(err, "cannot encode %s: %s", type_names[m->type],
-		       strncmp(why.msg, "malformed frame: ", 17) ? why.msg :
-			    why.msg + 17);
+			    strncmp(why.msg, "malformed frame: ", 17)
+				    ? why.msg
+				    : why.msg + 17);
 		return -EINVAL;
 	}
 	return 0;
 }
 
-long proto_encode(const struct msg *m, void *buf, size_t cap,
-		  uint8_t *flags, struct vhdx_error *err)
+long proto_encode(const struct msg *m, void *buf, size_t cap, uint8_t *flags,
+		  struct vhdx_error *err)
 {
 	struct proto_parts pp;
 	size_t total;
@@ -719,8 +752,10 @@ long proto_encode(const struct msg *m, void *buf, size_t cap,
 		return ret;
 	total = pp.fixed_len + pp.tail_len;
 	if (total > cap) {
-		sync_seterr(err, "cannot encode %s: %zu bytes do not fit in "
-			    "%zu", type_names[m->type], total, cap);
+		sync_seterr(err,
+			    "cannot encode %s: %zu bytes do not fit in "
+			    "%zu",
+			    type_names[m->type], total, cap);
 		return -EMSGSIZE;
 	}
 	memcpy(buf, pp.fixed, pp.fixed_len);

@@ -26,7 +26,7 @@
 
 struct conn; /* agent/sync/tls.h */
 
-#define PROTO_MAGIC 0x5248u	/* "HR" little-endian */
+#define PROTO_MAGIC 0x5248u /* "HR" little-endian */
 #define PROTO_VERSION 1u
 #define PROTO_HDR_LEN 12u
 
@@ -46,7 +46,7 @@ enum proto_type {
 #define PROTO_TYPE_MAX 11
 
 /* Frame flags (header byte 3). */
-#define PROTO_DATA_ZSTD 0x01u		/* DATA: payload data is zstd */
+#define PROTO_DATA_ZSTD 0x01u /* DATA: payload data is zstd */
 
 /* HELLO flags (payload field). */
 #define PROTO_HELLO_RESTART 0x01u
@@ -75,17 +75,17 @@ enum proto_type {
 
 /* Sizes from docs/protocol.md. */
 #define PROTO_HASH_LEN 16u
-#define PROTO_HASH_ENTRY_LEN 17u	/* kind u8 + hash u8[16] */
-#define PROTO_HASHES_MAX 4096u		/* entries per HASHES frame */
-#define PROTO_SUBBLOCK 4096u		/* SUBHASHES granularity */
-#define PROTO_SUBHASHES_MAX 1024u	/* so blocks are at most 4 MiB */
+#define PROTO_HASH_ENTRY_LEN 17u  /* kind u8 + hash u8[16] */
+#define PROTO_HASHES_MAX 4096u	  /* entries per HASHES frame */
+#define PROTO_SUBBLOCK 4096u	  /* SUBHASHES granularity */
+#define PROTO_SUBHASHES_MAX 1024u /* so blocks are at most 4 MiB */
 #define PROTO_BLOCK_MIN 4096u
 #define PROTO_BLOCK_MAX (PROTO_SUBBLOCK * PROTO_SUBHASHES_MAX)
-#define PROTO_DATA_MAX (4u << 20)	/* bytes one DATA frame covers */
-#define PROTO_DATA_SLACK (64u << 10)	/* zstd's worst-case growth */
+#define PROTO_DATA_MAX (4u << 20)    /* bytes one DATA frame covers */
+#define PROTO_DATA_SLACK (64u << 10) /* zstd's worst-case growth */
 #define PROTO_NAME_MAX 255u
 #define PROTO_ERRMSG_MAX 1024u
-#define PROTO_SECTOR 512u		/* DATA/ZERO alignment */
+#define PROTO_SECTOR 512u /* DATA/ZERO alignment */
 
 /* Fixed payload parts. */
 #define PROTO_HELLO_FIXED 46u
@@ -106,20 +106,20 @@ enum proto_type {
 struct frame {
 	uint8_t type;
 	uint8_t flags;
-	uint32_t length;	/* payload bytes */
-	uint32_t crc;		/* CRC-32C of the payload */
+	uint32_t length; /* payload bytes */
+	uint32_t crc;	 /* CRC-32C of the payload */
 };
 
 struct msg_hello {
 	uint32_t version;
-	uint32_t flags;		/* PROTO_HELLO_* */
+	uint32_t flags; /* PROTO_HELLO_* */
 	uint32_t block_size;
-	uint8_t hash;		/* PROTO_HASH_* */
+	uint8_t hash; /* PROTO_HASH_* */
 	uint8_t seed[16];
 	uint64_t virtual_size;
 	uint32_t logical_sector;
 	uint16_t name_len;
-	char name[PROTO_NAME_MAX + 1];	/* NUL-terminated copy */
+	char name[PROTO_NAME_MAX + 1]; /* NUL-terminated copy */
 };
 
 struct msg_welcome {
@@ -127,13 +127,13 @@ struct msg_welcome {
 	uint64_t virtual_size;
 	uint32_t logical_sector;
 	uint64_t resume_offset;
-	uint32_t window;	/* blocks */
+	uint32_t window; /* blocks */
 };
 
 struct msg_error {
-	uint32_t code;		/* PROTO_ERR_* */
+	uint32_t code; /* PROTO_ERR_* */
 	uint16_t message_len;
-	char message[PROTO_ERRMSG_MAX + 1];	/* NUL-terminated copy */
+	char message[PROTO_ERRMSG_MAX + 1]; /* NUL-terminated copy */
 };
 
 /*
@@ -169,7 +169,7 @@ struct msg_subhashes {
 struct msg_data {
 	uint64_t offset;
 	uint32_t length;
-	bool compressed;	/* frame flag PROTO_DATA_ZSTD */
+	bool compressed; /* frame flag PROTO_DATA_ZSTD */
 	const uint8_t *data;
 	uint32_t data_len;
 };
@@ -185,7 +185,7 @@ struct msg_finished {
 };
 
 struct msg {
-	uint8_t type;		/* enum proto_type */
+	uint8_t type; /* enum proto_type */
 	union {
 		struct msg_hello hello;
 		struct msg_welcome welcome;
@@ -210,8 +210,8 @@ uint32_t proto_limit(unsigned type);
 uint8_t proto_known_flags(unsigned type);
 
 /* Write a 12-byte header for @type/@flags/@len with @crc. */
-void proto_put_header(uint8_t hdr[PROTO_HDR_LEN], uint8_t type,
-		      uint8_t flags, uint32_t len, uint32_t crc);
+void proto_put_header(uint8_t hdr[PROTO_HDR_LEN], uint8_t type, uint8_t flags,
+		      uint32_t len, uint32_t crc);
 /*
  * Parse and check a header: magic, known type, no unknown flag bits,
  * length within the type's limit (-EMSGSIZE when over).
@@ -226,16 +226,16 @@ int proto_parse_header(const uint8_t hdr[PROTO_HDR_LEN], struct frame *f,
  * returns -EPROTONOSUPPORT with out->u.hello.version (and as much as could
  * be read) filled in, so the caller can answer ERROR 4.
  */
-int proto_decode(uint8_t type, uint8_t flags, const void *payload,
-		 size_t len, struct msg *out, struct vhdx_error *err);
+int proto_decode(uint8_t type, uint8_t flags, const void *payload, size_t len,
+		 struct msg *out, struct vhdx_error *err);
 
 /*
  * Encode @m's payload into @buf (at most @cap bytes) and report the frame
  * flags.  Returns the payload length, or -EINVAL (with err->msg) for a
  * message proto_decode() would refuse, -EMSGSIZE when @cap is too small.
  */
-long proto_encode(const struct msg *m, void *buf, size_t cap,
-		  uint8_t *flags, struct vhdx_error *err);
+long proto_encode(const struct msg *m, void *buf, size_t cap, uint8_t *flags,
+		  struct vhdx_error *err);
 
 /* The largest fixed part of any payload (HELLO's 46 bytes, rounded up). */
 #define PROTO_FIXED_MAX 64u
@@ -250,7 +250,7 @@ struct proto_parts {
 	size_t fixed_len;
 	const void *tail;
 	size_t tail_len;
-	uint8_t flags;		/* frame flags */
+	uint8_t flags; /* frame flags */
 };
 
 /* proto_encode() without the copy: 0 or -EINVAL (with err->msg). */
@@ -264,8 +264,8 @@ int proto_encode_parts(const struct msg *m, struct proto_parts *pp,
  */
 
 /* Send one frame whose payload is @len bytes at @payload. */
-int proto_send(struct conn *c, uint8_t type, uint8_t flags,
-	       const void *payload, size_t len, struct vhdx_error *err);
+int proto_send(struct conn *c, uint8_t type, uint8_t flags, const void *payload,
+	       size_t len, struct vhdx_error *err);
 /* Send one frame whose payload is the concatenation of @iov[0..n). */
 int proto_sendv(struct conn *c, uint8_t type, uint8_t flags,
 		const struct iovec *iov, int n, struct vhdx_error *err);

@@ -104,7 +104,7 @@ int push_send_msg(struct push *ps, const struct msg *m, size_t payload)
 static int send_credit(struct push *ps, bool final)
 {
 	uint64_t d = push_done_block(ps);
-	struct msg m = {.type = PROTO_CREDIT};
+	struct msg m = { .type = PROTO_CREDIT };
 
 	if (d == ps->told_block && !final)
 		return 0;
@@ -119,7 +119,7 @@ static int send_credit(struct push *ps, bool final)
 
 static int send_zero(struct push *ps, uint64_t off, uint64_t len)
 {
-	struct msg m = {.type = PROTO_ZERO};
+	struct msg m = { .type = PROTO_ZERO };
 
 	m.u.zero.offset = off;
 	m.u.zero.length = len;
@@ -130,7 +130,7 @@ static int send_zero(struct push *ps, uint64_t off, uint64_t len)
 static int send_data(struct push *ps, uint64_t off, const uint8_t *data,
 		     uint32_t len)
 {
-	struct msg m = {.type = PROTO_DATA};
+	struct msg m = { .type = PROTO_DATA };
 
 	m.u.data.offset = off;
 	m.u.data.length = len;
@@ -232,8 +232,8 @@ static void rx_fail(struct push *ps, int ret, const char *fmt, ...)
 
 static size_t rx_cap(void)
 {
-	static const unsigned types[] = {PROTO_HASHES, PROTO_SUBHASHES,
-					 PROTO_ERROR, PROTO_FINISHED};
+	static const unsigned types[] = { PROTO_HASHES, PROTO_SUBHASHES,
+					  PROTO_ERROR, PROTO_FINISHED };
 	size_t cap = 0, i;
 
 	for (i = 0; i < sizeof(types) / sizeof(types[0]); i++)
@@ -335,8 +335,10 @@ static bool rx_finished(struct push *ps, const struct msg_finished *f)
 static bool rx_one(struct push *ps, const struct msg *m)
 {
 	switch (m->type) {
-	case PROTO_HASHES: return rx_hashes(ps, &m->u.hashes);
-	case PROTO_SUBHASHES: return rx_subhashes(ps, &m->u.subhashes);
+	case PROTO_HASHES:
+		return rx_hashes(ps, &m->u.hashes);
+	case PROTO_SUBHASHES:
+		return rx_subhashes(ps, &m->u.subhashes);
 	case PROTO_ERROR:
 		pthread_mutex_lock(&ps->lock);
 		ps->remote_error = true;
@@ -344,7 +346,8 @@ static bool rx_one(struct push *ps, const struct msg *m)
 		pthread_cond_broadcast(&ps->cond);
 		pthread_mutex_unlock(&ps->lock);
 		return false;
-	case PROTO_FINISHED: return rx_finished(ps, &m->u.finished);
+	case PROTO_FINISHED:
+		return rx_finished(ps, &m->u.finished);
 	default:
 		rx_fail(ps, -EPROTO, "peer %s: malformed frame: unexpected %s",
 			ps->peer, proto_type_name(m->type));
@@ -400,12 +403,24 @@ int push_remote_error(struct push *ps)
 	int ret;
 
 	switch (e->code) {
-	case PROTO_ERR_UNKNOWN_EXPORT: ret = -ENOENT; break;
-	case PROTO_ERR_BUSY: ret = -EBUSY; break;
-	case PROTO_ERR_GEOMETRY: ret = -EXDEV; break;
-	case PROTO_ERR_UNSUPPORTED: ret = -EPROTONOSUPPORT; break;
-	case PROTO_ERR_PROTOCOL: ret = -EPROTO; break;
-	default: ret = -EIO; break;
+	case PROTO_ERR_UNKNOWN_EXPORT:
+		ret = -ENOENT;
+		break;
+	case PROTO_ERR_BUSY:
+		ret = -EBUSY;
+		break;
+	case PROTO_ERR_GEOMETRY:
+		ret = -EXDEV;
+		break;
+	case PROTO_ERR_UNSUPPORTED:
+		ret = -EPROTONOSUPPORT;
+		break;
+	case PROTO_ERR_PROTOCOL:
+		ret = -EPROTO;
+		break;
+	default:
+		ret = -EIO;
+		break;
 	}
 	return push_fail(ps, ret, "peer %s: %s", ps->peer,
 			 e->message[0] ? e->message
@@ -460,7 +475,7 @@ static int add_pending(struct push *ps, uint64_t block, uint32_t len,
 		       const struct ur_block *b)
 {
 	struct pend *pd;
-	struct msg m = {.type = PROTO_SUBREQ};
+	struct msg m = { .type = PROTO_SUBREQ };
 	int ret;
 
 	if (ps->pend_count >= ps->window)
@@ -665,7 +680,7 @@ static int compare_all(struct push *ps)
 
 static int wait_finished(struct push *ps)
 {
-	struct msg m = {.type = PROTO_DONE};
+	struct msg m = { .type = PROTO_DONE };
 	int ret;
 
 	pthread_mutex_lock(&ps->lock);

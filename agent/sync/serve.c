@@ -533,9 +533,12 @@ static void *session_main(void *arg)
 static const char *mode_name(enum tls_mode m)
 {
 	switch (m) {
-	case TLS_MODE_PSK: return "TLS 1.3, pre-shared key";
-	case TLS_MODE_X509: return "TLS 1.3, certificates";
-	case TLS_MODE_INSECURE: return "plain TCP, insecure, loopback only";
+	case TLS_MODE_PSK:
+		return "TLS 1.3, pre-shared key";
+	case TLS_MODE_X509:
+		return "TLS 1.3, certificates";
+	case TLS_MODE_INSECURE:
+		return "plain TCP, insecure, loopback only";
 	}
 	return "?";
 }
@@ -575,7 +578,7 @@ static void start_session(struct server *srv, struct conn *c)
 	srv->nsessions++;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	ret = pthread_create(&(pthread_t){0}, &attr, session_main, s);
+	ret = pthread_create(&(pthread_t){ 0 }, &attr, session_main, s);
 	pthread_attr_destroy(&attr);
 	if (ret) {
 		srv->sessions = s->next;

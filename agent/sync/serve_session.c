@@ -84,7 +84,7 @@ int session_protocol_error(struct session *s, const char *fmt, ...)
 /* The work is done whether or not the primary is still there to hear it. */
 static int send_finished(struct session *s)
 {
-	struct msg m = {.type = PROTO_FINISHED};
+	struct msg m = { .type = PROTO_FINISHED };
 
 	m.u.finished.bytes_written = s->bytes_written;
 	m.u.finished.seconds_merge = (uint32_t)(s->merge_seconds + 0.5);
@@ -126,7 +126,7 @@ static void tx_fail(struct session *s, int ret, const char *fmt, ...)
 static int flush_hashes(struct session *s, uint64_t first, uint32_t n,
 			const uint8_t *entries)
 {
-	struct msg m = {.type = PROTO_HASHES};
+	struct msg m = { .type = PROTO_HASHES };
 
 	if (!n)
 		return 0;
@@ -301,7 +301,7 @@ static int on_credit(struct session *s, const struct msg_credit *c)
 static int on_subreq(struct session *s, uint64_t block)
 {
 	uint8_t hashes[PROTO_SUBHASHES_MAX * PROTO_HASH_LEN];
-	struct msg m = {.type = PROTO_SUBHASHES};
+	struct msg m = { .type = PROTO_SUBHASHES };
 	uint64_t slot = block % s->window;
 	uint32_t len, nsub, k;
 	bool ok, zero;
@@ -476,11 +476,20 @@ static int receive_loop(struct session *s)
 		if (ret < 0)
 			return receive_failed(s, ret, &terr);
 		switch (m.type) {
-		case PROTO_CREDIT: ret = on_credit(s, &m.u.credit); break;
-		case PROTO_SUBREQ: ret = on_subreq(s, m.u.subreq.block); break;
-		case PROTO_DATA: ret = on_data(s, &m.u.data); break;
-		case PROTO_ZERO: ret = on_zero(s, &m.u.zero); break;
-		case PROTO_DONE: return on_done(s);
+		case PROTO_CREDIT:
+			ret = on_credit(s, &m.u.credit);
+			break;
+		case PROTO_SUBREQ:
+			ret = on_subreq(s, m.u.subreq.block);
+			break;
+		case PROTO_DATA:
+			ret = on_data(s, &m.u.data);
+			break;
+		case PROTO_ZERO:
+			ret = on_zero(s, &m.u.zero);
+			break;
+		case PROTO_DONE:
+			return on_done(s);
 		case PROTO_ERROR:
 			S_LOG(s, LOG_PRIO_WARNING,
 			      "the primary gave up: %s "
@@ -521,7 +530,8 @@ static int start_reader(struct session *s)
 				     "export %s: cannot start "
 				     "reading: %s",
 				     s->name, msg);
-	default: return session_error(s, PROTO_ERR_INTERNAL, "%s", msg);
+	default:
+		return session_error(s, PROTO_ERR_INTERNAL, "%s", msg);
 	}
 }
 
@@ -610,7 +620,7 @@ static int prepare_copy(struct session *s, uint64_t *resume)
 
 static int send_welcome(struct session *s, uint64_t resume)
 {
-	struct msg m = {.type = PROTO_WELCOME};
+	struct msg m = { .type = PROTO_WELCOME };
 
 	m.u.welcome.version = PROTO_VERSION;
 	m.u.welcome.virtual_size = s->size;

@@ -23,7 +23,7 @@
 
 struct tls_listener {
 	int fd;
-	SSL_CTX *ctx;		/* NULL for plain TCP */
+	SSL_CTX *ctx; /* NULL for plain TCP */
 	enum tls_mode mode;
 	uint8_t psk[TLS_PSK_LEN];
 	char addr[PEER_LEN];
@@ -93,9 +93,11 @@ static int listen_host(const char *addr, const char *host, uint16_t port,
 		if (mode == TLS_MODE_INSECURE &&
 		    !tls_addr_is_loopback(ai->ai_addr)) {
 			tls_format_sockaddr(ai->ai_addr, a, sizeof(a));
-			sync_seterr(err, "listen %s: --insecure (plain TCP) is "
+			sync_seterr(err,
+				    "listen %s: --insecure (plain TCP) is "
 				    "only allowed on a loopback address, and "
-				    "%s is not one", addr, a);
+				    "%s is not one",
+				    addr, a);
 			freeaddrinfo(res);
 			return -EPERM;
 		}
@@ -125,8 +127,10 @@ int tls_listen(const char *addr, const struct tls_config *cfg,
 	tls_init();
 	*out = NULL;
 	if (tls_parse_addr(addr, host, sizeof(host), &port)) {
-		sync_seterr(err, "listen address '%s': expected HOST:PORT, "
-			    ":PORT or [IPV6]:PORT", addr);
+		sync_seterr(err,
+			    "listen address '%s': expected HOST:PORT, "
+			    ":PORT or [IPV6]:PORT",
+			    addr);
 		return -EINVAL;
 	}
 	l = calloc(1, sizeof(*l));
@@ -140,7 +144,8 @@ int tls_listen(const char *addr, const struct tls_config *cfg,
 		memcpy(l->psk, cfg->psk, TLS_PSK_LEN);
 
 	if (cfg->mode == TLS_MODE_INSECURE && !*host) {
-		sync_seterr(err, "listen %s: --insecure (plain TCP) is only "
+		sync_seterr(err,
+			    "listen %s: --insecure (plain TCP) is only "
 			    "allowed on a loopback address such as "
 			    "127.0.0.1:%u or [::1]:%u, not on every address",
 			    addr, port, port);
@@ -229,8 +234,10 @@ static int accept_fd(struct tls_listener *l, struct sockaddr_storage *ss,
 			return -EINTR;
 		case ECONNABORTED:
 		case EPROTO:
-			sync_seterr(err, "listen %s: a connection went away "
-				    "before it was accepted", l->addr);
+			sync_seterr(err,
+				    "listen %s: a connection went away "
+				    "before it was accepted",
+				    l->addr);
 			return -EAGAIN;
 		default:
 			ret = -errno;
@@ -348,7 +355,8 @@ static int connect_host(const char *addr, const char *host, uint16_t port,
 			break;
 	}
 	if (mode == TLS_MODE_INSECURE && !any) {
-		sync_seterr(err, "peer %s: --insecure (plain TCP) is only "
+		sync_seterr(err,
+			    "peer %s: --insecure (plain TCP) is only "
 			    "allowed to a loopback address, and %s is not one",
 			    addr, tried);
 		ret = -EPERM;
@@ -362,8 +370,8 @@ static int connect_host(const char *addr, const char *host, uint16_t port,
 	return ret;
 }
 
-int tls_connect(const char *addr, const struct tls_config *cfg,
-		int timeout_ms, struct conn **out, struct vhdx_error *err)
+int tls_connect(const char *addr, const struct tls_config *cfg, int timeout_ms,
+		struct conn **out, struct vhdx_error *err)
 {
 	int64_t deadline = timeout_ms > 0 ? mono_ms() + timeout_ms : 0;
 	struct sockaddr_storage peer;
@@ -377,8 +385,10 @@ int tls_connect(const char *addr, const struct tls_config *cfg,
 	*out = NULL;
 	if (tls_parse_addr(addr, host, sizeof(host), &port) || !*host ||
 	    !port) {
-		sync_seterr(err, "peer address '%s': expected HOST:PORT or "
-			    "[IPV6]:PORT", addr);
+		sync_seterr(err,
+			    "peer address '%s': expected HOST:PORT or "
+			    "[IPV6]:PORT",
+			    addr);
 		return -EINVAL;
 	}
 	/* Bad certificate files are found before any network traffic. */
@@ -409,7 +419,7 @@ int tls_connect(const char *addr, const struct tls_config *cfg,
 		if (ret)
 			goto fail;
 	}
-	SSL_CTX_free(ctx);	/* the SSL object keeps its own reference */
+	SSL_CTX_free(ctx); /* the SSL object keeps its own reference */
 	*out = c;
 	return 0;
 fail:

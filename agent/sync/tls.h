@@ -31,17 +31,17 @@
 #define TLS_PSK_IDENTITY "hvresync/1"
 
 enum tls_mode {
-	TLS_MODE_PSK,		/* TLS 1.3 external PSK, no certificates */
-	TLS_MODE_X509,		/* certificates both ways, checked against ca */
-	TLS_MODE_INSECURE,	/* plain TCP, loopback addresses only */
+	TLS_MODE_PSK,	   /* TLS 1.3 external PSK, no certificates */
+	TLS_MODE_X509,	   /* certificates both ways, checked against ca */
+	TLS_MODE_INSECURE, /* plain TCP, loopback addresses only */
 };
 
 struct tls_config {
 	enum tls_mode mode;
-	uint8_t psk[TLS_PSK_LEN];	/* TLS_MODE_PSK: see tls_load_psk() */
-	const char *cert;		/* TLS_MODE_X509: PEM chain of this side */
-	const char *key;		/* TLS_MODE_X509: PEM private key */
-	const char *ca;			/* TLS_MODE_X509: PEM CA(s) to trust */
+	uint8_t psk[TLS_PSK_LEN]; /* TLS_MODE_PSK: see tls_load_psk() */
+	const char *cert;	  /* TLS_MODE_X509: PEM chain of this side */
+	const char *key;	  /* TLS_MODE_X509: PEM private key */
+	const char *ca;		  /* TLS_MODE_X509: PEM CA(s) to trust */
 };
 
 struct tls_listener;
@@ -96,8 +96,8 @@ int conn_handshake(struct conn *c, struct vhdx_error *err);
  * limit).  The connection keeps @timeout_ms as its I/O timeout.
  * TLS_MODE_INSECURE is refused unless the resolved address is loopback.
  */
-int tls_connect(const char *addr, const struct tls_config *cfg,
-		int timeout_ms, struct conn **out, struct vhdx_error *err);
+int tls_connect(const char *addr, const struct tls_config *cfg, int timeout_ms,
+		struct conn **out, struct vhdx_error *err);
 
 /*
  * Read exactly @len bytes.  -ECONNRESET when the peer closed the

@@ -78,8 +78,7 @@ static int parse_port(const char *s, uint16_t *port)
 	return 0;
 }
 
-int tls_parse_addr(const char *addr, char *host, size_t hostlen,
-		   uint16_t *port)
+int tls_parse_addr(const char *addr, char *host, size_t hostlen, uint16_t *port)
 {
 	const char *h = addr, *p = NULL, *colon;
 	size_t hl;

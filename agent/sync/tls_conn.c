@@ -58,8 +58,8 @@ struct conn *tls_conn_new(int fd, const struct sockaddr *peer,
 	pthread_mutex_init(&c->lock, NULL);
 	tls_format_sockaddr(peer, c->peer, sizeof(c->peer));
 	snprintf(c->auth, sizeof(c->auth), "%s",
-		 mode == TLS_MODE_INSECURE ? "plain TCP (insecure)" :
-		 "TLS handshake not done");
+		 mode == TLS_MODE_INSECURE ? "plain TCP (insecure)"
+					   : "TLS handshake not done");
 	return c;
 }
 
@@ -88,10 +88,12 @@ static int wait_fd(struct conn *c, short events, int ms, struct vhdx_error *err)
 	for (;;) {
 		r = poll(&p, 1, ms);
 		if (r > 0)
-			return 0;	/* errors show in the next I/O call */
+			return 0; /* errors show in the next I/O call */
 		if (r == 0) {
-			peer_err(c, err, "timed out (nothing sent or received "
-				 "for %d s)", (ms + 999) / 1000);
+			peer_err(c, err,
+				 "timed out (nothing sent or received "
+				 "for %d s)",
+				 (ms + 999) / 1000);
 			return -ETIMEDOUT;
 		}
 		if (errno != EINTR) {
@@ -144,9 +146,10 @@ static int handshake_failed(struct conn *c, int sslerr, int sys_errno,
 	unsigned long e = ERR_peek_last_error();
 	int reason = ERR_GET_REASON(e);
 	long vr = SSL_get_verify_result(c->ssl);
-	const char *hint = c->mode == TLS_MODE_PSK ?
-		"the two sides do not hold the same pre-shared key" :
-		"certificate not accepted";
+	const char *hint =
+		c->mode == TLS_MODE_PSK
+			? "the two sides do not hold the same pre-shared key"
+			: "certificate not accepted";
 
 	c->broken = true;
 	c->fatal = -EPROTO;
@@ -155,7 +158,8 @@ static int handshake_failed(struct conn *c, int sslerr, int sys_errno,
 	    (sslerr == SSL_ERROR_SYSCALL && !e &&
 	     (!sys_errno || sys_errno == ECONNRESET)) ||
 	    (e && reason == SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
-		peer_err(c, err, "TLS handshake failed: connection closed by "
+		peer_err(c, err,
+			 "TLS handshake failed: connection closed by "
 			 "the peer (does it use TLS, and the same kind of "
 			 "authentication?)");
 		return -ECONNRESET;
@@ -166,18 +170,22 @@ static int handshake_failed(struct conn *c, int sslerr, int sys_errno,
 		return -sys_errno;
 	}
 	if (c->bad_identity) {
-		peer_err(c, err, "authentication failed (the peer offered a "
+		peer_err(c, err,
+			 "authentication failed (the peer offered a "
 			 "pre-shared key identity other than %s)",
 			 TLS_PSK_IDENTITY);
 		return -EACCES;
 	}
 	if (vr != X509_V_OK && c->mode == TLS_MODE_X509) {
-		peer_err(c, err, "authentication failed (peer certificate: "
-			 "%s)", X509_verify_cert_error_string(vr));
+		peer_err(c, err,
+			 "authentication failed (peer certificate: "
+			 "%s)",
+			 X509_verify_cert_error_string(vr));
 		return -EACCES;
 	}
 	if (vr != X509_V_OK && c->mode == TLS_MODE_PSK) {
-		peer_err(c, err, "authentication failed (the peer did not use "
+		peer_err(c, err,
+			 "authentication failed (the peer did not use "
 			 "the pre-shared key but sent a certificate)");
 		return -EACCES;
 	}
@@ -185,15 +193,17 @@ static int handshake_failed(struct conn *c, int sslerr, int sys_errno,
 	 * OpenSSL answers a PSK binder that does not verify with an
 	 * illegal_parameter alert: for a PSK client that means "wrong key".
 	 */
-	if (e && ERR_GET_LIB(e) == ERR_LIB_SSL && (auth_reason(reason) ||
-	    (c->mode == TLS_MODE_PSK &&
-	     reason == SSL_R_SSLV3_ALERT_ILLEGAL_PARAMETER))) {
+	if (e && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+	    (auth_reason(reason) ||
+	     (c->mode == TLS_MODE_PSK &&
+	      reason == SSL_R_SSLV3_ALERT_ILLEGAL_PARAMETER))) {
 		peer_err(c, err, "authentication failed (%s; TLS: %s)", hint,
 			 tls_ssl_reason());
 		return -EACCES;
 	}
 	if (e && reason == SSL_R_WRONG_VERSION_NUMBER) {
-		peer_err(c, err, "TLS handshake failed: the peer does not "
+		peer_err(c, err,
+			 "TLS handshake failed: the peer does not "
 			 "speak TLS (is it using --insecure?)");
 		return -EPROTO;
 	}
@@ -235,7 +245,8 @@ static int handshake_done(struct conn *c, struct vhdx_error *err)
 		c->fatal = -EACCES;
 		snprintf(c->fatal_msg, sizeof(c->fatal_msg),
 			 "authentication failed");
-		peer_err(c, err, "authentication failed (the pre-shared key "
+		peer_err(c, err,
+			 "authentication failed (the pre-shared key "
 			 "was not used)");
 		return -EACCES;
 	}
@@ -264,8 +275,7 @@ int tls_do_handshake(struct conn *c, int64_t deadline, struct vhdx_error *err)
 		errno = 0;
 		ret = SSL_do_handshake(c->ssl);
 		sys_errno = errno;
-		sslerr = ret == 1 ? SSL_ERROR_NONE :
-			 SSL_get_error(c->ssl, ret);
+		sslerr = ret == 1 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, ret);
 		if (sslerr == SSL_ERROR_NONE)
 			ret = handshake_done(c, err);
 		else if (sslerr != SSL_ERROR_WANT_READ &&
@@ -275,8 +285,9 @@ int tls_do_handshake(struct conn *c, int64_t deadline, struct vhdx_error *err)
 		if (sslerr != SSL_ERROR_WANT_READ &&
 		    sslerr != SSL_ERROR_WANT_WRITE)
 			return ret;
-		ret = wait_fd(c, sslerr == SSL_ERROR_WANT_READ ? POLLIN :
-			      POLLOUT, tls_ms_left(deadline), err);
+		ret = wait_fd(c,
+			      sslerr == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT,
+			      tls_ms_left(deadline), err);
 		if (ret == -ETIMEDOUT)
 			peer_err(c, err, "TLS handshake timed out");
 		if (ret)
@@ -331,7 +342,7 @@ static ssize_t ssl_step_failed(struct conn *c, int sslerr, int sys_errno,
 		 */
 		c->quiet = true;
 		if (!sys_errno)
-			return 0;	/* TCP closed without close_notify */
+			return 0; /* TCP closed without close_notify */
 		peer_err(c, err, "%s: %s", wr ? "send" : "receive",
 			 strerror(sys_errno));
 		return -sys_errno;
@@ -348,7 +359,8 @@ static ssize_t ssl_step_failed(struct conn *c, int sslerr, int sys_errno,
 		c->fatal = -EACCES;
 		snprintf(c->fatal_msg, sizeof(c->fatal_msg),
 			 "authentication failed (certificate not accepted; "
-			 "TLS: %s)", tls_ssl_reason());
+			 "TLS: %s)",
+			 tls_ssl_reason());
 	} else {
 		c->fatal = -EPROTO;
 		snprintf(c->fatal_msg, sizeof(c->fatal_msg), "TLS error: %s",
@@ -384,8 +396,8 @@ static ssize_t io_step(struct conn *c, void *buf, size_t len, bool wr,
 	}
 	ERR_clear_error();
 	errno = 0;
-	ok = wr ? SSL_write_ex(c->ssl, buf, len, &done) :
-		  SSL_read_ex(c->ssl, buf, len, &done);
+	ok = wr ? SSL_write_ex(c->ssl, buf, len, &done)
+		: SSL_read_ex(c->ssl, buf, len, &done);
 	sys_errno = errno;
 	sslerr = ok ? SSL_ERROR_NONE : SSL_get_error(c->ssl, 0);
 	switch (sslerr) {
@@ -425,8 +437,10 @@ int conn_read_full(struct conn *c, void *buf, size_t len,
 		}
 		if (r == 0) {
 			if (got)
-				peer_err(c, err, "connection closed after %zu "
-					 "of %zu bytes", got, len);
+				peer_err(c, err,
+					 "connection closed after %zu "
+					 "of %zu bytes",
+					 got, len);
 			else
 				peer_err(c, err, "connection closed");
 			return -ECONNRESET;
@@ -524,7 +538,7 @@ void conn_close(struct conn *c)
 		pthread_mutex_lock(&c->lock);
 		if (c->handshaken && !c->broken && !c->quiet) {
 			ERR_clear_error();
-			SSL_shutdown(c->ssl);	/* best effort, no waiting */
+			SSL_shutdown(c->ssl); /* best effort, no waiting */
 		}
 		SSL_free(c->ssl);
 		ERR_clear_error();

@@ -86,9 +86,10 @@ int tls_load_psk(const char *path, uint8_t psk[TLS_PSK_LEN],
 	/* Like ssh with private keys: a key others can read is no secret. */
 	if (st.st_mode & 077) {
 		ret = -EPERM;
-		sync_seterr(err, "key file %s is %s by group or others "
-			    "(mode %04o): run chmod 600 %s", path,
-			    (st.st_mode & 044) ? "readable" : "writable",
+		sync_seterr(err,
+			    "key file %s is %s by group or others "
+			    "(mode %04o): run chmod 600 %s",
+			    path, (st.st_mode & 044) ? "readable" : "writable",
 			    (unsigned)(st.st_mode & 07777), path);
 		goto out;
 	}
@@ -112,16 +113,20 @@ int tls_load_psk(const char *path, uint8_t psk[TLS_PSK_LEN],
 	ret = -EINVAL;
 	for (i = 0; i < n && i < 2 * TLS_PSK_LEN; i++)
 		if (hexval(buf[i]) < 0) {
-			sync_seterr(err, "key file %s: character %zu is not a "
+			sync_seterr(err,
+				    "key file %s: character %zu is not a "
 				    "hex digit (the file must hold one line of "
 				    "64 hex digits; hvresync keygen writes "
-				    "one)", path, i + 1);
+				    "one)",
+				    path, i + 1);
 			goto out;
 		}
 	if (n != 2 * TLS_PSK_LEN) {
-		sync_seterr(err, "key file %s: %s (the file must hold one "
+		sync_seterr(err,
+			    "key file %s: %s (the file must hold one "
 			    "line of 64 hex digits; hvresync keygen writes "
-			    "one)", path,
+			    "one)",
+			    path,
 			    n < 2 * TLS_PSK_LEN ? "too short" : "too long");
 		goto out;
 	}
@@ -165,8 +170,9 @@ static int psk_use_cb(SSL *ssl, const EVP_MD *md, const unsigned char **id,
 	if (!c || !ciph)
 		return 0;
 	/* After a HelloRetryRequest md is fixed; ours must match it. */
-	if (md && EVP_MD_get_type(md) !=
-		  EVP_MD_get_type(SSL_CIPHER_get_handshake_digest(ciph)))
+	if (md &&
+	    EVP_MD_get_type(md) !=
+		    EVP_MD_get_type(SSL_CIPHER_get_handshake_digest(ciph)))
 		return 1;
 	*sess = psk_session(c, ciph);
 	if (!*sess)
@@ -201,7 +207,7 @@ static int psk_find_cb(SSL *ssl, const unsigned char *id, size_t idlen,
 SSL_CTX *tls_make_ctx(const struct tls_config *cfg, bool server,
 		      struct vhdx_error *err)
 {
-	STACK_OF(X509_NAME) *names;
+	STACK_OF(X509_NAME) * names;
 	SSL_CTX *ctx;
 
 	ERR_clear_error();
@@ -219,7 +225,7 @@ SSL_CTX *tls_make_ctx(const struct tls_config *cfg, bool server,
 	SSL_CTX_set_num_tickets(ctx, 0);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
-			 SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+				      SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 
 	if (cfg->mode == TLS_MODE_PSK) {
 		if (!SSL_CTX_set_ciphersuites(ctx, "TLS_AES_256_GCM_SHA384")) {
@@ -228,8 +234,7 @@ SSL_CTX *tls_make_ctx(const struct tls_config *cfg, bool server,
 			goto fail;
 		}
 		if (server) {
-			SSL_CTX_set_psk_find_session_callback(ctx,
-							      psk_find_cb);
+			SSL_CTX_set_psk_find_session_callback(ctx, psk_find_cb);
 			SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 		} else {
 			SSL_CTX_set_psk_use_session_callback(ctx, psk_use_cb);
@@ -254,8 +259,10 @@ SSL_CTX *tls_make_ctx(const struct tls_config *cfg, bool server,
 	if (SSL_CTX_use_PrivateKey_file(ctx, cfg->key, SSL_FILETYPE_PEM) != 1) {
 		if (ERR_GET_REASON(ERR_peek_last_error()) ==
 		    X509_R_KEY_VALUES_MISMATCH)
-			sync_seterr(err, "private key %s does not match "
-				    "certificate %s", cfg->key, cfg->cert);
+			sync_seterr(err,
+				    "private key %s does not match "
+				    "certificate %s",
+				    cfg->key, cfg->cert);
 		else
 			sync_seterr(err, "private key %s: %s", cfg->key,
 				    tls_ssl_reason());
@@ -274,8 +281,9 @@ SSL_CTX *tls_make_ctx(const struct tls_config *cfg, bool server,
 		names = SSL_load_client_CA_file(cfg->ca);
 		if (names)
 			SSL_CTX_set_client_CA_list(ctx, names);
-		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER |
-				   SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+		SSL_CTX_set_verify(
+			ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+			NULL);
 	} else {
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	}

@@ -27,17 +27,17 @@
 
 struct conn {
 	int fd;
-	SSL *ssl;		/* NULL for plain TCP */
-	pthread_mutex_t lock;	/* serialises every call on ssl */
+	SSL *ssl;	      /* NULL for plain TCP */
+	pthread_mutex_t lock; /* serialises every call on ssl */
 	int timeout_ms;
 	enum tls_mode mode;
 	bool server;
 	bool handshaken;
-	bool broken;		/* fatal TLS error: no more I/O */
-	bool quiet;		/* socket error: no close_notify */
-	int fatal;		/* what broke it: 0 (EOF) or -errno */
+	bool broken; /* fatal TLS error: no more I/O */
+	bool quiet;  /* socket error: no close_notify */
+	int fatal;   /* what broke it: 0 (EOF) or -errno */
 	char fatal_msg[200];
-	bool bad_identity;	/* peer offered a PSK identity not ours */
+	bool bad_identity; /* peer offered a PSK identity not ours */
 	uint8_t psk[TLS_PSK_LEN];
 	char peer[PEER_LEN];
 	char auth[256];

@@ -25,9 +25,10 @@ static int check_outgoing(struct conn *c, uint8_t type, uint8_t flags,
 	if (known && !(flags & ~proto_known_flags(type)) &&
 	    total <= proto_limit(type))
 		return 0;
-	sync_seterr(err, "peer %s: refusing to send a %s of %zu bytes with "
-		    "flags 0x%02x", conn_peer(c), proto_type_name(type), total,
-		    flags);
+	sync_seterr(err,
+		    "peer %s: refusing to send a %s of %zu bytes with "
+		    "flags 0x%02x",
+		    conn_peer(c), proto_type_name(type), total, flags);
 	return known && total > proto_limit(type) ? -EMSGSIZE : -EINVAL;
 }
 
@@ -70,8 +71,8 @@ int proto_sendv(struct conn *c, uint8_t type, uint8_t flags,
 	return used ? conn_write_full(c, stage, used, err) : 0;
 }
 
-int proto_send(struct conn *c, uint8_t type, uint8_t flags,
-	       const void *payload, size_t len, struct vhdx_error *err)
+int proto_send(struct conn *c, uint8_t type, uint8_t flags, const void *payload,
+	       size_t len, struct vhdx_error *err)
 {
 	struct iovec iov = { .iov_base = (void *)payload, .iov_len = len };
 
@@ -111,9 +112,11 @@ int proto_recv(struct conn *c, struct frame *f, void *buf, size_t cap,
 		return ret;
 	}
 	if (f->length > cap) {
-		sync_seterr(err, "peer %s: %s of %u bytes does not fit the "
-			    "%zu-byte receive buffer", conn_peer(c),
-			    proto_type_name(f->type), f->length, cap);
+		sync_seterr(err,
+			    "peer %s: %s of %u bytes does not fit the "
+			    "%zu-byte receive buffer",
+			    conn_peer(c), proto_type_name(f->type), f->length,
+			    cap);
 		return -EMSGSIZE;
 	}
 	if (f->length) {
@@ -123,7 +126,8 @@ int proto_recv(struct conn *c, struct frame *f, void *buf, size_t cap,
 	}
 	crc = vhdx_crc32c(buf, f->length);
 	if (crc != f->crc) {
-		sync_seterr(err, "peer %s: malformed frame: %s of %u bytes "
+		sync_seterr(err,
+			    "peer %s: malformed frame: %s of %u bytes "
 			    "fails its CRC-32C (0x%08x, computed 0x%08x)",
 			    conn_peer(c), proto_type_name(f->type), f->length,
 			    f->crc, crc);

@@ -65,8 +65,8 @@ static struct {
 	bool short_reads;
 	bool eintr;
 	bool eagain;
-	unsigned max_read;      /* 0: libfuse's default */
-	unsigned long reads;    /* read requests seen */
+	unsigned max_read;	/* 0: libfuse's default */
+	unsigned long reads;	/* read requests seen */
 	unsigned long failures; /* EINTR/EAGAIN answers given */
 } ff = { .fd = -1 };
 
@@ -84,9 +84,21 @@ static int parse_off(const char *s, uint64_t *out)
 	if (errno || end == s || *s == '-')
 		return -EINVAL;
 	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
+	case 'k':
+	case 'K':
+		v <<= 10;
+		end++;
+		break;
+	case 'm':
+	case 'M':
+		v <<= 20;
+		end++;
+		break;
+	case 'g':
+	case 'G':
+		v <<= 30;
+		end++;
+		break;
 	}
 	if (*end)
 		return -EINVAL;
@@ -222,20 +234,24 @@ int main(int argc, char **argv)
 		} else if (!strcmp(a, "--eio-at") && i + 1 < argc) {
 			if (ff.n_eio == MAX_EIO ||
 			    parse_off(argv[++i], &ff.eio_at[ff.n_eio])) {
-				fprintf(stderr, "failfs: bad --eio-at '%s'\n", argv[i]);
+				fprintf(stderr, "failfs: bad --eio-at '%s'\n",
+					argv[i]);
 				return 2;
 			}
 			ff.n_eio++;
 		} else if (!strcmp(a, "--max-read") && i + 1 < argc) {
 			uint64_t v;
 
-			if (parse_off(argv[++i], &v) || v < 4096 || v > (1u << 30)) {
-				fprintf(stderr, "failfs: bad --max-read '%s'\n", argv[i]);
+			if (parse_off(argv[++i], &v) || v < 4096 ||
+			    v > (1u << 30)) {
+				fprintf(stderr, "failfs: bad --max-read '%s'\n",
+					argv[i]);
 				return 2;
 			}
 			ff.max_read = (unsigned)v;
-			snprintf(opts + strlen(opts), sizeof(opts) - strlen(opts),
-				 ",max_read=%u", ff.max_read);
+			snprintf(opts + strlen(opts),
+				 sizeof(opts) - strlen(opts), ",max_read=%u",
+				 ff.max_read);
 		} else if (!strcmp(a, "--short")) {
 			ff.short_reads = true;
 		} else if (!strcmp(a, "--eintr")) {

@@ -60,8 +60,7 @@ static void fill(uint8_t *p, size_t n, uint64_t seed)
  * Frame @i of a session: every type in turn, contents derived from @i.
  * @store holds variable parts (at least PROTO_MAX_PAYLOAD bytes).
  */
-static void make_msg(unsigned i, size_t max_data, struct msg *m,
-		     uint8_t *store)
+static void make_msg(unsigned i, size_t max_data, struct msg *m, uint8_t *store)
 {
 	uint64_t s = i + 1;
 	uint32_t k, n;
@@ -157,8 +156,10 @@ static int serve_one(struct conn *c, uint8_t *buf)
 	for (;;) {
 		ret = proto_recv(c, &f, buf, PROTO_MAX_PAYLOAD, &err);
 		if (ret == -ECONNRESET && !strstr(err.msg, " after ")) {
-			fprintf(stderr, "tlsping: peer %s: closed after %u "
-				"frames\n", conn_peer(c), frames);
+			fprintf(stderr,
+				"tlsping: peer %s: closed after %u "
+				"frames\n",
+				conn_peer(c), frames);
 			return 0;
 		}
 		if (!ret) {
@@ -181,8 +182,7 @@ static int serve_one(struct conn *c, uint8_t *buf)
 	}
 }
 
-static int run_server(const char *addr, const struct tls_config *cfg,
-		      long max)
+static int run_server(const char *addr, const struct tls_config *cfg, long max)
 {
 	struct tls_listener *l;
 	struct vhdx_error err;
@@ -239,7 +239,7 @@ static void *writer(void *arg)
 		cl->ret = proto_send_msg(cl->c, &m, &cl->err);
 	}
 	if (cl->ret)
-		conn_abort(cl->c);	/* unblock the reader */
+		conn_abort(cl->c); /* unblock the reader */
 	free(store);
 	return NULL;
 }
@@ -277,7 +277,8 @@ static int run_client(const char *addr, const struct tls_config *cfg,
 			break;
 		if (f.type != m.type || f.flags != flags ||
 		    f.length != (uint32_t)n || memcmp(buf, want, (size_t)n)) {
-			snprintf(err.msg, sizeof(err.msg), "peer %s: echo of "
+			snprintf(err.msg, sizeof(err.msg),
+				 "peer %s: echo of "
 				 "frame %u (%s) differs from what was sent",
 				 conn_peer(cl.c), i, proto_type_name(m.type));
 			ret = -EBADMSG;
@@ -286,7 +287,7 @@ static int run_client(const char *addr, const struct tls_config *cfg,
 		bytes += PROTO_HDR_LEN + f.length;
 	}
 	if (i < frames)
-		conn_abort(cl.c);	/* unblock the writer */
+		conn_abort(cl.c); /* unblock the writer */
 	pthread_join(t, NULL);
 	/*
 	 * The reader sees the peer's alerts where the writer sees only a
@@ -298,8 +299,8 @@ static int run_client(const char *addr, const struct tls_config *cfg,
 		fail(err.msg);
 	if (cl.ret)
 		fail(cl.err.msg);
-	printf("tlsping: %u frames (%llu bytes) echoed by %s over %s\n",
-	       frames, bytes, conn_peer(cl.c), conn_auth(cl.c));
+	printf("tlsping: %u frames (%llu bytes) echoed by %s over %s\n", frames,
+	       bytes, conn_peer(cl.c), conn_auth(cl.c));
 	conn_close(cl.c);
 	free(buf);
 	free(store);
@@ -317,7 +318,8 @@ int main(int argc, char **argv)
 	long max = 0;
 	int i;
 
-	if (argc < 3 || (strcmp(argv[1], "server") && strcmp(argv[1], "client"))) {
+	if (argc < 3 ||
+	    (strcmp(argv[1], "server") && strcmp(argv[1], "client"))) {
 		fputs(usage, stderr);
 		return 2;
 	}

@@ -14,7 +14,8 @@
 
 static const char *kind_name(enum vhdx_ext_kind k)
 {
-	static const char *names[] = { "data", "mem", "zero", "unalloc", "parent" };
+	static const char *names[] = { "data", "mem", "zero", "unalloc",
+				       "parent" };
 
 	return k <= VHDX_EXT_PARENT ? names[k] : "?";
 }
@@ -39,7 +40,8 @@ int main(int argc, char **argv)
 			path = argv[i];
 	}
 	if (!path) {
-		fprintf(stderr, "usage: vhdx-cat [--map] [--ignore-parent-linkage] IMAGE\n");
+		fprintf(stderr,
+			"usage: vhdx-cat [--map] [--ignore-parent-linkage] IMAGE\n");
 		return 2;
 	}
 	ret = vhdx_open(path, flags, &img, &err);
@@ -54,7 +56,8 @@ int main(int argc, char **argv)
 
 		vhdx_map_iter_init(&it, img, 0, size, 0);
 		while ((ret = vhdx_map_next(&it, &e)) > 0)
-			printf("%llu %llu %s %llu depth=%s\n", (unsigned long long)e.off,
+			printf("%llu %llu %s %llu depth=%s\n",
+			       (unsigned long long)e.off,
 			       (unsigned long long)e.len, kind_name(e.kind),
 			       (unsigned long long)e.file_off,
 			       vhdx_get_info(e.source)->path);
@@ -66,8 +69,9 @@ int main(int argc, char **argv)
 		ssize_t n = vhdx_pread(img, buf, 4 << 20, off);
 
 		if (n < 0) {
-			fprintf(stderr, "vhdx-cat: %s: read at %llu: %s\n", path,
-				(unsigned long long)off, strerror((int)-n));
+			fprintf(stderr, "vhdx-cat: %s: read at %llu: %s\n",
+				path, (unsigned long long)off,
+				strerror((int)-n));
 			return 2;
 		}
 		if (fwrite(buf, 1, (size_t)n, stdout) != (size_t)n)

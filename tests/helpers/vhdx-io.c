@@ -22,10 +22,20 @@ static uint64_t num(const char *s)
 	unsigned long long v = strtoull(s, &end, 0);
 
 	switch (*end) {
-	case 'K': case 'k': v <<= 10; break;
-	case 'M': case 'm': v <<= 20; break;
-	case 'G': case 'g': v <<= 30; break;
-	default: break;
+	case 'K':
+	case 'k':
+		v <<= 10;
+		break;
+	case 'M':
+	case 'm':
+		v <<= 20;
+		break;
+	case 'G':
+	case 'g':
+		v <<= 30;
+		break;
+	default:
+		break;
 	}
 	return v;
 }
@@ -82,20 +92,23 @@ int main(int argc, char **argv)
 		char *a = argv[i];
 
 		if (a[0] == 'w' && a[1] == ':') {
-			uint64_t off = num(strtok(a + 2, ":")), len = num(strtok(NULL, ":"));
+			uint64_t off = num(strtok(a + 2, ":")),
+				 len = num(strtok(NULL, ":"));
 			int byte = (int)num(strtok(NULL, ":"));
 
 			buf = realloc(buf, len ? len : 1);
 			memset(buf, byte, len);
 			ret = vhdx_pwrite(img, buf, len, off);
 		} else if (a[0] == 'z' && a[1] == ':') {
-			uint64_t off = num(strtok(a + 2, ":")), len = num(strtok(NULL, ":"));
+			uint64_t off = num(strtok(a + 2, ":")),
+				 len = num(strtok(NULL, ":"));
 
 			ret = vhdx_write_zeroes(img, off, len);
 		} else if (a[0] == 'r' && a[1] == ':') {
 			/* seeded random writes; the test replays the same
 			 * sequence with its own generator (xorshift64) */
-			uint64_t seed = num(strtok(a + 2, ":")), count = num(strtok(NULL, ":"));
+			uint64_t seed = num(strtok(a + 2, ":")),
+				 count = num(strtok(NULL, ":"));
 			uint64_t maxlen = num(strtok(NULL, ":")), size, k;
 			const struct vhdx_info *in = vhdx_get_info(img);
 
@@ -104,9 +117,13 @@ int main(int argc, char **argv)
 			for (k = 0; k < count && !ret; k++) {
 				uint64_t off, len;
 
-				seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17;
+				seed ^= seed << 13;
+				seed ^= seed >> 7;
+				seed ^= seed << 17;
 				off = (seed % size) * 512;
-				seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17;
+				seed ^= seed << 13;
+				seed ^= seed >> 7;
+				seed ^= seed << 17;
 				len = (seed % (maxlen / 512) + 1) * 512;
 				if (len > in->virtual_size - off)
 					len = in->virtual_size - off;

@@ -50,10 +50,10 @@ static inline void wbytes(struct wb *w, const void *p, size_t n)
 
 /* Header bytes for a payload, per the table in docs/protocol.md. */
 static inline void frame_of(struct wb *out, uint8_t type, uint8_t flags,
-		     const struct wb *payload)
+			    const struct wb *payload)
 {
 	out->n = 0;
-	w8(out, 'H');	/* magic 0x5248 little-endian is "HR" */
+	w8(out, 'H'); /* magic 0x5248 little-endian is "HR" */
 	w8(out, 'R');
 	w8(out, type);
 	w8(out, flags);

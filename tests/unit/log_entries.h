@@ -55,7 +55,7 @@ struct desc {
 	bool zero;
 	uint64_t file_off;
 	uint64_t zero_len; /* zero descriptors */
-	unsigned seed;     /* data descriptors: target(seed) */
+	unsigned seed;	   /* data descriptors: target(seed) */
 };
 
 struct entry {
@@ -126,8 +126,8 @@ static inline uint8_t *lsec(uint8_t *log, uint32_t log_len, uint32_t off,
 	return log + (off + (uint64_t)k * SEC) % log_len;
 }
 
-static inline uint32_t put_entry(uint8_t *log, uint32_t log_len,
-				 uint32_t off, const struct entry *e)
+static inline uint32_t put_entry(uint8_t *log, uint32_t log_len, uint32_t off,
+				 const struct entry *e)
 {
 	uint8_t *buf = calloc(1, BIG_LOG);
 	uint32_t len, k;
@@ -171,7 +171,7 @@ static struct {
 	uint64_t off[MAX_CALLS];
 	uint64_t len[MAX_CALLS];
 	uint8_t *data[MAX_CALLS]; /* NULL for zero ranges */
-	unsigned fail_at;         /* return -EIO on this call (1-based) */
+	unsigned fail_at;	  /* return -EIO on this call (1-based) */
 } rec;
 
 static inline void rec_reset(void)

@@ -11,7 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-static inline uint32_t ref_crc32c_update(uint32_t crc, const void *buf, size_t len)
+static inline uint32_t ref_crc32c_update(uint32_t crc, const void *buf,
+					 size_t len)
 {
 	const uint8_t *p = buf;
 	int k;

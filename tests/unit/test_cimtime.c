@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* test_cimtime.c - CIM datetime/interval and ISO 8601 parsing and formatting. */
+/* test_cimtime.c - CIM datetime/interval and ISO 8601 parsing and formatting.
+ */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,29 +20,42 @@ static void test_datetime_parse(void **state)
 	int64_t t;
 
 	(void)state;
-	assert_int_equal(cim_datetime_parse("20261124183000.000000+000", &t), 0);
+	assert_int_equal(cim_datetime_parse("20261124183000.000000+000", &t),
+			 0);
 	assert_true(t == T_20261124_1830);
 	/* the same instant written at UTC+1 (60 minutes east) */
-	assert_int_equal(cim_datetime_parse("20261124193000.000000+060", &t), 0);
+	assert_int_equal(cim_datetime_parse("20261124193000.000000+060", &t),
+			 0);
 	assert_true(t == T_20261124_1830);
-	assert_int_equal(cim_datetime_parse("20261124173000.000000-060", &t), 0);
+	assert_int_equal(cim_datetime_parse("20261124173000.000000-060", &t),
+			 0);
 	assert_true(t == T_20261124_1830);
-	assert_int_equal(cim_datetime_parse("20261124183000.250000+000", &t), 0);
+	assert_int_equal(cim_datetime_parse("20261124183000.250000+000", &t),
+			 0);
 	assert_true(t == T_20261124_1830 + 250000);
-	assert_int_equal(cim_datetime_parse("19700101000000.000000+000", &t), 0);
+	assert_int_equal(cim_datetime_parse("19700101000000.000000+000", &t),
+			 0);
 	assert_true(t == 0);
-	assert_int_equal(cim_datetime_parse("20240229120000.000000+000", &t), 0);
+	assert_int_equal(cim_datetime_parse("20240229120000.000000+000", &t),
+			 0);
 }
 
 static void test_datetime_reject(void **state)
 {
 	static const char *bad[] = {
-		"", "2026112418300.000000+000", "20261124183000.000000+0000",
-		"20261124183000,000000+000", "20261124183000.000000*000",
-		"20261324183000.000000+000", "20261131183000.000000+000",
-		"20230229120000.000000+000", "20261124243000.000000+000",
-		"20261124186000.000000+000", "2026112418300a.000000+000",
-		"20261124183000.000000+999", "20261124183000.******+000",
+		"",
+		"2026112418300.000000+000",
+		"20261124183000.000000+0000",
+		"20261124183000,000000+000",
+		"20261124183000.000000*000",
+		"20261324183000.000000+000",
+		"20261131183000.000000+000",
+		"20230229120000.000000+000",
+		"20261124243000.000000+000",
+		"20261124186000.000000+000",
+		"2026112418300a.000000+000",
+		"20261124183000.000000+999",
+		"20261124183000.******+000",
 	};
 	size_t i;
 	int64_t t;
@@ -65,7 +79,8 @@ static void test_datetime_format(void **state)
 	cim_datetime_format(T_20261124_1830, -300, out);
 	assert_string_equal(out, "20261124133000.000000-300");
 	/* round trip over month and year ends */
-	assert_int_equal(cim_datetime_parse("20251231235959.999999+000", &t), 0);
+	assert_int_equal(cim_datetime_parse("20251231235959.999999+000", &t),
+			 0);
 	cim_datetime_format(t, 0, out);
 	assert_string_equal(out, "20251231235959.999999+000");
 	cim_datetime_format(t + 1, 0, out);
@@ -79,7 +94,8 @@ static void test_interval(void **state)
 
 	(void)state;
 	/* the example from HYPERV-FACTS: 1 day, 12 hours and 32 seconds */
-	assert_int_equal(cim_interval_parse("00000001120032.000000:000", &t), 0);
+	assert_int_equal(cim_interval_parse("00000001120032.000000:000", &t),
+			 0);
 	assert_true(t == (86400LL + 12 * 3600 + 32) * 1000000LL);
 	cim_interval_format(t, out);
 	assert_string_equal(out, "00000001120032.000000:000");
@@ -87,9 +103,12 @@ static void test_interval(void **state)
 	assert_string_equal(out, "00000000000001.500000:000");
 	cim_interval_format(0, out);
 	assert_string_equal(out, "00000000000000.000000:000");
-	assert_int_equal(cim_interval_parse("00000001120032.000000+000", &t), -22);
-	assert_int_equal(cim_interval_parse("00000001250032.000000:000", &t), -22);
-	assert_int_equal(cim_interval_parse("0000001120032.000000:000", &t), -22);
+	assert_int_equal(cim_interval_parse("00000001120032.000000+000", &t),
+			 -22);
+	assert_int_equal(cim_interval_parse("00000001250032.000000:000", &t),
+			 -22);
+	assert_int_equal(cim_interval_parse("0000001120032.000000:000", &t),
+			 -22);
 }
 
 static void test_iso8601(void **state)

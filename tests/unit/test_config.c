@@ -98,8 +98,11 @@ static void test_example(void **state)
 	assert_int_equal(vm->window_end, 6 * 60);
 
 	/* by id: plain, braced, any case */
-	assert_ptr_equal(config_find_vm(&c, "0b5e1f3c-6a57-4d0e-9d43-0c1a3e5f7a21"), vm);
-	assert_ptr_equal(config_find_vm(&c, "{0B5E1F3C-6A57-4D0E-9D43-0C1A3E5F7A21}"), vm);
+	assert_ptr_equal(
+		config_find_vm(&c, "0b5e1f3c-6a57-4d0e-9d43-0c1a3e5f7a21"), vm);
+	assert_ptr_equal(
+		config_find_vm(&c, "{0B5E1F3C-6A57-4D0E-9D43-0C1A3E5F7A21}"),
+		vm);
 	assert_null(config_find_vm(&c, "0b5e1f3c-6a57-4d0e-9d43-0c1a3e5f7a22"));
 	assert_null(config_find_vm(&c, "web"));
 	assert_null(config_find_vm(&c, "WEB01")); /* names are exact */
@@ -207,19 +210,22 @@ static void test_errors(void **state)
 	refuse("[vm a]\nrole = replica\nexclude = x.vhdx\n", 3, "absolute");
 	refuse("[vm a]\nrole = replica\nid = not-a-guid\n", 3, "GUID");
 	refuse("[vm a]\nrole = replica\nauto-resync = 18:30\n", 3, "window");
-	refuse("[vm a]\nrole = replica\nauto-resync = 25:00-06:00\n", 3, "window");
-	refuse("[vm a]\nrole = replica\nauto-resync = 18:60-06:00\n", 3, "window");
+	refuse("[vm a]\nrole = replica\nauto-resync = 25:00-06:00\n", 3,
+	       "window");
+	refuse("[vm a]\nrole = replica\nauto-resync = 18:60-06:00\n", 3,
+	       "window");
 	refuse("[vm a]\nrole = replica\nspeed = 3\n", 3, "speed");
-	refuse("[vm a]\nrole = replica\n[vm b]\nrole = replica\n[vm a]\ndisk = /x\n", 6,
-	       "twice");
-	refuse("[agent]\nthis line has no equals sign\n", 2, "not a valid line");
+	refuse("[vm a]\nrole = replica\n[vm b]\nrole = replica\n[vm a]\ndisk = /x\n",
+	       6, "twice");
+	refuse("[agent]\nthis line has no equals sign\n", 2,
+	       "not a valid line");
 	/* checks over a whole section name the section and a line of it */
-	refuse("[agent]\ninsecure = true\n\n[vm web01]\nrole = primary\ndisk = /a.vhdx\n", -1,
-	       "[vm web01] is primary but names no replica");
-	refuse("[vm a]\nrole = replica\ndisk = /x/os.vhdx\ndisk = /y/os.vhdx\n", -1,
-	       "[vm a] has two disks named os.vhdx");
-	refuse("[vm a]\nrole = replica\ndisk = /x/os.vhdx\nexclude = /x/os.vhdx\n", -1,
-	       "both");
+	refuse("[agent]\ninsecure = true\n\n[vm web01]\nrole = primary\ndisk = /a.vhdx\n",
+	       -1, "[vm web01] is primary but names no replica");
+	refuse("[vm a]\nrole = replica\ndisk = /x/os.vhdx\ndisk = /y/os.vhdx\n",
+	       -1, "[vm a] has two disks named os.vhdx");
+	refuse("[vm a]\nrole = replica\ndisk = /x/os.vhdx\nexclude = /x/os.vhdx\n",
+	       -1, "both");
 	refuse("[agent]\ncert-file = /c\n", 0, "key-file");
 }
 

@@ -61,7 +61,9 @@ static void test_from_le_layout(void **state)
 static void test_to_le_layout(void **state)
 {
 	struct vhdx_guid g = {
-		.d1 = 0x2DC27766u, .d2 = 0xF623u, .d3 = 0x4200u,
+		.d1 = 0x2DC27766u,
+		.d2 = 0xF623u,
+		.d3 = 0x4200u,
 		.d4 = { 0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a, 0x08 },
 	};
 	uint8_t b[16];
@@ -113,28 +115,29 @@ static void test_parse_rejects(void **state)
 	static const char *const bad[] = {
 		"",
 		"{}",
-		"2DC27766-F623-4200-9D64-115E9BFD4A0",     /* short */
-		"2DC27766-F623-4200-9D64-115E9BFD4A081",   /* long */
-		"2DC27766-F623-4200-9D64-115E9BFD4A08 ",   /* trailing space */
-		" 2DC27766-F623-4200-9D64-115E9BFD4A08",   /* leading space */
-		"{2DC27766-F623-4200-9D64-115E9BFD4A08",   /* no closing brace */
-		"2DC27766-F623-4200-9D64-115E9BFD4A08}",   /* no opening brace */
-		"{2DC27766-F623-4200-9D64-115E9BFD4A08}x", /* junk after brace */
+		"2DC27766-F623-4200-9D64-115E9BFD4A0",	 /* short */
+		"2DC27766-F623-4200-9D64-115E9BFD4A081", /* long */
+		"2DC27766-F623-4200-9D64-115E9BFD4A08 ", /* trailing space */
+		" 2DC27766-F623-4200-9D64-115E9BFD4A08", /* leading space */
+		"{2DC27766-F623-4200-9D64-115E9BFD4A08", /* no closing brace */
+		"2DC27766-F623-4200-9D64-115E9BFD4A08}", /* no opening brace */
+		"{2DC27766-F623-4200-9D64-115E9BFD4A08}x", /* junk after brace
+							    */
 		"(2DC27766-F623-4200-9D64-115E9BFD4A08)",  /* wrong brackets */
 		"{2DC27766-F623-4200-9D64-115E9BFD4A08]",  /* wrong closer */
 		"{2DC27766-F623-4200-9D64-115E9BFD4A08{",  /* wrong closer */
-		"2DC27766F623-4200-9D64-115E9BFD4A08-",    /* dash misplaced */
-		"2DC27766-F6234-200-9D64-115E9BFD4A08",    /* dash misplaced */
-		"2DC27766-F623-4200-9D64115E-9BFD4A08",    /* dash misplaced */
-		"2DC27766_F623_4200_9D64_115E9BFD4A08",    /* not dashes */
-		"2DC2776G-F623-4200-9D64-115E9BFD4A08",    /* not hex */
-		"2DC27766-F623-4200-9D64-115E9BFD4A0Z",    /* not hex */
-		"2DC27766-F623-4200-9D6 -115E9BFD4A08",    /* space in digits */
-		"+DC27766-F623-4200-9D64-115E9BFD4A08",    /* sign */
-		"2DC27766--623-4200-9D64-115E9BFD4A08",    /* minus sign */
-		"2DC27766-F623-4200-9D64-0x5E9BFD4A08",    /* 0x prefix */
-		"2DC277662F6234200A9D64A115E9BFD4A08",     /* no dashes, 35 */
-		"2DC27766F62342009D64115E9BFD4A08",        /* no dashes, 32 */
+		"2DC27766F623-4200-9D64-115E9BFD4A08-",	   /* dash misplaced */
+		"2DC27766-F6234-200-9D64-115E9BFD4A08",	   /* dash misplaced */
+		"2DC27766-F623-4200-9D64115E-9BFD4A08",	   /* dash misplaced */
+		"2DC27766_F623_4200_9D64_115E9BFD4A08",	   /* not dashes */
+		"2DC2776G-F623-4200-9D64-115E9BFD4A08",	   /* not hex */
+		"2DC27766-F623-4200-9D64-115E9BFD4A0Z",	   /* not hex */
+		"2DC27766-F623-4200-9D6 -115E9BFD4A08",	   /* space in digits */
+		"+DC27766-F623-4200-9D64-115E9BFD4A08",	   /* sign */
+		"2DC27766--623-4200-9D64-115E9BFD4A08",	   /* minus sign */
+		"2DC27766-F623-4200-9D64-0x5E9BFD4A08",	   /* 0x prefix */
+		"2DC277662F6234200A9D64A115E9BFD4A08",	   /* no dashes, 35 */
+		"2DC27766F62342009D64115E9BFD4A08",	   /* no dashes, 32 */
 	};
 	struct vhdx_guid g, before;
 	unsigned i;

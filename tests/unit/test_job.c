@@ -31,22 +31,50 @@ struct row {
  * description and Hyper-V's resync behaviour (docs/control-api.md). */
 static const struct row table[] = {
 	/* Start */
-	{ 2, 2, 0, 2 }, { 3, 2, 0, 3 }, { 4, 2, 0, 4 }, { 5, 2, 4096, 4 },
-	{ 6, 2, 4097, 6 }, { 7, 2, 4097, 7 }, { 8, 2, 4097, 8 }, { 9, 2, 4097, 9 },
-	{ 10, 2, 4097, 10 }, { 32768, 2, 4097, 32768 },
+	{ 2, 2, 0, 2 },
+	{ 3, 2, 0, 3 },
+	{ 4, 2, 0, 4 },
+	{ 5, 2, 4096, 4 },
+	{ 6, 2, 4097, 6 },
+	{ 7, 2, 4097, 7 },
+	{ 8, 2, 4097, 8 },
+	{ 9, 2, 4097, 9 },
+	{ 10, 2, 4097, 10 },
+	{ 32768, 2, 4097, 32768 },
 	/* Suspend */
-	{ 2, 3, 4097, 2 }, { 3, 3, 4096, 5 }, { 4, 3, 4096, 5 }, { 5, 3, 0, 5 },
-	{ 6, 3, 4097, 6 }, { 7, 3, 4097, 7 }, { 8, 3, 4097, 8 }, { 10, 3, 4097, 10 },
+	{ 2, 3, 4097, 2 },
+	{ 3, 3, 4096, 5 },
+	{ 4, 3, 4096, 5 },
+	{ 5, 3, 0, 5 },
+	{ 6, 3, 4097, 6 },
+	{ 7, 3, 4097, 7 },
+	{ 8, 3, 4097, 8 },
+	{ 10, 3, 4097, 10 },
 	/* Terminate */
-	{ 2, 4, 0, 8 }, { 3, 4, 4096, 6 }, { 4, 4, 4096, 6 }, { 5, 4, 4096, 6 },
-	{ 6, 4, 4096, 6 }, { 7, 4, 4097, 7 }, { 8, 4, 4097, 8 }, { 9, 4, 4097, 9 },
-	{ 10, 4, 4097, 10 }, { 32768, 4, 4097, 32768 },
+	{ 2, 4, 0, 8 },
+	{ 3, 4, 4096, 6 },
+	{ 4, 4, 4096, 6 },
+	{ 5, 4, 4096, 6 },
+	{ 6, 4, 4096, 6 },
+	{ 7, 4, 4097, 7 },
+	{ 8, 4, 4097, 8 },
+	{ 9, 4, 4097, 9 },
+	{ 10, 4, 4097, 10 },
+	{ 32768, 4, 4097, 32768 },
 	/* Kill */
-	{ 2, 5, 0, 9 }, { 4, 5, 4096, 6 }, { 5, 5, 4096, 6 }, { 6, 5, 4096, 6 },
-	{ 7, 5, 4097, 7 }, { 9, 5, 4097, 9 },
+	{ 2, 5, 0, 9 },
+	{ 4, 5, 4096, 6 },
+	{ 5, 5, 4096, 6 },
+	{ 6, 5, 4096, 6 },
+	{ 7, 5, 4097, 7 },
+	{ 9, 5, 4097, 9 },
 	/* Service is not supported; anything else is no RequestedState */
-	{ 4, 6, 1, 4 }, { 2, 6, 1, 2 },
-	{ 4, 0, 5, 4 }, { 4, 1, 5, 4 }, { 4, 7, 5, 4 }, { 4, 32768, 5, 4 },
+	{ 4, 6, 1, 4 },
+	{ 2, 6, 1, 2 },
+	{ 4, 0, 5, 4 },
+	{ 4, 1, 5, 4 },
+	{ 4, 7, 5, 4 },
+	{ 4, 32768, 5, 4 },
 	{ 7, 0, 5, 7 },
 };
 
@@ -60,9 +88,10 @@ static void test_transition_table(void **state)
 
 		rv = job_transition(table[i].state, table[i].requested, &next);
 		if (rv != table[i].rv || next != table[i].next)
-			fail_msg("state %u, request %u: got %u -> %u, want %u -> %u",
-				 table[i].state, table[i].requested, rv, next, table[i].rv,
-				 table[i].next);
+			fail_msg(
+				"state %u, request %u: got %u -> %u, want %u -> %u",
+				table[i].state, table[i].requested, rv, next,
+				table[i].rv, table[i].next);
 	}
 }
 
@@ -83,7 +112,8 @@ static void test_transition_closed(void **state)
 				assert_int_equal(next, states[i]);
 			if (rv != 0 && rv != 4096)
 				assert_int_equal(next, states[i]);
-			assert_true(next == states[i] || (next >= 2 && next <= 9));
+			assert_true(next == states[i] ||
+				    (next >= 2 && next <= 9));
 		}
 	}
 }
@@ -105,8 +135,10 @@ static void test_final_and_names(void **state)
 	assert_string_equal(job_state_name(6), "Shutting Down");
 	assert_string_equal(job_state_name(99), "Unknown");
 	assert_string_equal(job_type_name(107), "Resynchronizing");
-	assert_string_equal(job_type_name(121), "Resynchronizing extended replication");
-	assert_string_equal(rv_name(4096), "Method parameters checked, job started");
+	assert_string_equal(job_type_name(121),
+			    "Resynchronizing extended replication");
+	assert_string_equal(rv_name(4096),
+			    "Method parameters checked, job started");
 	assert_string_equal(rv_name(32774), "System is in use");
 	assert_string_equal(rv_name(32779), "File not found");
 	assert_string_equal(rsc_name(4097), "Invalid state transition");
@@ -136,7 +168,9 @@ static void test_ids(void **state)
 
 /* --- JSON --- */
 
-#define T0 ((20781LL * 86400 + 18 * 3600 + 30 * 60) * 1000000LL) /* 2026-11-24 18:30 UTC */
+#define T0                                         \
+	((20781LL * 86400 + 18 * 3600 + 30 * 60) * \
+	 1000000LL) /* 2026-11-24 18:30 UTC */
 
 static void sample(struct job *j)
 {
@@ -225,28 +259,35 @@ static void test_json_properties(void **state)
 	sample(&j);
 	v = to_jv(&j, T0 + 100 * 1000000LL);
 	/* Msvm_ConcreteJob's names and CIM formats */
-	assert_string_equal(str(v, "InstanceID"), "7D9D3C8A-1F2B-4C3D-8E4F-0123456789AB");
+	assert_string_equal(str(v, "InstanceID"),
+			    "7D9D3C8A-1F2B-4C3D-8E4F-0123456789AB");
 	assert_int_equal(num(v, "JobType"), 107);
 	assert_int_equal(num(v, "JobState"), 4);
 	assert_int_equal(num(v, "PercentComplete"), 42);
 	assert_int_equal(num(v, "ErrorCode"), 0);
 	assert_int_equal(jv_get(v, "ErrorDescription")->type, JV_NULL);
-	assert_string_equal(str(v, "TimeSubmitted"), "20261124183000.000000+000");
-	assert_string_equal(str(v, "ScheduledStartTime"), "20261124183100.000000+000");
+	assert_string_equal(str(v, "TimeSubmitted"),
+			    "20261124183000.000000+000");
+	assert_string_equal(str(v, "ScheduledStartTime"),
+			    "20261124183100.000000+000");
 	assert_string_equal(str(v, "StartTime"), "20261124183101.000000+000");
 	assert_string_equal(str(v, "ElapsedTime"), "00000001120032.000000:000");
-	assert_string_equal(str(v, "TimeOfLastStateChange"), "20261124183101.000000+000");
+	assert_string_equal(str(v, "TimeOfLastStateChange"),
+			    "20261124183101.000000+000");
 	assert_true(jv_get(v, "Cancellable")->b);
-	assert_string_equal(str(v, "TimeBeforeRemoval"), "00000000000500.000000:000");
+	assert_string_equal(str(v, "TimeBeforeRemoval"),
+			    "00000000000500.000000:000");
 	/* hvresync's own */
 	assert_string_equal(str(v, "ElementName"), "web01");
-	assert_string_equal(str(v, "ComputerSystem"), "0b5e1f3c-6a57-4d0e-9d43-0c1a3e5f7a21");
+	assert_string_equal(str(v, "ComputerSystem"),
+			    "0b5e1f3c-6a57-4d0e-9d43-0c1a3e5f7a21");
 	assert_true(num(v, "BytesCompared") == (int64_t)(1ULL << 40));
 	assert_int_equal(num(v, "BytesDifferent"), 12345);
 	assert_int_equal(num(v, "BytesSent"), 6789);
 	assert_string_equal(str(v, "Phase"), "send");
 	assert_int_equal(jv_get(v, "Disks")->n, 2);
-	assert_string_equal(str(&jv_get(v, "Disks")->items[1], "Name"), "data \"1\".vhdx");
+	assert_string_equal(str(&jv_get(v, "Disks")->items[1], "Name"),
+			    "data \"1\".vhdx");
 	/* every time string is a CIM datetime the parser takes back */
 	assert_int_equal(cim_datetime_parse(str(v, "StartTime"), &t), 0);
 	assert_true(t == j.started);
@@ -263,10 +304,12 @@ static void test_json_properties(void **state)
 	j.state = 7;
 	j.finished = T0 + 200 * 1000000LL;
 	v = to_jv(&j, T0 + 260 * 1000000LL);
-	assert_string_equal(str(v, "TimeBeforeRemoval"), "00000000000400.000000:000");
+	assert_string_equal(str(v, "TimeBeforeRemoval"),
+			    "00000000000400.000000:000");
 	jv_free(v);
 	v = to_jv(&j, T0 + 2000 * 1000000LL);
-	assert_string_equal(str(v, "TimeBeforeRemoval"), "00000000000000.000000:000");
+	assert_string_equal(str(v, "TimeBeforeRemoval"),
+			    "00000000000000.000000:000");
 	jv_free(v);
 	job_clear(&j);
 }
@@ -379,13 +422,14 @@ static void test_json_reject(void **state)
 	bad_variant(buf, "\"7D9D3C8A-", "\"../../..-", "InstanceID");
 	bad_variant(buf, "\"JobState\":4", "\"JobState\":\"4\"", "JobState");
 	bad_variant(buf, "\"send\"", "\"sand\"", "Phase");
-	bad_variant(buf, "\"20261124183000.000000+000\"", "\"2026112418300x.000000+000\"",
-		    "TimeSubmitted");
+	bad_variant(buf, "\"20261124183000.000000+000\"",
+		    "\"2026112418300x.000000+000\"", "TimeSubmitted");
 	bad_variant(buf, "\"PercentComplete\":42", "\"PercentComplete\":-4",
 		    "PercentComplete");
 	bad_variant(buf, "\"PercentComplete\":42", "\"PercentComplete\":420",
 		    "PercentComplete");
-	bad_variant(buf, "\"ElementName\":\"web01\"", "\"ElementName\":\"\"", "ElementName");
+	bad_variant(buf, "\"ElementName\":\"web01\"", "\"ElementName\":\"\"",
+		    "ElementName");
 	bad_variant(buf, "\"Disks\":[", "\"Disks\":[7,", "Disks");
 	free(buf);
 }
@@ -413,7 +457,8 @@ static void test_persist(void **state)
 	assert_int_equal(st.st_mode & 0777, 0600);
 	d = opendir(dir);
 	while ((e = readdir(d)))
-		if (e->d_name[0] != '.' || (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")))
+		if (e->d_name[0] != '.' ||
+		    (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")))
 			n++;
 	closedir(d);
 	assert_int_equal(n, 1); /* no temporary file left behind */
@@ -469,7 +514,8 @@ static void test_vm_rules(void **state)
 	assert_int_equal(vm_mode(&vm), RM_PRIMARY);
 	vm.role = VM_ROLE_REPLICA;
 	assert_int_equal(vm_mode(&vm), RM_REPLICA);
-	assert_string_equal(repl_state_name(9), "Waiting to start resynchronization");
+	assert_string_equal(repl_state_name(9),
+			    "Waiting to start resynchronization");
 	assert_string_equal(repl_state_name(12), "Failover in progress");
 	assert_string_equal(repl_mode_name(4), "Extended replica");
 }
@@ -494,7 +540,8 @@ static void test_vm_record(void **state)
 	strcpy(st.last_job, "7D9D3C8A-1F2B-4C3D-8E4F-0123456789AB");
 	st.last_job_state = 8;
 	assert_int_equal(vm_state_save(dir, "web01", &st), 0);
-	assert_int_equal(vm_state_load(dir, "web01", &back, err, sizeof(err)), 0);
+	assert_int_equal(vm_state_load(dir, "web01", &back, err, sizeof(err)),
+			 0);
 	assert_int_equal(back.state, RS_RESYNC_REQUIRED);
 	assert_int_equal(back.health, RH_CRITICAL);
 	assert_string_equal(back.last_job, st.last_job);
@@ -504,7 +551,8 @@ static void test_vm_record(void **state)
 	/* a VM name is free text but its record stays inside the dir */
 	assert_int_equal(vm_state_save(dir, "../evil/..", &st), 0);
 	assert_int_equal(vm_state_save(dir, ".hidden", &st), 0);
-	assert_int_equal(vm_state_load(dir, "../evil/..", &back, err, sizeof(err)), 0);
+	assert_int_equal(
+		vm_state_load(dir, "../evil/..", &back, err, sizeof(err)), 0);
 	assert_int_equal(back.state, RS_RESYNC_REQUIRED);
 	snprintf(path, sizeof(path), "%s/../evil", dir);
 	assert_int_not_equal(access(path, F_OK), 0);

@@ -35,7 +35,8 @@ static void bad(const char *text, const char *needle)
 		fail_msg("'%s' accepted", text);
 	assert_null(v);
 	if (needle && !strstr(err, needle))
-		fail_msg("'%s': error '%s' does not say '%s'", text, err, needle);
+		fail_msg("'%s': error '%s' does not say '%s'", text, err,
+			 needle);
 }
 
 static void test_scalars(void **state)
@@ -75,7 +76,8 @@ static void test_scalars(void **state)
 	assert_true(v->num == 2.5);
 	jv_free(v);
 	v = ok("1e3");
-	assert_false(v->is_int); /* written as a fraction: not an integer field */
+	assert_false(
+		v->is_int); /* written as a fraction: not an integer field */
 	assert_true(v->num == 1000);
 	jv_free(v);
 	v = ok("-1.25E-2");
@@ -181,7 +183,8 @@ static void test_offset(void **state)
 	char err[256];
 
 	(void)state;
-	assert_int_equal(jv_parse("{\"a\": tru}", 10, &v, err, sizeof(err)), -22);
+	assert_int_equal(jv_parse("{\"a\": tru}", 10, &v, err, sizeof(err)),
+			 -22);
 	assert_non_null(strstr(err, "byte 6"));
 	assert_int_equal(jv_parse("[1,2,3,,]", 9, &v, err, sizeof(err)), -22);
 	assert_non_null(strstr(err, "byte 7"));
@@ -242,7 +245,10 @@ static void test_depth(void **state)
 static void test_writer_round_trip(void **state)
 {
 	static const char *const strs[] = {
-		"", "plain", "quote \" backslash \\ slash /", "ctl \x01\x1f\n\t",
+		"",
+		"plain",
+		"quote \" backslash \\ slash /",
+		"ctl \x01\x1f\n\t",
 		"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
 	};
 	struct json_writer w;

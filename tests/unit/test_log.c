@@ -19,8 +19,8 @@ static const struct desc mixed[] = {
 
 static uint32_t put_mixed(uint32_t log_len, uint32_t off)
 {
-	struct entry e = { MIXED_SEQ, off, GUID_A, 100ull << 20,
-			   200ull << 20, 3, mixed };
+	struct entry e = { MIXED_SEQ,	 off, GUID_A, 100ull << 20,
+			   200ull << 20, 3,   mixed };
 
 	return put_entry(lg, log_len, off, &e);
 }
@@ -36,8 +36,8 @@ static void test_check_good(void **state)
 	len = put_mixed(SMALL_LOG, MIXED_OFF);
 	assert_int_equal(len, 3 * SEC);
 	memset(&h, 0xA5, sizeof(h));
-	assert_int_equal(vhdx_log_entry_check(lg, SMALL_LOG, MIXED_OFF,
-					      &guid_a, &h), 0);
+	assert_int_equal(
+		vhdx_log_entry_check(lg, SMALL_LOG, MIXED_OFF, &guid_a, &h), 0);
 	assert_int_equal(h.entry_length, 3 * SEC);
 	assert_int_equal(h.tail, MIXED_OFF);
 	assert_int_equal(h.sequence, MIXED_SEQ);
@@ -103,8 +103,9 @@ static void test_check_zero_sequence(void **state)
 
 static void test_check_bad_checksum(void **state)
 {
-	static const uint32_t flips[] = { 4, 20, 60, 64 + 8, 2000, SEC + 8,
-					  SEC + 3000, 3 * SEC - 1 };
+	static const uint32_t flips[] = {
+		4, 20, 60, 64 + 8, 2000, SEC + 8, SEC + 3000, 3 * SEC - 1
+	};
 
 	(void)state;
 	for (unsigned i = 0; i < sizeof(flips) / sizeof(flips[0]); i++) {
@@ -375,16 +376,20 @@ static void build_case(unsigned count, uint32_t log_len, uint32_t at)
 		offs[i] = (uint64_t)(3 + 2 * i) << 20;
 		d[i] = (struct desc){ false, offs[i], 0, 50 + i };
 	}
-	e = (struct entry){ 0x0000000500000009ull, at, GUID_A, 3ull << 20,
-			    4ull << 30, count, d };
+	e = (struct entry){ 0x0000000500000009ull,
+			    at,
+			    GUID_A,
+			    3ull << 20,
+			    4ull << 30,
+			    count,
+			    d };
 	want_len = layout(mine, &e);
 	assert_int_equal(want_len, (hdr_sectors(count) + count) * SEC);
 	assert_int_equal(vhdx_log_entry_size(count), want_len);
 
 	memset(built, 0xEE, BIG_LOG);
-	len = vhdx_log_entry_build(built, e.seq, at, &guid_a, e.flushed,
-				   e.last, count, offs,
-				   (const uint8_t *const *)data);
+	len = vhdx_log_entry_build(built, e.seq, at, &guid_a, e.flushed, e.last,
+				   count, offs, (const uint8_t *const *)data);
 	assert_int_equal(len, want_len);
 	assert_memory_equal(built, mine, len);
 

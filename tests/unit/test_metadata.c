@@ -60,9 +60,14 @@ static void guid_le(const char *s, uint8_t out[16])
 					     : (hex(*s) << 4));
 		i++;
 	}
-	out[0] = b[3]; out[1] = b[2]; out[2] = b[1]; out[3] = b[0];
-	out[4] = b[5]; out[5] = b[4];
-	out[6] = b[7]; out[7] = b[6];
+	out[0] = b[3];
+	out[1] = b[2];
+	out[2] = b[1];
+	out[3] = b[0];
+	out[4] = b[5];
+	out[5] = b[4];
+	out[6] = b[7];
+	out[7] = b[6];
 	memcpy(out + 8, b + 8, 8);
 }
 
@@ -362,11 +367,11 @@ static void test_unknown_optional(void **state)
 
 static void test_block_size_range(void **state)
 {
-	static const uint32_t bad[] = { 0, 512 * K, 1 * M - 1, 3 * M,
-					1 * M + 4096, 512 * M, 0x80000000u,
-					0xFFFFFFFFu };
-	static const uint32_t good[] = { 1 * M, 2 * M, 8 * M, 32 * M,
-					 128 * M, 256 * M };
+	static const uint32_t bad[] = { 0,	     512 * K,	   1 * M - 1,
+					3 * M,	     1 * M + 4096, 512 * M,
+					0x80000000u, 0xFFFFFFFFu };
+	static const uint32_t good[] = { 1 * M,	 2 * M,	  8 * M,
+					 32 * M, 128 * M, 256 * M };
 	struct values v = default_values;
 	struct parsed r;
 	unsigned i;
@@ -571,7 +576,8 @@ static const struct kv diff_kv[] = {
 	{ "relative_path", "..\\base\\parent.vhdx" },
 	{ "volume_path",
 	  "\\\\?\\Volume{26A21BDA-A627-11D7-9931-806E6F6E6963}\\VMs\\parent.vhdx" },
-	{ "absolute_win32_path", "C:\\VMs\\Donn\xC3\xA9" "es\\parent.vhdx" },
+	{ "absolute_win32_path", "C:\\VMs\\Donn\xC3\xA9"
+				 "es\\parent.vhdx" },
 };
 
 static void test_locator_parse(void **state)
@@ -596,7 +602,8 @@ static void test_locator_parse(void **state)
 	assert_string_equal(vhdx_locator_get(e, n, "relative_path"),
 			    "..\\base\\parent.vhdx");
 	assert_string_equal(vhdx_locator_get(e, n, "absolute_win32_path"),
-			    "C:\\VMs\\Donn\xC3\xA9" "es\\parent.vhdx");
+			    "C:\\VMs\\Donn\xC3\xA9"
+			    "es\\parent.vhdx");
 	assert_null(vhdx_locator_get(e, n, "parent"));
 	assert_null(vhdx_locator_get(e, n, "relative_path2"));
 	assert_null(vhdx_locator_get(e, n, ""));
@@ -744,14 +751,19 @@ static void test_utf16(void **state)
 	(void)state;
 	check_utf8(ascii, 3, "a\\Z");
 	check_utf8(two, 3, "\xC2\x80\xC3\xA9\xDF\xBF");
-	check_utf8(three, 4, "\xE0\xA0\x80\xE2\x82\xAC\xEF\xBF\xBD\xEF\xBF\xBF");
+	check_utf8(three, 4,
+		   "\xE0\xA0\x80\xE2\x82\xAC\xEF\xBF\xBD\xEF\xBF\xBF");
 	check_utf8(pair, 4, "x\xF0\x9F\x98\x80y");
 	/* U+10000 and U+10FFFF */
 	check_utf8(edges, 4, "\xF0\x90\x80\x80\xF4\x8F\xBF\xBF");
 	/* unpaired surrogates become U+FFFD */
 	check_utf8(lone_hi_end, 2, "a\xEF\xBF\xBD");
-	check_utf8(lone_lo, 2, "\xEF\xBF\xBD" "b");
-	check_utf8(hi_then_ascii, 2, "\xEF\xBF\xBD" "c");
+	check_utf8(lone_lo, 2,
+		   "\xEF\xBF\xBD"
+		   "b");
+	check_utf8(hi_then_ascii, 2,
+		   "\xEF\xBF\xBD"
+		   "c");
 	check_utf8(hi_hi_lo, 3, "\xEF\xBF\xBD\xF0\x9F\x98\x80");
 	/* empty */
 	s = vhdx_utf16le_to_utf8((const uint8_t *)"", 0);

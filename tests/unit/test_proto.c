@@ -40,12 +40,12 @@ static void hello_bytes(struct wb *w, uint32_t version, uint32_t flags,
 	w->n = 0;
 	w32(w, version);
 	w32(w, flags);
-	w32(w, 65536);		/* block_size */
-	w8(w, 1);		/* hash: sha256 */
+	w32(w, 65536); /* block_size */
+	w8(w, 1);      /* hash: sha256 */
 	w8(w, 0), w8(w, 0), w8(w, 0);
 	wbytes(w, seed, 16);
-	w64(w, 0x0000001234567000ull);	/* virtual_size */
-	w32(w, 4096);		/* logical_sector */
+	w64(w, 0x0000001234567000ull); /* virtual_size */
+	w32(w, 4096);		       /* logical_sector */
 	w16(w, (uint16_t)name_len);
 	wbytes(w, name, name_len);
 }
@@ -58,7 +58,7 @@ static void assert_decode(uint8_t type, uint8_t flags, const struct wb *w,
 	int ret;
 
 	assert_non_null(exact);
-	memcpy(exact, w->b, w->n);	/* ASan sees any read past the end */
+	memcpy(exact, w->b, w->n); /* ASan sees any read past the end */
 	ret = proto_decode(type, flags, exact, w->n, m, &err);
 	if (ret != want)
 		fprintf(stderr, "decode %s (%zu bytes): got %d want %d: %s\n",
@@ -72,7 +72,8 @@ static void assert_decode(uint8_t type, uint8_t flags, const struct wb *w,
 
 		memcpy(keep, exact, w->n);
 		if (m->type == PROTO_HASHES)
-			m->u.hashes.entries = keep + (m->u.hashes.entries - exact);
+			m->u.hashes.entries =
+				keep + (m->u.hashes.entries - exact);
 		if (m->type == PROTO_SUBHASHES)
 			m->u.subhashes.hashes =
 				keep + (m->u.subhashes.hashes - exact);
@@ -360,7 +361,7 @@ static void test_malformed_hello(void **state)
 	w.b[44] = 3;
 	assert_decode(PROTO_HELLO, 0, &w, -EPROTO, &m);
 	w.b[44] = 4;
-	w.b[45] = 1;	/* 260 */
+	w.b[45] = 1; /* 260 */
 	assert_decode(PROTO_HELLO, 0, &w, -EPROTO, &m);
 	/* truncated */
 	hello_bytes(&w, 1, 0, "disk", 4);
@@ -381,9 +382,9 @@ static void test_malformed_hello(void **state)
 	assert_decode(PROTO_HELLO, 0, &w, -EPROTO, &m);
 	hello_bytes(&w, 1, 0, "\xc3(", 2);
 	assert_decode(PROTO_HELLO, 0, &w, -EPROTO, &m);
-	hello_bytes(&w, 1, 0, "\xc0\xaf", 2);	/* overlong '/' */
+	hello_bytes(&w, 1, 0, "\xc0\xaf", 2); /* overlong '/' */
 	assert_decode(PROTO_HELLO, 0, &w, -EPROTO, &m);
-	hello_bytes(&w, 1, 0, "\xed\xa0\x80", 3);	/* surrogate */
+	hello_bytes(&w, 1, 0, "\xed\xa0\x80", 3); /* surrogate */
 	assert_decode(PROTO_HELLO, 0, &w, -EPROTO, &m);
 	/* reserved bytes */
 	hello_bytes(&w, 1, 0, "disk", 4);
@@ -413,12 +414,12 @@ static void test_hello_unsupported(void **state)
 	hello_bytes(&w, 1, 0x20, "disk", 4);
 	assert_decode(PROTO_HELLO, 0, &w, -EPROTONOSUPPORT, &m);
 	hello_bytes(&w, 1, 0, "disk", 4);
-	w.b[12] = 2;	/* hash */
+	w.b[12] = 2; /* hash */
 	assert_decode(PROTO_HELLO, 0, &w, -EPROTONOSUPPORT, &m);
 	hello_bytes(&w, 1, 0, "disk", 4);
-	w.b[8] = 0, w.b[9] = 0x30;	/* block size 12 KiB */
+	w.b[8] = 0, w.b[9] = 0x30; /* block size 12 KiB */
 	assert_decode(PROTO_HELLO, 0, &w, -EPROTONOSUPPORT, &m);
-	w.b[9] = 0, w.b[10] = 0x80;	/* 8 MiB */
+	w.b[9] = 0, w.b[10] = 0x80; /* 8 MiB */
 	assert_decode(PROTO_HELLO, 0, &w, -EPROTONOSUPPORT, &m);
 }
 
@@ -478,17 +479,17 @@ static void test_malformed_others(void **state)
 	w.n += 2;
 	assert_decode(PROTO_HASHES, 0, &w, -EPROTO, &m);
 	w.n--;
-	w.b[8] = 0;	/* count 0 */
+	w.b[8] = 0; /* count 0 */
 	assert_decode(PROTO_HASHES, 0, &w, -EPROTO, &m);
 	w.b[8] = 2;
-	w.b[12 + 17] = 2;	/* unknown kind */
+	w.b[12 + 17] = 2; /* unknown kind */
 	assert_decode(PROTO_HASHES, 0, &w, -EPROTO, &m);
 	w.b[12 + 17] = 1;
-	w.b[8] = 0x01, w.b[9] = 0x10;	/* 4097 entries */
+	w.b[8] = 0x01, w.b[9] = 0x10; /* 4097 entries */
 	assert_decode(PROTO_HASHES, 0, &w, -EPROTO, &m);
 	w.b[8] = 2, w.b[9] = 0;
 	for (i = 0; i < 8; i++)
-		w.b[i] = 0xff;	/* first_block + count wraps */
+		w.b[i] = 0xff; /* first_block + count wraps */
 	assert_decode(PROTO_HASHES, 0, &w, -EPROTO, &m);
 	w.n = 11;
 	assert_decode(PROTO_HASHES, 0, &w, -EPROTO, &m);
@@ -507,7 +508,7 @@ static void test_malformed_others(void **state)
 	w.n -= 1;
 	w.b[8] = 0;
 	assert_decode(PROTO_SUBHASHES, 0, &w, -EPROTO, &m);
-	w.b[8] = 1, w.b[9] = 4;	/* 1025 */
+	w.b[8] = 1, w.b[9] = 4; /* 1025 */
 	assert_decode(PROTO_SUBHASHES, 0, &w, -EPROTO, &m);
 
 	/* DATA: length must equal payload - 12 unless compressed */
@@ -520,22 +521,22 @@ static void test_malformed_others(void **state)
 	w.n--;
 	assert_decode(PROTO_DATA, 0, &w, -EPROTO, &m);
 	assert_decode(PROTO_DATA, PROTO_DATA_ZSTD, &w, 0, &m);
-	assert_decode(PROTO_DATA, 0x02, &w, -EPROTO, &m);	/* flag */
+	assert_decode(PROTO_DATA, 0x02, &w, -EPROTO, &m); /* flag */
 	w.n = 12;
-	assert_decode(PROTO_DATA, 0, &w, -EPROTO, &m);	/* no data */
+	assert_decode(PROTO_DATA, 0, &w, -EPROTO, &m); /* no data */
 	w.n = 0;
 	w64(&w, 0);
-	w32(&w, 0);	/* covers nothing */
+	w32(&w, 0); /* covers nothing */
 	w8(&w, 1);
 	assert_decode(PROTO_DATA, PROTO_DATA_ZSTD, &w, -EPROTO, &m);
 	w.n = 0;
 	w64(&w, 0);
-	w32(&w, (4 << 20) + 1);	/* more than 4 MiB */
+	w32(&w, (4 << 20) + 1); /* more than 4 MiB */
 	w8(&w, 1);
 	assert_decode(PROTO_DATA, PROTO_DATA_ZSTD, &w, -EPROTO, &m);
 	w.n = 0;
 	w64(&w, UINT64_MAX - 10);
-	w32(&w, 100);	/* wraps */
+	w32(&w, 100); /* wraps */
 	for (i = 0; i < 100; i++)
 		w8(&w, 7);
 	assert_decode(PROTO_DATA, 0, &w, -EPROTO, &m);
@@ -583,7 +584,7 @@ static void test_encode_refuses(void **state)
 	memset(&m, 0, sizeof(m));
 	m.type = PROTO_HASHES;
 	m.u.hashes.count = 1;
-	m.u.hashes.entries = entries;	/* kind 5 */
+	m.u.hashes.entries = entries; /* kind 5 */
 	assert_int_equal(proto_encode(&m, buf, sizeof(buf), &flags, &err),
 			 -EINVAL);
 	m.u.hashes.count = 0;
@@ -653,11 +654,9 @@ static void test_header(void **state)
 		memcpy(f.b + 4, &(uint32_t){ proto_limit(t) }, 4);
 		assert_int_equal(proto_parse_header(f.b, &fr, &err), 0);
 		memcpy(f.b + 4, &(uint32_t){ proto_limit(t) + 1 }, 4);
-		assert_int_equal(proto_parse_header(f.b, &fr, &err),
-				 -EMSGSIZE);
+		assert_int_equal(proto_parse_header(f.b, &fr, &err), -EMSGSIZE);
 		f.b[4] = f.b[5] = f.b[6] = f.b[7] = 0xff;
-		assert_int_equal(proto_parse_header(f.b, &fr, &err),
-				 -EMSGSIZE);
+		assert_int_equal(proto_parse_header(f.b, &fr, &err), -EMSGSIZE);
 	}
 	f.b[2] = PROTO_DATA;
 	f.b[3] = PROTO_DATA_ZSTD;
@@ -709,10 +708,12 @@ static void test_mutations(void **state)
 	static struct seed seeds[13];
 	static uint8_t enc[PROTO_MAX_PAYLOAD];
 	static const uint32_t interesting[] = {
-		0, 1, 2, 3, 11, 12, 13, 16, 17, 45, 46, 47, 255, 256, 1024,
-		1025, 4095, 4096, 4097, 0x7fff, 0x8000, 0xffff, 0x10000,
-		0x400000, 0x400001, 0x7fffffff, 0x80000000, 0xfffffffe,
-		0xffffffff,
+		0,	    1,		2,	    3,		11,
+		12,	    13,		16,	    17,		45,
+		46,	    47,		255,	    256,	1024,
+		1025,	    4095,	4096,	    4097,	0x7fff,
+		0x8000,	    0xffff,	0x10000,    0x400000,	0x400001,
+		0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff,
 	};
 	unsigned nseeds = 0, i, k, iters = 200000, accepted = 0;
 	uint64_t rs = 0x1234567887654321ull;
@@ -767,7 +768,8 @@ static void test_mutations(void **state)
 	for (i = 0; i < nseeds; i++)
 		assert_int_equal(proto_decode(seeds[i].type, seeds[i].flags,
 					      seeds[i].p.b, seeds[i].p.n, &m,
-					      &err), 0);
+					      &err),
+				 0);
 
 	for (i = 0; i < iters; i++) {
 		const struct seed *sd = &seeds[xs(&rs) % nseeds];
@@ -782,41 +784,43 @@ static void test_mutations(void **state)
 			uint64_t r = xs(&rs);
 			size_t at = w.n ? (size_t)(r >> 8) % w.n : 0;
 			uint32_t v = interesting[(r >> 40) %
-				(sizeof(interesting) / sizeof(interesting[0]))];
+						 (sizeof(interesting) /
+						  sizeof(interesting[0]))];
 
 			switch (r % 9) {
-			case 0:	/* flip a bit */
+			case 0: /* flip a bit */
 				if (w.n)
-					w.b[at] ^= (uint8_t)(1u << (r >> 60) % 8);
+					w.b[at] ^=
+						(uint8_t)(1u << (r >> 60) % 8);
 				break;
-			case 1:	/* a random byte */
+			case 1: /* a random byte */
 				if (w.n)
 					w.b[at] = (uint8_t)(r >> 32);
 				break;
-			case 2:	/* an interesting u16 */
+			case 2: /* an interesting u16 */
 				if (w.n >= 2 && at <= w.n - 2)
 					memcpy(w.b + at, &v, 2);
 				break;
-			case 3:	/* an interesting u32 */
+			case 3: /* an interesting u32 */
 				if (w.n >= 4 && at <= w.n - 4)
 					memcpy(w.b + at, &v, 4);
 				break;
-			case 4:	/* truncate */
+			case 4: /* truncate */
 				w.n = w.n ? (size_t)(r >> 16) % w.n : 0;
 				break;
-			case 5:	/* grow */
-				for (k = (unsigned)((r >> 16) % 40); k &&
-				     w.n < sizeof(w.b); k--)
+			case 5: /* grow */
+				for (k = (unsigned)((r >> 16) % 40);
+				     k && w.n < sizeof(w.b); k--)
 					w.b[w.n++] = (uint8_t)xs(&rs);
 				k = ops;
 				break;
-			case 6:	/* another type */
+			case 6: /* another type */
 				type = (uint8_t)((r >> 16) % 14);
 				break;
-			case 7:	/* other flags */
+			case 7: /* other flags */
 				fl = (uint8_t)(r >> 16);
 				break;
-			case 8:	/* exact length fields at known places */
+			case 8: /* exact length fields at known places */
 				if (w.n >= 12)
 					memcpy(w.b + 8, &v, 4);
 				break;
@@ -838,8 +842,9 @@ static void test_mutations(void **state)
 		assert_int_equal(fl & ~proto_known_flags(type), 0);
 		if (implied_len(&m) != w.n)
 			fail_msg("iteration %u: %s of %zu bytes accepted, its "
-				 "fields imply %zu", i, proto_type_name(type),
-				 w.n, implied_len(&m));
+				 "fields imply %zu",
+				 i, proto_type_name(type), w.n,
+				 implied_len(&m));
 		if (type == PROTO_ERROR)
 			for (k = 6; k < w.n; k++)
 				had_ctl |= exact[k] < 0x20 || exact[k] == 0x7f;
@@ -847,8 +852,8 @@ static void test_mutations(void **state)
 		n = proto_encode(&m, enc, sizeof(enc), &flags, &err);
 		if (n != (long)w.n)
 			fail_msg("iteration %u: %s re-encodes to %ld bytes, "
-				 "not %zu: %s", i, proto_type_name(type), n,
-				 w.n, err.msg);
+				 "not %zu: %s",
+				 i, proto_type_name(type), n, w.n, err.msg);
 		assert_int_equal(flags, fl);
 		if (!had_ctl)
 			assert_memory_equal(enc, exact, w.n);

@@ -199,7 +199,10 @@ static void test_zero_blocks(void **state)
 	static const struct ur_run runs[] = {
 		{ .off = 0, .len = 6 * K, .kind = UR_RUN_ZERO },
 		{ .off = 6 * K, .len = 8 * K, .kind = UR_RUN_ZERO },
-		{ .off = 14 * K, .len = 6 * K, .kind = UR_RUN_DATA, .fd = 3,
+		{ .off = 14 * K,
+		  .len = 6 * K,
+		  .kind = UR_RUN_DATA,
+		  .fd = 3,
 		  .file_off = 1 << 20 },
 		{ .off = 20 * K, .len = 20 * K + 512, .kind = UR_RUN_ZERO },
 	};
@@ -228,14 +231,25 @@ static void test_plan_block_merges_reads(void **state)
 	/* Data contiguous in the file across 0..12K, then a jump, then a
 	 * sector held in memory, then zeros. */
 	static const struct ur_run runs[] = {
-		{ .off = 0, .len = 5 * K, .kind = UR_RUN_DATA, .fd = 7,
+		{ .off = 0,
+		  .len = 5 * K,
+		  .kind = UR_RUN_DATA,
+		  .fd = 7,
 		  .file_off = 1 << 20 },
-		{ .off = 5 * K, .len = 7 * K, .kind = UR_RUN_DATA, .fd = 7,
+		{ .off = 5 * K,
+		  .len = 7 * K,
+		  .kind = UR_RUN_DATA,
+		  .fd = 7,
 		  .file_off = (1 << 20) + 5 * K },
-		{ .off = 12 * K, .len = 2 * K, .kind = UR_RUN_DATA, .fd = 7,
+		{ .off = 12 * K,
+		  .len = 2 * K,
+		  .kind = UR_RUN_DATA,
+		  .fd = 7,
 		  .file_off = 8 << 20 },
 		{ .off = 14 * K, .len = 512, .kind = UR_RUN_MEM, .mem = mem },
-		{ .off = 14 * K + 512, .len = 512, .kind = UR_RUN_MEM,
+		{ .off = 14 * K + 512,
+		  .len = 512,
+		  .kind = UR_RUN_MEM,
 		  .mem = mem + 512 },
 		{ .off = 15 * K, .len = 9 * K, .kind = UR_RUN_ZERO },
 	};
@@ -249,8 +263,8 @@ static void test_plan_block_merges_reads(void **state)
 	ur_cursor_init(&c, fake_map_fn, &m, 24 * K);
 	/* Plan blocks 0..3 into one chunk, as the reader does. */
 	for (pos = 0; pos < 16 * K; pos += bs)
-		assert_int_equal(ur_plan_block(&c, pos, bs, (uint32_t)pos,
-					       &ops), 0);
+		assert_int_equal(
+			ur_plan_block(&c, pos, bs, (uint32_t)pos, &ops), 0);
 	assert_int_equal(ops.n, 4);
 	/* One 12 KiB read across two runs and three blocks. */
 	assert_int_equal(ops.v[0].kind, UR_OP_READ);
@@ -278,8 +292,7 @@ static void test_plan_block_merges_reads(void **state)
 	ur_oplist_free(&ops);
 }
 
-static int bad_map_fn(void *ctx, uint64_t off, uint64_t len,
-		      struct ur_run *run)
+static int bad_map_fn(void *ctx, uint64_t off, uint64_t len, struct ur_run *run)
 {
 	(void)ctx;
 	memset(run, 0, sizeof(*run));
@@ -358,8 +371,8 @@ static void test_seed_keys_xxh3(void **state)
  * blocks and for every odd short length a disk's end can leave. */
 static void test_zero_hash_matches_real_zeros(void **state)
 {
-	static const size_t lens[] = { 0, 1, 511, 512, 3392, 4096, 65535,
-				       65536, 1 << 20, 4 << 20 };
+	static const size_t lens[] = { 0,    1,	    511,   512,	    3392,
+				       4096, 65535, 65536, 1 << 20, 4 << 20 };
 	enum ur_hash_algo algos[] = { UR_HASH_XXH3_128, UR_HASH_SHA256 };
 	uint8_t *zeros = calloc(1, 4 << 20);
 	unsigned i, j;
@@ -405,8 +418,9 @@ static int make_file(const char *name, const uint8_t *content,
 		uint32_t len = ur_block_len(FSIZE, BS, i);
 
 		if (write_block[i])
-			assert_int_equal(pwrite(fd, content + i * BS, len,
-						i * BS), (ssize_t)len);
+			assert_int_equal(
+				pwrite(fd, content + i * BS, len, i * BS),
+				(ssize_t)len);
 	}
 	assert_int_equal(fsync(fd), 0);
 	close(fd);
@@ -439,8 +453,10 @@ static void test_reader_zero_shortcut(void **state)
 	struct ur_source *sx, *sy;
 	struct ur_engine *e;
 	struct ur_stream *st[2];
-	struct ur_config cfg = { .block_size = BS, .hash = UR_HASH_XXH3_128,
-				 .seed = 77, .seed_set = true,
+	struct ur_config cfg = { .block_size = BS,
+				 .hash = UR_HASH_XXH3_128,
+				 .seed = 77,
+				 .seed_set = true,
 				 .sub_hashes = true };
 	struct ur_hasher *ref;
 	uint64_t idx = 0;
@@ -556,8 +572,10 @@ static void reader_block_sizes(bool no_uring)
 	for (bs = 4096; bs <= (4u << 20); bs *= 4) {
 		struct ur_config cfg = { .block_size = bs,
 					 .hash = UR_HASH_SHA256,
-					 .queue_depth = 3, .threads = 2,
-					 .window = 1, .no_uring = no_uring };
+					 .queue_depth = 3,
+					 .threads = 2,
+					 .window = 1,
+					 .no_uring = no_uring };
 		struct ur_source *src;
 		struct ur_engine *e;
 		struct ur_stream *st;

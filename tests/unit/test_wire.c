@@ -30,7 +30,7 @@
 /* ---- frames over a socket ----------------------------------------------- */
 
 struct pair {
-	struct conn *c;	/* ours */
+	struct conn *c; /* ours */
 	int peer;	/* the raw other end */
 };
 
@@ -78,8 +78,7 @@ static void test_recv(void **state)
 	assert_int_equal(m.u.credit.blocks, 4);
 	f.b[PROTO_HDR_LEN + 3] ^= 1;
 	raw_send(s.peer, f.b, f.n);
-	assert_int_equal(proto_recv(s.c, &fr, buf, sizeof(buf), &err),
-			 -EPROTO);
+	assert_int_equal(proto_recv(s.c, &fr, buf, sizeof(buf), &err), -EPROTO);
 	assert_non_null(strstr(err.msg, "peer test: malformed frame"));
 	assert_non_null(strstr(err.msg, "CRC"));
 	pair_close(&s);
@@ -247,8 +246,9 @@ static void test_send_recv_all_types(void **state)
 	for (round = 0; round < 3; round++)
 		for (t = 1; t <= PROTO_TYPE_MAX; t++) {
 			make_typed(t, &m);
-			assert_int_equal(proto_recv_msg(c, &got, buf,
-							sizeof(buf), &err), 0);
+			assert_int_equal(
+				proto_recv_msg(c, &got, buf, sizeof(buf), &err),
+				0);
 			assert_int_equal(got.type, t);
 			if (t == PROTO_DATA) {
 				assert_int_equal(got.u.data.length,
@@ -283,8 +283,8 @@ static void test_parse_addr(void **state)
 	uint16_t port;
 
 	(void)state;
-	assert_int_equal(tls_parse_addr("10.1.2.3:99", host, sizeof(host),
-					&port), 0);
+	assert_int_equal(
+		tls_parse_addr("10.1.2.3:99", host, sizeof(host), &port), 0);
 	assert_string_equal(host, "10.1.2.3");
 	assert_int_equal(port, 99);
 	assert_int_equal(tls_parse_addr(":7000", host, sizeof(host), &port), 0);
@@ -294,8 +294,8 @@ static void test_parse_addr(void **state)
 			 0);
 	assert_string_equal(host, "::1");
 	assert_int_equal(port, 8);
-	assert_int_equal(tls_parse_addr("[fe80::1]", host, sizeof(host),
-					&port), 0);
+	assert_int_equal(tls_parse_addr("[fe80::1]", host, sizeof(host), &port),
+			 0);
 	assert_int_equal(port, 7433);
 	assert_int_equal(tls_parse_addr("fd00::2", host, sizeof(host), &port),
 			 0);
@@ -332,9 +332,8 @@ static void write_key(const char *path, const char *text, mode_t mode)
 
 static void test_load_psk(void **state)
 {
-	static const char hex[] =
-		"000102030405060708090a0b0c0d0e0f"
-		"101112131415161718191A1B1C1D1E1F";
+	static const char hex[] = "000102030405060708090a0b0c0d0e0f"
+				  "101112131415161718191A1B1C1D1E1F";
 	char dir[] = "/tmp/test_wire.XXXXXX", path[64], text[80];
 	uint8_t psk[TLS_PSK_LEN];
 	struct vhdx_error err;
@@ -355,7 +354,7 @@ static void test_load_psk(void **state)
 	write_key(path, text, 0644);
 	assert_int_equal(tls_load_psk(path, psk, &err), -EPERM);
 	assert_non_null(strstr(err.msg, "readable by group or others "
-				       "(mode 0644): run chmod 600"));
+					"(mode 0644): run chmod 600"));
 	write_key(path, text, 0620);
 	assert_int_equal(tls_load_psk(path, psk, &err), -EPERM);
 

@@ -130,7 +130,8 @@ static void write_byte(struct vhdx_image *img, uint64_t off, size_t len, int c)
 }
 
 /* Every byte of LEN at virtual OFF reads as C. */
-static void expect_bytes(struct vhdx_image *img, uint64_t off, size_t len, int c)
+static void expect_bytes(struct vhdx_image *img, uint64_t off, size_t len,
+			 int c)
 {
 	uint8_t *buf = malloc(len);
 	size_t i;
@@ -172,7 +173,8 @@ static void test_alloc_aligned_at_eof(void **state)
 
 	/* a second write into an allocated block allocates nothing */
 	write_byte(img, 5 * MB + 8192, 512, 0xa6);
-	assert_int_equal(img->bat[vhdx_bat_payload_index(5, img->info.chunk_ratio)], e5);
+	assert_int_equal(
+		img->bat[vhdx_bat_payload_index(5, img->info.chunk_ratio)], e5);
 	assert_int_equal(file_size(e->path), want + 2 * MB);
 	assert_int_equal(vhdx_close_checked(img), 0);
 
@@ -199,17 +201,20 @@ static void test_fixed_never_allocates(void **state)
 	s0 = file_size(e->path);
 	img = open_img(e->path, VHDX_OPEN_RDWR);
 	for (j = 0; j < 4; j++)
-		before[j] = img->bat[vhdx_bat_payload_index(j, img->info.chunk_ratio)];
+		before[j] = img->bat[vhdx_bat_payload_index(
+			j, img->info.chunk_ratio)];
 	write_byte(img, 1 * MB - 512, 1024, 0x11);
 	assert_int_equal(vhdx_write_zeroes(img, 2 * MB, 1 * MB), 0);
 	for (j = 0; j < 4; j++)
-		assert_int_equal(img->bat[vhdx_bat_payload_index(j, img->info.chunk_ratio)],
+		assert_int_equal(img->bat[vhdx_bat_payload_index(
+					 j, img->info.chunk_ratio)],
 				 before[j]);
 	assert_int_equal(vhdx_close_checked(img), 0);
 	assert_int_equal(file_size(e->path), s0);
 }
 
-/* --- BAT through the log --------------------------------------------------- */
+/* --- BAT through the log ---------------------------------------------------
+ */
 
 struct captured {
 	unsigned n;
@@ -217,7 +222,8 @@ struct captured {
 	uint8_t data[64][4096];
 };
 
-static int capture(void *ctx, uint64_t file_off, const uint8_t *data, uint64_t len)
+static int capture(void *ctx, uint64_t file_off, const uint8_t *data,
+		   uint64_t len)
 {
 	struct captured *c = ctx;
 
@@ -268,7 +274,8 @@ static void test_bat_committed_through_log(void **state)
 	assert_non_null(log);
 	assert_non_null(cap);
 	read_file(e->path, log, log_len, cur->log_offset);
-	assert_int_equal(vhdx_log_find_active(log, log_len, &cur->log_guid, &seq), 0);
+	assert_int_equal(
+		vhdx_log_find_active(log, log_len, &cur->log_guid, &seq), 0);
 	assert_int_equal(vhdx_log_replay(log, log_len, &seq, capture, cap), 0);
 	sector_off = (img->info.bat_offset + idx * 8) / 4096 * 4096;
 	for (i = 0; i < cap->n; i++) {
@@ -276,7 +283,8 @@ static void test_bat_committed_through_log(void **state)
 			continue;
 		read_file(e->path, sec, 4096, sector_off);
 		assert_memory_equal(cap->data[i], sec, 4096);
-		assert_int_equal(get64(cap->data[i] + (img->info.bat_offset + idx * 8) % 4096),
+		assert_int_equal(get64(cap->data[i] +
+				       (img->info.bat_offset + idx * 8) % 4096),
 				 entry);
 		found = true;
 	}
@@ -322,7 +330,8 @@ static void test_log_wraps(void **state)
 	assert_non_null(log);
 	assert_non_null(cap);
 	read_file(e->path, log, log_len, log_off);
-	assert_int_equal(vhdx_log_find_active(log, log_len, &img->log_guid, &seq), 0);
+	assert_int_equal(
+		vhdx_log_find_active(log, log_len, &img->log_guid, &seq), 0);
 	/* 300 commits of at least 8 KiB cannot fit in 1 MiB: it wrapped,
 	 * and the head is the last commit */
 	assert_true(300ull * 8192 > log_len);
@@ -369,7 +378,8 @@ static void test_commit_spans_entries(void **state)
 	for (j = 0; j < n; j++) {
 		idx = vhdx_bat_payload_index(j * span, img->info.chunk_ratio);
 		assert_int_equal(img->bat[idx] & 7, VHDX_PAYLOAD_ZERO);
-		assert_int_equal(disk_bat_entry(e->path, img, idx), img->bat[idx]);
+		assert_int_equal(disk_bat_entry(e->path, img, idx),
+				 img->bat[idx]);
 	}
 	assert_int_equal(vhdx_close_checked(img), 0);
 	img = open_img(e->path, 0);
@@ -378,7 +388,8 @@ static void test_commit_spans_entries(void **state)
 	vhdx_close(img);
 }
 
-/* --- sector bitmaps --------------------------------------------------------- */
+/* --- sector bitmaps ---------------------------------------------------------
+ */
 
 static bool bit_set(const uint8_t *bm, uint64_t i)
 {
@@ -401,27 +412,34 @@ static void test_sector_bitmap_bits(void **state)
 	create(e->child, 0, 1 * MB, 0, false, e->path);
 
 	img = open_img(e->child, VHDX_OPEN_RDWR);
-	write_byte(img, 3 * 512, 3 * 512, 0xc1);   /* sectors 3-5 */
-	write_byte(img, 100 * 512, 512, 0xc2);     /* sector 100 */
-	write_byte(img, 1 * MB + 700, 10, 0xc3);   /* inside sector 2049 */
-	write_byte(img, 2 * MB - 512, 1024, 0xc4); /* 4095 and 4096: two blocks */
-	write_byte(img, 3 * MB, 1 * MB, 0xc5);     /* whole block 3 */
+	write_byte(img, 3 * 512, 3 * 512, 0xc1); /* sectors 3-5 */
+	write_byte(img, 100 * 512, 512, 0xc2);	 /* sector 100 */
+	write_byte(img, 1 * MB + 700, 10, 0xc3); /* inside sector 2049 */
+	write_byte(img, 2 * MB - 512, 1024,
+		   0xc4);		       /* 4095 and 4096: two blocks */
+	write_byte(img, 3 * MB, 1 * MB, 0xc5); /* whole block 3 */
 	assert_int_equal(vhdx_flush(img), 0);
 
 	sb = img->bat[vhdx_bat_bitmap_index(0, img->info.chunk_ratio)];
 	assert_int_equal(vhdx_bat_state(sb), VHDX_SB_STATE_PRESENT);
 	sb_off = vhdx_bat_file_offset(sb);
 	assert_int_equal(sb_off % MB, 0);
-	assert_int_equal(disk_bat_entry(e->child, img,
-					vhdx_bat_bitmap_index(0, img->info.chunk_ratio)), sb);
+	assert_int_equal(
+		disk_bat_entry(e->child, img,
+			       vhdx_bat_bitmap_index(0, img->info.chunk_ratio)),
+		sb);
 	for (k = 0; k < 4; k++) {
-		uint64_t pe = img->bat[vhdx_bat_payload_index(k, img->info.chunk_ratio)];
+		uint64_t pe = img->bat[vhdx_bat_payload_index(
+			k, img->info.chunk_ratio)];
 
-		assert_int_equal(disk_bat_entry(e->child, img,
-						vhdx_bat_payload_index(k, img->info.chunk_ratio)),
-				 pe);
-		assert_int_equal(vhdx_bat_state(pe), k == 3 ? VHDX_PAYLOAD_FULLY_PRESENT
-						      : VHDX_PAYLOAD_PARTIALLY_PRESENT);
+		assert_int_equal(
+			disk_bat_entry(e->child, img,
+				       vhdx_bat_payload_index(
+					       k, img->info.chunk_ratio)),
+			pe);
+		assert_int_equal(vhdx_bat_state(pe),
+				 k == 3 ? VHDX_PAYLOAD_FULLY_PRESENT
+					: VHDX_PAYLOAD_PARTIALLY_PRESENT);
 	}
 
 	bm = malloc(MB);
@@ -432,14 +450,15 @@ static void test_sector_bitmap_bits(void **state)
 		for (k = 0; k < sizeof(want) / sizeof(want[0]); k++)
 			expect |= want[k] == i;
 		if (bit_set(bm, i) != expect)
-			fail_msg("bitmap bit %llu is %d, want %d", (unsigned long long)i,
-				 bit_set(bm, i), expect);
+			fail_msg("bitmap bit %llu is %d, want %d",
+				 (unsigned long long)i, bit_set(bm, i), expect);
 	}
 	/* block 3 was written whole: FULLY_PRESENT needs no bits */
 	for (i = 16 * 2048 / 8; i < MB; i++)
 		if (bm[i])
-			fail_msg("bitmap byte %llu is 0x%02x past the written sectors",
-				 (unsigned long long)i, bm[i]);
+			fail_msg(
+				"bitmap byte %llu is 0x%02x past the written sectors",
+				(unsigned long long)i, bm[i]);
 	assert_int_equal(vhdx_close_checked(img), 0);
 	free(bm);
 
@@ -457,15 +476,18 @@ static void test_sector_bitmap_bits(void **state)
 	expect_bytes(chk, 2 * MB - 512, 1024, 0xc4);
 	expect_bytes(chk, 3 * MB, 1 * MB, 0xc5);
 	expect_bytes(chk, 4 * MB, 4 * MB, 0x77);
-	assert_int_equal(vhdx_map(chk, 100 * 512, MB, VHDX_MAP_NO_RESOLVE, &ext), 0);
+	assert_int_equal(
+		vhdx_map(chk, 100 * 512, MB, VHDX_MAP_NO_RESOLVE, &ext), 0);
 	assert_int_equal(ext.kind, VHDX_EXT_DATA);
 	assert_int_equal(ext.len, 512);
-	assert_int_equal(vhdx_map(chk, 101 * 512, MB, VHDX_MAP_NO_RESOLVE, &ext), 0);
+	assert_int_equal(
+		vhdx_map(chk, 101 * 512, MB, VHDX_MAP_NO_RESOLVE, &ext), 0);
 	assert_int_equal(ext.kind, VHDX_EXT_PARENT);
 	vhdx_close(chk);
 }
 
-/* --- zero blocks -------------------------------------------------------------- */
+/* --- zero blocks
+ * -------------------------------------------------------------- */
 
 static void test_whole_block_zero(void **state)
 {
@@ -488,10 +510,12 @@ static void test_whole_block_zero(void **state)
 	assert_int_equal(vhdx_write_zeroes(img, 5 * MB + 512, 512), 0);
 	assert_int_equal(vhdx_bat_state(img->bat[idx3]), VHDX_PAYLOAD_ZERO);
 	assert_int_equal(vhdx_bat_state(img->bat[idx4]), VHDX_PAYLOAD_ZERO);
-	assert_int_equal(vhdx_bat_state(img->bat[vhdx_bat_payload_index(5, img->info.chunk_ratio)]),
+	assert_int_equal(vhdx_bat_state(img->bat[vhdx_bat_payload_index(
+				 5, img->info.chunk_ratio)]),
 			 VHDX_PAYLOAD_FULLY_PRESENT);
 	assert_int_equal(vhdx_flush(img), 0);
-	assert_int_equal(disk_bat_entry(e->path, img, idx3) & 7, VHDX_PAYLOAD_ZERO);
+	assert_int_equal(disk_bat_entry(e->path, img, idx3) & 7,
+			 VHDX_PAYLOAD_ZERO);
 	assert_int_equal(file_size(e->path), size);
 	expect_bytes(img, 2 * MB, MB, 0x5a);
 	expect_bytes(img, 3 * MB, 2 * MB, 0);
@@ -501,7 +525,8 @@ static void test_whole_block_zero(void **state)
 
 	/* writing into a ZERO block allocates a new one, zeros around */
 	write_byte(img, 3 * MB + 4096, 512, 0x31);
-	assert_int_equal(vhdx_bat_state(img->bat[idx3]), VHDX_PAYLOAD_FULLY_PRESENT);
+	assert_int_equal(vhdx_bat_state(img->bat[idx3]),
+			 VHDX_PAYLOAD_FULLY_PRESENT);
 	assert_int_equal(file_size(e->path), size + MB);
 	expect_bytes(img, 3 * MB, 4096, 0);
 	expect_bytes(img, 3 * MB + 4096, 512, 0x31);
@@ -510,7 +535,8 @@ static void test_whole_block_zero(void **state)
 	free(zeros);
 }
 
-/* --- partial sectors and errors ------------------------------------------------ */
+/* --- partial sectors and errors
+ * ------------------------------------------------ */
 
 static void test_partial_sector_4k(void **state)
 {
@@ -520,7 +546,7 @@ static void test_partial_sector_4k(void **state)
 	create(e->path, 4 * MB, 1 * MB, 4096, false, NULL);
 	img = open_img(e->path, VHDX_OPEN_RDWR);
 	write_byte(img, 4096, 8192, 0x44);
-	write_byte(img, 5000, 100, 0x45);     /* inside a written sector */
+	write_byte(img, 5000, 100, 0x45);      /* inside a written sector */
 	write_byte(img, 2 * MB + 10, 3, 0x46); /* inside an empty block */
 	expect_bytes(img, 4096, 5000 - 4096, 0x44);
 	expect_bytes(img, 5000, 100, 0x45);
@@ -555,14 +581,17 @@ static void test_write_errors(void **state)
 	vhdx_close(img);
 }
 
-/* --- log entries ------------------------------------------------------------- */
+/* --- log entries -------------------------------------------------------------
+ */
 
 #define LOG_LEN (64 * 1024)
 
-static const struct vhdx_guid guid_a = { 0x01234567, 0x89ab, 0xcdef,
-					 { 1, 2, 3, 4, 5, 6, 7, 8 } };
-static const struct vhdx_guid guid_b = { 0x01234567, 0x89ab, 0xcdef,
-					 { 1, 2, 3, 4, 5, 6, 7, 9 } };
+static const struct vhdx_guid guid_a = {
+	0x01234567, 0x89ab, 0xcdef, { 1, 2, 3, 4, 5, 6, 7, 8 }
+};
+static const struct vhdx_guid guid_b = {
+	0x01234567, 0x89ab, 0xcdef, { 1, 2, 3, 4, 5, 6, 7, 9 }
+};
 
 static void fill(uint8_t *p, size_t len, unsigned seed)
 {
@@ -573,9 +602,9 @@ static void fill(uint8_t *p, size_t len, unsigned seed)
 }
 
 /* Build an entry and copy it into the circular LOG at OFF. */
-static uint32_t put_entry(uint8_t *log, uint32_t off, uint64_t seqno, uint32_t tail,
-			  const struct vhdx_guid *g, unsigned n, const uint64_t *offs,
-			  uint8_t (*data)[4096])
+static uint32_t put_entry(uint8_t *log, uint32_t off, uint64_t seqno,
+			  uint32_t tail, const struct vhdx_guid *g, unsigned n,
+			  const uint64_t *offs, uint8_t (*data)[4096])
 {
 	const uint8_t *ptrs[160];
 	uint8_t *buf = malloc(vhdx_log_entry_size(n));
@@ -585,7 +614,8 @@ static uint32_t put_entry(uint8_t *log, uint32_t off, uint64_t seqno, uint32_t t
 	assert_true(n <= 160);
 	for (i = 0; i < n; i++)
 		ptrs[i] = data[i];
-	len = vhdx_log_entry_build(buf, seqno, tail, g, 5 * MB, 6 * MB, n, offs, ptrs);
+	len = vhdx_log_entry_build(buf, seqno, tail, g, 5 * MB, 6 * MB, n, offs,
+				   ptrs);
 	assert_int_equal(len, vhdx_log_entry_size(n));
 	for (i = 0; i < len; i++)
 		log[(off + i) % LOG_LEN] = buf[i];
@@ -595,7 +625,7 @@ static uint32_t put_entry(uint8_t *log, uint32_t off, uint64_t seqno, uint32_t t
 
 static void test_log_entry_layout(void **state)
 {
-	uint8_t (*data)[4096] = calloc(3, 4096);
+	uint8_t(*data)[4096] = calloc(3, 4096);
 	uint8_t *log = calloc(1, LOG_LEN), *p;
 	uint64_t offs[3] = { 3 * MB, 3 * MB + 4096, 7 * MB };
 	uint32_t len, crc;
@@ -607,7 +637,8 @@ static void test_log_entry_layout(void **state)
 	for (i = 0; i < 3; i++)
 		fill(data[i], 4096, i + 1);
 	len = put_entry(log, 0, 0x100000002ull, 0, &guid_a, 3, offs, data);
-	assert_int_equal(len, 4 * 4096); /* one header sector + 3 data sectors */
+	assert_int_equal(len,
+			 4 * 4096); /* one header sector + 3 data sectors */
 
 	/* MS-VHDX 2.3.1: header, descriptors from byte 64, data sectors */
 	assert_memory_equal(log, "loge", 4);
@@ -639,7 +670,7 @@ static void test_log_entry_layout(void **state)
 
 static void test_log_round_trip(void **state)
 {
-	uint8_t (*data)[4096] = calloc(4, 4096);
+	uint8_t(*data)[4096] = calloc(4, 4096);
 	uint8_t *log = calloc(1, LOG_LEN);
 	struct captured *cap = calloc(1, sizeof(*cap));
 	struct vhdx_log_entry_hdr hdr;
@@ -657,17 +688,21 @@ static void test_log_round_trip(void **state)
 		fill(data[i], 4096, i + 10);
 
 	/* an empty log has no active sequence */
-	assert_int_equal(vhdx_log_find_active(log, LOG_LEN, &guid_a, &seq), -ENOENT);
+	assert_int_equal(vhdx_log_find_active(log, LOG_LEN, &guid_a, &seq),
+			 -ENOENT);
 
 	len1 = put_entry(log, 0, 7, 0, &guid_a, 3, offs1, data);
-	assert_int_equal(vhdx_log_entry_check(log, LOG_LEN, 0, &guid_a, &hdr), 0);
+	assert_int_equal(vhdx_log_entry_check(log, LOG_LEN, 0, &guid_a, &hdr),
+			 0);
 	assert_int_equal(hdr.sequence, 7);
 	assert_int_equal(hdr.entry_length, len1);
 	assert_int_equal(hdr.descriptor_count, 3);
 	assert_int_equal(hdr.tail, 0);
 	assert_true(vhdx_guid_equal(&hdr.log_guid, &guid_a));
-	assert_int_equal(vhdx_log_entry_check(log, LOG_LEN, 0, &guid_b, &hdr), -EINVAL);
-	assert_int_equal(vhdx_log_find_active(log, LOG_LEN, &guid_b, &seq), -ENOENT);
+	assert_int_equal(vhdx_log_entry_check(log, LOG_LEN, 0, &guid_b, &hdr),
+			 -EINVAL);
+	assert_int_equal(vhdx_log_find_active(log, LOG_LEN, &guid_b, &seq),
+			 -ENOENT);
 
 	assert_int_equal(vhdx_log_find_active(log, LOG_LEN, &guid_a, &seq), 0);
 	assert_int_equal(seq.count, 1);
@@ -697,7 +732,9 @@ static void test_log_round_trip(void **state)
 
 	/* a torn second entry (one data byte lost) leaves the first active */
 	log[len1 + len2 - 100] ^= 0xff;
-	assert_int_equal(vhdx_log_entry_check(log, LOG_LEN, len1, &guid_a, &hdr), -EINVAL);
+	assert_int_equal(
+		vhdx_log_entry_check(log, LOG_LEN, len1, &guid_a, &hdr),
+		-EINVAL);
 	assert_int_equal(vhdx_log_find_active(log, LOG_LEN, &guid_a, &seq), 0);
 	assert_int_equal(seq.count, 1);
 	assert_int_equal(seq.head_sequence, 7);
@@ -710,7 +747,7 @@ static void test_log_round_trip(void **state)
  * than 126 descriptors needs a second header sector. */
 static void test_log_wrap_and_big_entry(void **state)
 {
-	uint8_t (*data)[4096] = calloc(130, 4096);
+	uint8_t(*data)[4096] = calloc(130, 4096);
 	uint8_t *log = calloc(1, LOG_LEN), *big = calloc(1, 4 * MB);
 	struct captured *cap = calloc(1, sizeof(*cap));
 	struct vhdx_log_seq seq;
@@ -747,14 +784,17 @@ static void test_log_wrap_and_big_entry(void **state)
 
 		for (i = 0; i < 130; i++)
 			ptrs[i] = data[i];
-		len = vhdx_log_entry_build(big, 1, 0, &guid_a, 0, 0, 130, offs, ptrs);
+		len = vhdx_log_entry_build(big, 1, 0, &guid_a, 0, 0, 130, offs,
+					   ptrs);
 		assert_int_equal(len, (2 + 130) * 4096);
-		assert_int_equal(vhdx_log_entry_check(big, 4 * MB, 0, &guid_a, &hdr), 0);
+		assert_int_equal(
+			vhdx_log_entry_check(big, 4 * MB, 0, &guid_a, &hdr), 0);
 		/* descriptor 126 is the first of the second header sector */
 		assert_memory_equal(big + 4096, "desc", 4);
 		assert_int_equal(get64(big + 4096 + 16), offs[126]);
 		assert_memory_equal(big + 2 * 4096, "data", 4);
-		assert_int_equal(vhdx_log_find_active(big, 4 * MB, &guid_a, &seq), 0);
+		assert_int_equal(
+			vhdx_log_find_active(big, 4 * MB, &guid_a, &seq), 0);
 		assert_int_equal(seq.count, 1);
 	}
 	free(big);
@@ -765,15 +805,24 @@ static void test_log_wrap_and_big_entry(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_alloc_aligned_at_eof, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_fixed_never_allocates, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_bat_committed_through_log, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log_wraps, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_commit_spans_entries, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_sector_bitmap_bits, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_whole_block_zero, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_partial_sector_4k, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_write_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_alloc_aligned_at_eof,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fixed_never_allocates,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bat_committed_through_log,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_log_wraps, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_commit_spans_entries,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sector_bitmap_bits, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_whole_block_zero, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_partial_sector_4k, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_write_errors, setup,
+						teardown),
 		cmocka_unit_test(test_log_entry_layout),
 		cmocka_unit_test(test_log_round_trip),
 		cmocka_unit_test(test_log_wrap_and_big_entry),

@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "agent/sync/proto.h"
-#include "vhdx/vhdx.h"	/* vhdx_crc32c() */
+#include "vhdx/vhdx.h" /* vhdx_crc32c() */
 
 static uint8_t enc[PROTO_MAX_PAYLOAD];
 
@@ -40,9 +40,11 @@ static void check(uint8_t type, uint8_t flags, const uint8_t *p, size_t len)
 		goto out;
 	n = proto_encode(&m, enc, sizeof(enc), &eflags, &err);
 	if (n != (long)len || eflags != flags) {
-		fprintf(stderr, "%s of %zu bytes accepted but re-encodes to "
-			"%ld bytes (flags %u/%u): %s\n", proto_type_name(type),
-			len, n, flags, eflags, n < 0 ? err.msg : "");
+		fprintf(stderr,
+			"%s of %zu bytes accepted but re-encodes to "
+			"%ld bytes (flags %u/%u): %s\n",
+			proto_type_name(type), len, n, flags, eflags,
+			n < 0 ? err.msg : "");
 		abort();
 	}
 	/* ERROR messages are sanitised on decode; compare the rest. */
@@ -50,8 +52,10 @@ static void check(uint8_t type, uint8_t flags, const uint8_t *p, size_t len)
 		if (enc[i] != exact[i] &&
 		    !(type == PROTO_ERROR && i >= PROTO_ERROR_FIXED &&
 		      enc[i] == '?')) {
-			fprintf(stderr, "%s: byte %zu differs after "
-				"re-encoding\n", proto_type_name(type), i);
+			fprintf(stderr,
+				"%s: byte %zu differs after "
+				"re-encoding\n",
+				proto_type_name(type), i);
 			abort();
 		}
 out:
@@ -63,10 +67,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct vhdx_error err;
 	struct frame f;
 
-	if (size >= PROTO_HDR_LEN &&
-	    proto_parse_header(data, &f, &err) == 0) {
+	if (size >= PROTO_HDR_LEN && proto_parse_header(data, &f, &err) == 0) {
 		if (f.length > proto_limit(f.type))
-			abort();	/* the header check let it through */
+			abort(); /* the header check let it through */
 		if (f.length <= size - PROTO_HDR_LEN &&
 		    vhdx_crc32c(data + PROTO_HDR_LEN, f.length) == f.crc)
 			check(f.type, f.flags, data + PROTO_HDR_LEN, f.length);
