@@ -737,8 +737,11 @@ static int start_reader(struct push *ps)
 				 ur_hash_name(cfg.hash), strerror(-ret));
 	ret = sync_reader_start(&ps->rd, &cfg, ps->src, ps->resume_block,
 				ps->size, &step, msg, sizeof(msg));
+	/* the source's path leads, as in every message about it */
 	if (ret < 0 && step == SYNC_READER_CONFIG)
 		return push_fail(ps, ret, "%s: %s", ps->p->src, msg);
+	if (ret < 0 && step == SYNC_READER_ADD)
+		return push_fail(ps, ret, "%s: %s", ps->p->src, strerror(-ret));
 	if (ret < 0)
 		return push_fail(ps, ret, "%s", msg);
 	return 0;

@@ -525,6 +525,7 @@ static int start_reader(struct session *s)
 	case SYNC_READER_CONFIG:
 		return session_error(s, PROTO_ERR_INTERNAL, "export %s: %s",
 				     s->name, msg);
+	case SYNC_READER_ADD:
 	case SYNC_READER_READ:
 		return session_error(s, PROTO_ERR_IO,
 				     "export %s: cannot start "

@@ -112,10 +112,16 @@ int sync_reader_start(struct sync_reader *r, const struct ur_config *cfg,
 		r->eng = NULL;
 		return ret;
 	}
-	*step = SYNC_READER_READ;
+	*step = SYNC_READER_ADD;
 	ret = ur_engine_add_from(r->eng, src, first_block, &r->stream);
-	if (!ret)
-		ret = ur_engine_start(r->eng);
+	if (ret < 0) {
+		snprintf(msg, msglen, "%s",
+			 *ur_engine_error(r->eng) ? ur_engine_error(r->eng)
+						  : strerror(-ret));
+		return ret;
+	}
+	*step = SYNC_READER_READ;
+	ret = ur_engine_start(r->eng);
 	if (ret < 0) {
 		snprintf(msg, msglen, "%s",
 			 *ur_engine_error(r->eng) ? ur_engine_error(r->eng)

@@ -37,6 +37,7 @@ struct sync_reader {
  * differently (a bad configuration is not an I/O error). */
 enum sync_reader_step {
 	SYNC_READER_CONFIG, /* ur_engine_new() refused the configuration */
+	SYNC_READER_ADD,    /* the disk cannot be added (@msg: strerror) */
 	SYNC_READER_READ,   /* the disk cannot be read */
 	SYNC_READER_ZEROS,  /* the zero hashes */
 };
