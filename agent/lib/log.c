@@ -1,7 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* log.c - one logger for the CLI, the server and the daemon (log.h). */
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <syslog.h>
+#include <unistd.h>
 
 #include "agent/lib/log.h"
 
@@ -23,6 +27,28 @@ void log_use_syslog(void)
 {
 	openlog("hvresync", LOG_PID, LOG_DAEMON);
 	style = STYLE_SYSLOG;
+}
+
+/*
+ * Is stderr the journal (systemd sets JOURNAL_STREAM to its "DEV:INODE")?
+ * Then plain lines carry a "<N>" priority too, which journald strips and
+ * keeps as the record's priority.  Checked once.
+ */
+static bool stderr_is_journal(void)
+{
+	static int known = -1;
+	unsigned long long dev, ino;
+	const char *e;
+	struct stat st;
+
+	if (known >= 0)
+		return known;
+	e = getenv("JOURNAL_STREAM");
+	known = e && sscanf(e, "%llu:%llu", &dev, &ino) == 2 &&
+		!fstat(STDERR_FILENO, &st) &&
+		(unsigned long long)st.st_dev == dev &&
+		(unsigned long long)st.st_ino == ino;
+	return known;
 }
 
 static const char *severity(int prio)
@@ -55,6 +81,8 @@ void log_vmsg(int prio, const char *component, const char *fmt, va_list ap)
 			line);
 		break;
 	case STYLE_PLAIN:
+		if (stderr_is_journal())
+			fprintf(stderr, "<%d>", prio);
 		/* the CLI's own errors need no label: its exit code says so */
 		if (component)
 			fprintf(stderr, "hvresync %s: %s%s\n", component,

@@ -4,7 +4,8 @@
  * daemon.  A line goes to one of three places, chosen once per process:
  *
  *   plain    stderr, "hvresync: MSG" or "hvresync COMPONENT: [error: ]MSG"
- *            (the CLI; the default);
+ *            (the CLI; the default), with a "<N>" priority in front when
+ *            stderr is the journal (a command run by a systemd unit);
  *   journal  stderr, "<N>[COMPONENT: ]MSG" with N the syslog priority, which
  *            journald turns into the record's priority (the agent in the
  *            foreground, as systemd runs it);
