@@ -600,6 +600,10 @@ static int open_file(struct vhdx_image *img, unsigned flags,
 	ret = vhdx_parent_check_loop(img, err);
 	if (ret)
 		return ret;
+	/* Before anything is written: a dirty log is replayed at open. */
+	ret = vhdx_lock_image(img->path, rw, &img->lock, err);
+	if (ret)
+		return ret;
 	if (S_ISBLK(st.st_mode)) {
 		ret = vhdx_blockdev_geometry(img->fd, &img->info.file_size,
 					     NULL);
@@ -621,18 +625,26 @@ static int open_file(struct vhdx_image *img, unsigned flags,
  * writable descriptor for the replay alone. */
 static int replay_on_disk(struct vhdx_image *img, struct vhdx_error *err)
 {
+	struct vhdx_lock *lk;
 	int wfd, rfd, ret;
 
+	ret = vhdx_lock(img->path, VHDX_LOCK_WRITE, &lk, err);
+	if (ret)
+		return ret;
 	wfd = open(img->path, O_RDWR | O_CLOEXEC);
-	if (wfd < 0)
-		return vhdx_fail(err, -errno, img->path,
+	if (wfd < 0) {
+		ret = -errno;
+		vhdx_unlock(lk);
+		return vhdx_fail(err, ret, img->path,
 				 "cannot open for log replay: %s",
-				 strerror(errno));
+				 strerror(-ret));
+	}
 	close(img->fd);
 	img->fd = wfd;
 	img->writable = true;
 	ret = replay_log(img, err);
 	img->writable = false;
+	vhdx_unlock(lk);
 	if (ret)
 		return ret;
 	rfd = open(img->path, O_RDONLY | O_CLOEXEC);
@@ -783,6 +795,7 @@ void vhdx_close(struct vhdx_image *img)
 	vhdx_close(img->parent);
 	if (img->fd >= 0)
 		close(img->fd);
+	vhdx_unlock(img->lock);
 	if (img->bitmaps) {
 		for (i = 0; i < img->chunks; i++)
 			free(img->bitmaps[i]);

@@ -16,10 +16,12 @@
  *                  full writes, header updates, vhdx_fail()
  *   map.c          the extent map and sector bitmaps       (file)
  *   write.c        the writer                              (map, file)
+ *   lock.c         hvresync's and qemu's image locks       (file)
  *   parent.c       parent lookup, linkage and loop checks  (file)
- *   image.c        the open pipeline and close  (file, parent, write)
+ *   image.c        the open pipeline and close  (file, parent, write,
+ *                                                 lock)
  *   create.c       new images                   (image, file)
- *   merge.c        child into parent            (image, write, map, file)
+ *   merge.c        child into parent     (image, write, map, file, lock)
  */
 #ifndef HVRESYNC_VHDX_INTERNAL_H
 #define HVRESYNC_VHDX_INTERNAL_H
@@ -278,6 +280,7 @@ struct vhdx_image {
 	uint64_t chunks;
 
 	struct vhdx_image *parent;
+	struct vhdx_lock *lock; /* a reader's, or a writer's when writable */
 	unsigned depth;
 	dev_t dev;			/* identity of the file, to catch */
 	ino_t ino;			/* a parent chain that loops */
@@ -293,6 +296,14 @@ struct vhdx_image {
 	unsigned ndirty, dirty_cap;
 	int write_error; /* sticky: after a failed commit */
 };
+
+/* --- Image locks (lock.c) --------------------------------------------- */
+
+/* The lock vhdx_open() takes for one image: a reader's, or a writer's
+ * (WRITABLE), refused while this process has the file open for writing
+ * already. */
+int vhdx_lock_image(const char *path, bool writable, struct vhdx_lock **out,
+		    struct vhdx_error *err);
 
 /* --- The image file (file.c) ------------------------------------------ */
 

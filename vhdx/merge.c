@@ -145,6 +145,7 @@ int vhdx_merge(const char *child_path, unsigned flags,
 	       vhdx_progress_fn progress, void *ctx, struct vhdx_error *err)
 {
 	struct vhdx_image *child = NULL, *parent = NULL;
+	struct vhdx_lock *clk = NULL, *plk = NULL;
 	struct vhdx_error perr;
 	char marker[PATH_MAX], ppath[PATH_MAX];
 	bool resuming;
@@ -156,25 +157,36 @@ int vhdx_merge(const char *child_path, unsigned flags,
 	    (int)sizeof(marker))
 		return vhdx_fail(err, -ENAMETOOLONG, child_path,
 				 "path too long");
+	/* Both files are written (the child removed): held by us alone. */
+	if (access(child_path, F_OK) == 0) {
+		ret = vhdx_lock(child_path, VHDX_LOCK_WRITE, &clk, err);
+		if (ret)
+			return ret;
+	}
 	resuming = access(marker, F_OK) == 0;
 	if (resuming) {
 		ret = read_marker(marker, ppath, sizeof(ppath));
-		if (ret)
-			return vhdx_fail(err, ret, marker,
-					 "unreadable merge marker");
+		if (ret) {
+			vhdx_fail(err, ret, marker, "unreadable merge marker");
+			goto out;
+		}
 		if (access(child_path, F_OK)) {
 			/* Crashed after the child was removed: finished. */
 			unlink(marker);
-			return vhdx_fsync_parent_dir(marker);
+			ret = vhdx_fsync_parent_dir(marker);
+			goto out;
 		}
+		ret = vhdx_lock(ppath, VHDX_LOCK_WRITE, &plk, err);
+		if (ret)
+			goto out;
 		ret = vhdx_open(child_path, VHDX_OPEN_NO_PARENT, &child, err);
 		if (ret)
-			return ret;
+			goto out;
 	} else {
 		ret = vhdx_open(child_path, flags & VHDX_OPEN_IGNORE_LINKAGE,
 				&child, err);
 		if (ret)
-			return ret;
+			goto out;
 		if (!child->info.has_parent) {
 			ret = vhdx_fail(
 				err, -EINVAL, child_path,
@@ -189,9 +201,12 @@ int vhdx_merge(const char *child_path, unsigned flags,
 		/* The chain stays open only for the checks above. */
 		vhdx_close(child);
 		child = NULL;
+		ret = vhdx_lock(ppath, VHDX_LOCK_WRITE, &plk, err);
+		if (ret)
+			goto out;
 		ret = vhdx_open(child_path, VHDX_OPEN_NO_PARENT, &child, err);
 		if (ret)
-			return ret;
+			goto out;
 		ret = write_marker(marker, ppath);
 		if (ret) {
 			vhdx_fail(err, ret, marker,
@@ -239,5 +254,7 @@ int vhdx_merge(const char *child_path, unsigned flags,
 out:
 	vhdx_close(parent);
 	vhdx_close(child);
+	vhdx_unlock(plk);
+	vhdx_unlock(clk);
 	return ret;
 }

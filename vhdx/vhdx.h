@@ -339,6 +339,44 @@ typedef void (*vhdx_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 int vhdx_merge(const char *child, unsigned flags, vhdx_progress_fn progress,
 	       void *ctx, struct vhdx_error *err);
 
+/* --- Image locks (lock.c) ----------------------------------------------- */
+
+/*
+ * hvresync's own lock and qemu's image locks (its file-posix driver's
+ * byte-range OFD locks), as one.  vhdx_open() takes them itself (a
+ * reader's, or a writer's with VHDX_OPEN_RDWR, held until vhdx_close()),
+ * vhdx_merge() and the log replay of VHDX_OPEN_REPLAY too; a caller takes
+ * one to hold an image across several opens (a recovery session).
+ *
+ * READ: qemu's shared "consistent read"; never stands in a writer's way.
+ * WRITE: hvresync's exclusive flock(2) and qemu's write and resize
+ * permissions, shared with nobody: refused while another process (qemu,
+ * a VM, an hvresync view or session) writes the image or keeps others
+ * from writing it, and keeps qemu from opening it for writing.
+ *
+ * Within one process, locks on one file nest (a session holds its image
+ * and merges into it); only two images open for writing at once are
+ * refused.  Returns 0, or -EBUSY with err naming the image and, where
+ * /proc tells it, the holder: "PATH: in use by qemu-io (pid 123), which
+ * has it open for writing; left untouched".  A filesystem without these
+ * locks does not hold anyone up.
+ */
+enum vhdx_lock_mode {
+	VHDX_LOCK_READ,
+	VHDX_LOCK_WRITE,
+};
+
+struct vhdx_lock;
+
+int vhdx_lock(const char *path, enum vhdx_lock_mode mode,
+	      struct vhdx_lock **out, struct vhdx_error *err);
+void vhdx_unlock(struct vhdx_lock *lk);
+
+/* hvresync's own lock alone, on an open image: flock(2), exclusive or
+ * shared, not waiting.  0, or -EBUSY when another descriptor holds a lock
+ * in the way; a filesystem without flock(2) is not held up. */
+int vhdx_flock(int fd, bool exclusive);
+
 /* fsync a folder, or the folder that holds @path, so that the entries
  * created or renamed in it survive a power cut; 0 or a negative errno
  * (dirsync.c). */

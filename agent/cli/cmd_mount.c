@@ -16,11 +16,13 @@
  * only when the images are closed, with the close's verdict, so a script
  * may use an image as soon as umount returns.
  *
- * flock(2) keeps writers apart: a writable view holds an exclusive lock on
- * each image it writes (taken before the open, which may replay the log)
- * and every view a shared lock on each other image it reads, parents
- * included.  So no image is written by two views, or written while a view
- * reads it, or written while a child's view reads it as its parent.
+ * Locks keep writers apart: a writable view holds each image it writes
+ * with vhdx_lock() (hvresync's exclusive flock(2) and qemu's image locks,
+ * taken before the open, which may replay the log) and every view a
+ * shared flock (vhdx_flock()) on each other image it reads, parents
+ * included.  So no image is written by two views, or by a view and a
+ * recovery session or qemu, or written while a view reads it, or written
+ * while a child's view reads it as its parent.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -112,26 +114,21 @@ static char *check_mountpoint(const char *mnt)
 /* --- locks ------------------------------------------------------------- */
 
 /*
- * Open PATH once more, only to hold an exclusive lock on it for the
- * writable view's lifetime.  Returns the descriptor, -1 after an error
- * line.  Filesystems without flock(2) are not held up.
+ * Hold PATH for the writable view's lifetime (vhdx_lock(): hvresync's own
+ * lock and qemu's), taken before the open, which may replay the log.
+ * Returns NULL after an error line naming the holder.
  */
-static int lock_for_write(const char *path)
+static struct vhdx_lock *lock_for_write(const char *path)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct vhdx_error verr = { { 0 } };
+	struct vhdx_lock *lk;
+	int ret = vhdx_lock(path, VHDX_LOCK_WRITE, &lk, &verr);
 
-	if (fd < 0) {
-		error_msg("%s: cannot open: %s", path, strerror(errno));
-		return -1;
+	if (ret < 0) {
+		error_msg("%s", verr.msg[0] ? verr.msg : strerror(-ret));
+		return NULL;
 	}
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK) {
-		error_msg("%s: in use by another hvresync view; a writable "
-			  "view needs the image to itself",
-			  path);
-		close(fd);
-		return -1;
-	}
-	return fd;
+	return lk;
 }
 
 /*
@@ -146,8 +143,7 @@ static int lock_for_read(struct vhdx_image *img, bool written)
 	for (; p; child = p, p = vhdx_get_parent(p)) {
 		const char *path = vhdx_get_info(p)->path;
 
-		if (flock(vhdx_get_fd(p), LOCK_SH | LOCK_NB) == 0 ||
-		    errno != EWOULDBLOCK)
+		if (vhdx_flock(vhdx_get_fd(p), false) != -EBUSY)
 			continue;
 		if (child)
 			error_msg("%s: is written through a writable hvresync "
@@ -518,7 +514,7 @@ static int name_images(struct view_image *images, const struct mount_opts *o,
 
 /* Lock (for --rw) and open every image, then take the shared locks on
  * what the views read; 0 or -1 after an error line. */
-static int open_images(struct view_image *images, int *lock_fds,
+static int open_images(struct view_image *images, struct vhdx_lock **locks,
 		       const struct mount_opts *o)
 {
 	unsigned i;
@@ -528,8 +524,8 @@ static int open_images(struct view_image *images, int *lock_fds,
 		struct vhdx_error verr = { { 0 } };
 
 		if (o->rw) {
-			lock_fds[i] = lock_for_write(images[i].path);
-			if (lock_fds[i] < 0)
+			locks[i] = lock_for_write(images[i].path);
+			if (!locks[i])
 				return -1;
 		}
 		ret = vhdx_open(images[i].path, o->flags, &images[i].img,
@@ -579,7 +575,7 @@ static int start_view(struct view_image *images, const struct mount_opts *o,
 
 /* Close what is still open: a failed start, or the background mode's
  * parent (which wrote nothing; the child serves). */
-static void release_images(struct view_image *images, int *lock_fds,
+static void release_images(struct view_image *images, struct vhdx_lock **locks,
 			   unsigned count)
 {
 	unsigned i;
@@ -592,11 +588,10 @@ static void release_images(struct view_image *images, int *lock_fds,
 		}
 		free(images);
 	}
-	if (lock_fds) {
+	if (locks) {
 		for (i = 0; i < count; i++)
-			if (lock_fds[i] >= 0)
-				close(lock_fds[i]);
-		free(lock_fds);
+			vhdx_unlock(locks[i]);
+		free(locks);
 	}
 }
 
@@ -605,8 +600,7 @@ int cmd_mount(int argc, char **argv)
 	struct view_mount_info mi;
 	struct view_image *images;
 	struct mount_opts o;
-	int *lock_fds;
-	unsigned i;
+	struct vhdx_lock **locks;
 	char *mnt;
 	int ret;
 
@@ -626,16 +620,13 @@ int cmd_mount(int argc, char **argv)
 
 	ret = EXIT_ERROR;
 	images = calloc(o.count, sizeof(*images));
-	lock_fds = malloc(o.count * sizeof(*lock_fds));
-	if (lock_fds)
-		for (i = 0; i < o.count; i++)
-			lock_fds[i] = -1;
-	if (!images || !lock_fds)
+	locks = calloc(o.count, sizeof(*locks));
+	if (!images || !locks)
 		error_msg("out of memory");
 	else if (name_images(images, &o, mnt) == 0 &&
-		 open_images(images, lock_fds, &o) == 0)
+		 open_images(images, locks, &o) == 0)
 		ret = start_view(images, &o, mnt);
-	release_images(images, lock_fds, o.count);
+	release_images(images, locks, o.count);
 	free(mnt);
 	return ret;
 }

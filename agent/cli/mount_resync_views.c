@@ -158,8 +158,7 @@ static int lock_images(struct mr *m, struct mr_disk *d)
 	struct vhdx_image *p;
 
 	for (p = d->img; p; p = vhdx_get_parent(p)) {
-		if (flock(vhdx_get_fd(p), LOCK_SH | LOCK_NB) == 0 ||
-		    errno != EWOULDBLOCK)
+		if (vhdx_flock(vhdx_get_fd(p), false) != -EBUSY)
 			continue;
 		mr_set_err(m,
 			   "%s: is written through a writable hvresync view; "

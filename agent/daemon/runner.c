@@ -39,6 +39,7 @@ static unsigned rv_for_push(int err)
 	case -ENOENT:
 		return RV_NOT_FOUND;
 	case -EBUSY:
+	case -ETXTBSY: /* the recovery image is in use (ERROR 8) */
 		return RV_IN_USE;
 	case -EXDEV:
 		return RV_INVALID_STATE;

@@ -38,6 +38,29 @@ int disk_remove_durably(const char *path)
 	return vhdx_fsync_parent_dir(path);
 }
 
+/* ---- the lock ------------------------------------------------------------ */
+
+int disk_lock(struct session *s)
+{
+	struct vhdx_error verr = { { 0 } };
+	int ret;
+
+	ret = vhdx_lock(s->image, VHDX_LOCK_WRITE, &s->hold, &verr);
+	if (ret == -EBUSY)
+		return session_error(s, PROTO_ERR_IN_USE, "export %s: %s",
+				     s->name, verr.msg);
+	if (ret < 0)
+		return session_error(s, PROTO_ERR_IO, "export %s: %s", s->name,
+				     verr.msg[0] ? verr.msg : strerror(-ret));
+	return 0;
+}
+
+void disk_unlock(struct session *s)
+{
+	vhdx_unlock(s->hold);
+	s->hold = NULL;
+}
+
 /* ---- the export as it is ------------------------------------------------- */
 
 /* Kind and geometry of a file or device, open at @fd, that is not a VHDX. */

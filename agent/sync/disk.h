@@ -24,6 +24,12 @@ struct session;
 /* unlink(2) @path and fsync its folder; 0 if it was not there. */
 int disk_remove_durably(const char *path);
 
+/* Lock the export for writing (vhdx_lock()) for the whole session, before
+ * anything reads or writes it; ERROR 8 (in use) naming the holder when
+ * another program, view or session has it.  disk_unlock() lets it go. */
+int disk_lock(struct session *s);
+void disk_unlock(struct session *s);
+
 /* Find the export's kind and geometry as it is now, changing nothing. */
 int disk_probe(struct session *s);
 /* Does the primary's geometry (HELLO) match the export's? */

@@ -72,6 +72,9 @@ enum proto_type {
 #define PROTO_ERR_IO 5
 #define PROTO_ERR_PROTOCOL 6
 #define PROTO_ERR_INTERNAL 7
+/* The recovery image is held by another program, view or session
+ * (vhdx_lock()): not retried. */
+#define PROTO_ERR_IN_USE 8
 
 /* Sizes from docs/protocol.md. */
 #define PROTO_HASH_LEN 16u

@@ -409,6 +409,9 @@ int push_remote_error(struct push *ps)
 	case PROTO_ERR_BUSY:
 		ret = -EBUSY;
 		break;
+	case PROTO_ERR_IN_USE: /* not -EBUSY: that one is retried */
+		ret = -ETXTBSY;
+		break;
 	case PROTO_ERR_GEOMETRY:
 		ret = -EXDEV;
 		break;

@@ -474,7 +474,9 @@ static void serve_session(struct session *s)
 	      "session start (%s): export %s (%s): %s, "
 	      "block size %u",
 	      s->auth, s->name, s->image, kind_name(s->hello.flags), s->bs);
-	ret = disk_probe(s);
+	ret = disk_lock(s);
+	if (!ret)
+		ret = disk_probe(s);
 	/* MERGE and DISCARD may come without a source disk (size 0). */
 	if (!ret &&
 	    (s->hello.flags & (PROTO_HELLO_MERGE | PROTO_HELLO_DISCARD)) &&
@@ -497,6 +499,7 @@ static void serve_session(struct session *s)
 		      ? " (the image is unchanged; the child is kept for "
 			"resume)"
 		      : "");
+	disk_unlock(s);
 	unclaim_export(s);
 }
 

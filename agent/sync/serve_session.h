@@ -81,6 +81,7 @@ struct session {
 	/* The disk (disk.c). */
 	bool vhdx;
 	bool blockdev;
+	struct vhdx_lock *hold; /* the image, locked for writing */
 	struct vhdx_image *img; /* VHDX: the child, read-write */
 	int fd;			/* raw: read-write */
 	struct ur_source *src;
