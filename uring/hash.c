@@ -4,12 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/random.h>
 
 #include <openssl/evp.h>
 #include <xxhash.h>
 
 #include "uring/hash.h"
+#include "vhdx/vhdx.h"
 
 struct ur_hasher {
 	enum ur_hash_algo algo;
@@ -44,14 +44,7 @@ unsigned ur_hash_len(enum ur_hash_algo algo)
 
 int ur_hash_random_seed(uint64_t *seed)
 {
-	ssize_t n;
-
-	do
-		n = getrandom(seed, sizeof(*seed), 0);
-	while (n < 0 && errno == EINTR);
-	if (n < 0)
-		return -errno;
-	return n == sizeof(*seed) ? 0 : -EIO;
+	return vhdx_random_bytes(seed, sizeof(*seed));
 }
 
 int ur_hasher_new(enum ur_hash_algo algo, uint64_t seed, struct ur_hasher **out)

@@ -130,14 +130,14 @@ struct vhdx_guid vhdx_guid_const(const char *s)
 	return g;
 }
 
-int vhdx_guid_generate(struct vhdx_guid *g)
+int vhdx_random_bytes(void *buf, size_t len)
 {
-	uint8_t b[16];
+	uint8_t *p = buf;
 	size_t got = 0;
 	ssize_t n;
 
-	while (got < sizeof(b)) {
-		n = getrandom(b + got, sizeof(b) - got, 0);
+	while (got < len) {
+		n = getrandom(p + got, len - got, 0);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -145,9 +145,20 @@ int vhdx_guid_generate(struct vhdx_guid *g)
 		}
 		got += (size_t)n;
 	}
-	b[7] = (uint8_t)((b[7] & 0x0f) |
-			 0x40); /* version 4 (d3's high nibble) */
-	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+	return 0;
+}
+
+int vhdx_guid_generate(struct vhdx_guid *g)
+{
+	uint8_t b[16];
+	int ret;
+
+	ret = vhdx_random_bytes(b, sizeof(b));
+	if (ret < 0)
+		return ret;
+	/* version 4 (d3's high nibble), RFC 4122 variant */
+	b[7] = (uint8_t)((b[7] & 0x0f) | 0x40);
+	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
 	vhdx_guid_from_le(b, g);
 	return 0;
 }

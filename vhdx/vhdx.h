@@ -48,6 +48,9 @@ uint32_t vhdx_crc32c_update(uint32_t crc, const void *buf, size_t len);
 void vhdx_guid_format(const struct vhdx_guid *g, char out[VHDX_GUID_STR_LEN]);
 /* Accepts the plain or {braced} form; returns 0 or -EINVAL. */
 int vhdx_guid_parse(const char *s, struct vhdx_guid *g);
+/* Fill @buf with @len bytes from getrandom(2), the one source of random
+ * bytes (GUIDs, hash seeds, keys); 0 or -errno. */
+int vhdx_random_bytes(void *buf, size_t len);
 /* A random (version-4) GUID, the one source of them; 0 or -errno. */
 int vhdx_guid_generate(struct vhdx_guid *g);
 bool vhdx_guid_equal(const struct vhdx_guid *a, const struct vhdx_guid *b);

@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,22 +17,6 @@
 
 #define KEYGEN_USAGE "hvresync keygen FILE"
 #define KEY_BYTES 32
-
-static int get_random(unsigned char *buf, size_t len)
-{
-	size_t got = 0;
-	ssize_t r;
-
-	while (got < len) {
-		r = getrandom(buf + got, len - got, 0);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		got += (size_t)r;
-	}
-	return 0;
-}
 
 /* The command line: FILE, the one operand.  Exits after --help or a
  * mistake. */
@@ -65,7 +48,7 @@ static int new_key_line(char line[2 * KEY_BYTES + 1])
 	size_t i;
 	int ret;
 
-	ret = get_random(key, sizeof(key));
+	ret = vhdx_random_bytes(key, sizeof(key));
 	if (ret)
 		return ret;
 	for (i = 0; i < KEY_BYTES; i++) {

@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -32,6 +31,7 @@
 #include "agent/sync/push_session.h"
 #include "uring/blocks.h"
 #include "uring/reader.h"
+#include "vhdx/vhdx.h"
 
 #define PROGRESS_INTERVAL 0.25
 /* A stop request the main thread has not acted on after this long
@@ -233,9 +233,11 @@ static void keepalive(int fd)
 static int make_hello(struct push *ps, struct msg *m)
 {
 	struct msg_hello *h = &m->u.hello;
+	int ret;
 
-	if (getrandom(ps->seed, sizeof(ps->seed), 0) != sizeof(ps->seed))
-		return push_fail(ps, -errno, "getrandom: %s", strerror(errno));
+	ret = vhdx_random_bytes(ps->seed, sizeof(ps->seed));
+	if (ret < 0)
+		return push_fail(ps, ret, "getrandom: %s", strerror(-ret));
 	memset(m, 0, sizeof(*m));
 	m->type = PROTO_HELLO;
 	h->version = PROTO_VERSION;
