@@ -597,8 +597,10 @@ static int probe_raw_fd(int fd, const char *path, unsigned sector,
 	return ret;
 }
 
-int probe_raw_path(const char *path, unsigned sector, struct probe_result *res,
-		   char *why, size_t why_len)
+/* Clear @res and @why and open @path for reading; the descriptor, or a
+ * negative errno with @why saying so. */
+static int open_probed(const char *path, struct probe_result *res, char *why,
+		       size_t why_len)
 {
 	int fd, ret;
 
@@ -612,6 +614,17 @@ int probe_raw_path(const char *path, unsigned sector, struct probe_result *res,
 			 strerror(-ret));
 		return ret;
 	}
+	return fd;
+}
+
+int probe_raw_path(const char *path, unsigned sector, struct probe_result *res,
+		   char *why, size_t why_len)
+{
+	int fd, ret;
+
+	fd = open_probed(path, res, why, why_len);
+	if (fd < 0)
+		return fd;
 	ret = probe_raw_fd(fd, path, sector, res, why, why_len);
 	close(fd);
 	return ret;
@@ -625,16 +638,9 @@ int probe_path(const char *path, unsigned sector, struct probe_result *res,
 	char tmp[1024];
 	int fd, ret;
 
-	memset(res, 0, sizeof(*res));
-	if (why_len)
-		why[0] = '\0';
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		ret = -errno;
-		snprintf(why, why_len, "%s: cannot open: %s", path,
-			 strerror(-ret));
-		return ret;
-	}
+	fd = open_probed(path, res, why, why_len);
+	if (fd < 0)
+		return fd;
 	/* A file too short or unreadable for the signature is no VHDX. */
 	if (vhdx_probe_fd(fd) != 1) {
 		ret = probe_raw_fd(fd, path, sector, res, why, why_len);
