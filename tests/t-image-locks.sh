@@ -50,15 +50,6 @@ hold() {
 	fail "qemu-io does not hold $1: $(head -c 200 "$S/q.out")"
 }
 
-# push NAME SRC ARGS...: stderr in $S/NAME.err, exit status in PUSH_RC.
-push() {
-	local name=$1 src=$2
-	shift 2
-	timeout -k 5 120 "$HVRESYNC" push --json --psk-file "$S/key" "$@" \
-		"$src" "127.0.0.1:$PORT/$name" >"$S/$name.json" 2>"$S/$name.err"
-	PUSH_RC=$?
-}
-
 # ---------------------------------------------------------------------------
 say "setup: disks, a key, a server, two agents"
 make_key "$S/key"

@@ -28,14 +28,6 @@ push_bg() {
 	PUSH_PID=$!
 }
 
-push() {
-	local name=$1 src=$2
-	shift 2
-	timeout -k 5 120 "$HVRESYNC" push --json --psk-file "$S/key" "$@" \
-		"$src" "127.0.0.1:$PORT/$name" >"$S/$name.json" 2>"$S/$name.err"
-	PUSH_RC=$?
-}
-
 between() {
 	if [ "$2" -ge "$3" ] && [ "$2" -le "$4" ]; then
 		ok "$1: $2 in [$3, $4]"

@@ -25,16 +25,6 @@ trap 'stop_server; for l in "${_loops[@]:-}"; do [ -n "$l" ] && losetup -d "$l";
 
 . "$(dirname "$0")/helpers/serve.sh"
 
-# push NAME SRC ARGS...: push SRC to export NAME; JSON in $S/NAME.json,
-# stderr in $S/NAME.err, exit status in PUSH_RC.
-push() {
-	local name=$1 src=$2
-	shift 2
-	timeout -k 5 120 "$HVRESYNC" push --json --psk-file "$S/key" "$@" \
-		"$src" "127.0.0.1:$PORT/$name" >"$S/$name.json" 2>"$S/$name.err"
-	PUSH_RC=$?
-}
-
 # identical DESC A FMT_A B FMT_B: qemu-img compare says identical.
 identical() {
 	if qemu-img compare -q -f "$3" -F "$5" "$2" "$4" 2>"$S/cmp.err"; then

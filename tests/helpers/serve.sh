@@ -1,6 +1,6 @@
 # tests/helpers/serve.sh - starting and stopping `hvresync serve` for the
-# push tests (source it after tests/lib.sh; uses $HVRESYNC and $STATE,
-# sets PORT and SERVER_PID).
+# push tests, and pushing to it (source it after tests/lib.sh; uses
+# $HVRESYNC, $STATE and $S, sets PORT and SERVER_PID).
 
 # make_key FILE: a pre-shared key file, by keygen when it works.
 make_key() {
@@ -48,4 +48,15 @@ kill_server() {
 # jget FILE KEY: a member of the JSON object in FILE.
 jget() {
 	python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
+}
+
+# push NAME SRC ARGS...: push SRC to export NAME of the server at $PORT
+# with the key $S/key; JSON in $S/NAME.json, stderr in $S/NAME.err, exit
+# status in PUSH_RC.
+push() {
+	local name=$1 src=$2
+	shift 2
+	timeout -k 5 120 "$HVRESYNC" push --json --psk-file "$S/key" "$@" \
+		"$src" "127.0.0.1:$PORT/$name" >"$S/$name.json" 2>"$S/$name.err"
+	PUSH_RC=$?
 }
