@@ -61,4 +61,18 @@ static inline uint64_t get64(const uint8_t *p)
 	return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
 }
 
+/* A fixed xorshift32 stream: the same bytes for the same seed on every
+ * run, so a failing case can be replayed. */
+static inline void fill_random(uint8_t *p, size_t len, uint32_t seed)
+{
+	uint32_t x = seed ? seed : 1;
+
+	while (len--) {
+		x ^= x << 13;
+		x ^= x >> 17;
+		x ^= x << 5;
+		*p++ = (uint8_t)(x >> 24);
+	}
+}
+
 #endif

@@ -18,18 +18,6 @@
 #include "tests/unit/oracle.h"
 
 /* Deterministic pseudo-random bytes (xorshift32), so failures reproduce. */
-static void fill_random(uint8_t *p, size_t len, uint32_t seed)
-{
-	uint32_t x = seed ? seed : 1;
-
-	while (len--) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
-		*p++ = (uint8_t)(x >> 24);
-	}
-}
-
 static void test_known_vectors(void **state)
 {
 	uint8_t buf[32];

@@ -19,23 +19,13 @@
 
 #include <cmocka.h>
 
+#include "tests/unit/oracle.h"
+
 #include "uring/blocks.h"
 #include "uring/hash.h"
 #include "uring/plan.h"
 #include "uring/reader.h"
 #include "uring/source.h"
-
-static void fill_random(uint8_t *p, size_t len, uint32_t seed)
-{
-	uint32_t x = seed ? seed : 1;
-
-	while (len--) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
-		*p++ = (uint8_t)(x >> 24);
-	}
-}
 
 /* --- block arithmetic ---------------------------------------------------- */
 
