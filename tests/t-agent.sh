@@ -64,6 +64,8 @@ print(f(m - 120) + "-" + f(m + 120), f(m + 180) + "-" + f(m + 240))')
 
 cat >p.conf <<EOF
 [agent]
+# a refused peer fails the job at once (the default retries for minutes)
+retries = 0
 listen = 127.0.0.1:$PP
 control = $S/run/p.sock
 state-dir = $S/p-state
@@ -106,6 +108,8 @@ auto-resync = $WIN_LATER
 EOF
 cat >r.conf <<EOF
 [agent]
+# a refused peer fails the job at once (the default retries for minutes)
+retries = 0
 listen = 127.0.0.1:$RP
 control = $S/run/r.sock
 state-dir = $S/r-state

@@ -6,7 +6,8 @@
 # recovery image, `qemu-io -c 'write ...'` fails with qemu's lock error
 # and `mount --rw` of it is refused; a `mount --rw` view of a recovery
 # image refuses a push; and readers do not block: `verify` and `push` read
-# a primary that qemu-io holds open read-write.
+# a primary that qemu-io holds open read-write, and a raw-file primary is
+# read under qemu's shared "consistent read" lock, as a VHDX one is.
 . "$(dirname "$0")/lib.sh"
 . "$TOP/tests/helpers/agent.sh"
 . "$TOP/tests/helpers/serve.sh"
@@ -35,16 +36,20 @@ t_cleanup() {
 }
 trap t_cleanup EXIT
 
-# hold IMAGE: qemu-io keeps IMAGE open read-write (it reads its commands
-# from a fifo we keep open) until stop_holder; QPID is its pid.
+# hold IMAGE [FORMAT]: qemu-io keeps IMAGE open read-write (it reads its
+# commands from a fifo we keep open) until stop_holder; QPID is its pid.
 hold() {
 	rm -f "$S/q.fifo"
 	mkfifo "$S/q.fifo"
-	qemu-io -f vhdx "$1" <"$S/q.fifo" >"$S/q.out" 2>&1 &
+	qemu-io -f "${2:-vhdx}" "$1" <"$S/q.fifo" >"$S/q.out" 2>&1 &
 	QPID=$!
 	exec 7>"$S/q.fifo"
-	for _ in $(seq 100); do
-		grep -q "OFDLCK.* 201 201" /proc/locks && return 0
+	# qemu holds byte 101 (it has the "write" permission) on the file
+	# it has open read-write, whatever the format
+	local ino
+	ino=$(stat -c %i "$1")
+	for _ in $(seq 200); do
+		grep -Eq "OFDLCK.*:$ino 10[01] 101$" /proc/locks && return 0
 		sleep 0.05
 	done
 	fail "qemu-io does not hold $1: $(head -c 200 "$S/q.out")"
@@ -188,6 +193,46 @@ push R p/data.vhdx
 check "push reads it (exit $PUSH_RC $(head -n1 R.err))" test "$PUSH_RC" -eq 0
 check "... and the recovery disk is identical" \
 	qemu-img compare -U -q p/data.vhdx R.vhdx
+check "qemu-io still holds it" kill -0 "$QPID"
+stop_holder
+
+# ---------------------------------------------------------------------------
+say "(f) a raw-file primary: qemu's shared read lock, never in a VM's way"
+# locks_on FILE: how many OFD locks on FILE's byte 100 (qemu's "consistent
+# read") /proc/locks lists; an OFD lock shows pid -1, so count, not name.
+locks_on() {
+	grep -c "OFDLCK.*:$(stat -c %i "$1") 100 100\$" /proc/locks
+}
+qemu-img convert -O raw P.vhdx P.raw || fail "qemu-img convert"
+# 16 MiB that R2 (equal to P.vhdx by now) lacks: a push of ~2 s at 8M/s
+head -c 16M /dev/urandom | dd of=P.raw bs=1M conv=notrunc status=none
+"$HVRESYNC" push --psk-file "$S/key" --bwlimit 8M P.raw \
+	"127.0.0.1:$PORT/R2" >raw.out 2>raw.err &
+RAW=$!
+N=0
+for _ in $(seq 100); do
+	N=$(locks_on P.raw)
+	[ "$N" -ge 1 ] && break
+	kill -0 "$RAW" 2>/dev/null || break
+	sleep 0.05
+done
+check "push holds qemu's shared read lock on the raw file while it reads ($N)" \
+	test "$N" -ge 1
+qemu-io -f raw -c 'write -P 7 40M 64k' P.raw >qw2.out 2>&1
+QRC=$?
+check "qemu-io writes the raw file meanwhile ($(head -n1 qw2.out))" \
+	test "$QRC" -eq 0
+wait "$RAW"
+RRC=$?
+check "the raw push ends (exit $RRC: 0, or 3 when it saw the write)" \
+	bash -c "[ $RRC -eq 0 ] || [ $RRC -eq 3 ]"
+check "... and the lock is gone with it" test "$(locks_on P.raw)" -eq 0
+hold P.raw raw
+push R2 P.raw
+check "push reads a raw file qemu-io holds read-write (exit $PUSH_RC $(head -n1 R2.err))" \
+	test "$PUSH_RC" -eq 0
+check "... and the recovery disk is identical" \
+	qemu-img compare -U -q -f raw -F vhdx P.raw R2.vhdx
 check "qemu-io still holds it" kill -0 "$QPID"
 stop_holder
 

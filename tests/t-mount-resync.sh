@@ -125,6 +125,8 @@ PP=$(free_port)
 RP=$(free_port)
 cat >p.conf <<EOF
 [agent]
+# a refused peer fails the job at once (the default retries for minutes)
+retries = 0
 listen = 127.0.0.1:$PP
 control = $S/run/p.sock
 state-dir = $S/p-state
@@ -149,6 +151,8 @@ replica = 127.0.0.1:$RP
 EOF
 cat >r.conf <<EOF
 [agent]
+# a refused peer fails the job at once (the default retries for minutes)
+retries = 0
 listen = 127.0.0.1:$RP
 control = $S/run/r.sock
 state-dir = $S/r-state

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* source.c - VHDX, raw file and block device sources (see source.h). */
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,22 @@
 #include <unistd.h>
 
 #include "uring/source.h"
+
+/*
+ * A source and what it holds that source.h does not show: a raw file's
+ * read lock.  A VHDX's lock belongs to its image (vhdx_open() takes it);
+ * a raw file or block device gets the same one here, qemu's shared
+ * "consistent read", so that a program which lets nobody read the image
+ * consistently (a qemu block job) is seen, while a VM writing it is never
+ * held up.  Every struct ur_source is allocated here, so close can find
+ * the lock from the source.
+ */
+struct source {
+	struct ur_source s;
+	struct vhdx_lock *lock;
+};
+
+#define SOURCE(p) ((struct source *)((char *)(p)-offsetof(struct source, s)))
 
 const char *ur_source_type_name(enum ur_source_type t)
 {
@@ -23,13 +40,39 @@ const char *ur_source_type_name(enum ur_source_type t)
 	return "?";
 }
 
+/* qemu's reader lock on the raw file open at @fd, by its path; the path
+ * must still name that file once locked, or the lock guards another. */
+static int lock_raw(struct ur_source *s, int fd, const struct stat *st,
+		    char *err, size_t errlen)
+{
+	struct vhdx_error verr;
+	struct stat now;
+	int ret;
+
+	ret = vhdx_lock(s->path, VHDX_LOCK_READ, &SOURCE(s)->lock, &verr);
+	if (ret < 0) {
+		snprintf(err, errlen, "%s", verr.msg);
+		return ret;
+	}
+	if (stat(s->path, &now) || now.st_dev != st->st_dev ||
+	    now.st_ino != st->st_ino) {
+		snprintf(err, errlen,
+			 "%s: was replaced while being opened; try again",
+			 s->path);
+		return -EAGAIN;
+	}
+	return 0;
+}
+
 static int open_raw(struct ur_source *s, int fd, const struct stat *st,
 		    char *err, size_t errlen)
 {
+	int ret = lock_raw(s, fd, st, err, errlen);
+
+	if (ret < 0)
+		return ret;
 	s->fd = fd;
 	if (S_ISBLK(st->st_mode)) {
-		int ret;
-
 		s->type = UR_SRC_BLOCKDEV;
 		ret = vhdx_blockdev_geometry(fd, &s->size, &s->sector_size);
 		if (ret < 0) {
@@ -48,6 +91,21 @@ static int open_raw(struct ur_source *s, int fd, const struct stat *st,
 		s->sector_size = 512;
 	}
 	return 0;
+}
+
+static struct ur_source *source_alloc(const char *path)
+{
+	struct source *src = calloc(1, sizeof(*src));
+
+	if (!src)
+		return NULL;
+	src->s.path = strdup(path);
+	if (!src->s.path) {
+		free(src);
+		return NULL;
+	}
+	src->s.fd = -1;
+	return &src->s;
 }
 
 /* The library opens the image again by its path and keeps its own fd. */
@@ -76,13 +134,11 @@ int ur_source_open(const char *path, struct ur_source **out, char *err,
 	int fd, ret;
 
 	*out = NULL;
-	s = calloc(1, sizeof(*s));
-	if (!s || !(s->path = strdup(path))) {
-		free(s);
+	s = source_alloc(path);
+	if (!s) {
 		snprintf(err, errlen, "%s: out of memory", path);
 		return -ENOMEM;
 	}
-	s->fd = -1;
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		ret = -errno;
@@ -124,8 +180,8 @@ int ur_source_open(const char *path, struct ur_source **out, char *err,
 fail_fd:
 	close(fd);
 fail:
-	free(s->path);
-	free(s);
+	s->fd = -1;
+	ur_source_close(s);
 	return ret;
 }
 
@@ -135,14 +191,11 @@ int ur_source_from_vhdx(struct vhdx_image *img, struct ur_source **out)
 	struct ur_source *s;
 
 	*out = NULL;
-	s = calloc(1, sizeof(*s));
-	if (!s || !(s->path = strdup(info->path))) {
-		free(s);
+	s = source_alloc(info->path);
+	if (!s)
 		return -ENOMEM;
-	}
 	s->type = UR_SRC_VHDX;
 	s->img = img;
-	s->fd = -1;
 	s->size = info->virtual_size;
 	s->sector_size = info->logical_sector_size;
 	*out = s;
@@ -157,8 +210,9 @@ void ur_source_close(struct ur_source *s)
 		vhdx_close(s->img);
 	if (s->fd >= 0)
 		close(s->fd);
+	vhdx_unlock(SOURCE(s)->lock);
 	free(s->path);
-	free(s);
+	free(SOURCE(s));
 }
 
 static int map_vhdx(struct ur_source *s, uint64_t off, uint64_t len,

@@ -4,6 +4,7 @@
  * current one, and building one for a header update.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -68,4 +69,39 @@ void vhdx_header_build(const struct vhdx_header_info *h, uint8_t *buf)
 	le64_put(buf + VHDX_HDR_LOG_OFFSET, h->log_offset);
 	le32_put(buf + VHDX_HDR_CHECKSUM,
 		 vhdx_checksum(buf, VHDX_HEADER_SIZE, VHDX_HDR_CHECKSUM));
+}
+
+int vhdx_read_current_header(int fd, struct vhdx_header_info *h,
+			     const char **why)
+{
+	static const uint64_t where[2] = { VHDX_HEADER1_OFFSET,
+					   VHDX_HEADER2_OFFSET };
+	struct vhdx_header_info hi[2];
+	uint8_t *buf;
+	size_t got;
+	int i, ret, cur;
+
+	*why = "";
+	buf = calloc(2, VHDX_HEADER_SIZE);
+	if (!buf)
+		return -ENOMEM;
+	for (i = 0; i < 2; i++) {
+		/* a short file leaves zeros: an invalid header */
+		ret = vhdx_read_full(fd, buf + i * VHDX_HEADER_SIZE,
+				     VHDX_HEADER_SIZE, where[i], &got);
+		if (ret < 0) {
+			*why = "cannot read the headers";
+			goto out;
+		}
+		vhdx_header_parse(buf + i * VHDX_HEADER_SIZE, &hi[i]);
+	}
+	cur = vhdx_header_select(
+		&hi[0], &hi[1],
+		!memcmp(buf, buf + VHDX_HEADER_SIZE, VHDX_HEADER_SIZE), why);
+	ret = cur < 0 ? cur : 0;
+	if (cur >= 0)
+		*h = hi[cur];
+out:
+	free(buf);
+	return ret;
 }

@@ -174,6 +174,17 @@ struct vhdx_info {
 int vhdx_probe_fd(int fd);
 
 /*
+ * Read the two headers of the VHDX open as @fd (MS-VHDX 2.2.2) and fill
+ * @h with the current one: the valid one with the greater sequence
+ * number.  No image is opened and nothing is locked, so a caller can tell
+ * cheaply whether a writer updated the file (a new sequence number or
+ * FileWriteGuid).  0, or a negative errno with *why saying what is wrong
+ * (-EINVAL: no usable header).
+ */
+int vhdx_read_current_header(int fd, struct vhdx_header_info *h,
+			     const char **why);
+
+/*
  * int vhdx_blockdev_geometry(int fd, uint64_t *size_bytes,
  *                            uint32_t *logical_sector);
  *

@@ -178,6 +178,26 @@ static void print_scalar(FILE *f, const char *key, const struct jv *v)
 	}
 }
 
+/*
+ * Members of a job's disk that say nothing to a person reading `job
+ * show`: what a resume needs (the clone's path, the source's identity)
+ * and empty notes.  --json shows them all.
+ */
+static bool hidden_member(const char *key, const struct jv *v)
+{
+	static const char *const internal[] = { "Clone", "SourceIdentity",
+						"Repass" };
+	size_t i;
+
+	for (i = 0; i < sizeof(internal) / sizeof(internal[0]); i++)
+		if (!strcmp(key, internal[i]))
+			return true;
+	if (!strcmp(key, "SnapshotNote") || !strcmp(key, "Resume") ||
+	    !strcmp(key, "SnapshotTime"))
+		return v->type == JV_NULL || (v->type == JV_STRING && !v->s[0]);
+	return false;
+}
+
 /* "Key: value" lines; arrays of objects one item per line. */
 static void print_object(const struct jv *o)
 {
@@ -207,6 +227,8 @@ static void print_object(const struct jv *o)
 			}
 			printf("\n  -");
 			for (m = 0; m < it->n; m++) {
+				if (hidden_member(it->keys[m], &it->items[m]))
+					continue;
 				printf(" %s=", it->keys[m]);
 				print_scalar(stdout, it->keys[m],
 					     &it->items[m]);

@@ -2,7 +2,8 @@
 /*
  * cmd_push.c - `hvresync push`: bring a recovery disk exported by
  * `hvresync serve` (or the agent) in line with a local disk, sending only
- * the 4 KiB pieces that differ.  The work is push_disk() (agent/sync/push.c);
+ * the 4 KiB pieces that differ.  The work is passes_push() (a snapshot or
+ * watched passes, agent/sync/passes.c) over push_disk() (agent/sync/push.c);
  * this file is options, a progress bar, Ctrl-C and the summary.
  */
 #include <errno.h>
@@ -12,20 +13,27 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "agent/cli/cli.h"
 #include "agent/cli/progress.h"
 #include "agent/lib/fmt.h"
 #include "agent/lib/json.h"
+#include "agent/lib/snapshot.h"
+#include "agent/sync/passes.h"
 #include "agent/sync/push.h"
 #include "uring/blocks.h"
 
+/* The copy's result when the source changed during every pass. */
+#define EXIT_SOURCE_CHANGED 3
+
 static const char push_usage[] =
-	"hvresync push [--json] [--psk-file F | --cert C --key K --ca CA |\n"
-	"                     --insecure] [--block-size N] [--hash H] "
-	"[--compress]\n"
-	"                     [--bwlimit RATE] [--restart] [--hold | --check]"
-	"\n                     SRC HOST:PORT/NAME\n"
+	"hvresync push [--json] [--verbose] [--psk-file F | --cert C --key K\n"
+	"                     --ca CA | --insecure] [--block-size N] [--hash H]\n"
+	"                     [--compress] [--bwlimit RATE] [--restart]\n"
+	"                     [--hold | --check] [--snapshot auto|reflink|none]\n"
+	"                     [--max-passes N] SRC HOST:PORT/NAME\n"
 	"       hvresync push [security options] --merge | --discard "
 	"HOST:PORT/NAME";
 
@@ -37,7 +45,14 @@ static const char push_help[] =
 	"differencing child and merged at the end, so an interrupted push\n"
 	"leaves it unchanged; the next push resumes where it stopped.\n"
 	"\n"
+	"SRC may be in use (a running VM): the push reads one moment of it.\n"
+	"On XFS (reflink=1) or btrfs it reads a reflink clone made at the\n"
+	"start, next to SRC as .hvresync-snap.push-PID.NAME, removed at the\n"
+	"end.  Elsewhere it reads SRC itself and watches it; when SRC was\n"
+	"written during a pass, another pass sends what still differs.\n"
+	"\n"
 	"  --json            print one JSON object on stdout\n"
+	"  --verbose         say how SRC was read (snapshot, passes)\n"
 	"  --psk-file F      pre-shared key file (64 hex digits, mode 0600)\n"
 	"  --cert C --key K --ca CA\n"
 	"                    X.509 instead of a pre-shared key\n"
@@ -54,9 +69,16 @@ static const char push_help[] =
 	"  --merge           merge a held copy now\n"
 	"  --discard         drop a held or partial copy\n"
 	"  --timeout SECS    give up after SECS without an answer (default 60)"
-	"\n\n"
+	"\n"
+	"  --snapshot MODE   auto (default): a reflink clone where the\n"
+	"                    filesystem can make one, else the live file;\n"
+	"                    reflink: a clone or fail; none: the live file\n"
+	"  --max-passes N    passes over a live SRC that keeps changing, 1 to\n"
+	"                    100 (default 3)\n"
+	"\n"
 	"Exit status: 0 when the recovery disk is now identical (or the\n"
-	"requested step is done), 2 on any error.\n";
+	"requested step is done), 2 on any error, 3 when SRC changed during\n"
+	"every pass (the recovery disk is then a mixture of moments).\n";
 
 static volatile int stop_flag;
 
@@ -76,6 +98,19 @@ struct ui {
 	bool started;
 };
 
+/* A line from passes_push(): another pass, an unwatched source. */
+static void on_note(void *ctx, const char *line)
+{
+	struct ui *ui = ctx;
+
+	if (ui->started) {
+		/* The next pass draws its own bar from 0. */
+		progress_finish(&ui->bar);
+		ui->started = false;
+	}
+	note_msg("%s", line);
+}
+
 static void on_progress(void *ctx, const struct push_stats *st)
 {
 	struct ui *ui = ctx;
@@ -93,8 +128,10 @@ static void json_kv_seconds(struct json_writer *w, const char *key, double s)
 	json_double(w, s, 3);
 }
 
-static const char *result_word(unsigned flags)
+static const char *result_word(unsigned flags, const struct passes_result *r)
 {
+	if (r->source_changed)
+		return "source-changed";
 	if (flags & PUSH_CHECK)
 		return "checked";
 	if (flags & PUSH_MERGE)
@@ -106,19 +143,46 @@ static const char *result_word(unsigned flags)
 	return "identical";
 }
 
-static void print_json(const struct push_params *p, const char *target,
-		       const struct push_stats *st, int ret, const char *err)
+/* ISO-8601 UTC of wall-clock @usec: "2026-01-31T18:30:00.123Z". */
+static void iso_time(char *out, size_t len, int64_t usec)
 {
+	time_t t = (time_t)(usec / 1000000);
+	struct tm tm;
+	char day[32];
+
+	gmtime_r(&t, &tm);
+	strftime(day, sizeof(day), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(out, len, "%s.%03dZ", day, (int)(usec % 1000000 / 1000));
+}
+
+static void print_json(const struct push_params *p, const char *target,
+		       const struct passes_result *r, int ret, const char *err)
+{
+	const struct push_stats *st = &r->st;
 	struct json_writer w;
+	char when[48];
 
 	json_init(&w, stdout, 2);
 	json_object_begin(&w);
 	json_kv_string(&w, "source", p->src);
 	json_kv_string(&w, "target", target);
 	json_kv_string(&w, "export", p->export_name);
-	json_kv_string(&w, "result", ret ? "error" : result_word(p->flags));
+	json_kv_string(&w, "result", ret ? "error" : result_word(p->flags, r));
 	if (ret)
 		json_kv_string(&w, "error", err);
+	if (!ret && r->source_changed)
+		json_kv_string(&w, "source_change", r->change);
+	json_kv_string(&w, "snapshot", snap_mode_name(r->snapshot));
+	if (r->snapshot_time) {
+		iso_time(when, sizeof(when), r->snapshot_time);
+		json_kv_string(&w, "snapshot_time", when);
+	} else {
+		json_kv_null(&w, "snapshot_time");
+	}
+	if (r->fallback[0])
+		json_kv_string(&w, "snapshot_fallback", r->fallback);
+	json_kv_bool(&w, "source_watched", r->watched);
+	json_kv_u64(&w, "passes", r->passes);
 	json_kv_u64(&w, "virtual_size", st->virtual_size);
 	json_kv_u64(&w, "block_size", p->block_size);
 	json_kv_u64(&w, "resume_offset", st->resume_offset);
@@ -138,12 +202,13 @@ static void print_json(const struct push_params *p, const char *target,
 }
 
 static void print_summary(const struct push_params *p, const char *target,
-			  const struct push_stats *st)
+			  const struct passes_result *r)
 {
-	char a[32], b[32], c[32], d[32], e[32];
+	const struct push_stats *st = &r->st;
+	char a[32], b[32], c[32], d[32], e[32], when[48];
 
 	if (p->flags & (PUSH_CHECK | PUSH_MERGE | PUSH_DISCARD)) {
-		printf("%s: %s\n", target, result_word(p->flags));
+		printf("%s: %s\n", target, result_word(p->flags, r));
 		return;
 	}
 	fmt_size(a, sizeof(a), st->bytes_compared);
@@ -152,8 +217,18 @@ static void print_summary(const struct push_params *p, const char *target,
 	fmt_size(d, sizeof(d), st->bytes_zeroed);
 	fmt_size(e, sizeof(e), st->wire_bytes);
 	printf("%s -> %s: %s\n", p->src, target,
-	       p->flags & PUSH_HOLD ? "copied, held unmerged"
-				    : "identical now");
+	       r->source_changed      ? "copied, but the source changed "
+					"during every pass"
+	       : p->flags & PUSH_HOLD ? "copied, held unmerged"
+				      : "identical now");
+	if (r->snapshot_time) {
+		iso_time(when, sizeof(when), r->snapshot_time);
+		printf("read a reflink snapshot taken at %s\n", when);
+	}
+	if (r->passes > 1)
+		printf("%u passes: the source changed while it was read "
+		       "(figures below add them up)\n",
+		       r->passes);
 	if (st->resume_offset)
 		printf("resumed at offset %" PRIu64 "\n", st->resume_offset);
 	printf("compared %s; %s differed (in %" PRIu64 " block%s)\n", a, b,
@@ -167,13 +242,16 @@ static void print_summary(const struct push_params *p, const char *target,
 /* The command line: push_disk()'s parameters and what sets up the rest. */
 struct push_opts {
 	struct push_params p;
-	bool json;
+	enum snap_mode snapshot;
+	unsigned max_passes;
+	bool json, verbose;
 	const char *psk, *cert, *key, *ca;
 	bool insecure;
 	const char *target; /* HOST:PORT/NAME */
 };
 
-/* --block-size, --bwlimit and --timeout; false after an error line. */
+/* --block-size, --bwlimit, --max-passes and --timeout; false after an
+ * error line. */
 static bool parse_number(struct push_opts *o, int c, const char *arg)
 {
 	uint64_t v;
@@ -197,6 +275,16 @@ static bool parse_number(struct push_opts *o, int c, const char *arg)
 			return false;
 		}
 		o->p.bwlimit = v;
+		return true;
+	case 'P':
+		if (parse_size(arg, &v) < 0 || v < 1 || v > PASSES_MAX ||
+		    strpbrk(arg, "KMGTkmgt")) {
+			error_msg("--max-passes: '%s' is not a number from 1 "
+				  "to %d",
+				  arg, PASSES_MAX);
+			return false;
+		}
+		o->max_passes = (unsigned)v;
 		return true;
 	default: /* 't' */
 		if (parse_size(arg, &v) < 0 || v < 1 || v > 86400) {
@@ -247,6 +335,9 @@ static int parse_opts(struct push_opts *o, int argc, char **argv)
 		{ "merge", no_argument, NULL, 'm' },
 		{ "discard", no_argument, NULL, 'd' },
 		{ "timeout", required_argument, NULL, 't' },
+		{ "snapshot", required_argument, NULL, 's' },
+		{ "max-passes", required_argument, NULL, 'P' },
+		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -255,6 +346,8 @@ static int parse_opts(struct push_opts *o, int argc, char **argv)
 	memset(o, 0, sizeof(*o));
 	o->p.block_size = PUSH_DEFAULT_BLOCK;
 	o->p.hash = UR_HASH_XXH3_128;
+	o->snapshot = SNAP_AUTO;
+	o->max_passes = PASSES_DEFAULT;
 	opterr = 0;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -279,6 +372,7 @@ static int parse_opts(struct push_opts *o, int argc, char **argv)
 			break;
 		case 'b':
 		case 'l':
+		case 'P':
 		case 't':
 			if (!parse_number(o, c, optarg))
 				return EXIT_ERROR;
@@ -293,6 +387,17 @@ static int parse_opts(struct push_opts *o, int argc, char **argv)
 			break;
 		case 'z':
 			o->p.compress = true;
+			break;
+		case 's':
+			if (snap_mode_parse(optarg, &o->snapshot) < 0) {
+				error_msg("--snapshot: '%s' is not auto, "
+					  "reflink or none",
+					  optarg);
+				return EXIT_ERROR;
+			}
+			break;
+		case 'v':
+			o->verbose = true;
 			break;
 		case 'r':
 			o->p.flags |= PUSH_RESTART;
@@ -340,23 +445,68 @@ static void install_handlers(void)
 	sigaction(SIGTERM, &sa, NULL);
 }
 
+/* Remove clones that killed pushes left next to SRC; say so if any. */
+static void sweep_stale(const struct push_opts *o)
+{
+	unsigned removed = 0;
+	int ret;
+
+	if (!o->p.src ||
+	    (o->p.flags & (PUSH_CHECK | PUSH_MERGE | PUSH_DISCARD)))
+		return;
+	ret = passes_sweep_stale(o->p.src, &removed);
+	if (removed)
+		note_msg("%s: removed %u snapshot clone%s left by a push that "
+			 "no longer runs",
+			 o->p.src, removed, removed == 1 ? "" : "s");
+	else if (ret < 0 && ret != -ENOENT && o->verbose)
+		note_msg("%s: cannot look for stale snapshot clones in its "
+			 "folder: %s",
+			 o->p.src, strerror(-ret));
+}
+
+/* --verbose: how SRC was read. */
+static void say_how(const struct push_opts *o, const struct passes_result *r)
+{
+	if (!o->verbose || !o->p.src ||
+	    (o->p.flags & (PUSH_CHECK | PUSH_MERGE | PUSH_DISCARD)))
+		return;
+	if (r->snapshot == SNAP_REFLINK)
+		note_msg("%s: read from a reflink snapshot, in one pass",
+			 o->p.src);
+	else
+		note_msg("%s: read live (snapshot none%s%s), %u pass%s%s",
+			 o->p.src, r->fallback[0] ? ": " : "", r->fallback,
+			 r->passes, r->passes == 1 ? "" : "es",
+			 r->watched ? "" : ", not watched");
+}
+
 /* Push and print what happened; the exit status. */
 static int run(struct push_opts *o, struct tls_config *tls)
 {
-	struct push_params *p = &o->p;
-	struct push_stats st;
+	struct passes_params pp;
+	struct passes_result r;
 	struct ui ui;
-	char err[1024];
+	char err[1024], owner[32];
 	int ret;
 
 	memset(&ui, 0, sizeof(ui));
-	p->tls = tls;
-	p->stop = &stop_flag;
-	p->progress = on_progress;
-	p->ctx = &ui;
+	memset(&pp, 0, sizeof(pp));
+	snprintf(owner, sizeof(owner), "push-%ld", (long)getpid());
+	o->p.tls = tls;
+	o->p.stop = &stop_flag;
+	o->p.progress = on_progress;
+	o->p.ctx = &ui;
+	pp.push = o->p;
+	pp.snapshot = o->snapshot;
+	pp.max_passes = o->max_passes;
+	pp.owner = owner;
+	pp.note = on_note;
+	pp.note_ctx = &ui;
 	install_handlers();
+	sweep_stale(o);
 
-	ret = push_disk(p, &st, err, sizeof(err));
+	ret = passes_push(&pp, &r, err, sizeof(err));
 	if (ui.started)
 		progress_finish(&ui.bar);
 	memset(tls, 0, sizeof(*tls));
@@ -368,15 +518,25 @@ static int run(struct push_opts *o, struct tls_config *tls)
 		else
 			error_msg("push: %s", err);
 	}
+	say_how(o, &r);
+	if (!ret && r.source_changed)
+		error_msg("%s changed during every one of the %u passes (%s): "
+			  "the recovery disk is a mixture of moments, not "
+			  "identical to any state of %s; read a snapshot "
+			  "(--snapshot reflink on XFS or btrfs, or an LVM "
+			  "snapshot) or stop the writer",
+			  o->p.src, r.passes, r.change, o->p.src);
 	if (o->json)
-		print_json(p, o->target, &st, ret, err);
+		print_json(&o->p, o->target, &r, ret, err);
 	else if (!ret)
-		print_summary(p, o->target, &st);
+		print_summary(&o->p, o->target, &r);
 	if (fflush(stdout) == EOF || ferror(stdout)) {
 		error_msg("push: cannot write to stdout: %s", strerror(errno));
 		return EXIT_ERROR;
 	}
-	return ret < 0 ? EXIT_ERROR : EXIT_OK;
+	if (ret < 0)
+		return EXIT_ERROR;
+	return r.source_changed ? EXIT_SOURCE_CHANGED : EXIT_OK;
 }
 
 int cmd_push(int argc, char **argv)

@@ -107,6 +107,7 @@ static int64_t run_job_list(struct agent *a, int64_t now, int64_t wake)
 				"job %s (VM %s, %s) removed: its TimeBeforeRemoval passed",
 				aj->j.id, aj->j.vm,
 				job_state_name(aj->j.state));
+			jobs_drop_clones(a, aj);
 			job_remove(a->jobs_dir, aj->j.id);
 			*pp = aj->next;
 			jobs_free(aj);
@@ -371,6 +372,7 @@ static int setup(struct agent *a, char *err, size_t errlen)
 			 strerror(-ret));
 		return ret;
 	}
+	jobsnap_sweep(a);
 	ret = push_security_config(&a->tls, a->cfg.psk_file, a->cfg.cert_file,
 				   a->cfg.key_file, a->cfg.ca_file,
 				   a->cfg.insecure, err, errlen);

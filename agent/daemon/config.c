@@ -108,6 +108,83 @@ static bool valid_hostport(const char *v)
 	return *end == '\0' && port > 0 && port < 65536;
 }
 
+/* A whole number in [min, max], nothing else on the value. */
+static int parse_uint(const char *v, unsigned min, unsigned max, unsigned *out)
+{
+	unsigned long n;
+	char *end;
+
+	if (v[0] < '0' || v[0] > '9')
+		return -EINVAL;
+	errno = 0;
+	n = strtoul(v, &end, 10);
+	if (errno || *end || n < min || n > max)
+		return -EINVAL;
+	*out = (unsigned)n;
+	return 0;
+}
+
+#define JOB_SET_SNAPSHOT 1u
+#define JOB_SET_MAX_PASSES 2u
+#define JOB_SET_RETRIES 4u
+#define JOB_SET_RETRY_INTERVAL 8u
+
+/*
+ * The keys a job takes from its VM, or from [agent] as the default:
+ * 1 when @name is one of them and its value is good, 0 after an error,
+ * -1 when @name is another key.
+ */
+static int job_key(struct parse *p, struct job_settings *js, unsigned *set,
+		   const char *name, const char *value)
+{
+	char range[64];
+
+	if (!strcmp(name, "snapshot")) {
+		if (snap_mode_parse(value, &js->snapshot))
+			return bad(
+				p,
+				"snapshot: expected auto, reflink or none, not '%s'",
+				value, "");
+		*set |= JOB_SET_SNAPSHOT;
+		return 1;
+	}
+	if (!strcmp(name, "max-passes")) {
+		snprintf(range, sizeof(range), "1 to %u",
+			 CONFIG_MAX_PASSES_MAX);
+		if (parse_uint(value, 1, CONFIG_MAX_PASSES_MAX,
+			       &js->max_passes))
+			return bad(
+				p,
+				"max-passes: '%s' is not a whole number from %s",
+				value, range);
+		*set |= JOB_SET_MAX_PASSES;
+		return 1;
+	}
+	if (!strcmp(name, "retries")) {
+		snprintf(range, sizeof(range), "0 to %u", CONFIG_RETRIES_MAX);
+		if (parse_uint(value, 0, CONFIG_RETRIES_MAX, &js->retries))
+			return bad(
+				p,
+				"retries: '%s' is not a whole number from %s",
+				value, range);
+		*set |= JOB_SET_RETRIES;
+		return 1;
+	}
+	if (!strcmp(name, "retry-interval")) {
+		snprintf(range, sizeof(range), "1 to %u",
+			 CONFIG_RETRY_INTERVAL_MAX);
+		if (parse_uint(value, 1, CONFIG_RETRY_INTERVAL_MAX,
+			       &js->retry_interval))
+			return bad(
+				p,
+				"retry-interval: '%s' is not a number of seconds from %s",
+				value, range);
+		*set |= JOB_SET_RETRY_INTERVAL;
+		return 1;
+	}
+	return -1;
+}
+
 static int agent_key(struct parse *p, const char *name, const char *value)
 {
 	struct agent_config *c = p->cfg;
@@ -124,8 +201,13 @@ static int agent_key(struct parse *p, const char *name, const char *value)
 		{ "ca-file", offsetof(struct agent_config, ca_file) },
 		{ "admin-group", offsetof(struct agent_config, admin_group) },
 	};
+	unsigned set = 0;
 	size_t i;
+	int r;
 
+	r = job_key(p, &c->job, &set, name, value);
+	if (r >= 0)
+		return r;
 	if (!strcmp(name, "insecure")) {
 		if (strcmp(value, "true") && strcmp(value, "false"))
 			return bad(p,
@@ -151,7 +233,11 @@ static int vm_key(struct parse *p, const char *name, const char *value)
 {
 	struct vm_config *vm = p->vm;
 	struct vhdx_guid g;
+	int r;
 
+	r = job_key(p, &vm->job, &vm->job_set, name, value);
+	if (r >= 0)
+		return r;
 	if (!strcmp(name, "id")) {
 		if (vhdx_guid_parse(value, &g))
 			return bad(p, "id: '%s' is not a GUID", value, "");
@@ -257,6 +343,21 @@ static int defaults(struct agent_config *c)
 	return 0;
 }
 
+/* [agent] may come after the [vm] sections: a VM takes the defaults for
+ * the keys it did not set once the whole file is read. */
+static void inherit_job_settings(struct vm_config *vm,
+				 const struct job_settings *def)
+{
+	if (!(vm->job_set & JOB_SET_SNAPSHOT))
+		vm->job.snapshot = def->snapshot;
+	if (!(vm->job_set & JOB_SET_MAX_PASSES))
+		vm->job.max_passes = def->max_passes;
+	if (!(vm->job_set & JOB_SET_RETRIES))
+		vm->job.retries = def->retries;
+	if (!(vm->job_set & JOB_SET_RETRY_INTERVAL))
+		vm->job.retry_interval = def->retry_interval;
+}
+
 int config_load(const char *path, struct agent_config *cfg, char *err,
 		size_t errlen)
 {
@@ -266,6 +367,10 @@ int config_load(const char *path, struct agent_config *cfg, char *err,
 
 	memset(cfg, 0, sizeof(*cfg));
 	err[0] = '\0';
+	cfg->job.snapshot = SNAP_AUTO;
+	cfg->job.max_passes = CONFIG_DEFAULT_MAX_PASSES;
+	cfg->job.retries = CONFIG_DEFAULT_RETRIES;
+	cfg->job.retry_interval = CONFIG_DEFAULT_RETRY_INTERVAL;
 	cfg->path = strdup(path);
 	if (!cfg->path)
 		return -ENOMEM;
@@ -294,6 +399,8 @@ int config_load(const char *path, struct agent_config *cfg, char *err,
 			 "%s: cert-file needs key-file and ca-file too", path);
 		return -EINVAL;
 	}
+	for (i = 0; i < cfg->nvms; i++)
+		inherit_job_settings(&cfg->vms[i], &cfg->job);
 	for (i = 0; i < cfg->nvms; i++) {
 		struct vm_config *vm = &cfg->vms[i];
 

@@ -9,8 +9,27 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "agent/lib/snapshot.h"
+
 #define HVRESYNC_DEFAULT_CONFIG "/etc/hvresync/hvresync.conf"
 #define HVRESYNC_DEFAULT_PORT 7433
+
+/* Defaults and limits of the per-VM job settings (also [agent] keys). */
+#define CONFIG_DEFAULT_MAX_PASSES 3
+#define CONFIG_MAX_PASSES_MAX 100
+#define CONFIG_DEFAULT_RETRIES 5
+#define CONFIG_RETRIES_MAX 1000
+#define CONFIG_DEFAULT_RETRY_INTERVAL 10 /* seconds; doubles per retry */
+#define CONFIG_RETRY_INTERVAL_MAX 300	 /* and never waits longer */
+
+/* How a job reads and guards its sources; one per VM, with [agent]
+ * giving the defaults. */
+struct job_settings {
+	enum snap_mode snapshot; /* snapshot = auto|reflink|none */
+	unsigned max_passes;	 /* max-passes = 1..100 */
+	unsigned retries;	 /* retries = 0..1000 */
+	unsigned retry_interval; /* retry-interval = 1..300 seconds */
+};
 
 enum vm_role {
 	VM_ROLE_PRIMARY,
@@ -30,7 +49,9 @@ struct vm_config {
 	bool auto_resync;
 	int window_start; /* minutes after local midnight */
 	int window_end;
-	int line; /* where the section starts, for messages */
+	struct job_settings job; /* [agent]'s, overridden key by key */
+	unsigned job_set;	 /* which keys the section set (internal) */
+	int line;		 /* where the section starts, for messages */
 };
 
 struct agent_config {
@@ -43,7 +64,8 @@ struct agent_config {
 	char *key_file;
 	char *ca_file;
 	char *admin_group;
-	bool insecure; /* plain TCP, loopback only: tests and demos */
+	bool insecure;		 /* plain TCP, loopback only: tests and demos */
+	struct job_settings job; /* defaults for every [vm] */
 	struct vm_config *vms;
 	unsigned nvms;
 };

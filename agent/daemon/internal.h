@@ -6,8 +6,9 @@
  * the CLI sees only agent.h.
  *
  * The files call downwards only: agent.c (lifecycle, scheduler) uses
- * methods.c, runner.c and jobs.c; methods.c uses runner.c and jobs.c;
- * runner.c uses jobs.c; jobs.c uses none of them.
+ * methods.c, runner.c, jobsnap.c and jobs.c; methods.c uses runner.c and
+ * jobs.c; runner.c uses session.c, jobsnap.c and jobs.c; session.c and
+ * jobsnap.c use jobs.c; jobs.c uses none of them.
  *
  * Locking: one mutex (agent.lock) guards the job list, every job's
  * fields and the VM states; it is never held across a network session.
@@ -43,6 +44,9 @@ struct ajob {
 	int64_t last_save;
 	uint64_t base_compared, base_different, base_sent;
 	unsigned cur_disk;
+	unsigned cur_flags; /* the running session's PUSH_* flags */
+	bool keep_snap;	    /* network retries ran out: an Exception
+			     * keeps the clones for the next job */
 	struct ajob *next;
 };
 
@@ -109,6 +113,10 @@ void jobs_finish(struct agent *a, struct ajob *aj, unsigned state,
 		 unsigned code, const char *summary, const char *desc);
 /* Read every job record of the state dir into the list (at start). */
 int jobs_load(struct agent *a);
+/* Remove the clones the job owns (its disks' Clone) and forget them. */
+void jobs_drop_clones(struct agent *a, struct ajob *aj);
+/* Does the job own a clone? */
+bool jobs_has_clones(const struct ajob *aj);
 
 /* The export name of disk @i of @vm ("VM:FILE"), as the recovery agent
  * exports it; 0 or the negative errno of sync_export_name(). */
@@ -118,6 +126,39 @@ int jobs_export_name(char *out, size_t len, const struct vm_config *vm,
  * too when this agent serves no exports. */
 bool jobs_disk_receiving(struct agent *a, const struct vm_config *vm,
 			 unsigned i);
+
+/* --- jobsnap.c: where a job reads its disks from (issue 9) --- */
+
+/*
+ * Called by the runner without the lock, before the check phase.  On the
+ * job's first run: take over what the VM's last job left when it failed
+ * (its kept clones, or the recorded identity of live sources that have
+ * not changed since), else snapshot the disks as the VM's `snapshot =`
+ * says.  On a later run (resume, restart): find the job's clones again;
+ * when one is gone every disk starts over from new clones.  0, or a
+ * negative errno with @rv (a Resynchronize value) and @err naming the
+ * disk.
+ */
+int jobsnap_prepare(struct ajob *aj, unsigned *rv, char *err, size_t errlen);
+/* At start, jobs restored: remove clones in the folders of every
+ * configured disk whose owner is not a job that still owns clones. */
+void jobsnap_sweep(struct agent *a);
+
+/* --- session.c: one session of a job, and its retries --- */
+
+/*
+ * Run one session of @flags (PUSH_*) for disk @i, without the lock,
+ * reading the disk's clone when it has one.  A network failure is tried
+ * again as the VM's retries and retry-interval say (the job stays Running,
+ * ErrorDescription says why, Retries counts); a retry after the recovery
+ * side welcomed the session drops RESTART and REPASS, so it resumes.
+ * When the retries run out aj->keep_snap is set.  0 or the negative errno
+ * of the last session, with @err its one line.
+ */
+int runner_session(struct ajob *aj, unsigned i, unsigned flags, char *err,
+		   size_t errlen);
+/* Under the lock: PercentComplete from the job's phase and disks. */
+void runner_update_percent(struct job *j);
 
 /* --- runner.c: a job's thread --- */
 

@@ -303,6 +303,7 @@ void job_to_json(struct json_writer *w, const struct job *j, int64_t now)
 	json_kv_u64(w, "BytesCompared", j->bytes_compared);
 	json_kv_u64(w, "BytesDifferent", j->bytes_different);
 	json_kv_u64(w, "BytesSent", j->bytes_sent);
+	json_kv_u64(w, "Retries", j->retries);
 	json_kv_string(w, "Phase", job_phase_name(j->phase));
 	json_kv_bool(w, "AutoResynchronize", j->auto_resync);
 	job_kv_time(w, "TimeFinished", j->finished);
@@ -320,6 +321,20 @@ void job_to_json(struct json_writer *w, const struct job *j, int64_t now)
 		json_kv_bool(w, "Started", d->started);
 		json_kv_bool(w, "Sent", d->sent);
 		json_kv_bool(w, "Merged", d->merged);
+		json_key(w, "Snapshot");
+		if (d->snap_decided)
+			json_string(w, d->reflink ? "reflink" : "none");
+		else
+			json_null(w);
+		job_kv_time(w, "SnapshotTime", d->snap_time);
+		json_kv_string(w, "SnapshotNote",
+			       d->snap_note ? d->snap_note : "");
+		json_kv_u64(w, "Passes", d->passes);
+		json_kv_string(w, "Clone", d->clone);
+		json_kv_string(w, "SourceIdentity", d->ident);
+		json_kv_bool(w, "SourceChanged", d->changed);
+		json_kv_bool(w, "Repass", d->repass);
+		json_kv_string(w, "Resume", d->resume);
 		json_object_end(w);
 	}
 	json_array_end(w);
@@ -411,6 +426,54 @@ static int64_t get_time(struct rd *r, const struct jv *obj, const char *k)
 	return t;
 }
 
+/*
+ * Members added after jobs were first persisted (issue 9): a record an
+ * older agent wrote lacks them and reads as "nothing known yet".
+ */
+static bool has(const struct jv *obj, const char *k)
+{
+	return jv_get(obj, k) != NULL;
+}
+
+static void read_source_keys(struct rd *r, const struct jv *d,
+			     struct job_disk *jd)
+{
+	const struct jv *v;
+
+	if (has(d, "Snapshot")) {
+		v = member(r, d, "Snapshot", JV_STRING, true);
+		if (v && strcmp(v->s, "reflink") && strcmp(v->s, "none")) {
+			snprintf(r->err, r->errlen,
+				 "Snapshot '%.20s' is neither reflink nor none",
+				 v->s);
+			r->ret = -EINVAL;
+		}
+		jd->snap_decided = v != NULL;
+		jd->reflink = v && !strcmp(v->s, "reflink");
+	}
+	if (has(d, "SnapshotTime"))
+		jd->snap_time = get_time(r, d, "SnapshotTime");
+	if (has(d, "SnapshotNote")) {
+		jd->snap_note = get_str(r, d, "SnapshotNote", true);
+		if (jd->snap_note && !jd->snap_note[0]) {
+			free(jd->snap_note);
+			jd->snap_note = NULL;
+		}
+	}
+	if (has(d, "Passes"))
+		jd->passes = (unsigned)get_u64(r, d, "Passes");
+	if (has(d, "Clone"))
+		jd->clone = get_str(r, d, "Clone", true);
+	if (has(d, "SourceIdentity"))
+		jd->ident = get_str(r, d, "SourceIdentity", true);
+	if (has(d, "SourceChanged"))
+		jd->changed = get_bool(r, d, "SourceChanged");
+	if (has(d, "Repass"))
+		jd->repass = get_bool(r, d, "Repass");
+	if (has(d, "Resume"))
+		jd->resume = get_str(r, d, "Resume", true);
+}
+
 static int64_t get_interval(struct rd *r, const struct jv *obj, const char *k)
 {
 	const struct jv *v = member(r, obj, k, JV_STRING, false);
@@ -470,6 +533,8 @@ int job_from_json(const struct jv *v, struct job *j, char *err, size_t errlen)
 	j->bytes_compared = get_u64(&r, v, "BytesCompared");
 	j->bytes_different = get_u64(&r, v, "BytesDifferent");
 	j->bytes_sent = get_u64(&r, v, "BytesSent");
+	if (has(v, "Retries"))
+		j->retries = (unsigned)get_u64(&r, v, "Retries");
 	j->auto_resync = get_bool(&r, v, "AutoResynchronize");
 	j->finished = get_time(&r, v, "TimeFinished");
 	phase = get_str(&r, v, "Phase", false);
@@ -514,6 +579,7 @@ int job_from_json(const struct jv *v, struct job *j, char *err, size_t errlen)
 		jd->started = get_bool(&r, d, "Started");
 		jd->sent = get_bool(&r, d, "Sent");
 		jd->merged = get_bool(&r, d, "Merged");
+		read_source_keys(&r, d, jd);
 	}
 	if (!r.ret && (!j->vm || !j->vm[0])) {
 		snprintf(err, errlen, "ElementName is empty");
@@ -536,6 +602,10 @@ void job_clear(struct job *j)
 	for (i = 0; i < j->ndisks; i++) {
 		free(j->disks[i].name);
 		free(j->disks[i].path);
+		free(j->disks[i].snap_note);
+		free(j->disks[i].clone);
+		free(j->disks[i].ident);
+		free(j->disks[i].resume);
 	}
 	free(j->disks);
 	free(j->vm);

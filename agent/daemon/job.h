@@ -93,9 +93,28 @@ struct job_disk {
 	uint64_t done;	  /* bytes of it compared in the send phase */
 	uint64_t resumed; /* where the recovery side resumed the last
 			   * send session (0: from the start) */
-	bool started;	  /* a send session began: later ones resume */
+	bool started;	  /* a RESTART session was welcomed: the recovery
+			   * side holds our child, later sessions resume */
 	bool sent;	  /* the send session finished (child held) */
 	bool merged;
+	/* where the data came from (issue 9) */
+	bool snap_decided; /* Snapshot is known (null before) */
+	bool reflink;	   /* read from a clone ("reflink"), else "none" */
+	int64_t snap_time; /* when the clone was made; 0 none */
+	char *snap_note;   /* why auto fell back to none, a block device
+			    * warning, or NULL */
+	char *clone;	   /* the clone the job owns, NULL when none (or
+			    * released) */
+	unsigned passes;   /* passes run so far (the last may be running) */
+	bool repass;	   /* the current pass must compare from offset 0
+			    * until the recovery side welcomed it */
+	char *ident;	   /* a live source's identity (src_ident_format)
+			    * at the start of the current pass, or NULL */
+	bool changed;	   /* a write to the live source was seen during
+			    * the current (or, when sent, the last) pass */
+	char *resume;	   /* how a new job took over from a failed one
+			    * ("resumed ..." / "started over: ..."), or
+			    * NULL */
 };
 
 struct job {
@@ -122,6 +141,7 @@ struct job {
 	uint64_t bytes_compared;
 	uint64_t bytes_different;
 	uint64_t bytes_sent;
+	unsigned retries; /* network retries so far */
 	enum job_phase phase;
 	unsigned ndisks;
 	struct job_disk *disks;

@@ -11,11 +11,13 @@
 #include <string.h>
 #include <strings.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include "agent/daemon/internal.h"
 #include "agent/lib/fmt.h"
 #include "agent/lib/log.h"
 #include "agent/sync/common.h"
+#include "vhdx/vhdx.h"
 #include "agent/sync/proto.h"
 
 struct vmrt *jobs_vm(struct agent *a, const char *name)
@@ -200,12 +202,55 @@ static void log_job_json(struct ajob *aj, const char *what)
 	free(buf);
 }
 
+bool jobs_has_clones(const struct ajob *aj)
+{
+	unsigned i;
+
+	for (i = 0; i < aj->j.ndisks; i++)
+		if (aj->j.disks[i].clone)
+			return true;
+	return false;
+}
+
+void jobs_drop_clones(struct agent *a, struct ajob *aj)
+{
+	char dir[4096];
+	unsigned i;
+
+	for (i = 0; i < aj->j.ndisks; i++) {
+		struct job_disk *d = &aj->j.disks[i];
+		char *slash;
+
+		if (!d->clone)
+			continue;
+		if (unlink(d->clone) && errno != ENOENT)
+			log_msg(LOG_PRIO_WARNING, NULL,
+				"job %s: cannot remove its snapshot %s: %s",
+				aj->j.id, d->clone, strerror(errno));
+		/* the name must be gone for good before the record says
+		 * so, or a crash leaves a clone nobody owns */
+		snprintf(dir, sizeof(dir), "%s", d->clone);
+		slash = strrchr(dir, '/');
+		if (slash && slash != dir) {
+			*slash = '\0';
+			vhdx_fsync_dir(dir);
+		}
+		free(d->clone);
+		d->clone = NULL;
+	}
+}
+
 void jobs_finish(struct agent *a, struct ajob *aj, unsigned state,
 		 unsigned code, const char *summary, const char *desc)
 {
 	struct vmrt *vm = jobs_vm(a, aj->j.vm);
 	int64_t now = wall_us();
 
+	/* Snapshots live as long as the job runs, whatever its end, but
+	 * for a job the network gave up on: the next job takes them over
+	 * (or they go when this one is removed). */
+	if (!(state == JS_EXCEPTION && aj->keep_snap))
+		jobs_drop_clones(a, aj);
 	jobs_set_state(aj, state);
 	aj->j.finished = now;
 	aj->j.cancellable = false;
@@ -214,7 +259,7 @@ void jobs_finish(struct agent *a, struct ajob *aj, unsigned state,
 	free(aj->j.error_desc);
 	aj->j.error_summary = summary ? strdup(summary) : NULL;
 	aj->j.error_desc = desc ? strdup(desc) : NULL;
-	if (state == JS_COMPLETED) {
+	if (state == JS_COMPLETED || state == JS_COMPLETED_WARNINGS) {
 		aj->j.percent = 100;
 		aj->j.phase = JOB_PHASE_DONE;
 	}

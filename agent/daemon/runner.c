@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * runner.c - a job's thread.  It runs the push engine (push.h) in
- * Hyper-V's order, one phase after the other: check the geometry of
- * every disk, send each disk into a held child, merge each child.  Each
- * phase records its progress, so a job stopped by a restart or a suspend
- * resumes at the disk it got to.  A cancelled job discards the recovery
- * side's partial copies instead.  Sessions run without the agent lock.
+ * Hyper-V's order, one phase after the other: snapshot the disks
+ * (jobsnap.c), check the geometry of every disk, send each disk into a
+ * held child (a disk read live in passes while it keeps changing), merge
+ * each child.  Each phase records its progress, so a job stopped by a
+ * restart or a suspend resumes at the disk it got to.  A cancelled job
+ * discards the recovery side's partial copies instead.  Sessions (and
+ * their retries, session.c) run without the agent lock.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -16,18 +18,16 @@
 #include "agent/daemon/internal.h"
 #include "agent/lib/fmt.h"
 #include "agent/lib/log.h"
+#include "agent/lib/watch.h"
 #include "agent/sync/common.h"
 #include "agent/sync/push.h"
-#include "uring/source.h"
-
-#define SAVE_INTERVAL_US 5000000 /* progress is persisted this often */
-#define BUSY_RETRIES 30		 /* seconds an export may stay busy */
 
 /* Where a runner got to when a phase stopped. */
 struct run {
 	struct ajob *aj;
 	unsigned disk;	/* the disk being worked on; ndisks: none */
 	int ret;	/* the session's result */
+	unsigned rv;	/* a snapshot failed: its Resynchronize value */
 	char err[1024]; /* and its message */
 };
 
@@ -57,191 +57,6 @@ static unsigned rv_for_push(int err)
 		return RV_NOT_SUPPORTED;
 	}
 	return RV_FAILED;
-}
-
-/* PercentComplete: the check is 1 %, sending 97 %, merging 2 %. */
-static void update_percent(struct job *j)
-{
-	uint64_t total = 0, done = 0;
-	unsigned i, merged = 0;
-
-	for (i = 0; i < j->ndisks; i++) {
-		total += j->disks[i].size;
-		done += j->disks[i].sent ? j->disks[i].size : j->disks[i].done;
-		merged += j->disks[i].merged;
-	}
-	switch (j->phase) {
-	case JOB_PHASE_CHECK:
-		j->percent = 0;
-		break;
-	case JOB_PHASE_SEND:
-		j->percent = 1 + (unsigned)(total ? (done * 97) / total : 0);
-		break;
-	case JOB_PHASE_MERGE:
-		j->percent = 98 + (j->ndisks ? (merged * 2) / j->ndisks : 0);
-		if (j->percent > 99)
-			j->percent = 99;
-		break;
-	case JOB_PHASE_DISCARD:
-		break;
-	case JOB_PHASE_DONE:
-		j->percent = 100;
-		break;
-	}
-}
-
-/* --- one protocol session --- */
-
-static void max_u64(uint64_t *dst, uint64_t v)
-{
-	if (v > *dst)
-		*dst = v;
-}
-
-/* Under the lock: a session's counters into the job's.  Within a job they
- * only grow (a first session starts from 0 anyway), so a late or partial
- * report never shows the job going backwards. */
-static void take_stats(struct ajob *aj, struct job_disk *d,
-		       const struct push_stats *st)
-{
-	max_u64(&d->done, st->position);
-	max_u64(&aj->j.bytes_compared, aj->base_compared + st->bytes_compared);
-	max_u64(&aj->j.bytes_different,
-		aj->base_different + st->bytes_different);
-	max_u64(&aj->j.bytes_sent, aj->base_sent + st->bytes_sent);
-}
-
-static void on_progress(void *ctx, const struct push_stats *st)
-{
-	struct ajob *aj = ctx;
-	struct agent *a = aj->a;
-	struct job_disk *d;
-	int64_t now = wall_us();
-
-	pthread_mutex_lock(&a->lock);
-	d = &aj->j.disks[aj->cur_disk];
-	if (st->virtual_size)
-		d->size = st->virtual_size;
-	take_stats(aj, d, st);
-	update_percent(&aj->j);
-	if (now - aj->last_save >= SAVE_INTERVAL_US) {
-		aj->last_save = now;
-		jobs_persist(a, aj);
-	}
-	pthread_mutex_unlock(&a->lock);
-}
-
-/* The logical sector size of the configured disk that D stands for, when
- * the job reads D from somewhere else; 0 to let the source say. */
-static uint32_t configured_sector_size(struct agent *a, struct ajob *aj,
-				       const struct job_disk *d)
-{
-	const struct vm_config *vm;
-	struct ur_source *src;
-	char msg[512];
-	uint32_t lss = 0;
-	unsigned k;
-
-	pthread_mutex_lock(&a->lock);
-	vm = config_find_vm(&a->cfg, aj->j.vm);
-	for (k = 0; vm && k < vm->ndisks; k++)
-		if (!strcmp(config_basename(vm->disks[k]), d->name))
-			break;
-	if (!vm || k == vm->ndisks || !strcmp(vm->disks[k], d->path)) {
-		pthread_mutex_unlock(&a->lock);
-		return 0;
-	}
-	pthread_mutex_unlock(&a->lock);
-	if (ur_source_open(vm->disks[k], &src, msg, sizeof(msg)) == 0) {
-		lss = src->sector_size;
-		ur_source_close(src);
-	}
-	return lss;
-}
-
-/* push_disk(), again while the export is busy: the recovery side may
- * still be tearing down a session of ours that a restart or a stop cut
- * short. */
-static int push_retrying(struct ajob *aj, const struct push_params *p,
-			 struct push_stats *st, char *err, size_t errlen)
-{
-	unsigned tries, k;
-	int ret;
-
-	for (tries = 0;; tries++) {
-		err[0] = '\0';
-		ret = push_disk(p, st, err, errlen);
-		if (ret != -EBUSY || tries >= BUSY_RETRIES || aj->stop)
-			return ret;
-		for (k = 0; k < 10 && !aj->stop; k++)
-			usleep(100000);
-	}
-}
-
-/* One protocol session for disk @i of the job; called without the lock. */
-static int session(struct ajob *aj, unsigned i, unsigned flags, char *err,
-		   size_t errlen)
-{
-	struct agent *a = aj->a;
-	struct job_disk *d = &aj->j.disks[i];
-	struct push_stats st;
-	char export_name[PROTO_NAME_MAX + 1];
-	struct push_params p = {
-		/* push.h allows NULL for MERGE and DISCARD, but HELLO still
-		 * wants the geometry, which the source gives */
-		.src = d->path,
-		.addr = aj->j.peer,
-		.export_name = export_name,
-		.tls = &a->tls,
-		.hash = UR_HASH_XXH3_128,
-		.compress = true,
-		.bwlimit = a->bwlimit,
-		.flags = flags,
-		.stop = &aj->stop,
-		.progress = (flags & PUSH_HOLD) ? on_progress : NULL,
-		.ctx = aj,
-	};
-	int ret;
-
-	ret = sync_export_name(export_name, sizeof(export_name), aj->j.vm,
-			       d->name);
-	if (ret == -ENAMETOOLONG) {
-		snprintf(err, errlen,
-			 "export name %s:%s is longer than %u bytes", aj->j.vm,
-			 d->name, PROTO_NAME_MAX);
-		return -EINVAL;
-	}
-	if (ret) {
-		snprintf(err, errlen,
-			 "export name %s:%s breaks the export-name rule",
-			 aj->j.vm, d->name);
-		return -EINVAL;
-	}
-	/* A source given in place of the configured disk (a raw view from
-	 * mount-and-resync) announces the configured disk's sector size. */
-	p.sector_size = configured_sector_size(a, aj, d);
-	memset(&st, 0, sizeof(st));
-	pthread_mutex_lock(&a->lock);
-	aj->cur_disk = i;
-	aj->base_compared = aj->j.bytes_compared;
-	aj->base_different = aj->j.bytes_different;
-	aj->base_sent = aj->j.bytes_sent;
-	pthread_mutex_unlock(&a->lock);
-
-	ret = push_retrying(aj, &p, &st, err, errlen);
-
-	pthread_mutex_lock(&a->lock);
-	if (st.virtual_size)
-		d->size = st.virtual_size;
-	if (flags &
-	    PUSH_HOLD) { /* the last report may be ahead of a cut session */
-		take_stats(aj, d, &st);
-		d->resumed = st.resume_offset;
-	}
-	pthread_mutex_unlock(&a->lock);
-	if (!err[0] && ret)
-		snprintf(err, errlen, "%s", strerror(-ret));
-	return ret;
 }
 
 /* --- stopping --- */
@@ -293,7 +108,7 @@ static void discard_all(struct agent *a, struct ajob *aj)
 	int ret;
 
 	for (i = 0; i < aj->j.ndisks; i++) {
-		ret = session(aj, i, PUSH_DISCARD, err, sizeof(err));
+		ret = runner_session(aj, i, PUSH_DISCARD, err, sizeof(err));
 		pthread_mutex_lock(&a->lock);
 		if (aj->stop && runner_handle_stop(a, aj)) {
 			/* killed or shut down during the discard */
@@ -319,14 +134,25 @@ static void discard_all(struct agent *a, struct ajob *aj)
 static void fail_job(struct agent *a, struct ajob *aj, int ret,
 		     const char *what, const char *disk, const char *err)
 {
-	char summary[512];
+	char summary[512], desc[1600];
 
 	snprintf(summary, sizeof(summary),
 		 "Resynchronization of VM '%s' failed in the %s of disk %s.",
 		 aj->j.vm, what, disk);
 	log_msg(LOG_PRIO_ERR, NULL, "job %s (VM %s): %s: %s", aj->j.id,
 		aj->j.vm, what, err);
-	jobs_finish(a, aj, JS_EXCEPTION, rv_for_push(ret), summary, err);
+	snprintf(desc, sizeof(desc), "%s", err);
+	if (aj->keep_snap && jobs_has_clones(aj))
+		snprintf(
+			desc, sizeof(desc),
+			"%s; the job's snapshots are kept so that the next resynchronization resumes from them",
+			err);
+	else if (aj->keep_snap)
+		snprintf(
+			desc, sizeof(desc),
+			"%s; the next resynchronization resumes where this one stopped if the disks are unchanged",
+			err);
+	jobs_finish(a, aj, JS_EXCEPTION, rv_for_push(ret), summary, desc);
 }
 
 static const char *phase_work(enum job_phase p)
@@ -366,44 +192,203 @@ static bool phase_check(struct run *r)
 	if (j->phase != JOB_PHASE_CHECK)
 		return true;
 	for (r->disk = 0; r->disk < j->ndisks; r->disk++) {
-		r->ret = session(aj, r->disk, PUSH_CHECK, r->err,
-				 sizeof(r->err));
+		r->ret = runner_session(aj, r->disk, PUSH_CHECK, r->err,
+					sizeof(r->err));
 		if (r->ret || aj->stop)
 			return false;
 	}
 	pthread_mutex_lock(&aj->a->lock);
 	j->phase = JOB_PHASE_SEND;
-	update_percent(j);
+	runner_update_percent(j);
 	jobs_persist(aj->a, aj);
 	pthread_mutex_unlock(&aj->a->lock);
+	return true;
+}
+
+/* The flags of disk @d's next send session; without the lock (only the
+ * runner changes them). */
+static unsigned send_flags(const struct job_disk *d)
+{
+	/* a job's first session of a disk drops whatever an older,
+	 * abandoned job left on the recovery side; a further pass keeps
+	 * the held child but compares from the start again */
+	if (!d->started)
+		return PUSH_HOLD | PUSH_RESTART; /* from 0 anyway */
+	return PUSH_HOLD | (d->repass ? PUSH_REPASS : 0);
+}
+
+/* Under the lock: the disk's send is done (its child is held). */
+static void disk_sent(struct ajob *aj, struct job_disk *d)
+{
+	d->sent = true;
+	d->done = d->size;
+	runner_update_percent(&aj->j);
+	jobs_persist(aj->a, aj);
+}
+
+/* A disk read from its snapshot (or one that cannot be watched): one
+ * pass. */
+static bool send_once(struct run *r, unsigned i)
+{
+	struct ajob *aj = r->aj;
+	struct agent *a = aj->a;
+	struct job_disk *d = &aj->j.disks[i];
+
+	pthread_mutex_lock(&a->lock);
+	if (!d->passes) {
+		d->passes = 1;
+		jobs_persist(a, aj);
+	}
+	pthread_mutex_unlock(&a->lock);
+	r->ret = runner_session(aj, i, send_flags(d), r->err, sizeof(r->err));
+	if (r->ret || aj->stop)
+		return false;
+	pthread_mutex_lock(&a->lock);
+	disk_sent(aj, d);
+	pthread_mutex_unlock(&a->lock);
+	return true;
+}
+
+/*
+ * Start a pass of live disk @d: watch it before the session opens it, so
+ * no write can fall between, and record its identity now (what a later
+ * job compares to resume).  A pass an earlier run of this job began
+ * (@resumed) is tainted when the file changed while nobody watched.
+ * Returns 0, -ENOTSUP (a block device: not watchable) or another error
+ * with @r->err.
+ */
+static int pass_begin(struct run *r, struct job_disk *d, bool resumed,
+		      struct watch **w, bool *taint, char *why, size_t whylen)
+{
+	struct ajob *aj = r->aj;
+	struct agent *a = aj->a;
+	char text[SRC_IDENT_TEXT_MAX];
+	struct src_ident then;
+	int ret;
+
+	*taint = false;
+	ret = watch_start(d->path, w, r->err, sizeof(r->err));
+	if (ret)
+		return ret;
+	if (resumed && d->ident && !src_ident_parse(d->ident, &then) &&
+	    !src_ident_equal(&then, watch_ident(*w), why, whylen))
+		*taint = true;
+	if (resumed && !d->ident) {
+		*taint = true;
+		snprintf(
+			why, whylen,
+			"its identity at the start of the pass was not recorded");
+	}
+	if (src_ident_format(watch_ident(*w), text, sizeof(text)))
+		text[0] = '\0';
+	pthread_mutex_lock(&a->lock);
+	free(d->ident);
+	d->ident = text[0] ? strdup(text) : NULL;
+	jobs_persist(a, aj);
+	pthread_mutex_unlock(&a->lock);
+	return 0;
+}
+
+/*
+ * A live disk (no snapshot): pass after pass while writes show up during
+ * one, up to the VM's max-passes.  Each pass after the first keeps the
+ * held child and compares from the start again, sending only what still
+ * differs.  A disk still written in its last pass is marked changed; the
+ * job goes on and ends Completed with warnings.
+ */
+static bool send_passes(struct run *r, unsigned i)
+{
+	struct ajob *aj = r->aj;
+	struct agent *a = aj->a;
+	struct job_disk *d = &aj->j.disks[i];
+	const struct vm_config *vm;
+	unsigned max;
+	struct watch *w;
+	char why[512];
+	bool resumed, taint;
+	int ret, changed;
+
+	pthread_mutex_lock(&a->lock);
+	vm = config_find_vm(&a->cfg, aj->j.vm);
+	max = vm ? vm->job.max_passes : a->cfg.job.max_passes;
+	pthread_mutex_unlock(&a->lock);
+	for (;;) {
+		resumed = d->passes && !d->changed;
+		if (!resumed) {
+			if (d->passes >= max)
+				break; /* the last pass saw writes */
+			pthread_mutex_lock(&a->lock);
+			d->passes++;
+			d->repass = d->passes > 1;
+			d->changed = false;
+			jobs_persist(a, aj);
+			pthread_mutex_unlock(&a->lock);
+		}
+		why[0] = '\0';
+		ret = pass_begin(r, d, resumed, &w, &taint, why, sizeof(why));
+		if (ret == -ENOTSUP) {
+			pthread_mutex_lock(&a->lock);
+			if (!d->snap_note)
+				d->snap_note = strdup(
+					"a block device: it cannot be watched for writes during the resync (read it from an LVM snapshot)");
+			pthread_mutex_unlock(&a->lock);
+			log_msg(LOG_PRIO_NOTICE, NULL,
+				"job %s (VM %s): disk %s: %s", aj->j.id,
+				aj->j.vm, d->name, r->err);
+			return send_once(r, i);
+		}
+		if (ret) {
+			r->ret = ret;
+			return false;
+		}
+		log_msg(LOG_PRIO_INFO, NULL,
+			"job %s (VM %s): disk %s: pass %u%s", aj->j.id,
+			aj->j.vm, d->name, d->passes,
+			resumed ? " (resumed)" : "");
+		r->ret = runner_session(aj, i, send_flags(d), r->err,
+					sizeof(r->err));
+		changed = taint ? 1 : watch_changed(w, why, sizeof(why));
+		watch_stop(w);
+		if (changed < 0) { /* cannot tell: count it as written */
+			snprintf(why, sizeof(why),
+				 "%s: cannot tell whether it was written: %s",
+				 d->path, strerror(-changed));
+			changed = 1;
+		}
+		pthread_mutex_lock(&a->lock);
+		d->changed = changed == 1;
+		jobs_persist(a, aj);
+		pthread_mutex_unlock(&a->lock);
+		if (r->ret || aj->stop)
+			return false;
+		if (!changed)
+			break;
+		if (d->passes >= max) {
+			log_msg(LOG_PRIO_WARNING, NULL,
+				"job %s (VM %s): %s changed during pass %u (%s), the last of max-passes %u",
+				aj->j.id, aj->j.vm, d->name, d->passes, why,
+				max);
+			break;
+		}
+		log_msg(LOG_PRIO_INFO, NULL,
+			"job %s (VM %s): %s changed during pass %u (%s); pass %u",
+			aj->j.id, aj->j.vm, d->name, d->passes, why,
+			d->passes + 1);
+	}
+	pthread_mutex_lock(&a->lock);
+	disk_sent(aj, d);
+	pthread_mutex_unlock(&a->lock);
 	return true;
 }
 
 /* Compare and send disk @i into a held child on the recovery side. */
 static bool send_disk(struct run *r, unsigned i)
 {
-	struct ajob *aj = r->aj;
-	struct agent *a = aj->a;
-	struct job_disk *d = &aj->j.disks[i];
-	unsigned flags;
+	const struct job_disk *d = &r->aj->j.disks[i];
 
-	pthread_mutex_lock(&a->lock);
-	/* a job's first session of a disk drops whatever an older,
-	 * abandoned job left on the recovery side */
-	flags = PUSH_HOLD | (d->started ? 0 : PUSH_RESTART);
-	d->started = true;
-	jobs_persist(a, aj);
-	pthread_mutex_unlock(&a->lock);
-	r->ret = session(aj, i, flags, r->err, sizeof(r->err));
-	if (r->ret || aj->stop)
-		return false;
-	pthread_mutex_lock(&a->lock);
-	d->sent = true;
-	d->done = d->size;
-	update_percent(&aj->j);
-	jobs_persist(a, aj);
-	pthread_mutex_unlock(&a->lock);
-	return true;
+	if (d->reflink)
+		return send_once(r, i);
+	return send_passes(r, i);
 }
 
 static bool phase_send(struct run *r)
@@ -425,7 +410,7 @@ static bool phase_send(struct run *r)
 	/* from here on Hyper-V's resync cannot be cancelled either */
 	j->phase = JOB_PHASE_MERGE;
 	j->cancellable = false;
-	update_percent(j);
+	runner_update_percent(j);
 	jobs_persist(a, aj);
 	pthread_mutex_unlock(&a->lock);
 	return true;
@@ -442,13 +427,13 @@ static bool phase_merge(struct run *r)
 	for (r->disk = 0; r->disk < j->ndisks; r->disk++) {
 		if (j->disks[r->disk].merged)
 			continue;
-		r->ret = session(aj, r->disk, PUSH_MERGE, r->err,
-				 sizeof(r->err));
+		r->ret = runner_session(aj, r->disk, PUSH_MERGE, r->err,
+					sizeof(r->err));
 		if (r->ret)
 			return false;
 		pthread_mutex_lock(&aj->a->lock);
 		j->disks[r->disk].merged = true;
-		update_percent(j);
+		runner_update_percent(j);
 		jobs_persist(aj->a, aj);
 		pthread_mutex_unlock(&aj->a->lock);
 	}
@@ -480,6 +465,74 @@ static int hold_exports(struct agent *a, const struct vm_config *vm, bool hold)
 		return -EBUSY;
 	}
 	return 0;
+}
+
+/* Without the lock: snapshot the disks (or find the job's snapshots
+ * again) before anything reads them. */
+static bool prepare_sources(struct run *r)
+{
+	struct ajob *aj = r->aj;
+
+	if (aj->j.phase != JOB_PHASE_CHECK && aj->j.phase != JOB_PHASE_SEND)
+		return true;
+	r->ret = jobsnap_prepare(aj, &r->rv, r->err, sizeof(r->err));
+	return !r->ret && !aj->stop;
+}
+
+/* Under the lock: snapshots could not be taken. */
+static void snapshot_failed(struct agent *a, struct run *r)
+{
+	struct ajob *aj = r->aj;
+	char summary[512];
+
+	snprintf(
+		summary, sizeof(summary),
+		"Resynchronization of VM '%s' failed: its disks could not be snapshotted.",
+		aj->j.vm);
+	log_msg(LOG_PRIO_ERR, NULL, "job %s (VM %s): snapshot: %s", aj->j.id,
+		aj->j.vm, r->err);
+	jobs_finish(a, aj, JS_EXCEPTION, r->rv, summary, r->err);
+}
+
+/*
+ * Under the lock: every disk is merged.  A disk whose source was still
+ * written during its last pass makes the recovery copy a mixture of
+ * moments: Completed with warnings, and the VM stays "resynchronization
+ * required" (jobs_finish() marks only Completed as in sync).
+ */
+static void finish_done(struct agent *a, struct ajob *aj)
+{
+	char names[600] = "", desc[1600];
+	unsigned i, n = 0, passes = 0;
+	size_t len = 0;
+
+	for (i = 0; i < aj->j.ndisks; i++) {
+		if (!aj->j.disks[i].changed)
+			continue;
+		if (aj->j.disks[i].passes > passes)
+			passes = aj->j.disks[i].passes;
+		len += (size_t)snprintf(
+			names + len,
+			len < sizeof(names) ? sizeof(names) - len : 0, "%s%s",
+			n ? ", " : "", aj->j.disks[i].name);
+		if (len >= sizeof(names))
+			len = sizeof(names) - 1;
+		n++;
+	}
+	if (!n) {
+		jobs_finish(a, aj, JS_COMPLETED, 0, NULL, NULL);
+		return;
+	}
+	snprintf(
+		desc, sizeof(desc),
+		"the source changed during the resynchronization of %s %s (still in the last of %u passes): the recovery copy is a mixture of moments and may not be consistent; to avoid this, keep the disks on XFS (reflink=1) or btrfs with snapshot = auto or reflink, read them from an LVM snapshot, or resynchronize while the VM is stopped",
+		n == 1 ? "disk" : "disks", names, passes);
+	log_msg(LOG_PRIO_WARNING, NULL, "job %s (VM %s): %s", aj->j.id,
+		aj->j.vm, desc);
+	jobs_finish(
+		a, aj, JS_COMPLETED_WARNINGS, 0,
+		"The resynchronization completed, but the source changed while it ran.",
+		desc);
 }
 
 /* Under the lock: the job starts running (again). */
@@ -519,10 +572,13 @@ static const struct vm_config *run_phases(struct agent *a, struct ajob *aj)
 	}
 	mark_running(a, aj, vm);
 	pthread_mutex_unlock(&a->lock);
-	done = phase_check(&r) && phase_send(&r) && phase_merge(&r);
+	done = prepare_sources(&r) && phase_check(&r) && phase_send(&r) &&
+	       phase_merge(&r);
 	pthread_mutex_lock(&a->lock);
 	if (done)
-		jobs_finish(a, aj, JS_COMPLETED, 0, NULL, NULL);
+		finish_done(a, aj);
+	else if (r.rv)
+		snapshot_failed(a, &r);
 	else
 		stopped(a, &r);
 	return vm ? vm->cfg : NULL;
@@ -580,6 +636,7 @@ int runner_start(struct agent *a, struct ajob *aj)
 		return -EBUSY;
 	aj->stop = 0;
 	aj->stop_req = 0;
+	aj->keep_snap = false;
 	aj->thread_done = false;
 	if (aj->j.state != JS_SHUTTING_DOWN)
 		jobs_set_state(aj, JS_STARTING);

@@ -226,6 +226,30 @@ static int create_child(struct session *s)
 	return 0;
 }
 
+/*
+ * REPASS: the source changed while the last pass read it, so what that
+ * pass decided may be stale anywhere.  Keep what the child (or the raw
+ * disk) holds, it makes equal blocks cheap, but compare from 0 again.
+ * The record says "not complete, from 0" before anything else happens,
+ * so a cut repass resumes from its own progress and a crash never leaves
+ * a record that calls the half-compared copy complete.
+ */
+static int repass(struct session *s, uint64_t *resume)
+{
+	int ret;
+
+	if (!(s->hello.flags & PROTO_HELLO_REPASS))
+		return 0;
+	*resume = 0;
+	ret = record_write(s, 0, false);
+	if (ret < 0)
+		return session_error(s, PROTO_ERR_IO,
+				     "export %s: cannot record progress in "
+				     "%s: %s",
+				     s->name, s->state, strerror(-ret));
+	return 0;
+}
+
 /* Open (or create) the child and decide where to resume. */
 static int open_vhdx(struct session *s, uint64_t *resume)
 {
@@ -263,6 +287,9 @@ static int open_vhdx(struct session *s, uint64_t *resume)
 			return ret;
 	}
 	*resume = record_resume_offset(s, &r, have);
+	ret = repass(s, resume);
+	if (ret < 0)
+		return ret;
 	ret = ur_source_from_vhdx(s->img, &s->src);
 	if (ret < 0)
 		return session_error(s, PROTO_ERR_INTERNAL, "out of memory");
@@ -272,11 +299,18 @@ static int open_vhdx(struct session *s, uint64_t *resume)
 /* ---- a raw disk ---------------------------------------------------------- */
 
 /* Our own raw source: the signature must not decide the format of a raw
- * export whose guest data starts with "vhdxfile". */
+ * export whose guest data starts with "vhdxfile", and the session's write
+ * lock (disk_lock()) already covers the file, so it needs no reader's
+ * lock of its own.  Made here, it is freed by source_close(), never by
+ * ur_source_close(), which frees only what ur_source_open() made. */
 static int raw_source(struct session *s)
 {
 	s->src = calloc(1, sizeof(*s->src));
-	if (!s->src || !(s->src->path = strdup(s->image)))
+	if (!s->src)
+		return session_error(s, PROTO_ERR_INTERNAL, "out of memory");
+	s->src->fd = -1;
+	s->src->path = strdup(s->image);
+	if (!s->src->path)
 		return session_error(s, PROTO_ERR_INTERNAL, "out of memory");
 	s->src->type = s->blockdev ? UR_SRC_BLOCKDEV : UR_SRC_FILE;
 	s->src->size = s->size;
@@ -304,6 +338,9 @@ static int open_raw(struct session *s, uint64_t *resume)
 	}
 	have = record_find(s, &r);
 	*resume = record_resume_offset(s, &r, have);
+	ret = repass(s, resume);
+	if (ret < 0)
+		return ret;
 	s->fd = open(s->image, O_RDWR | O_CLOEXEC);
 	if (s->fd < 0)
 		return session_error(s, PROTO_ERR_IO,
@@ -383,12 +420,26 @@ int disk_flush(struct session *s)
 
 /* ---- the end of a session ------------------------------------------------ */
 
+/* The reader's source: a VHDX child's from ur_source_from_vhdx(), a raw
+ * disk's from raw_source(), each freed by the side that made it. */
+static void source_close(struct session *s)
+{
+	if (s->src && !s->vhdx) {
+		if (s->src->fd >= 0)
+			close(s->src->fd);
+		free(s->src->path);
+		free(s->src);
+	} else {
+		ur_source_close(s->src);
+	}
+	s->src = NULL;
+}
+
 int disk_commit(struct session *s)
 {
 	int ret;
 
-	ur_source_close(s->src);
-	s->src = NULL;
+	source_close(s);
 	if (!s->vhdx) {
 		ret = fdatasync(s->fd) ? -errno : 0;
 		close(s->fd);
@@ -456,8 +507,7 @@ static void keep_progress(struct session *s)
 
 void disk_close(struct session *s, bool failed)
 {
-	ur_source_close(s->src);
-	s->src = NULL;
+	source_close(s);
 	if (failed && (s->img || s->fd >= 0))
 		keep_progress(s);
 	if (s->img) {

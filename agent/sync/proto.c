@@ -173,6 +173,18 @@ static int check_hello(const struct msg_hello *h, struct vhdx_error *err)
 			    h->logical_sector);
 		return -EPROTONOSUPPORT;
 	}
+	/* REPASS changes where a held copy starts, so it means something
+	 * only on a held copy that keeps what it has (not RESTART). */
+	if ((h->flags & PROTO_HELLO_REPASS) &&
+	    (!(h->flags & PROTO_HELLO_HOLD) ||
+	     (h->flags & PROTO_HELLO_RESTART) || action)) {
+		sync_seterr(err,
+			    "malformed frame: HELLO flags 0x%x: REPASS goes "
+			    "with HOLD only, never with RESTART, CHECK, MERGE "
+			    "or DISCARD",
+			    h->flags);
+		return -EPROTO;
+	}
 	/* A session does one thing. */
 	if (action && (!pow2(action) ||
 		       (h->flags & (PROTO_HELLO_RESTART | PROTO_HELLO_HOLD)))) {

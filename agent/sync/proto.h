@@ -54,7 +54,10 @@ enum proto_type {
 #define PROTO_HELLO_HOLD 0x04u
 #define PROTO_HELLO_MERGE 0x08u
 #define PROTO_HELLO_DISCARD 0x10u
-#define PROTO_HELLO_KNOWN 0x1Fu
+/* With HOLD: keep the held child but compare from offset 0 again (a
+ * further pass after the source changed during the last one). */
+#define PROTO_HELLO_REPASS 0x20u
+#define PROTO_HELLO_KNOWN 0x3Fu
 
 /* HELLO hash algorithms. */
 #define PROTO_HASH_XXH3_128 0

@@ -181,6 +181,11 @@ static int check_params(struct push *ps)
 				 "exclude each other");
 	if ((p->flags & PUSH_RESTART) && (kinds & ~PUSH_HOLD))
 		return push_fail(ps, -EINVAL, "restart goes with a copy only");
+	if ((p->flags & PUSH_REPASS) &&
+	    (kinds != PUSH_HOLD || (p->flags & PUSH_RESTART)))
+		return push_fail(ps, -EINVAL,
+				 "another pass (repass) goes with hold only, "
+				 "not with restart");
 	if (!p->src && !(kinds & (PUSH_MERGE | PUSH_DISCARD)))
 		return push_fail(ps, -EINVAL, "no source disk");
 	return 0;
@@ -303,7 +308,7 @@ static int greet(struct push *ps, struct msg *reply, uint8_t *buf, size_t cap)
 	if (ret < 0) {
 		if (push_stopping(ps))
 			return -ECANCELED;
-		return push_fail(ps, ret == -ECONNRESET ? -EIO : ret, "%s",
+		return push_fail(ps, ret, "%s",
 				 terr.msg[0] ? terr.msg : strerror(-ret));
 	}
 	if (reply->type == PROTO_ERROR) {
@@ -346,9 +351,17 @@ static int check_welcome(struct push *ps, const struct msg_welcome *w)
 				 "peer %s: a window of %u blocks of "
 				 "%u bytes is more than this side accepts",
 				 ps->peer, w->window, ps->bs);
+	/* A repass that resumed would call blocks decided that the source
+	 * may have changed since: it must compare from 0. */
+	if ((ps->p->flags & PUSH_REPASS) && w->resume_offset)
+		return push_fail(ps, -EPROTO,
+				 "peer %s: malformed frame: resume offset "
+				 "%" PRIu64 " for a pass that must start at 0",
+				 ps->peer, w->resume_offset);
 	ps->window = w->window;
 	ps->resume_block = (w->resume_offset + ps->bs - 1) / ps->bs;
 	ps->st->resume_offset = w->resume_offset;
+	ps->st->welcomed = true;
 	return 0;
 }
 

@@ -30,6 +30,7 @@
 #define PUSH_HOLD PROTO_HELLO_HOLD	 /* copy, keep the child unmerged */
 #define PUSH_MERGE PROTO_HELLO_MERGE	 /* merge a held child now */
 #define PUSH_DISCARD PROTO_HELLO_DISCARD /* drop the child and progress */
+#define PUSH_REPASS PROTO_HELLO_REPASS	 /* with HOLD: compare all again */
 
 #define PUSH_DEFAULT_BLOCK (64u << 10)
 #define PUSH_DEFAULT_TIMEOUT_MS 60000
@@ -49,6 +50,8 @@ struct push_stats {
 	uint64_t recovery_bytes_written; /* from FINISHED */
 	double merge_seconds;		 /* from FINISHED */
 	double seconds;			 /* connect to FINISHED */
+	bool welcomed; /* the recovery side accepted the session (WELCOME):
+			* a RESTART took effect, a retry must resume */
 };
 
 struct push_params {
@@ -86,6 +89,7 @@ struct push_params {
  *   -EBUSY         the export is in another session
  *   -EXDEV         geometry (virtual size, logical sector size) differs
  *   -EHOSTUNREACH, -ECONNREFUSED, -ETIMEDOUT, -ENETUNREACH: unreachable
+ *   -ECONNRESET, -EPIPE: the connection was reset or closed under us
  *   -ECANCELED     *stop was set
  *   -EPROTO        the peer broke the protocol
  *   -EPROTONOSUPPORT the peer does not speak this version or option

@@ -438,9 +438,7 @@ static int rx_state(struct push *ps)
 	if (ps->rx_err) {
 		if (push_stopping(ps))
 			return -ECANCELED;
-		return push_fail(ps,
-				 ps->rx_err == -ECONNRESET ? -EIO : ps->rx_err,
-				 "%s", ps->rx_msg);
+		return push_fail(ps, ps->rx_err, "%s", ps->rx_msg);
 	}
 	return 0;
 }

@@ -152,12 +152,18 @@ int record_persist(struct session *s)
 {
 	uint64_t done;
 	double t = mono_seconds();
+	bool half_window;
 	int ret;
 
 	pthread_mutex_lock(&s->lock);
 	done = ur_clip(s->size, 0, s->done_block * s->bs);
+	/* The hash stream stops one window past the first unrecorded write
+	 * (serve_session.c): record at half of it so it never waits. */
+	half_window = s->dirty_block != SESSION_CLEAN &&
+		      s->done_block >= s->dirty_block + s->window / 2;
 	pthread_mutex_unlock(&s->lock);
 	if (s->written_since < (uint64_t)s->window * s->bs / 2 &&
+	    !half_window &&
 	    (t - s->last_persist < PERSIST_INTERVAL ||
 	     done == s->persisted_done))
 		return 0;
@@ -171,6 +177,10 @@ int record_persist(struct session *s)
 		return ret;
 	s->persisted_done = done;
 	s->written_since = 0;
+	pthread_mutex_lock(&s->lock);
+	s->dirty_block = SESSION_CLEAN;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
 	s->last_persist = t;
 	return 0;
 }

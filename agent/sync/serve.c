@@ -415,6 +415,8 @@ static const char *kind_name(uint32_t flags)
 		return "merge";
 	if (flags & PROTO_HELLO_DISCARD)
 		return "discard";
+	if (flags & PROTO_HELLO_REPASS)
+		return "copy (hold, another pass from 0)";
 	if (flags & PROTO_HELLO_HOLD)
 		return flags & PROTO_HELLO_RESTART ? "copy (restart, hold)"
 						   : "copy (hold)";

@@ -97,9 +97,17 @@ static int send_finished(struct session *s)
 
 /* ---- the hash stream ----------------------------------------------------- */
 
+/*
+ * The hash stream runs one window ahead of what the primary decided, and
+ * no further than one window past the first block written since the last
+ * durable record: data received after that record is lost in a crash and
+ * sent again, and this bounds it to one window.
+ */
 static uint64_t send_limit(const struct session *s)
 {
-	uint64_t lim = s->done_block + s->window;
+	uint64_t from =
+		s->done_block < s->dirty_block ? s->done_block : s->dirty_block;
+	uint64_t lim = from + s->window;
 
 	if (s->credit_end < lim)
 		lim = s->credit_end;
@@ -337,6 +345,19 @@ static int on_subreq(struct session *s, uint64_t block)
 }
 
 /* DATA and ZERO may only touch blocks in flight. */
+/* A write at @off happened since the last durable record. */
+static void mark_dirty(struct session *s, uint64_t off)
+{
+	uint64_t block = off / s->bs;
+
+	/* only this thread writes it, so the unlocked read is exact */
+	if (s->dirty_block <= block)
+		return;
+	pthread_mutex_lock(&s->lock);
+	s->dirty_block = block;
+	pthread_mutex_unlock(&s->lock);
+}
+
 static int check_write(struct session *s, const char *what, uint64_t off,
 		       uint64_t len)
 {
@@ -393,6 +414,7 @@ static int on_data(struct session *s, const struct msg_data *d)
 	s->bytes_written += d->length;
 	s->bytes_received += d->data_len;
 	s->written_since += d->length;
+	mark_dirty(s, d->offset);
 	return 0;
 }
 
@@ -410,6 +432,7 @@ static int on_zero(struct session *s, const struct msg_zero *z)
 				     s->name, z->offset, strerror(-ret));
 	s->bytes_written += z->length;
 	s->written_since += z->length;
+	mark_dirty(s, z->offset);
 	return 0;
 }
 
@@ -559,6 +582,7 @@ static int setup_flow(struct session *s, uint64_t resume)
 	s->done_block = s->sent_block = s->resume_block;
 	s->credit_end = s->resume_block + s->window;
 	s->persisted_done = resume;
+	s->dirty_block = SESSION_CLEAN;
 	s->last_persist = mono_seconds();
 	return 0;
 }

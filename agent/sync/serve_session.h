@@ -121,11 +121,18 @@ struct session {
 	/* The progress record (record.c). */
 	uint64_t persisted_done;
 	uint64_t written_since;
+	/* The first block written since the record was last made durable,
+	 * SESSION_CLEAN when none (under the lock: the hash thread's window
+	 * ends one window past it, so a crash loses at most one window of
+	 * data, whatever the record's cadence). */
+	uint64_t dirty_block;
 	double last_persist;
 	double start;
 	double merge_seconds;
 	bool error_sent;
 };
+
+#define SESSION_CLEAN UINT64_MAX
 
 /* A line for the server's log (serve.c). */
 void serve_log(struct server *srv, int level, const char *fmt, ...)

@@ -229,6 +229,62 @@ static void test_errors(void **state)
 	refuse("[agent]\ncert-file = /c\n", 0, "key-file");
 }
 
+/* snapshot, max-passes, retries, retry-interval: defaults, [agent] as
+ * the default for every VM (also when it comes after them), [vm] keys
+ * override one by one, and bad values are refused on their line. */
+static void test_job_settings(void **state)
+{
+	struct agent_config c;
+	const struct vm_config *a, *b;
+	char err[512];
+
+	(void)state;
+	write_conf("[vm a]\nrole = replica\n");
+	if (config_load(path, &c, err, sizeof(err)))
+		fail_msg("%s", err);
+	assert_int_equal(c.vms[0].job.snapshot, SNAP_AUTO);
+	assert_int_equal(c.vms[0].job.max_passes, 3);
+	assert_int_equal(c.vms[0].job.retries, 5);
+	assert_int_equal(c.vms[0].job.retry_interval, 10);
+	config_free(&c);
+
+	write_conf("[vm a]\nrole = replica\nsnapshot = none\nretries = 0\n"
+		   "[agent]\nsnapshot = reflink\nmax-passes = 7\n"
+		   "retries = 1000\nretry-interval = 300\n"
+		   "[vm b]\nrole = replica\nmax-passes = 1\n"
+		   "retry-interval = 1\n");
+	if (config_load(path, &c, err, sizeof(err)))
+		fail_msg("%s", err);
+	a = config_find_vm(&c, "a");
+	b = config_find_vm(&c, "b");
+	assert_non_null(a);
+	assert_non_null(b);
+	/* a set two keys, the rest come from [agent], written after it */
+	assert_int_equal(a->job.snapshot, SNAP_NONE);
+	assert_int_equal(a->job.retries, 0);
+	assert_int_equal(a->job.max_passes, 7);
+	assert_int_equal(a->job.retry_interval, 300);
+	assert_int_equal(b->job.snapshot, SNAP_REFLINK);
+	assert_int_equal(b->job.max_passes, 1);
+	assert_int_equal(b->job.retries, 1000);
+	assert_int_equal(b->job.retry_interval, 1);
+	config_free(&c);
+
+	refuse("[vm a]\nrole = replica\nsnapshot = lvm\n", 3, "snapshot");
+	refuse("[agent]\nsnapshot = Reflink\n", 2, "auto, reflink or none");
+	refuse("[vm a]\nrole = replica\nmax-passes = 0\n", 3, "max-passes");
+	refuse("[agent]\nmax-passes = 101\n", 2, "1 to 100");
+	refuse("[vm a]\nrole = replica\nmax-passes = 3x\n", 3, "'3x'");
+	refuse("[agent]\nretries = -1\n", 2, "retries");
+	refuse("[vm a]\nrole = replica\nretries = 1001\n", 3, "0 to 1000");
+	refuse("[agent]\nretries =\n", 2, "retries");
+	refuse("[agent]\nretry-interval = 0\n", 2, "retry-interval");
+	refuse("[vm a]\nrole = replica\nretry-interval = 301\n", 3, "1 to 300");
+	refuse("[agent]\nretry-interval = 1.5\n", 2, "seconds");
+	refuse("[agent]\nretry-interval = 99999999999999999999\n", 2,
+	       "retry-interval");
+}
+
 static void test_missing_file(void **state)
 {
 	struct agent_config c;
@@ -248,6 +304,7 @@ int main(void)
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_window),
 		cmocka_unit_test(test_errors),
+		cmocka_unit_test(test_job_settings),
 		cmocka_unit_test(test_missing_file),
 	};
 

@@ -367,6 +367,125 @@ static void test_json_round_trip(void **state)
 	job_clear(&j);
 }
 
+/* eq for strings that may be NULL */
+static void same_str(const char *a, const char *b)
+{
+	if (!a || !b)
+		assert_ptr_equal(a, b);
+	else
+		assert_string_equal(a, b);
+}
+
+/* Issue 9's keys: Retries, and per disk where the data came from and
+ * what a resume needs, shown and read back as written. */
+static void test_json_source_keys(void **state)
+{
+	const struct jv *d0, *d1;
+	struct job j, k;
+	struct jv *v;
+	char err[256];
+	unsigned i;
+
+	(void)state;
+	setenv("TZ", "UTC", 1);
+	sample(&j);
+	j.retries = 3;
+	j.disks[0].snap_decided = true;
+	j.disks[0].reflink = true;
+	j.disks[0].snap_time = T0 + 5 * 1000000LL;
+	j.disks[0].clone = strdup(
+		"/srv/vms/web01/.hvresync-snap.7D9D3C8A-1F2B-4C3D-8E4F-0123456789AB.os.vhdx");
+	j.disks[0].passes = 1;
+	j.disks[0].resume = strdup("resumed: the kept snapshot of job X");
+	j.disks[1].snap_decided = true;
+	j.disks[1].snap_note = strdup("not supported by ext4");
+	j.disks[1].passes = 2;
+	j.disks[1].ident = strdup("dev=2049,ino=12,size=1073741824");
+	j.disks[1].changed = true;
+	j.disks[1].repass = true;
+	v = to_jv(&j, T0);
+	assert_int_equal(num(v, "Retries"), 3);
+	d0 = &jv_get(v, "Disks")->items[0];
+	d1 = &jv_get(v, "Disks")->items[1];
+	assert_string_equal(str(d0, "Snapshot"), "reflink");
+	assert_string_equal(str(d0, "SnapshotTime"),
+			    "20261124183005.000000+000");
+	assert_string_equal(str(d0, "SnapshotNote"), "");
+	assert_int_equal(num(d0, "Passes"), 1);
+	assert_string_equal(str(d1, "Snapshot"), "none");
+	assert_int_equal(jv_get(d1, "SnapshotTime")->type, JV_NULL);
+	assert_string_equal(str(d1, "SnapshotNote"), "not supported by ext4");
+	assert_int_equal(num(d1, "Passes"), 2);
+	assert_true(jv_get(d1, "SourceChanged")->b);
+	assert_int_equal(jv_get(d1, "Clone")->type, JV_NULL);
+	assert_int_equal(job_from_json(v, &k, err, sizeof(err)), 0);
+	jv_free(v);
+	assert_int_equal(k.retries, 3);
+	for (i = 0; i < j.ndisks; i++) {
+		const struct job_disk *a = &j.disks[i], *b = &k.disks[i];
+
+		assert_int_equal(b->snap_decided, a->snap_decided);
+		assert_int_equal(b->reflink, a->reflink);
+		assert_true(b->snap_time == a->snap_time);
+		same_str(b->snap_note, a->snap_note);
+		same_str(b->clone, a->clone);
+		assert_int_equal(b->passes, a->passes);
+		same_str(b->ident, a->ident);
+		assert_int_equal(b->changed, a->changed);
+		assert_int_equal(b->repass, a->repass);
+		same_str(b->resume, a->resume);
+	}
+	job_clear(&k);
+
+	/* before the job ran, Snapshot is null and reads back undecided */
+	j.disks[1].snap_decided = false;
+	v = to_jv(&j, T0);
+	assert_int_equal(
+		jv_get(&jv_get(v, "Disks")->items[1], "Snapshot")->type,
+		JV_NULL);
+	assert_int_equal(job_from_json(v, &k, err, sizeof(err)), 0);
+	assert_false(k.disks[1].snap_decided);
+	jv_free(v);
+	job_clear(&k);
+	job_clear(&j);
+}
+
+/* A record written before these keys existed still loads. */
+static void test_json_old_record(void **state)
+{
+	static const char old[] =
+		"{\"InstanceID\": \"7D9D3C8A-1F2B-4C3D-8E4F-0123456789AB\", "
+		"\"JobType\": 107, \"JobState\": 4, \"PercentComplete\": 5, "
+		"\"ErrorCode\": 0, \"ErrorDescription\": null, "
+		"\"ErrorSummaryDescription\": null, \"TimeSubmitted\": null, "
+		"\"ScheduledStartTime\": null, \"StartTime\": null, "
+		"\"ElapsedTime\": \"00000000000000.000000:000\", "
+		"\"TimeOfLastStateChange\": null, \"Cancellable\": true, "
+		"\"TimeBeforeRemoval\": \"00000000000500.000000:000\", "
+		"\"ComputerSystem\": \"web01\", \"ElementName\": \"web01\", "
+		"\"Peer\": \"h:1\", \"BytesCompared\": 0, "
+		"\"BytesDifferent\": 0, \"BytesSent\": 0, \"Phase\": \"send\", "
+		"\"AutoResynchronize\": false, \"TimeFinished\": null, "
+		"\"Disks\": [{\"Name\": \"a.vhdx\", \"Path\": \"/a.vhdx\", "
+		"\"VirtualSize\": 0, \"BytesCompared\": 0, "
+		"\"ResumeOffset\": 0, \"Started\": true, \"Sent\": false, "
+		"\"Merged\": false}]}";
+	struct job k;
+	struct jv *v;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(jv_parse(old, strlen(old), &v, err, sizeof(err)), 0);
+	if (job_from_json(v, &k, err, sizeof(err)))
+		fail_msg("%s", err);
+	jv_free(v);
+	assert_int_equal(k.retries, 0);
+	assert_false(k.disks[0].snap_decided);
+	assert_null(k.disks[0].clone);
+	assert_int_equal(k.disks[0].passes, 0);
+	job_clear(&k);
+}
+
 static void expect_bad(const char *text, const char *needle)
 {
 	struct jv *v;
@@ -431,6 +550,10 @@ static void test_json_reject(void **state)
 	bad_variant(buf, "\"ElementName\":\"web01\"", "\"ElementName\":\"\"",
 		    "ElementName");
 	bad_variant(buf, "\"Disks\":[", "\"Disks\":[7,", "Disks");
+	bad_variant(buf, "\"Retries\":0", "\"Retries\":\"0\"", "Retries");
+	bad_variant(buf, "\"Passes\":0", "\"Passes\":-1", "Passes");
+	bad_variant(buf, "\"Snapshot\":null", "\"Snapshot\":\"lvm\"",
+		    "Snapshot");
 	free(buf);
 }
 
@@ -580,6 +703,8 @@ int main(void)
 		cmocka_unit_test(test_ids),
 		cmocka_unit_test(test_json_properties),
 		cmocka_unit_test(test_json_round_trip),
+		cmocka_unit_test(test_json_source_keys),
+		cmocka_unit_test(test_json_old_record),
 		cmocka_unit_test(test_json_reject),
 		cmocka_unit_test(test_persist),
 		cmocka_unit_test(test_vm_rules),

@@ -400,6 +400,53 @@ static void test_malformed_hello(void **state)
 	assert_decode(PROTO_HELLO, 1, &w, -EPROTO, &m);
 }
 
+/* REPASS: a further pass over a held copy; with HOLD and nothing else. */
+static void test_hello_repass(void **state)
+{
+	static const uint32_t bad[] = {
+		PROTO_HELLO_REPASS,
+		PROTO_HELLO_REPASS | PROTO_HELLO_RESTART,
+		PROTO_HELLO_REPASS | PROTO_HELLO_HOLD | PROTO_HELLO_RESTART,
+		PROTO_HELLO_REPASS | PROTO_HELLO_HOLD | PROTO_HELLO_CHECK,
+		PROTO_HELLO_REPASS | PROTO_HELLO_HOLD | PROTO_HELLO_MERGE,
+		PROTO_HELLO_REPASS | PROTO_HELLO_HOLD | PROTO_HELLO_DISCARD,
+		PROTO_HELLO_REPASS | PROTO_HELLO_CHECK,
+		PROTO_HELLO_REPASS | PROTO_HELLO_MERGE,
+		PROTO_HELLO_REPASS | PROTO_HELLO_DISCARD,
+	};
+	static uint8_t buf[PROTO_MAX_PAYLOAD];
+	struct vhdx_error err;
+	struct wb w;
+	struct msg m;
+	uint8_t flags;
+	size_t i;
+
+	(void)state;
+	assert_int_equal(PROTO_HELLO_REPASS, 0x20);
+	assert_true(PROTO_HELLO_KNOWN & PROTO_HELLO_REPASS);
+	hello_bytes(&w, 1, PROTO_HELLO_REPASS | PROTO_HELLO_HOLD, "d", 1);
+	assert_decode(PROTO_HELLO, 0, &w, 0, &m);
+	assert_int_equal(m.u.hello.flags, 0x24);
+	assert_encodes_to(&m, 0, &w);
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		hello_bytes(&w, 1, bad[i], "d", 1);
+		assert_decode(PROTO_HELLO, 0, &w, -EPROTO, &m);
+		/* and the encoder will not send it */
+		memset(&m, 0, sizeof(m));
+		m.type = PROTO_HELLO;
+		m.u.hello.version = 1;
+		m.u.hello.flags = bad[i];
+		m.u.hello.block_size = 65536;
+		m.u.hello.logical_sector = 512;
+		strcpy(m.u.hello.name, "d");
+		assert_int_equal(
+			proto_encode(&m, buf, sizeof(buf), &flags, &err),
+			-EINVAL);
+		assert_non_null(strstr(err.msg, "REPASS"));
+	}
+}
+
 static void test_hello_unsupported(void **state)
 {
 	struct wb w;
@@ -411,7 +458,10 @@ static void test_hello_unsupported(void **state)
 	w.n = 20;
 	assert_decode(PROTO_HELLO, 0, &w, -EPROTONOSUPPORT, &m);
 	assert_int_equal(m.u.hello.version, 2);
-	hello_bytes(&w, 1, 0x20, "disk", 4);
+	/* The first flag bit past the known ones. */
+	hello_bytes(&w, 1, PROTO_HELLO_KNOWN + 1, "disk", 4);
+	assert_decode(PROTO_HELLO, 0, &w, -EPROTONOSUPPORT, &m);
+	hello_bytes(&w, 1, 0x80000000u | PROTO_HELLO_HOLD, "disk", 4);
 	assert_decode(PROTO_HELLO, 0, &w, -EPROTONOSUPPORT, &m);
 	hello_bytes(&w, 1, 0, "disk", 4);
 	w.b[12] = 2; /* hash */
@@ -877,6 +927,7 @@ int main(void)
 		cmocka_unit_test(test_subhashes),
 		cmocka_unit_test(test_data),
 		cmocka_unit_test(test_malformed_hello),
+		cmocka_unit_test(test_hello_repass),
 		cmocka_unit_test(test_hello_unsupported),
 		cmocka_unit_test(test_malformed_others),
 		cmocka_unit_test(test_encode_refuses),
