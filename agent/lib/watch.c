@@ -6,6 +6,7 @@
  * hosts of a shared filesystem, a write in the same clock tick).
  */
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -149,11 +150,26 @@ static void fmt_guid(const uint8_t b[16], char out[VHDX_GUID_STR_LEN])
 	vhdx_guid_format(&g, out);
 }
 
+/* The header GUIDs a writer changes, and what a change means (MS-VHDX
+ * 2.2.2.1). */
+static const struct {
+	size_t off;
+	const char *name, *meaning;
+} guids[] = {
+	{ offsetof(struct src_ident, file_write_guid), "FileWriteGuid",
+	  "a program opened it for writing" },
+	{ offsetof(struct src_ident, data_write_guid), "DataWriteGuid",
+	  "its data was written" },
+	{ offsetof(struct src_ident, log_guid), "LogGuid",
+	  "a write went through its log" },
+};
+
 bool src_ident_equal(const struct src_ident *a, const struct src_ident *b,
 		     char *why, size_t whylen)
 {
 	char t1[64], t2[64], g1[VHDX_GUID_STR_LEN], g2[VHDX_GUID_STR_LEN];
 	char tmp[1];
+	size_t k;
 
 	if (!why) {
 		why = tmp;
@@ -183,31 +199,18 @@ bool src_ident_equal(const struct src_ident *a, const struct src_ident *b,
 				a->seq, b->seq);
 			return false;
 		}
-		if (memcmp(a->file_write_guid, b->file_write_guid, 16)) {
-			fmt_guid(a->file_write_guid, g1);
-			fmt_guid(b->file_write_guid, g2);
+		for (k = 0; k < sizeof(guids) / sizeof(guids[0]); k++) {
+			const uint8_t *ga = (const uint8_t *)a + guids[k].off;
+			const uint8_t *gb = (const uint8_t *)b + guids[k].off;
+
+			if (!memcmp(ga, gb, 16))
+				continue;
+			fmt_guid(ga, g1);
+			fmt_guid(gb, g2);
 			snprintf(
 				why, whylen,
-				"its VHDX header's FileWriteGuid changed from %s to %s: a program opened it for writing",
-				g1, g2);
-			return false;
-		}
-		if (memcmp(a->data_write_guid, b->data_write_guid, 16)) {
-			fmt_guid(a->data_write_guid, g1);
-			fmt_guid(b->data_write_guid, g2);
-			snprintf(
-				why, whylen,
-				"its VHDX header's DataWriteGuid changed from %s to %s: its data was written",
-				g1, g2);
-			return false;
-		}
-		if (memcmp(a->log_guid, b->log_guid, 16)) {
-			fmt_guid(a->log_guid, g1);
-			fmt_guid(b->log_guid, g2);
-			snprintf(
-				why, whylen,
-				"its VHDX header's LogGuid changed from %s to %s: a write went through its log",
-				g1, g2);
+				"its VHDX header's %s changed from %s to %s: %s",
+				guids[k].name, g1, g2, guids[k].meaning);
 			return false;
 		}
 	}
