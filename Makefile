@@ -63,7 +63,7 @@ UNIT_LAYER_vhdx := test_bat test_crc32c test_guid test_header test_log \
 	test_log_active test_metadata test_region test_writer
 UNIT_LAYER_uring := test_reader
 UNIT_LAYER_lib := test_jsonparse test_fsutil test_snapshot test_watch
-UNIT_LAYER_sync := test_proto test_wire test_names
+UNIT_LAYER_sync := test_proto test_wire test_names test_conn_limits
 UNIT_LAYER_daemon := test_cimtime test_config test_job test_methods
 UNIT_LAYER_cli :=
 layer_of = $(strip $(foreach l,$(LAYERS),$(if $(filter $(1),$(UNIT_LAYER_$(l))),$(l))))

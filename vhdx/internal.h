@@ -21,7 +21,9 @@
  *   image.c        the open pipeline and close  (file, parent, write,
  *                                                 lock)
  *   create.c       new images                   (image, file)
- *   merge.c        child into parent     (image, write, map, file, lock)
+ *   space.c        what a merge takes of the filesystem  (map, write)
+ *   merge.c        child into parent     (image, write, map, file, lock,
+ *                                         space)
  */
 #ifndef HVRESYNC_VHDX_INTERNAL_H
 #define HVRESYNC_VHDX_INTERNAL_H
@@ -294,7 +296,8 @@ struct vhdx_image {
 	uint32_t log_pos;	   /* where the next entry goes */
 	uint64_t *dirty;	   /* file offsets of 4 KiB sectors to log */
 	unsigned ndirty, dirty_cap;
-	int write_error; /* sticky: after a failed commit */
+	int write_error;    /* sticky: after a failed commit */
+	uint64_t alloc_end; /* next new block goes here (1 MiB aligned) */
 };
 
 /* --- Image locks (lock.c) --------------------------------------------- */
@@ -340,6 +343,24 @@ uint8_t *vhdx_get_bitmap(struct vhdx_image *img, uint64_t chunk, int *err);
 
 int vhdx_writer_init(struct vhdx_image *img);
 int vhdx_writer_close(struct vhdx_image *img);
+/* The end of everything IMG's BAT, logs and regions reference, rounded up
+ * to 1 MiB: where the writer allocates next, and the size it trims an
+ * unreferenced tail back to once the log is clean. */
+uint64_t vhdx_referenced_end(const struct vhdx_image *img);
+
+/* --- What a merge takes of the filesystem (space.c) -------------------- */
+
+struct vhdx_space {
+	bool known;    /* false: the parent is not a regular file */
+	uint64_t need; /* bytes the merge would newly take */
+	uint64_t free; /* the filesystem's f_bavail, plus the parent's
+			* unreferenced tail the writer gives back */
+};
+
+/* Work out what merging CHILD (opened without its parent) into PARENT
+ * takes, from CHILD's runs and PARENT's BAT and holes; 0 or -errno. */
+int vhdx_merge_space(struct vhdx_image *child, struct vhdx_image *parent,
+		     struct vhdx_space *sp);
 
 /* --- The parent of a differencing disk (parent.c) ---------------------- */
 

@@ -8,6 +8,11 @@
  * child's blocks is idempotent, so a merge interrupted at any point is
  * completed by running it again: the marker says the linkage mismatch is
  * our own doing.  The child and then the marker are removed last.
+ *
+ * Before the marker, what the merge will take of the filesystem is worked
+ * out (space.c) and a merge that would run out of space half way is
+ * refused with nothing written: a half-merged parent is neither the old
+ * disk nor the new one, and until the merge is finished nothing may use it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -63,6 +68,56 @@ static int read_marker(const char *marker, char *parent, size_t len)
 	if (n && parent[n - 1] == '\n')
 		parent[--n] = '\0';
 	return n ? 0 : -EINVAL;
+}
+
+/* A size for people: "130 MiB", "1.5 GiB". */
+static void human(char *buf, size_t len, uint64_t bytes)
+{
+	static const char *const unit[] = { "bytes", "KiB", "MiB",
+					    "GiB",   "TiB", "PiB" };
+	uint64_t div = 1;
+	unsigned u = 0;
+
+	while (u + 1 < sizeof(unit) / sizeof(unit[0]) && bytes >= div * 1024) {
+		div *= 1024;
+		u++;
+	}
+	if (u == 0 || bytes >= 10 * div)
+		snprintf(buf, len, "%llu %s",
+			 (unsigned long long)((bytes + div / 2) / div),
+			 unit[u]);
+	else
+		snprintf(buf, len, "%.1f %s", (double)bytes / (double)div,
+			 unit[u]);
+}
+
+/* Refuse, with both figures, a merge the filesystem has no room for.
+ * RESUMING: an interrupted merge, which stays where it stopped. */
+static int check_space(struct vhdx_image *child, struct vhdx_image *parent,
+		       bool resuming, struct vhdx_error *err)
+{
+	struct vhdx_space sp;
+	char need[32], have[32];
+	int ret;
+
+	ret = vhdx_merge_space(child, parent, &sp);
+	if (ret)
+		return vhdx_fail(
+			err, ret, parent->path,
+			"cannot work out the space the merge needs: %s",
+			strerror(-ret));
+	if (!sp.known || sp.need <= sp.free)
+		return 0;
+	human(need, sizeof(need), sp.need);
+	human(have, sizeof(have), sp.free);
+	return vhdx_fail(
+		err, -ENOSPC, parent->path,
+		"the merge needs %s (%llu bytes) but the filesystem has %s (%llu bytes) free; %s and %s is kept: free space and merge again",
+		need, (unsigned long long)sp.need, have,
+		(unsigned long long)sp.free,
+		resuming ? "the interrupted merge is left as it stopped"
+			 : "nothing was written",
+		child->path);
 }
 
 /* Copy every run the child holds itself into the parent. */
@@ -207,14 +262,9 @@ int vhdx_merge(const char *child_path, unsigned flags,
 		ret = vhdx_open(child_path, VHDX_OPEN_NO_PARENT, &child, err);
 		if (ret)
 			goto out;
-		ret = write_marker(marker, ppath);
-		if (ret) {
-			vhdx_fail(err, ret, marker,
-				  "cannot write merge marker: %s",
-				  strerror(-ret));
-			goto out;
-		}
 	}
+	/* Opening it for writing writes nothing (unless its own log needs
+	 * replaying): the first write does. */
 	ret = vhdx_open(ppath, VHDX_OPEN_RDWR | VHDX_OPEN_IGNORE_LINKAGE,
 			&parent, &perr);
 	if (ret) {
@@ -225,6 +275,18 @@ int vhdx_merge(const char *child_path, unsigned flags,
 		ret = vhdx_fail(err, -EINVAL, child_path,
 				"parent %s is smaller than the child", ppath);
 		goto out;
+	}
+	ret = check_space(child, parent, resuming, err);
+	if (ret)
+		goto out;
+	if (!resuming) {
+		ret = write_marker(marker, ppath);
+		if (ret) {
+			vhdx_fail(err, ret, marker,
+				  "cannot write merge marker: %s",
+				  strerror(-ret));
+			goto out;
+		}
 	}
 	ret = copy_runs(child, parent, progress, ctx, err);
 	if (ret)

@@ -324,8 +324,9 @@ int vhdx_create(const char *path, const struct vhdx_create_opts *opts,
 
 /*
  * Write LEN bytes at virtual offset OFF of an image opened with
- * VHDX_OPEN_RDWR.  New payload blocks are allocated at the end of the file
- * (1 MiB aligned); a write that turns a whole block into zeros marks it
+ * VHDX_OPEN_RDWR.  New payload blocks are allocated after the last block
+ * anything references (1 MiB aligned), so space a failed writer appended
+ * is reused; a write that turns a whole block into zeros marks it
  * ZERO instead of storing zeros.  BAT and sector-bitmap changes reach the
  * file only through the log, at vhdx_flush() (or when enough pile up), so
  * a crash at any point leaves each block with its old or its new content.
@@ -349,6 +350,9 @@ typedef void (*vhdx_progress_fn)(void *ctx, uint64_t done, uint64_t total);
  * Crash-safe and idempotent: a marker file CHILD.merging records the
  * parent's identity before the parent is touched, so an interrupted merge
  * completes when run again (the parent must not be used until then).
+ * Before anything is written, the space the merge needs is compared with
+ * the filesystem's free space: when short, -ENOSPC with both figures in
+ * @err, and the parent, the child and the marker are left as they were.
  */
 int vhdx_merge(const char *child, unsigned flags, vhdx_progress_fn progress,
 	       void *ctx, struct vhdx_error *err);

@@ -5,22 +5,34 @@
  * Durability discipline (MS-VHDX 2.3, "a writer puts each BAT or metadata
  * change through the log"):
  *   1. payload data goes to blocks that are either already allocated or
- *      freshly appended at the end of the file, never referenced by the
- *      on-disk BAT until step 3;
+ *      freshly allocated past everything the BAT, the log and the regions
+ *      reference, never referenced by the on-disk BAT until step 3;
  *   2. fdatasync, so the data is durable before anything points to it;
  *   3. the changed 4 KiB BAT and sector-bitmap sectors are written as one
  *      log entry (under a LogGuid set in the header), fdatasync;
  *   4. the same sectors are written in place, fdatasync.
- * A crash before 3 completes leaves the old BAT (the appended space is
+ * A crash before 3 completes leaves the old BAT (the new space is
  * unreferenced); a crash after it is repaired by log replay at the next
  * open.  Either way every block reads its old or its new content.  The
  * LogGuid is cleared on a clean close.  In-memory BAT entries and bitmap
  * bits are published with release stores after the data is written, so
  * concurrent readers (the FUSE view) never see a block before its data.
+ *
+ * Space: new blocks go after the last referenced byte, not at the file
+ * size, and a tail nothing references (what a failed or crashed attempt
+ * appended) is cut off while the log is clean: at the first write of an
+ * open, before any log entry exists, and at a clean close, after the BAT
+ * that no longer references it is durable and the LogGuid cleared.  Never
+ * while a log entry is in use: an entry records the file size it expects
+ * (FlushedFileOffset) and its replay refuses a shorter file.  So failed
+ * attempts do not leak space, and the BAT never points past the end.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -31,13 +43,89 @@
 
 static const uint8_t zero_buf[ZERO_CHUNK];
 
+static uint64_t align_up(uint64_t v)
+{
+	return (v + VHDX_ALIGN - 1) / VHDX_ALIGN * VHDX_ALIGN;
+}
+
+static uint64_t max_u64(uint64_t a, uint64_t b)
+{
+	return a > b ? a : b;
+}
+
+uint64_t vhdx_referenced_end(const struct vhdx_image *img)
+{
+	const struct vhdx_info *in = &img->info;
+	const struct vhdx_header_info *h = &in->header[in->current_header];
+	uint64_t end = VHDX_HEADER_SECTION_SIZE, cr = in->chunk_ratio, i, e,
+		 off;
+	unsigned k, st;
+
+	/* only the current header's log: the other header is stale, and
+	 * was never checked against the file */
+	if (h->log_length)
+		end = max_u64(end, h->log_offset + h->log_length);
+	for (k = 0; k < in->region_count; k++)
+		end = max_u64(end, in->regions[k].file_offset +
+					   in->regions[k].length);
+	for (i = 0; i < in->bat_entries; i++) {
+		e = __atomic_load_n(&img->bat[i], __ATOMIC_ACQUIRE);
+		off = vhdx_bat_file_offset(e);
+		st = vhdx_bat_state(e);
+		if (i % (cr + 1) == cr) {
+			if (st != VHDX_SB_STATE_PRESENT)
+				continue;
+			/* Without a parent a bitmap is never read, so open
+			 * does not check it: only one inside the file can
+			 * be anything real. */
+			if (!in->has_parent &&
+			    off + VHDX_SECTOR_BITMAP_SIZE > in->file_size)
+				continue;
+			end = max_u64(end, off + VHDX_SECTOR_BITMAP_SIZE);
+			continue;
+		}
+		if (i - i / (cr + 1) >= in->payload_blocks)
+			continue; /* padding entry of the last chunk */
+		/* a whole block, even the short last one: that is what
+		 * alloc_space() gave it */
+		if (st == VHDX_PAYLOAD_FULLY_PRESENT ||
+		    st == VHDX_PAYLOAD_PARTIALLY_PRESENT)
+			end = max_u64(end, off + in->block_size);
+	}
+	return align_up(end);
+}
+
 int vhdx_writer_init(struct vhdx_image *img)
 {
+	img->alloc_end = vhdx_referenced_end(img);
 	img->log_seq = 1;
 	img->log_pos = 0;
 	img->dirty_cap = 64;
 	img->dirty = calloc(img->dirty_cap, sizeof(*img->dirty));
 	return img->dirty ? 0 : -ENOMEM;
+}
+
+/* Cut the file back to the end of what is referenced: 1 when it was cut,
+ * 0 when there was nothing to cut (or it is not a regular file: a block
+ * device keeps its size), or a negative errno.  Only while no log entry
+ * is in use (see the top of this file). */
+static int trim_tail(struct vhdx_image *img)
+{
+	uint64_t end = vhdx_referenced_end(img);
+	struct stat st;
+
+	if (!vhdx_guid_is_zero(&img->log_guid) || img->ndirty)
+		return 0;
+	if (fstat(img->fd, &st))
+		return -errno;
+	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size <= end)
+		return 0;
+	if (ftruncate(img->fd, (off_t)end))
+		return -errno;
+	__atomic_store_n(&img->info.file_size, end, __ATOMIC_RELAXED);
+	__atomic_store_n(&img->overlay.file_size, end, __ATOMIC_RELAXED);
+	img->alloc_end = end;
+	return 1;
 }
 
 /* FileWriteGuid and DataWriteGuid change before the first write of each
@@ -50,6 +138,9 @@ static int renew_guids(struct vhdx_image *img)
 
 	if (img->guids_changed)
 		return 0;
+	/* Best effort: where the tail stays, alloc_space() zeroes what it
+	 * reuses of it. */
+	(void)trim_tail(img);
 	ret = vhdx_guid_generate(&h.file_write_guid);
 	if (!ret)
 		ret = vhdx_guid_generate(&h.data_write_guid);
@@ -88,21 +179,6 @@ static int set_bat(struct vhdx_image *img, uint64_t idx, uint64_t entry)
 	return mark_dirty(img, off - off % VHDX_LOG_SECTOR);
 }
 
-/* Append LEN bytes of zeros at the next 1 MiB boundary of the file. */
-static int alloc_space(struct vhdx_image *img, uint64_t len, uint64_t *off)
-{
-	uint64_t at = (img->info.file_size + VHDX_ALIGN - 1) / VHDX_ALIGN *
-		      VHDX_ALIGN;
-
-	if (ftruncate(img->fd, (off_t)(at + len)))
-		return -errno;
-	/* readers (map.c) look at the size without the write lock */
-	__atomic_store_n(&img->info.file_size, at + len, __ATOMIC_RELAXED);
-	__atomic_store_n(&img->overlay.file_size, at + len, __ATOMIC_RELAXED);
-	*off = at;
-	return 0;
-}
-
 static int write_range(struct vhdx_image *img, uint64_t off,
 		       const uint8_t *data, uint64_t len)
 {
@@ -118,6 +194,43 @@ static int write_range(struct vhdx_image *img, uint64_t off,
 			return ret;
 		done += n;
 	}
+	return 0;
+}
+
+/*
+ * LEN bytes of zeros for a new block, at the next 1 MiB boundary past
+ * everything referenced (alloc_end).  Space past the end of the file reads
+ * as zeros once the file is extended; space an earlier attempt left
+ * inside it (a tail that could not be cut, as on a block device) holds
+ * its stale bytes, which the unwritten rest of the block must not show:
+ * punched out, or overwritten where punching is not supported.
+ */
+static int alloc_space(struct vhdx_image *img, uint64_t len, uint64_t *off)
+{
+	uint64_t at = img->alloc_end, size = img->info.file_size, n;
+	int ret;
+
+	if (at < size) {
+		n = at + len < size ? len : size - at;
+		if (fallocate(img->fd,
+			      FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      (off_t)at, (off_t)n)) {
+			ret = write_range(img, at, NULL, n);
+			if (ret)
+				return ret;
+		}
+	}
+	if (at + len > size) {
+		if (ftruncate(img->fd, (off_t)(at + len)))
+			return -errno;
+		/* readers (map.c) look at the size without the write lock */
+		__atomic_store_n(&img->info.file_size, at + len,
+				 __ATOMIC_RELAXED);
+		__atomic_store_n(&img->overlay.file_size, at + len,
+				 __ATOMIC_RELAXED);
+	}
+	img->alloc_end = align_up(at + len);
+	*off = at;
 	return 0;
 }
 
@@ -507,6 +620,14 @@ int vhdx_writer_close(struct vhdx_image *img)
 			memset(&img->log_guid, 0, sizeof(img->log_guid));
 	}
 	if (!ret && fsync(img->fd))
+		ret = -errno;
+	/* The BAT on disk is the whole truth now: give back what this open
+	 * or a failed one before it left unreferenced at the end.  Only
+	 * after a write: an open that wrote nothing leaves the file as it
+	 * found it.  A cut that fails (or is lost in a crash) only leaves
+	 * the tail for the next writer to cut, so it does not fail the
+	 * close; an fsync that fails does, as anywhere. */
+	if (!ret && img->guids_changed && trim_tail(img) == 1 && fsync(img->fd))
 		ret = -errno;
 	img->writable = false;
 	return ret;

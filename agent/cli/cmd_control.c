@@ -28,11 +28,12 @@
 #define JOB_USAGE                                                                      \
 	"hvresync job list [--vm VM] | show ID | cancel ID | suspend ID | resume ID\n" \
 	"                [--wait] [--timeout S] [--json] [--config FILE | --control SOCKET]"
-#define VM_USAGE                                            \
-	"hvresync vm list | show VM | set-state VM STATE\n" \
+#define VM_USAGE                                                         \
+	"hvresync vm list | show VM | set-state VM STATE | discard VM\n" \
 	"                [--json] [--config FILE | --control SOCKET]"
 
 #define DEFAULT_CALL_MS 30000
+#define DISCARD_CALL_S 600 /* `vm discard` may complete a merge */
 
 struct opts {
 	const char *config;
@@ -193,7 +194,7 @@ static bool hidden_member(const char *key, const struct jv *v)
 		if (!strcmp(key, internal[i]))
 			return true;
 	if (!strcmp(key, "SnapshotNote") || !strcmp(key, "Resume") ||
-	    !strcmp(key, "SnapshotTime"))
+	    !strcmp(key, "SnapshotTime") || !strcmp(key, "MergeNote"))
 		return v->type == JV_NULL || (v->type == JV_STRING && !v->s[0]);
 	return false;
 }
@@ -569,6 +570,27 @@ static void print_vm_table(const struct jv *vms)
 	}
 }
 
+/* What `vm discard` did: each disk's copy dropped, or its merge (which
+ * had begun and cannot be undone) completed. */
+static void print_discarded(const struct jv *reply)
+{
+	const struct jv *d = jv_get(reply, "Discarded"),
+			*m = jv_get(reply, "Merged");
+	size_t i;
+
+	print_rv(control_reply_rv(reply), false);
+	for (i = 0; d && d->type == JV_ARRAY && i < d->n; i++)
+		if (d->items[i].type == JV_STRING)
+			printf("discarded the held copy of %s\n",
+			       d->items[i].s);
+	for (i = 0; m && m->type == JV_ARRAY && i < m->n; i++)
+		if (m->items[i].type == JV_STRING)
+			printf("completed the merge %s had begun (it cannot be undone)\n",
+			       m->items[i].s);
+	if ((!d || !d->n) && (!m || !m->n))
+		printf("nothing was held\n");
+}
+
 /* RequestReplicationStateChange of VM to STATE (a number). */
 static char *set_state_request(const char *vm, const char *state)
 {
@@ -627,6 +649,19 @@ int cmd_vm(int argc, char **argv)
 			print_json(reply);
 		else
 			print_object(jv_get(reply, "Instance"));
+	} else if (!strcmp(verb, "discard")) {
+		/* finishing a merge that had begun may take a while */
+		if (argc - i != 1)
+			usage_die(VM_USAGE);
+		if (o.timeout <= 0)
+			o.timeout = DISCARD_CALL_S;
+		req = request("DiscardHeldCopies", "ComputerSystem", argv[i],
+			      NULL, NULL);
+		reply = call_or_die(&o, "vm discard", req);
+		if (o.json)
+			print_json(reply);
+		else
+			print_discarded(reply);
 	} else if (!strcmp(verb, "set-state")) {
 		if (argc - i != 2)
 			usage_die(VM_USAGE);

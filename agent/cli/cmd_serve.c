@@ -40,7 +40,10 @@ static const char serve_help[] =
 	"  --state-dir DIR     where progress is recorded for resume\n"
 	"                      (default " SERVER_DEFAULT_STATE_DIR ")\n"
 	"  --window N          flow-control window in bytes (default 8M)\n"
-	"  --max-sessions N    sessions at once (default 16)\n"
+	"  --max-sessions N    authenticated sessions at once (default 16;\n"
+	"                      one more is told \"busy\"); connections still\n"
+	"                      in the TLS handshake have 10 s, at most 4 x N\n"
+	"                      of them (at least 16), 8 idle ones per address\n"
 	"\n"
 	"Runs until SIGINT or SIGTERM; sessions in progress are stopped and\n"
 	"keep their progress.  Exit status: 0 after a signal, 2 on error.\n";

@@ -101,7 +101,7 @@ static int64_t run_job_list(struct agent *a, int64_t now, int64_t wake)
 
 	for (pp = &a->jobs; (aj = *pp);) {
 		runner_reap(aj);
-		if (aj->j.finished && !aj->has_thread &&
+		if (aj->j.finished && !aj->has_thread && !aj->discarding &&
 		    now >= aj->j.finished + aj->j.retention) {
 			log_msg(LOG_PRIO_INFO, NULL,
 				"job %s (VM %s, %s) removed: its TimeBeforeRemoval passed",
@@ -337,6 +337,11 @@ static int start_server(struct agent *a, char *err, size_t errlen)
 	ret = server_listen(a->server, err, errlen);
 	if (ret)
 		return ret;
+	/* Bound but not accepting: a primary that connects now waits in
+	 * the backlog (and its handshake timeout) instead of being refused,
+	 * while a merge a crash interrupted is finished first.  No session
+	 * may see a half-merged image. */
+	held_finish_merges(a);
 	add_exports(a, true);
 	ret = pthread_create(&a->server_thread, NULL, server_main, a);
 	if (ret) {
@@ -427,6 +432,7 @@ static void stop_runners(struct agent *a)
 static void teardown(struct agent *a)
 {
 	struct ajob *aj;
+	unsigned i, k;
 
 	pthread_mutex_lock(&a->lock);
 	a->stopping = true;
@@ -446,6 +452,12 @@ static void teardown(struct agent *a)
 	while ((aj = a->jobs)) {
 		a->jobs = aj->next;
 		jobs_free(aj);
+	}
+	for (i = 0; a->vms && i < a->cfg.nvms; i++) {
+		for (k = 0; a->vms[i].merge_note && k < a->cfg.vms[i].ndisks;
+		     k++)
+			free(a->vms[i].merge_note[k]);
+		free(a->vms[i].merge_note);
 	}
 	free(a->vms);
 	free(a->jobs_dir);

@@ -1,14 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * internal.h - what the agent's own files share (agent.c, jobs.c,
- * runner.c, methods.c): the agent, its jobs and its VMs, and the calls
- * each file offers the others.  Nothing outside agent/daemon/ includes it;
- * the CLI sees only agent.h.
+ * runner.c, session.c, jobsnap.c, held.c, methods.c): the agent, its
+ * jobs and its VMs, and the calls each file offers the others.  Nothing
+ * outside agent/daemon/ includes it; the CLI sees only agent.h.
  *
  * The files call downwards only: agent.c (lifecycle, scheduler) uses
- * methods.c, runner.c, jobsnap.c and jobs.c; methods.c uses runner.c and
- * jobs.c; runner.c uses session.c, jobsnap.c and jobs.c; session.c and
- * jobsnap.c use jobs.c; jobs.c uses none of them.
+ * methods.c, held.c, runner.c, jobsnap.c and jobs.c; methods.c uses
+ * held.c, runner.c, session.c and jobs.c; runner.c uses session.c,
+ * jobsnap.c and jobs.c; held.c, session.c and jobsnap.c use jobs.c;
+ * jobs.c uses none of them.
  *
  * Locking: one mutex (agent.lock) guards the job list, every job's
  * fields and the VM states; it is never held across a network session.
@@ -47,6 +48,9 @@ struct ajob {
 	unsigned cur_flags; /* the running session's PUSH_* flags */
 	bool keep_snap;	    /* network retries ran out: an Exception
 			     * keeps the clones for the next job */
+	bool discarding;    /* a cancel of this failed job discards the
+			     * recovery side's copies right now (it is not
+			     * removed meanwhile) */
 	struct ajob *next;
 };
 
@@ -55,6 +59,9 @@ struct vmrt {
 	struct vm_state st;
 	int64_t last_auto; /* when auto-resync last submitted a job */
 	bool exported;	   /* its disks are all exports of the server */
+	bool discarding;   /* `vm discard` works on its held copies */
+	char **merge_note; /* per disk: why an interrupted merge is still
+			    * pending (held.c), or NULL */
 };
 
 struct agent {
@@ -76,6 +83,8 @@ struct agent {
 	bool stopping;
 	bool recheck; /* run the auto-resync pass now */
 	bool ready;   /* jobs restored: requests are served */
+	bool merging; /* finishing interrupted merges before serving:
+		       * requests that only read are served */
 	int64_t retention;
 	uint64_t bwlimit;
 	int lock_fd;
@@ -157,6 +166,10 @@ void jobsnap_sweep(struct agent *a);
  */
 int runner_session(struct ajob *aj, unsigned i, unsigned flags, char *err,
 		   size_t errlen);
+/* One session, no network retries (a cancel of a failed job discards its
+ * copies while its caller waits).  Without the lock. */
+int runner_session_once(struct ajob *aj, unsigned i, unsigned flags, char *err,
+			size_t errlen);
 /* Under the lock: PercentComplete from the job's phase and disks. */
 void runner_update_percent(struct job *j);
 
@@ -169,6 +182,32 @@ void runner_reap(struct ajob *aj);
 /* Act on the stop @aj->stop_req asks for.  Returns true when the job is
  * done with for now, false when its partial copies must be discarded. */
 bool runner_handle_stop(struct agent *a, struct ajob *aj);
+
+/* --- held.c: the recovery side's held copies (replica VMs' disks) --- */
+
+/*
+ * At start, before the peer server accepts: finish every interrupted
+ * merge of the replica VMs' disks (a CHILD.merging marker is there),
+ * logging each.  A merge that cannot finish leaves the disk's
+ * merge_note saying why; GetVM shows the disk Critical until a later
+ * session or `vm discard` completes it.  Without the lock.
+ */
+void held_finish_merges(struct agent *a);
+/* Under the lock: fill @ds (one per disk of @rt, freed with
+ * held_status_free()) with what is held of each disk now.  0 or -ENOMEM. */
+int held_status(struct agent *a, struct vmrt *rt, struct vm_disk_status **ds);
+void held_status_free(struct vm_disk_status *ds, unsigned n);
+/*
+ * `vm discard` (DiscardHeldCopies): drop every held copy of replica VM
+ * @rt's disks (child and progress record); a merge that has begun is
+ * completed instead (it cannot be undone).  Called without the lock;
+ * writes the whole reply to @w: ReturnValue 0 with Discarded and Merged
+ * (disk names), 32774 while a session or job of the VM runs or another
+ * program holds an image, 32770 for a primary VM, 32768 on failure.
+ */
+void held_discard(struct agent *a, struct vmrt *rt, struct json_writer *w);
+/* Does a disk of @vm have a merge pending (its marker is there)? */
+bool held_merge_pending(const struct vm_config *vm, unsigned i);
 
 /* --- methods.c: the control API --- */
 

@@ -29,6 +29,10 @@ unsigned job_transition(unsigned current, unsigned requested, unsigned *next)
 	default:
 		return RSC_INVALID_PARAMETER;
 	}
+	/* Terminate of a failed job discards the copies it left on the
+	 * recovery side (the caller does that); it stays Exception. */
+	if (current == JS_EXCEPTION && requested == REQ_TERMINATE)
+		return RSC_OK;
 	if (job_state_final(current))
 		return RSC_INVALID_TRANSITION;
 

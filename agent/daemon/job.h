@@ -162,7 +162,9 @@ struct job {
  *                  gone); Shutting Down: 4096.
  *   Kill (5):      New -> Killed (0); Starting/Running/Suspended/Shutting
  *                  Down -> Shutting Down (4096, Killed when stopped).
- *   Finished jobs: 4097 for every request.
+ *   Finished jobs: 4097 for every request, but Terminate of an
+ *                  Exception: 0 (it stays Exception; the caller discards
+ *                  the copies the failed job left on the recovery side).
  * Whether a job may still be cancelled (its merge has not begun) is the
  * caller's check: Suspend, Terminate and Kill of a job that is not
  * Cancellable are 4097 too.

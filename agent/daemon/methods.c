@@ -21,6 +21,7 @@
 #include "agent/lib/fmt.h"
 #include "agent/lib/log.h"
 #include "agent/sync/proto.h"
+#include "agent/sync/push.h"
 
 static void reply_rv(struct json_writer *w, unsigned rv, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -274,6 +275,21 @@ static unsigned resync_check(struct agent *a, const struct resync_request *r,
 		snprintf(msg, len, "VM %s is in ReplicationState %u (%s)",
 			 vm->name, rt->st.state, repl_state_name(rt->st.state));
 		return RV_INVALID_STATE;
+	}
+	if (rt->discarding) {
+		snprintf(msg, len,
+			 "VM %s: its held copies are being discarded right now",
+			 vm->name);
+		return RV_IN_USE;
+	}
+	for (aj = a->jobs; aj; aj = aj->next) {
+		if (aj->discarding && !strcmp(aj->j.vm, vm->name)) {
+			snprintf(
+				msg, len,
+				"VM %s: the cancel of its failed job %s is discarding the recovery side's copies right now",
+				vm->name, aj->j.id);
+			return RV_IN_USE;
+		}
 	}
 	if ((rv = replica_idle(a, vm, msg, len)))
 		return rv;
@@ -554,6 +570,91 @@ static unsigned state_change_wait(struct agent *a, struct ajob *aj,
 	return RSC_TIMEOUT;
 }
 
+/* Under the lock: may the cancel of failed job @aj discard the recovery
+ * side's copies?  Only while they are still its own: no later job of the
+ * VM (running or finished) has taken them over.  RSC_OK or 4097/4099. */
+static unsigned discard_allowed(struct agent *a, struct ajob *aj, char *msg,
+				size_t len)
+{
+	struct ajob *it;
+
+	if (aj->discarding) {
+		snprintf(msg, len,
+			 "job %s: its copies are being discarded right now",
+			 aj->j.id);
+		return RSC_BUSY;
+	}
+	for (it = a->jobs; it; it = it->next) {
+		if (it == aj || strcmp(it->j.vm, aj->j.vm))
+			continue;
+		if (ajob_active(it) || it->j.submitted > aj->j.submitted) {
+			snprintf(
+				msg, len,
+				"job %s: a later job of VM %s (%s) owns the recovery side's copies now",
+				aj->j.id, aj->j.vm, it->j.id);
+			return RSC_INVALID_TRANSITION;
+		}
+	}
+	return RSC_OK;
+}
+
+/*
+ * Under the lock (dropped while the sessions run): RequestStateChange 4
+ * on a job that ended in Exception.  Its held copies on the recovery side
+ * would otherwise fill that filesystem until a later job of the VM, so
+ * they are discarded now (DISCARD sessions, one try each: the caller
+ * waits) and the job's kept clones go too; the next resync starts over.
+ * The job stays Exception and its ErrorDescription says what was done.
+ * RSC_OK, or RSC_FAILED with @msg when a DISCARD failed.
+ */
+static unsigned discard_failed(struct agent *a, struct ajob *aj, char *msg,
+			       size_t len)
+{
+	char err[1024], desc[2400];
+	unsigned i, rv;
+	int ret = 0;
+
+	rv = discard_allowed(a, aj, msg, len);
+	if (rv)
+		return rv;
+	aj->discarding = true;
+	pthread_mutex_unlock(&a->lock);
+	for (i = 0; i < aj->j.ndisks && !ret; i++) {
+		ret = runner_session_once(aj, i, PUSH_DISCARD, err,
+					  sizeof(err));
+		if (ret)
+			snprintf(
+				msg, len,
+				"job %s: cannot discard the copy of %s held by %s: %s",
+				aj->j.id, aj->j.disks[i].name, aj->j.peer, err);
+	}
+	pthread_mutex_lock(&a->lock);
+	aj->discarding = false;
+	pthread_cond_broadcast(&a->cond);
+	if (ret) {
+		log_msg(LOG_PRIO_WARNING, NULL, "%s", msg);
+		return RSC_FAILED;
+	}
+	/* nothing is left to resume from: the next job starts over */
+	jobs_drop_clones(a, aj);
+	for (i = 0; i < aj->j.ndisks; i++) {
+		aj->j.disks[i].started = false;
+		aj->j.disks[i].sent = false;
+	}
+	snprintf(
+		desc, sizeof(desc),
+		"%s; RequestStateChange 4: the recovery side's copies were discarded",
+		aj->j.error_desc ? aj->j.error_desc : "failed");
+	free(aj->j.error_desc);
+	aj->j.error_desc = strdup(desc);
+	jobs_persist(a, aj);
+	log_msg(LOG_PRIO_INFO, NULL,
+		"job %s (VM %s): failed job cancelled: the copies held by %s were discarded",
+		aj->j.id, aj->j.vm, aj->j.peer);
+	msg[0] = '\0';
+	return RSC_OK;
+}
+
 static void do_request_state_change(struct agent *a,
 				    const struct control_caller *who,
 				    const struct jv *req, struct json_writer *w)
@@ -561,7 +662,7 @@ static void do_request_state_change(struct agent *a,
 	struct state_change_request r;
 	struct ajob *aj;
 	unsigned rv, next;
-	char msg[512];
+	char msg[1600];
 
 	rv = state_change_parse(req, &r, msg, sizeof(msg));
 	if (rv) {
@@ -583,6 +684,10 @@ static void do_request_state_change(struct agent *a,
 		"uid %u: RequestStateChange %u on job %s (%s)",
 		(unsigned)who->uid, r.requested, aj->j.id,
 		job_state_name(aj->j.state));
+	if (aj->j.state == JS_EXCEPTION && r.requested == REQ_TERMINATE) {
+		rv = discard_failed(a, aj, msg, sizeof(msg));
+		goto out;
+	}
 	if (next == aj->j.state && rv == RSC_OK)
 		goto out; /* already there */
 	rv = state_change_apply(a, aj, r.requested, next, rv, msg, sizeof(msg));
@@ -658,23 +763,36 @@ static void do_list_jobs(struct agent *a, const struct jv *req,
 	pthread_mutex_unlock(&a->lock);
 }
 
-/* Under the lock: the state GetVM shows (a replica receiving is 10). */
+/* Under the lock: the state GetVM shows (a replica receiving is 10; a
+ * disk whose merge is pending and in no session makes it Critical). */
 static void vm_json(struct agent *a, struct vmrt *rt, struct json_writer *w)
 {
 	struct vm_state st = rt->st;
+	struct vm_disk_status *ds = NULL;
+	bool receiving = false;
 	unsigned i;
 
-	if (rt->cfg->role != VM_ROLE_PRIMARY &&
-	    !jobs_active_of(a, rt->cfg->name)) {
-		for (i = 0; i < rt->cfg->ndisks; i++) {
-			if (jobs_disk_receiving(a, rt->cfg, i)) {
-				st.state = RS_RESYNCHRONIZING;
-				st.health = vm_health_for(st.state);
-				break;
-			}
+	if (held_status(a, rt, &ds))
+		log_msg(LOG_PRIO_WARNING, NULL,
+			"VM %s: out of memory for its held copies",
+			rt->cfg->name);
+	for (i = 0; rt->cfg->role != VM_ROLE_PRIMARY && i < rt->cfg->ndisks;
+	     i++) {
+		if (!jobs_disk_receiving(a, rt->cfg, i))
+			continue;
+		receiving = true;
+		if (ds) {
+			ds[i].in_session = true;
+			ds[i].merge_note =
+				"merge pending: a session of the primary is merging";
 		}
 	}
-	vm_to_json(w, rt->cfg, &st);
+	if (receiving && !jobs_active_of(a, rt->cfg->name)) {
+		st.state = RS_RESYNCHRONIZING;
+		st.health = vm_health_for(st.state);
+	}
+	vm_to_json(w, rt->cfg, &st, ds);
+	held_status_free(ds, rt->cfg->ndisks);
 }
 
 static void do_get_vm(struct agent *a, const struct jv *req,
@@ -719,6 +837,31 @@ static void do_list_vms(struct agent *a, struct json_writer *w)
 	json_array_end(w);
 	json_object_end(w);
 	pthread_mutex_unlock(&a->lock);
+}
+
+/* DiscardHeldCopies: `vm discard` on the recovery agent. */
+static void do_discard_held(struct agent *a, const struct control_caller *who,
+			    const struct jv *req, struct json_writer *w)
+{
+	const struct vm_config *vm;
+	const struct jv *cs;
+	char msg[256];
+	unsigned rv;
+
+	if ((rv = field(req, "ComputerSystem", JV_STRING, true, &cs, msg,
+			sizeof(msg)))) {
+		reply_rv(w, rv, "%s", msg);
+		return;
+	}
+	vm = config_find_vm(&a->cfg, cs->s);
+	if (!vm) {
+		reply_rv(w, RV_INVALID_PARAMETER, "no VM named '%s' in %s",
+			 cs->s, a->cfg.path);
+		return;
+	}
+	log_msg(LOG_PRIO_INFO, NULL, "uid %u: DiscardHeldCopies %s",
+		(unsigned)who->uid, vm->name);
+	held_discard(a, jobs_vm(a, vm->name), w);
 }
 
 static void
@@ -771,17 +914,27 @@ do_request_replication_state_change(struct agent *a,
 	reply_rv(w, RV_OK, NULL);
 }
 
+/* Methods that change nothing. */
+static bool read_only(const char *m)
+{
+	return !strcmp(m, "GetVM") || !strcmp(m, "ListVMs") ||
+	       !strcmp(m, "GetJob") || !strcmp(m, "ListJobs");
+}
+
 void methods_handle(void *ctx, const struct control_caller *who,
 		    const struct jv *req, struct json_writer *w)
 {
 	struct agent *a = ctx;
 	const char *m = jv_get(req, "Method")->s;
-	bool ready;
+	bool ready, reads;
 
 	pthread_mutex_lock(&a->lock);
 	ready = a->ready && !a->stopping;
+	/* while interrupted merges are finished at start, what only reads
+	 * is answered: GetVM shows those disks Critical */
+	reads = ready || (a->merging && !a->stopping);
 	pthread_mutex_unlock(&a->lock);
-	if (!ready) {
+	if (!ready && !(reads && read_only(m))) {
 		reply_rv(w, RV_NOT_AVAILABLE, "the agent is %s",
 			 a->stopping ? "stopping" : "starting");
 		return;
@@ -800,6 +953,8 @@ void methods_handle(void *ctx, const struct control_caller *who,
 		do_list_vms(a, w);
 	else if (!strcmp(m, "RequestReplicationStateChange"))
 		do_request_replication_state_change(a, who, req, w);
+	else if (!strcmp(m, "DiscardHeldCopies"))
+		do_discard_held(a, who, req, w);
 	else
 		reply_rv(w, RV_NOT_SUPPORTED, "unknown Method '%.100s'", m);
 }

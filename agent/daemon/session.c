@@ -350,3 +350,11 @@ int runner_session(struct ajob *aj, unsigned i, unsigned flags, char *err,
 			return ret;
 	}
 }
+
+int runner_session_once(struct ajob *aj, unsigned i, unsigned flags, char *err,
+			size_t errlen)
+{
+	struct push_stats st;
+
+	return session(aj, i, flags, &st, err, errlen);
+}

@@ -231,17 +231,43 @@ static void hhmm(struct json_writer *w, const char *k, int min)
 	json_kv_string(w, k, s);
 }
 
-void vm_to_json(struct json_writer *w, const struct vm_config *vm,
-		const struct vm_state *st)
+/* The held copies: one object per disk whose child is there. */
+static void held_copies(struct json_writer *w, const struct vm_config *vm,
+			const struct vm_disk_status *ds)
 {
-	unsigned i, mode = vm_mode(vm);
+	unsigned i;
+
+	json_key(w, "HeldCopies");
+	json_array_begin(w);
+	for (i = 0; ds && i < vm->ndisks; i++) {
+		if (!ds[i].held)
+			continue;
+		json_object_begin(w);
+		json_kv_string(w, "Disk", config_basename(vm->disks[i]));
+		json_kv_string(w, "Path", ds[i].held_path);
+		json_kv_u64(w, "Bytes", ds[i].held_bytes);
+		job_kv_time(w, "Since", ds[i].held_since);
+		json_kv_bool(w, "Complete", ds[i].held_complete);
+		json_kv_bool(w, "MergePending", ds[i].merge_pending);
+		json_object_end(w);
+	}
+	json_array_end(w);
+}
+
+void vm_to_json(struct json_writer *w, const struct vm_config *vm,
+		const struct vm_state *st, const struct vm_disk_status *ds)
+{
+	unsigned i, mode = vm_mode(vm), health = st->health;
 	struct stat sb;
 
+	for (i = 0; ds && i < vm->ndisks; i++)
+		if (ds[i].merge_pending && !ds[i].in_session)
+			health = RH_CRITICAL;
 	json_object_begin(w);
 	json_kv_string(w, "ElementName", vm->name);
 	json_kv_string(w, "Name", vm->id);
 	json_kv_u64(w, "ReplicationState", st->state);
-	json_kv_u64(w, "ReplicationHealth", st->health);
+	json_kv_u64(w, "ReplicationHealth", health);
 	json_kv_u64(w, "ReplicationMode", mode);
 	job_kv_time(w, "TimeOfLastStateChange", st->last_change);
 	json_kv_string(w, "Role",
@@ -258,9 +284,14 @@ void vm_to_json(struct json_writer *w, const struct vm_config *vm,
 		json_kv_string(w, "Name", config_basename(vm->disks[i]));
 		json_kv_string(w, "Path", vm->disks[i]);
 		json_kv_bool(w, "Exists", exists);
+		json_kv_bool(w, "MergePending", ds && ds[i].merge_pending);
+		json_kv_string(w, "MergeNote",
+			       ds && ds[i].merge_pending ? ds[i].merge_note
+							 : NULL);
 		json_object_end(w);
 	}
 	json_array_end(w);
+	held_copies(w, vm, ds);
 	json_key(w, "ExcludedDisks");
 	json_array_begin(w);
 	for (i = 0; i < vm->nexcludes; i++)

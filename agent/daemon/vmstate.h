@@ -84,11 +84,33 @@ int vm_state_load(const char *dir, const char *name, struct vm_state *st,
 int vm_state_save(const char *dir, const char *name, const struct vm_state *st);
 
 /*
+ * What the recovery side holds of one replica disk (the agent's held.c
+ * finds it): its differencing child IMAGE.hvresync.avhdx with the
+ * progress record, and whether a merge into the image has begun and not
+ * finished (the child's .merging marker is there).
+ */
+struct vm_disk_status {
+	bool held;		/* the child is there */
+	const char *held_path;	/* the child */
+	uint64_t held_bytes;	/* its bytes on disk */
+	int64_t held_since;	/* usec: when it was made; 0 unknown */
+	bool held_complete;	/* its record says the copy is complete */
+	bool merge_pending;	/* the image is half-merged */
+	bool in_session;	/* a session of the primary has the disk
+				 * (its merge is under way, not stuck) */
+	const char *merge_note; /* why it is still pending, or NULL */
+};
+
+/*
  * The Msvm_ComputerSystem view of a VM: ElementName, Name (its id),
  * ReplicationState/Health/Mode, then hvresync's (role, peer, disks with
- * whether each exists, excluded disks, auto-resync window, last job).
+ * whether each exists and whether its merge is pending, the held copies,
+ * excluded disks, auto-resync window, last job).  @ds: one status per
+ * disk of @vm, or NULL (nothing held).  A pending merge that no session
+ * is carrying on makes the health 3 (Critical) whatever the state says: a
+ * half-merged disk is never Ok.
  */
 void vm_to_json(struct json_writer *w, const struct vm_config *vm,
-		const struct vm_state *st);
+		const struct vm_state *st, const struct vm_disk_status *ds);
 
 #endif

@@ -82,6 +82,14 @@ static int probe_plain(struct session *s, int fd, const struct stat *st)
 	return 0;
 }
 
+/* Did an open fail on what the file holds (not on a lock, memory or
+ * permission, which say nothing about the image)? */
+static bool damaged(int ret)
+{
+	return ret != -EBUSY && ret != -ENOMEM && ret != -EACCES &&
+	       ret != -EPERM && ret != -EMFILE && ret != -ENFILE;
+}
+
 int disk_probe(struct session *s)
 {
 	struct vhdx_image *img;
@@ -106,7 +114,19 @@ int disk_probe(struct session *s)
 	close(fd);
 	if (ret < 0 || !s->vhdx)
 		return ret;
-	if (vhdx_open(s->image, 0, &img, &verr) < 0)
+	ret = vhdx_open(s->image, 0, &img, &verr);
+	if (ret < 0 && (s->hello.flags & PROTO_HELLO_MERGE) && damaged(ret) &&
+	    !exists(s->marker)) {
+		/* A held copy of an image that no longer opens cannot be
+		 * merged; whatever is done to the image next, the copy must
+		 * start over rather than resume as if nothing happened. */
+		record_remove(s);
+		return session_error(s, PROTO_ERR_IO,
+				     "export %s: %s; nothing was merged, the "
+				     "next push starts over",
+				     s->name, verr.msg);
+	}
+	if (ret < 0)
 		return session_error(s, PROTO_ERR_IO, "export %s: %s", s->name,
 				     verr.msg);
 	s->size = vhdx_get_info(img)->virtual_size;
@@ -219,6 +239,14 @@ static int create_child(struct session *s)
 				     "export %s: cannot "
 				     "create the differencing child: %s",
 				     s->name, verr.msg);
+	/* The progress record will speak of this child: its name must
+	 * survive a power cut before any record can. */
+	ret = vhdx_fsync_parent_dir(s->child);
+	if (ret < 0)
+		return session_error(s, PROTO_ERR_IO,
+				     "export %s: cannot make %s durable "
+				     "(fsync of its folder): %s",
+				     s->name, s->child, strerror(-ret));
 	ret = vhdx_open(s->child, VHDX_OPEN_RDWR, &s->img, &verr);
 	if (ret < 0)
 		return session_error(s, PROTO_ERR_IO, "export %s: %s", s->name,
@@ -454,6 +482,10 @@ int disk_commit(struct session *s)
 	}
 	ret = vhdx_close_checked(s->img);
 	s->img = NULL;
+	/* "complete" and FINISHED promise a child that a power cut keeps:
+	 * its folder entry is made durable first. */
+	if (!ret)
+		ret = vhdx_fsync_parent_dir(s->child);
 	if (!ret)
 		ret = record_write(s, s->size, true);
 	if (ret < 0)
@@ -470,13 +502,31 @@ int disk_merge(struct session *s)
 	double t0 = mono_seconds();
 	int ret;
 
-	ret = vhdx_merge(s->child, 0, NULL, NULL, &verr);
-	s->merge_seconds = mono_seconds() - t0;
+	/* Before the merge can remove the child: a record that outlives it
+	 * then says the merge finished, not that the child was lost. */
+	ret = record_mark_merging(s);
 	if (ret < 0)
 		return session_error(s, PROTO_ERR_IO,
-				     "export %s: merge failed "
-				     "(it completes at the next session): %s",
+				     "export %s: cannot record the merge in "
+				     "%s: %s",
+				     s->name, s->state, strerror(-ret));
+	ret = vhdx_merge(s->child, 0, NULL, NULL, &verr);
+	s->merge_seconds = mono_seconds() - t0;
+	if (ret < 0 && exists(s->marker))
+		return session_error(s, PROTO_ERR_IO,
+				     "export %s: merge failed after it began "
+				     "to write the image (it is completed "
+				     "before the image is used again): %s",
 				     s->name, verr.msg);
+	if (ret < 0) {
+		/* nothing began: the record says plainly complete again */
+		record_write(s, s->size, true);
+		return session_error(s, PROTO_ERR_IO,
+				     "export %s: merge failed before it "
+				     "wrote the image (unchanged; the copy "
+				     "is kept): %s",
+				     s->name, verr.msg);
+	}
 	record_remove(s);
 	return 0;
 }
@@ -522,12 +572,30 @@ void disk_close(struct session *s, bool failed)
 
 /* ---- MERGE and DISCARD sessions ------------------------------------------ */
 
+/* A held copy that cannot be merged: forget it (the record, and the
+ * child when @drop_child) so the next push starts over. */
+static void forget_copy(struct session *s, bool drop_child)
+{
+	int ret = 0;
+
+	if (drop_child)
+		ret = disk_remove_durably(s->child);
+	if (!ret)
+		ret = record_remove(s);
+	if (ret < 0)
+		S_LOG(s, LOG_PRIO_ERR, "export %s: cannot forget the copy: %s",
+		      s->name, strerror(-ret));
+}
+
 int disk_merge_held(struct session *s, const char **result)
 {
+	struct vhdx_image *img;
+	struct vhdx_error verr;
 	struct record r;
+	bool have;
 	int ret;
 
-	if (!s->vhdx || (!exists(s->child) && !exists(s->marker))) {
+	if (!s->vhdx) {
 		*result = "nothing to merge";
 		return 0;
 	}
@@ -538,18 +606,79 @@ int disk_merge_held(struct session *s, const char **result)
 		*result = "merged";
 		return 0;
 	}
-	if (!record_find(s, &r) || !r.complete)
+	have = record_find(s, &r);
+	if (!exists(s->child)) {
+		if (!have) {
+			*result = "nothing to merge";
+			return 0;
+		}
+		if (r.merging) {
+			/* the merge finished (a crash came before the
+			 * record went, or the agent finished it at start) */
+			record_remove(s);
+			*result = "merged";
+			return 0;
+		}
+		if (r.discarded) {
+			forget_copy(s, false);
+			return session_error(
+				s, PROTO_ERR_IO,
+				"export %s: the copy held in %s "
+				"was discarded on the recovery "
+				"side (hvresync vm discard): "
+				"nothing was merged; resynchronize "
+				"again",
+				s->name, s->child);
+		}
+		forget_copy(s, false);
+		return session_error(s, PROTO_ERR_IO,
+				     "export %s: the copy held in %s is "
+				     "gone although its record says %s: "
+				     "nothing was merged; the next push "
+				     "starts over",
+				     s->name, s->child,
+				     r.complete ? "complete" : "partial");
+	}
+	if (!have || !r.complete)
 		return session_error(
 			s, PROTO_ERR_IO,
 			"export %s: the copy held "
 			"in %s is incomplete: push it again before "
 			"merging",
 			s->name, s->child);
+	/* The child and the image it was made from must still open as one
+	 * chain (a damaged header, a changed image), or nothing is merged. */
+	ret = vhdx_open(s->child, 0, &img, &verr);
+	if (ret < 0 && !damaged(ret))
+		return session_error(s, PROTO_ERR_IO, "export %s: %s", s->name,
+				     verr.msg);
+	if (ret < 0) {
+		forget_copy(s, true);
+		return session_error(s, PROTO_ERR_IO,
+				     "export %s: the copy held in %s cannot "
+				     "be merged: %s; nothing was merged, the "
+				     "next push starts over",
+				     s->name, s->child, verr.msg);
+	}
+	vhdx_close(img);
 	ret = disk_merge(s);
 	if (ret < 0)
 		return ret;
 	*result = "merged";
 	return 0;
+}
+
+const char *disk_end_note(struct session *s, int ret)
+{
+	if (!s->vhdx)
+		return "";
+	if (exists(s->marker))
+		return " (a merge has begun to write the image: it is "
+		       "completed before the image is used again)";
+	if (ret < 0 && exists(s->child))
+		return " (the image is unchanged; the child is kept for "
+		       "resume)";
+	return "";
 }
 
 int disk_discard_all(struct session *s)

@@ -59,10 +59,18 @@ int disk_merge(struct session *s);
  * (@failed) keep the child and record the progress. */
 void disk_close(struct session *s, bool failed);
 
-/* A MERGE session: merge a held, complete child; @result for the log. */
+/* A MERGE session: merge a held, complete child; @result for the log.
+ * A record that says complete while the child is gone, or a child that
+ * no longer opens with its image, is an error and the copy is forgotten
+ * (the next push starts over); never "merged" with nothing merged. */
 int disk_merge_held(struct session *s, const char **result);
 /* A DISCARD session: drop the child and the record (a merge under way
  * is completed instead: it cannot be undone). */
 int disk_discard_all(struct session *s);
+
+/* What the session's last log line says about the image after a session
+ * that returned @ret: "" or " (...)", never "unchanged" once a merge has
+ * begun to write it (its marker is there). */
+const char *disk_end_note(struct session *s, int ret);
 
 #endif

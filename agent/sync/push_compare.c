@@ -32,6 +32,13 @@
 
 /* How many blocks the reader loop decides before looking at SUBHASHES. */
 #define BATCH_BLOCKS 1024
+/*
+ * A send that failed waits this long for the receiver to read what the
+ * peer sent before it closed: a recovery side that gives up (a full disk)
+ * sends ERROR and closes while we are still sending DATA, and our write
+ * can fail before the receiver has read that ERROR.
+ */
+#define RX_GRACE_MS 2000
 
 static const uint8_t zero_page[PROTO_SUBBLOCK];
 
@@ -71,6 +78,20 @@ static int throttle(struct push *ps, size_t n)
 
 static int rx_state(struct push *ps);
 
+/* Under ps->lock: give the receiver a moment to reach the end of what
+ * the peer sent (an ERROR, or the connection's end). */
+static void rx_settle(struct push *ps)
+{
+	struct timespec ts;
+
+	if (!ps->rx_running)
+		return;
+	push_deadline(&ts, RX_GRACE_MS);
+	while (!ps->rx_err && !ps->remote_error && !ps->finished)
+		if (pthread_cond_timedwait(&ps->cond, &ps->lock, &ts))
+			break;
+}
+
 int push_send_msg(struct push *ps, const struct msg *m, size_t payload)
 {
 	struct vhdx_error terr;
@@ -88,6 +109,7 @@ int push_send_msg(struct push *ps, const struct msg *m, size_t payload)
 			return -ECANCELED;
 		/* The receiver usually knows better why (an ERROR frame). */
 		pthread_mutex_lock(&ps->lock);
+		rx_settle(ps);
 		rx = rx_state(ps);
 		pthread_mutex_unlock(&ps->lock);
 		if (rx)

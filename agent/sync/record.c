@@ -64,6 +64,10 @@ static bool parse_line(const char *line, struct record *r, bool *magic)
 		return true;
 	} else if (sscanf(line, "complete %llu", &v) == 1)
 		r->complete = v == 1;
+	else if (sscanf(line, "merging %llu", &v) == 1)
+		r->merging = v == 1;
+	else if (sscanf(line, "discarded %llu", &v) == 1)
+		r->discarded = v == 1;
 	return false;
 }
 
@@ -102,9 +106,9 @@ int record_save(const char *dir, const char *name, const struct record *r)
 	n = snprintf(buf, sizeof(buf),
 		     RECORD_MAGIC "\nimage %s\nvirtual_size %" PRIu64
 				  "\nlogical_sector %u\ndone_through %" PRIu64
-				  "\ncomplete %d\n",
-		     r->image, r->size, r->sector, r->done,
-		     r->complete ? 1 : 0);
+				  "\ncomplete %d\nmerging %d\ndiscarded %d\n",
+		     r->image, r->size, r->sector, r->done, r->complete ? 1 : 0,
+		     r->merging ? 1 : 0, r->discarded ? 1 : 0);
 	if (n < 0 || (size_t)n >= sizeof(buf))
 		return -ENAMETOOLONG;
 	return fs_write_atomic(dir, name, buf, (size_t)n);
@@ -140,6 +144,20 @@ int record_write(struct session *s, uint64_t done, bool complete)
 	r.sector = s->sector;
 	r.done = done;
 	r.complete = complete;
+	return record_save(s->srv->state_dir, s->state_name, &r);
+}
+
+int record_mark_merging(struct session *s)
+{
+	struct record r;
+
+	memset(&r, 0, sizeof(r));
+	snprintf(r.image, sizeof(r.image), "%s", s->image);
+	r.size = s->size;
+	r.sector = s->sector;
+	r.done = s->size;
+	r.complete = true;
+	r.merging = true;
 	return record_save(s->srv->state_dir, s->state_name, &r);
 }
 

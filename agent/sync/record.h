@@ -14,6 +14,17 @@
  *	logical_sector BYTES
  *	done_through BYTES
  *	complete 0|1
+ *	merging 0|1
+ *	discarded 0|1
+ *
+ * "merging 1" is written before a complete copy's merge starts, so that
+ * a record whose child and merge marker are both gone can tell a merge
+ * that finished (a crash came before the record went) from a child that
+ * was lost (power cut, someone removed it): the first is merged, the
+ * second an error.  "discarded 1" (no child) is what `hvresync vm
+ * discard` leaves on the recovery agent: a MERGE of the primary's job
+ * that comes after it is an error, not "nothing to merge".  A record
+ * without these lines (older) reads them as 0.
  */
 #ifndef HVRESYNC_SYNC_RECORD_H
 #define HVRESYNC_SYNC_RECORD_H
@@ -29,6 +40,8 @@ struct record {
 	uint32_t sector;
 	uint64_t done;
 	bool complete;
+	bool merging;	/* a merge of the complete copy has begun */
+	bool discarded; /* the copy was dropped on the recovery side */
 };
 
 /*
@@ -54,6 +67,8 @@ uint64_t record_resume_offset(const struct session *s, const struct record *r,
 			      bool have);
 /* Record @done (done_through) and @complete now. */
 int record_write(struct session *s, uint64_t done, bool complete);
+/* Say "merging 1" in the (complete) record before a merge starts. */
+int record_mark_merging(struct session *s);
 /* Forget the record, durably; 0 if there was none. */
 int record_remove(struct session *s);
 /*

@@ -36,6 +36,15 @@
 
 #define SESSION_TIMEOUT_MS 60000
 #define HELLO_BUF 512
+/* Refused connections: this many lines in full per period, then one
+ * summary line at its end. */
+#define REFUSAL_PERIOD 10.0
+#define REFUSAL_LINES 5
+/* How long a session that sent ERROR waits for the primary to read it
+ * and close before closing itself (conn_linger). */
+#define LINGER_MS 3000
+/* A handshake this old is an idle connection, not one of a burst. */
+#define PENDING_STALE_S 1.0
 
 /* ---- logging ------------------------------------------------------------- */
 
@@ -52,6 +61,105 @@ void serve_log(struct server *srv, int level, const char *fmt, ...)
 		return;
 	}
 	log_msg(level, "serve", "%s", line);
+}
+
+/* ---- refused connections ------------------------------------------------- */
+
+static const char *const refusal_names[REFUSED_KINDS] = {
+	[REFUSED_PER_ADDR] = "over the per-address handshake cap",
+	[REFUSED_PENDING] = "over the handshake cap",
+	[REFUSED_EVICTED] = "closed to make room for another address",
+	[REFUSED_TIMEOUT] = "no handshake and HELLO within the time limit",
+	[REFUSED_HANDSHAKE] = "handshake or HELLO failed",
+	[REFUSED_BUSY] = "told busy",
+};
+
+/* The period's summary, when lines were held back; under srv->lock, the
+ * line goes to @line (empty when there is none). */
+static void refusal_period_end(struct server *srv, double now, char *line,
+			       size_t len)
+{
+	size_t n = 0;
+	unsigned total = 0, k;
+
+	line[0] = '\0';
+	for (k = 0; k < REFUSED_KINDS; k++)
+		total += srv->refusals[k];
+	if (srv->refusal_hidden) {
+		n = (size_t)snprintf(line, len,
+				     "%u connections refused or dropped in "
+				     "the last %.0f s (%u not logged one by "
+				     "one):",
+				     total, now - srv->refusal_since,
+				     srv->refusal_hidden);
+		for (k = 0; k < REFUSED_KINDS && n < len; k++)
+			if (srv->refusals[k])
+				n += (size_t)snprintf(
+					line + n, len - n, " %u %s;",
+					srv->refusals[k], refusal_names[k]);
+		if (n < len && line[n - 1] == ';')
+			line[n - 1] = '\0';
+	}
+	memset(srv->refusals, 0, sizeof(srv->refusals));
+	srv->refusal_lines = 0;
+	srv->refusal_hidden = 0;
+	srv->refusal_since = now;
+}
+
+/* Log the summary of a period that is over (or of the last one, @force). */
+static void refusal_flush(struct server *srv, bool force)
+{
+	double now = mono_seconds();
+	char line[1024];
+
+	pthread_mutex_lock(&srv->lock);
+	if (!force && now - srv->refusal_since < REFUSAL_PERIOD) {
+		pthread_mutex_unlock(&srv->lock);
+		return;
+	}
+	refusal_period_end(srv, now, line, sizeof(line));
+	pthread_mutex_unlock(&srv->lock);
+	if (line[0])
+		serve_log(srv, LOG_PRIO_WARNING, "%s", line);
+}
+
+/*
+ * A connection that did not become a session.  Under attack there is one
+ * per connection, so only the first few of a period are logged in full;
+ * the others are counted into one summary line (refusal_flush).
+ */
+static void refusal(struct server *srv, enum serve_refusal kind,
+		    const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void refusal(struct server *srv, enum serve_refusal kind,
+		    const char *fmt, ...)
+{
+	double now = mono_seconds();
+	char sum[1024], line[1024];
+	bool show, last;
+	va_list ap;
+
+	pthread_mutex_lock(&srv->lock);
+	sum[0] = '\0';
+	if (now - srv->refusal_since >= REFUSAL_PERIOD)
+		refusal_period_end(srv, now, sum, sizeof(sum));
+	srv->refusals[kind]++;
+	show = srv->refusal_lines < REFUSAL_LINES;
+	if (show)
+		srv->refusal_lines++;
+	else
+		srv->refusal_hidden++;
+	last = srv->refusal_lines == REFUSAL_LINES;
+	pthread_mutex_unlock(&srv->lock);
+	if (sum[0])
+		serve_log(srv, LOG_PRIO_WARNING, "%s", sum);
+	if (!show)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	serve_log(srv, LOG_PRIO_WARNING, "%s%s", line,
+		  last ? " (more such lines are summed up every 10 s)" : "");
 }
 
 /* ---- exports ------------------------------------------------------------- */
@@ -254,6 +362,13 @@ struct server *server_new(const struct server_config *cfg, char *err,
 		srv->cfg.window_bytes = SERVER_DEFAULT_WINDOW;
 	if (!srv->cfg.max_sessions)
 		srv->cfg.max_sessions = SERVER_DEFAULT_MAX_SESSIONS;
+	if (!srv->cfg.max_pending) {
+		srv->cfg.max_pending =
+			srv->cfg.max_sessions * SERVER_PENDING_PER_SESSION;
+		if (srv->cfg.max_pending < SERVER_PENDING_MIN)
+			srv->cfg.max_pending = SERVER_PENDING_MIN;
+	}
+	srv->refusal_since = mono_seconds();
 	if (strlen(srv->state_dir) > PATH_MAX - 800) {
 		snprintf(err, errlen, "%s: path too long", srv->state_dir);
 		goto fail;
@@ -423,8 +538,30 @@ static const char *kind_name(uint32_t flags)
 	return flags & PROTO_HELLO_RESTART ? "copy (restart)" : "copy";
 }
 
-/* The handshake, then HELLO into s->hello; false when the session ends
- * there (why was logged, and sent where it helps). */
+/* The handshake or HELLO failed; @what says which. */
+static void hello_failed(struct session *s, int ret, const char *what,
+			 const struct vhdx_error *terr)
+{
+	bool evicted;
+
+	pthread_mutex_lock(&s->srv->lock);
+	evicted = s->evicted; /* counted when it was closed */
+	pthread_mutex_unlock(&s->srv->lock);
+	/* The server stopping aborts it: nothing to report. */
+	if (evicted || __atomic_load_n(&s->srv->stop, __ATOMIC_RELAXED))
+		return;
+	refusal(s->srv, ret == -ETIMEDOUT ? REFUSED_TIMEOUT : REFUSED_HANDSHAKE,
+		"session %u: %s%s%s", s->id, what,
+		terr->msg[0] ? terr->msg : s->peer,
+		terr->msg[0] ? "" : ": closed");
+}
+
+/*
+ * The handshake, then HELLO into s->hello, both within
+ * SERVER_HANDSHAKE_MS of the accept however the peer trickles its bytes;
+ * false when the session ends there (why was logged, and sent where it
+ * helps).
+ */
 static bool read_hello(struct session *s)
 {
 	uint8_t buf[HELLO_BUF];
@@ -432,24 +569,30 @@ static bool read_hello(struct session *s)
 	struct msg m;
 	int ret;
 
+	conn_set_timeout(s->c, SERVER_HANDSHAKE_MS);
+	conn_set_deadline(s->c, SERVER_HANDSHAKE_MS);
 	terr.msg[0] = '\0';
 	ret = conn_handshake(s->c, &terr);
 	if (ret < 0) {
-		serve_log(s->srv, LOG_PRIO_WARNING, "session %u: %s", s->id,
-			  terr.msg[0] ? terr.msg : strerror(-ret));
+		hello_failed(s, ret, "", &terr);
 		return false;
 	}
 	snprintf(s->auth, sizeof(s->auth), "%s", conn_auth(s->c));
-	conn_set_timeout(s->c, SESSION_TIMEOUT_MS);
 	terr.msg[0] = '\0';
 	ret = proto_recv_msg(s->c, &m, buf, sizeof(buf), &terr);
 	if (ret == -EPROTONOSUPPORT) {
 		session_error(s, PROTO_ERR_UNSUPPORTED, "%s", terr.msg);
 		return false;
 	}
-	if (ret < 0) {
+	/* A malformed frame comes from a peer that authenticated (or is
+	 * on loopback without TLS): worth its own line.  Silence is not. */
+	if (ret < 0 && ret != -ETIMEDOUT && ret != -ECONNRESET) {
 		serve_log(s->srv, LOG_PRIO_WARNING, "session %u: %s", s->id,
 			  terr.msg[0] ? terr.msg : strerror(-ret));
+		return false;
+	}
+	if (ret < 0) {
+		hello_failed(s, ret, "waiting for HELLO: ", &terr);
 		return false;
 	}
 	if (m.type != PROTO_HELLO) {
@@ -457,7 +600,46 @@ static bool read_hello(struct session *s)
 				       proto_type_name(m.type));
 		return false;
 	}
+	conn_set_deadline(s->c, 0);
+	conn_set_timeout(s->c, SESSION_TIMEOUT_MS);
 	s->hello = m.u.hello;
+	return true;
+}
+
+/*
+ * An authenticated peer sent HELLO: take a session slot, or tell it the
+ * server is busy.  False when the session ends here.
+ */
+static bool take_slot(struct session *s)
+{
+	struct server *srv = s->srv;
+	unsigned max = srv->cfg.max_sessions;
+	struct msg m;
+
+	pthread_mutex_lock(&srv->lock);
+	if (s->evicted) {
+		pthread_mutex_unlock(&srv->lock);
+		return false;
+	}
+	s->pending = false;
+	srv->npending--;
+	if (srv->nactive >= max) {
+		pthread_mutex_unlock(&srv->lock);
+		/* Not session_error(): that logs every time, and this
+		 * one is rate-limited like the other refusals. */
+		sync_error_msg(&m, PROTO_ERR_BUSY, "busy: %u session%s", max,
+			       max == 1 ? "" : "s");
+		s->error_sent = true;
+		session_send(s, &m);
+		refusal(srv, REFUSED_BUSY,
+			"session %u: peer %s: export %s: busy: %u sessions "
+			"already",
+			s->id, s->peer, s->hello.name, max);
+		return false;
+	}
+	s->active = true;
+	srv->nactive++;
+	pthread_mutex_unlock(&srv->lock);
 	return true;
 }
 
@@ -466,7 +648,7 @@ static void serve_session(struct session *s)
 	const char *result = "failed";
 	int ret;
 
-	if (!read_hello(s))
+	if (!read_hello(s) || !take_slot(s))
 		return;
 	s->bs = s->hello.block_size;
 	if (claim_export(s) < 0)
@@ -496,11 +678,7 @@ static void serve_session(struct session *s)
 	      ", received %" PRIu64 ", in %.2f s%s",
 	      s->name, ret < 0 ? "failed" : result, s->resume, s->size,
 	      s->bytes_compared, s->bytes_written, s->bytes_received,
-	      mono_seconds() - s->start,
-	      s->vhdx && ret < 0 && access(s->child, F_OK) == 0
-		      ? " (the image is unchanged; the child is kept for "
-			"resume)"
-		      : "");
+	      mono_seconds() - s->start, disk_end_note(s, ret));
 	disk_unlock(s);
 	unclaim_export(s);
 }
@@ -512,6 +690,9 @@ static void *session_main(void *arg)
 	struct session **pp;
 
 	serve_session(s);
+	/* The primary may still be sending: let it read why we stop. */
+	if (s->error_sent)
+		conn_linger(s->c, LINGER_MS);
 	free(s->rbuf);
 	free(s->ring_sub);
 	free(s->ring_zero);
@@ -525,6 +706,10 @@ static void *session_main(void *arg)
 		}
 	}
 	srv->nsessions--;
+	if (s->pending && !s->evicted)
+		srv->npending--;
+	if (s->active)
+		srv->nactive--;
 	pthread_cond_broadcast(&srv->cond);
 	pthread_mutex_unlock(&srv->lock);
 	conn_close(s->c);
@@ -548,21 +733,110 @@ static const char *mode_name(enum tls_mode m)
 	return "?";
 }
 
+/* The address of "ADDR:PORT" or "[V6]:PORT", without the port. */
+static void peer_addr(const char *peer, char *out, size_t len)
+{
+	const char *colon = strrchr(peer, ':');
+	size_t n = colon ? (size_t)(colon - peer) : strlen(peer);
+
+	if (n >= len)
+		n = len - 1;
+	memcpy(out, peer, n);
+	out[n] = '\0';
+}
+
+/* Connections of @addr in the handshake for @age seconds or more;
+ * under srv->lock. */
+static unsigned pending_of(const struct server *srv, const char *addr,
+			   double age)
+{
+	double before = mono_seconds() - age;
+	const struct session *o;
+	unsigned n = 0;
+
+	for (o = srv->sessions; o; o = o->next)
+		n += o->pending && !o->evicted && !strcmp(o->addr, addr) &&
+		     o->accepted <= before;
+	return n;
+}
+
+/*
+ * The handshakes are all taken: the oldest connection of the address
+ * with the most of them, if that is more than @mine (the newcomer's
+ * address has), so that a few addresses cannot keep all the others out.
+ * NULL when there is none to drop.  Under srv->lock.
+ */
+static struct session *make_room(struct server *srv, unsigned mine)
+{
+	struct session *o, *victim = NULL;
+	unsigned n, most = mine;
+
+	for (o = srv->sessions; o; o = o->next) {
+		if (!o->pending || o->evicted)
+			continue;
+		n = pending_of(srv, o->addr, 0);
+		if (n > most || (n == most && victim && n > mine &&
+				 !strcmp(o->addr, victim->addr) &&
+				 o->accepted < victim->accepted)) {
+			most = n;
+			victim = o;
+		}
+	}
+	return victim;
+}
+
+/*
+ * A new connection: a thread for its handshake, unless its address or
+ * everyone together already have as many handshakes under way as
+ * allowed.  Session slots are taken later, after HELLO (take_slot), so
+ * connections that never authenticate cannot fill them.
+ *
+ * The per-address cap counts only connections that have been in the
+ * handshake for PENDING_STALE_S or more: a primary that starts many jobs
+ * at once (every VM's timer fires at 18:30) opens many connections in a
+ * burst, which the accept loop takes faster than any of them completes
+ * its handshake, while connections that sit idle are what an attack is.
+ */
 static void start_session(struct server *srv, struct conn *c)
 {
+	char addr[sizeof(((struct session *)0)->addr)];
+	struct session *victim = NULL;
+	char vpeer[128], npeer[128];
 	pthread_attr_t attr;
 	struct session *s;
+	unsigned mine;
 	int ret;
 
+	peer_addr(conn_peer(c), addr, sizeof(addr));
+	/* For the log after the thread runs, which may free c. */
+	snprintf(npeer, sizeof(npeer), "%s", conn_peer(c));
 	pthread_mutex_lock(&srv->lock);
-	if (srv->nsessions >= srv->cfg.max_sessions) {
+	mine = pending_of(srv, addr, PENDING_STALE_S);
+	if (mine >= SERVER_PENDING_PER_ADDR) {
 		pthread_mutex_unlock(&srv->lock);
-		serve_log(srv, LOG_PRIO_WARNING,
-			  "peer %s: refused: %u sessions "
-			  "already",
-			  conn_peer(c), srv->cfg.max_sessions);
+		refusal(srv, REFUSED_PER_ADDR,
+			"peer %s: closed: %u connections from %s have "
+			"been in the handshake for a second or more",
+			conn_peer(c), mine, addr);
 		conn_close(c);
 		return;
+	}
+	if (srv->npending >= srv->cfg.max_pending) {
+		victim = make_room(srv, pending_of(srv, addr, 0));
+		if (!victim) {
+			pthread_mutex_unlock(&srv->lock);
+			refusal(srv, REFUSED_PENDING,
+				"peer %s: closed: %u connections are in the "
+				"handshake already",
+				conn_peer(c), srv->cfg.max_pending);
+			conn_close(c);
+			return;
+		}
+		/* Its thread sees the handshake fail and ends. */
+		victim->evicted = true;
+		srv->npending--;
+		conn_abort(victim->c);
+		snprintf(vpeer, sizeof(vpeer), "%s", victim->peer);
 	}
 	s = calloc(1, sizeof(*s));
 	if (!s) {
@@ -574,13 +848,17 @@ static void start_session(struct server *srv, struct conn *c)
 	s->c = c;
 	s->fd = -1;
 	s->id = ++srv->next_id;
+	s->pending = true;
+	s->accepted = mono_seconds();
 	snprintf(s->peer, sizeof(s->peer), "%s", conn_peer(c));
+	snprintf(s->addr, sizeof(s->addr), "%s", addr);
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	pthread_mutex_init(&s->send_lock, NULL);
 	s->next = srv->sessions;
 	srv->sessions = s;
 	srv->nsessions++;
+	srv->npending++;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	ret = pthread_create(&(pthread_t){ 0 }, &attr, session_main, s);
@@ -588,15 +866,24 @@ static void start_session(struct server *srv, struct conn *c)
 	if (ret) {
 		srv->sessions = s->next;
 		srv->nsessions--;
+		srv->npending--;
 		pthread_mutex_unlock(&srv->lock);
 		serve_log(srv, LOG_PRIO_ERR,
 			  "peer %s: cannot start a thread: %s", s->peer,
 			  strerror(ret));
 		conn_close(c);
+		pthread_mutex_destroy(&s->lock);
+		pthread_cond_destroy(&s->cond);
+		pthread_mutex_destroy(&s->send_lock);
 		free(s);
 		return;
 	}
 	pthread_mutex_unlock(&srv->lock);
+	if (victim)
+		refusal(srv, REFUSED_EVICTED,
+			"peer %s: closed in the handshake to make room for "
+			"%s (%u connections in the handshake)",
+			vpeer, npeer, srv->cfg.max_pending);
 }
 
 /* Accept until server_stop(); 0, or -errno when poll() fails. */
@@ -612,7 +899,9 @@ static int accept_loop(struct server *srv)
 	p[1].fd = srv->stop_pipe[0];
 	p[1].events = POLLIN;
 	while (!__atomic_load_n(&srv->stop, __ATOMIC_RELAXED)) {
-		if (poll(p, 2, -1) < 0) {
+		refusal_flush(srv, false);
+		/* Wake up now and then for the refusals' summary line. */
+		if (poll(p, 2, 1000) < 0) {
 			if (errno == EINTR)
 				continue;
 			ret = -errno;
@@ -665,6 +954,7 @@ int server_run(struct server *srv)
 	while (srv->nsessions)
 		pthread_cond_wait(&srv->cond, &srv->lock);
 	pthread_mutex_unlock(&srv->lock);
+	refusal_flush(srv, true);
 	serve_log(srv, LOG_PRIO_INFO, "stopped");
 	return ret;
 }

@@ -29,6 +29,22 @@
 #define SERVER_DEFAULT_STATE_DIR "/var/lib/hvresync/serve"
 #define SERVER_DEFAULT_WINDOW (8u << 20)
 #define SERVER_DEFAULT_MAX_SESSIONS 16
+/*
+ * Connections that have not yet authenticated and sent HELLO cost a
+ * thread but no session slot: the TLS handshake and HELLO must both come
+ * within SERVER_HANDSHAKE_MS; one address may have at most
+ * SERVER_PENDING_PER_ADDR of them that have waited a second or more (a
+ * burst of new connections from one primary is not an attack); all
+ * together at most max_pending (default 4 x max_sessions, at least 16).
+ * Beyond that a connection is closed at once, or, when the newcomer's
+ * address has fewer in the handshake than the busiest one, the oldest of
+ * the busiest address's is closed to make room: idle connections from a
+ * few addresses cannot starve the others.
+ */
+#define SERVER_HANDSHAKE_MS 10000
+#define SERVER_PENDING_PER_ADDR 8
+#define SERVER_PENDING_PER_SESSION 4
+#define SERVER_PENDING_MIN 16
 #define SERVER_CHILD_SUFFIX ".hvresync.avhdx"
 
 struct server_config {
@@ -38,7 +54,11 @@ struct server_config {
 	const char *state_dir; /* NULL: SERVER_DEFAULT_STATE_DIR */
 	uint64_t window_bytes; /* flow-control window in disk bytes;
 				* 0: 8 MiB (at least 8 blocks) */
-	unsigned max_sessions; /* 0: 16 */
+	unsigned max_sessions; /* authenticated sessions at once; 0: 16.
+				* One more is told ERROR busy ("busy: 16
+				* sessions"). */
+	unsigned max_pending;  /* connections in the handshake at once;
+				* 0: 4 x max_sessions, at least 16 */
 	/* One line per call, no newline, @level a LOG_PRIO_* of
 	 * agent/lib/log.h.  NULL: log_msg() with component "serve".
 	 * Called from session threads. */

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <zstd.h>
 
@@ -35,6 +36,10 @@
 #include "agent/sync/serve_session.h"
 #include "uring/blocks.h"
 #include "uring/reader.h"
+
+/* How long a failed session waits for its hash thread to stop by itself
+ * before it shuts the connection under it. */
+#define TX_STOP_GRACE_S 1
 
 /* ---- sending ------------------------------------------------------------- */
 
@@ -591,13 +596,27 @@ static void stop_tx(struct session *s, bool abort_conn)
 {
 	if (!s->tx_running)
 		return;
+	struct timespec ts;
+
 	pthread_mutex_lock(&s->lock);
 	s->abort = true;
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
-	/* It may be stuck sending to a primary that no longer reads. */
-	if (abort_conn)
+	/*
+	 * It may be stuck sending to a primary that no longer reads; but
+	 * give it a moment to see the flag first: shutting the socket
+	 * with the primary's data unread makes the close a reset, which a
+	 * relay on the way may pass on before the ERROR we just sent.
+	 */
+	if (abort_conn) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += TX_STOP_GRACE_S;
+		if (!pthread_timedjoin_np(s->tx, NULL, &ts)) {
+			s->tx_running = false;
+			return;
+		}
 		conn_abort(s->c);
+	}
 	pthread_join(s->tx, NULL);
 	s->tx_running = false;
 }

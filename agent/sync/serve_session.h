@@ -44,6 +44,21 @@ struct export
 
 struct session;
 
+/*
+ * Connections closed before they became a session, summed up so that an
+ * attack costs one log line per SERVE_REFUSAL_PERIOD, not one per
+ * connection (serve.c).
+ */
+enum serve_refusal {
+	REFUSED_PER_ADDR,  /* its address had its handshakes at once */
+	REFUSED_PENDING,   /* max_pending handshakes from other addresses */
+	REFUSED_EVICTED,   /* closed to make room for another address */
+	REFUSED_TIMEOUT,   /* no handshake and HELLO within the limit */
+	REFUSED_HANDSHAKE, /* the handshake or HELLO failed */
+	REFUSED_BUSY,	   /* authenticated, told "busy" */
+	REFUSED_KINDS
+};
+
 struct server {
 	struct server_config cfg;
 	char *listen;
@@ -55,8 +70,16 @@ struct server {
 	pthread_cond_t cond; /* a session ended */
 	struct export *exports;
 	struct session *sessions;
-	unsigned nsessions;
+	unsigned nsessions; /* threads, whatever their state */
+	unsigned nactive;   /* past HELLO: at most cfg.max_sessions */
+	unsigned npending;  /* before HELLO, evicted ones not counted */
 	unsigned next_id;
+
+	/* Refusals in the current period, and the lines shown of them. */
+	double refusal_since;
+	unsigned refusals[REFUSED_KINDS];
+	unsigned refusal_lines;
+	unsigned refusal_hidden;
 
 	int stop_pipe[2];
 	int stop; /* atomic: set by server_stop() */
@@ -68,6 +91,13 @@ struct session {
 	struct conn *c;
 	unsigned id;
 	char peer[128];
+	char addr[128]; /* the peer without its port: the per-address cap */
+	double accepted;
+	/* Under srv->lock: before HELLO (counted in srv->npending), closed
+	 * by the accept loop to make room, holding a session slot. */
+	bool pending;
+	bool evicted;
+	bool active;
 	char auth[256];
 	struct export *ex;
 	char name[PROTO_NAME_MAX + 1];

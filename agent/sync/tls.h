@@ -119,6 +119,13 @@ int conn_from_fd(int fd, const char *peer, struct conn **out);
 
 /* Give up waiting after @ms without progress (<= 0: wait forever). */
 void conn_set_timeout(struct conn *c, int ms);
+/*
+ * A hard limit on top of the timeout: from @ms after now, the handshake,
+ * every read and every write fail with -ETIMEDOUT whatever progress they
+ * make (<= 0: no limit).  A server bounds how long an unauthenticated
+ * peer can hold a connection with it, one byte at a time or not at all.
+ */
+void conn_set_deadline(struct conn *c, int ms);
 /* "127.0.0.1:7433" or "[::1]:7433": the numeric peer address. */
 const char *conn_peer(const struct conn *c);
 /* How the peer was authenticated, for logs: "TLS 1.3, pre-shared key",
@@ -134,6 +141,15 @@ int conn_fd(const struct conn *c);
 void conn_abort(struct conn *c);
 /* Send a TLS close_notify if possible (never waits), close and free. */
 void conn_close(struct conn *c);
+/*
+ * Close gracefully after a last frame: send close_notify, shut our
+ * direction, then read and drop what the peer still sends until it
+ * closes or @ms pass.  Closing a socket with unread data makes the kernel
+ * send a reset, which a relay on the way may pass on before the frame
+ * itself, so the peer would see "reset" instead of the ERROR that says
+ * why.  conn_close() must still be called.
+ */
+void conn_linger(struct conn *c, int ms);
 
 /* Whether a numeric or resolved address is loopback (127/8, ::1,
  * ::ffff:127.0.0.0/104). */

@@ -109,6 +109,27 @@ static int io_timeout(const struct conn *c)
 	return c->timeout_ms > 0 ? c->timeout_ms : -1;
 }
 
+/* Wait for I/O under the timeout and, when one is set, the deadline. */
+static int io_wait(struct conn *c, short events, struct vhdx_error *err)
+{
+	int ms = io_timeout(c), left, ret;
+
+	if (c->deadline) {
+		left = tls_ms_left(c->deadline);
+		if (!left) {
+			peer_err(c, err, "time limit reached");
+			return -ETIMEDOUT;
+		}
+		if (ms < 0 || left < ms) {
+			ret = wait_fd(c, events, left, err);
+			if (ret == -ETIMEDOUT)
+				peer_err(c, err, "time limit reached");
+			return ret;
+		}
+	}
+	return wait_fd(c, events, ms, err);
+}
+
 /* Does this OpenSSL reason mean "the other side is not who we expect"? */
 static bool auth_reason(int reason)
 {
@@ -303,6 +324,8 @@ int conn_handshake(struct conn *c, struct vhdx_error *err)
 		return 0;
 	if (c->timeout_ms > 0)
 		deadline = mono_ms() + c->timeout_ms;
+	if (c->deadline && (!deadline || c->deadline < deadline))
+		deadline = c->deadline;
 	return tls_do_handshake(c, deadline, err);
 }
 
@@ -447,7 +470,7 @@ int conn_read_full(struct conn *c, void *buf, size_t len,
 		}
 		if (r != -EAGAIN)
 			return (int)r;
-		ret = wait_fd(c, ev, io_timeout(c), err);
+		ret = io_wait(c, ev, err);
 		if (ret)
 			return ret;
 	}
@@ -477,7 +500,7 @@ int conn_write_full(struct conn *c, const void *buf, size_t len,
 			return (int)r;
 		if (r != -EAGAIN)
 			return (int)r;
-		ret = wait_fd(c, ev, io_timeout(c), err);
+		ret = io_wait(c, ev, err);
 		if (ret)
 			return ret;
 	}
@@ -510,6 +533,11 @@ void conn_set_timeout(struct conn *c, int ms)
 	c->timeout_ms = ms;
 }
 
+void conn_set_deadline(struct conn *c, int ms)
+{
+	c->deadline = ms > 0 ? mono_ms() + ms : 0;
+}
+
 const char *conn_peer(const struct conn *c)
 {
 	return c->peer;
@@ -528,6 +556,43 @@ int conn_fd(const struct conn *c)
 void conn_abort(struct conn *c)
 {
 	shutdown(c->fd, SHUT_RDWR);
+}
+
+void conn_linger(struct conn *c, int ms)
+{
+	int64_t end = mono_ms() + (ms > 0 ? ms : 0);
+	struct pollfd p = { .fd = c->fd, .events = POLLIN };
+	char sink[4096];
+	ssize_t r;
+	int left;
+
+	if (c->ssl) {
+		pthread_mutex_lock(&c->lock);
+		if (c->handshaken && !c->broken && !c->quiet) {
+			ERR_clear_error();
+			SSL_shutdown(c->ssl);
+		}
+		/* Nothing more goes out, close_notify included. */
+		c->quiet = true;
+		ERR_clear_error();
+		pthread_mutex_unlock(&c->lock);
+	}
+	if (shutdown(c->fd, SHUT_WR) < 0)
+		return; /* not connected any more: nothing to wait for */
+	/* Raw bytes: what the peer sends now is dropped unread anyway. */
+	for (;;) {
+		left = tls_ms_left(end);
+		if (!left)
+			return;
+		r = poll(&p, 1, left);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return;
+		r = recv(c->fd, sink, sizeof(sink), 0);
+		if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+			return;
+	}
 }
 
 void conn_close(struct conn *c)

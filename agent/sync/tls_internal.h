@@ -30,6 +30,7 @@ struct conn {
 	SSL *ssl;	      /* NULL for plain TCP */
 	pthread_mutex_t lock; /* serialises every call on ssl */
 	int timeout_ms;
+	int64_t deadline; /* mono_ms after which all I/O fails; 0: none */
 	enum tls_mode mode;
 	bool server;
 	bool handshaken;

@@ -59,7 +59,7 @@ static const struct row table[] = {
 	{ 7, 4, 4097, 7 },
 	{ 8, 4, 4097, 8 },
 	{ 9, 4, 4097, 9 },
-	{ 10, 4, 4097, 10 },
+	{ 10, 4, 0, 10 }, /* a failed job: its copies are discarded */
 	{ 32768, 4, 4097, 32768 },
 	/* Kill */
 	{ 2, 5, 0, 9 },
@@ -694,6 +694,132 @@ static void test_vm_record(void **state)
 	assert_int_equal(rmdir(dir), 0);
 }
 
+/* GetVM's form of a replica VM with a held copy @ds (NULL: none),
+ * parsed back. */
+static struct jv *vm_json_of(const struct vm_config *vm,
+			     const struct vm_state *st,
+			     const struct vm_disk_status *ds)
+{
+	struct json_writer w;
+	struct jv *v = NULL;
+	char *buf = NULL, err[256];
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	assert_non_null(f);
+	json_init(&w, f, 0);
+	vm_to_json(&w, vm, st, ds);
+	assert_int_equal(json_end(&w), 0);
+	fclose(f);
+	assert_int_equal(jv_parse(buf, len, &v, err, sizeof(err)), 0);
+	free(buf);
+	return v;
+}
+
+static int64_t member_int(const struct jv *o, const char *k)
+{
+	const struct jv *m = jv_get(o, k);
+
+	assert_non_null(m);
+	assert_int_equal(m->type, JV_NUMBER);
+	return m->i;
+}
+
+static bool member_bool(const struct jv *o, const char *k)
+{
+	const struct jv *m = jv_get(o, k);
+
+	assert_non_null(m);
+	assert_int_equal(m->type, JV_BOOL);
+	return m->b;
+}
+
+/* A half-merged disk is never Ok: a pending merge no session carries on
+ * makes the VM Critical whatever its state; a held copy is listed with
+ * its size, age and whether it is complete. */
+static void test_vm_held_copies(void **state)
+{
+	char *disks[] = { "/r/os.vhdx", "/r/data.vhdx" };
+	struct vm_config vm = { .name = "web01",
+				.role = VM_ROLE_REPLICA,
+				.disks = disks,
+				.ndisks = 2 };
+	struct vm_disk_status ds[2];
+	const struct jv *held, *d;
+	struct vm_state st;
+	struct jv *v;
+
+	(void)state;
+	memset(&st, 0, sizeof(st));
+	vm_state_set(&st, RS_REPLICATING, T0);
+
+	/* nothing held: Ok, an empty list, no merge pending */
+	v = vm_json_of(&vm, &st, NULL);
+	assert_int_equal(member_int(v, "ReplicationHealth"), RH_OK);
+	held = jv_get(v, "HeldCopies");
+	assert_non_null(held);
+	assert_int_equal(held->type, JV_ARRAY);
+	assert_int_equal(held->n, 0);
+	d = &jv_get(v, "Disks")->items[1];
+	assert_false(member_bool(d, "MergePending"));
+	assert_int_equal(jv_get(d, "MergeNote")->type, JV_NULL);
+	jv_free(v);
+
+	/* data.vhdx: a complete copy held, its merge begun and stuck */
+	memset(ds, 0, sizeof(ds));
+	ds[1].held = true;
+	ds[1].held_path = "/r/data.vhdx.hvresync.avhdx";
+	ds[1].held_bytes = 270u << 20;
+	ds[1].held_since = T0;
+	ds[1].held_complete = true;
+	ds[1].merge_pending = true;
+	ds[1].merge_note = "merge pending: no space left on device";
+	v = vm_json_of(&vm, &st, ds);
+	assert_int_equal(member_int(v, "ReplicationState"), RS_REPLICATING);
+	assert_int_equal(member_int(v, "ReplicationHealth"), RH_CRITICAL);
+	d = &jv_get(v, "Disks")->items[1];
+	assert_true(member_bool(d, "MergePending"));
+	assert_string_equal(jv_get(d, "MergeNote")->s,
+			    "merge pending: no space left on device");
+	assert_false(
+		member_bool(&jv_get(v, "Disks")->items[0], "MergePending"));
+	held = jv_get(v, "HeldCopies");
+	assert_int_equal(held->n, 1);
+	assert_string_equal(jv_get(&held->items[0], "Disk")->s, "data.vhdx");
+	assert_string_equal(jv_get(&held->items[0], "Path")->s,
+			    "/r/data.vhdx.hvresync.avhdx");
+	assert_int_equal(member_int(&held->items[0], "Bytes"), 270 << 20);
+	assert_int_equal(jv_get(&held->items[0], "Since")->type, JV_STRING);
+	assert_true(member_bool(&held->items[0], "Complete"));
+	assert_true(member_bool(&held->items[0], "MergePending"));
+	jv_free(v);
+
+	/* the same merge carried on by a session right now: the state's
+	 * own health (a merge under way is not stuck) */
+	ds[1].in_session = true;
+	vm_state_set(&st, RS_RESYNCHRONIZING, T0);
+	v = vm_json_of(&vm, &st, ds);
+	assert_int_equal(member_int(v, "ReplicationHealth"), RH_WARNING);
+	jv_free(v);
+
+	/* a partial copy, no merge: listed, not complete, health as is */
+	ds[1].in_session = false;
+	ds[1].merge_pending = false;
+	ds[1].held_complete = false;
+	vm_state_set(&st, RS_RESYNC_REQUIRED, T0);
+	v = vm_json_of(&vm, &st, ds);
+	assert_int_equal(member_int(v, "ReplicationHealth"), RH_CRITICAL);
+	held = jv_get(v, "HeldCopies");
+	assert_int_equal(held->n, 1);
+	assert_false(member_bool(&held->items[0], "Complete"));
+	assert_false(member_bool(&held->items[0], "MergePending"));
+	jv_free(v);
+	vm_state_set(&st, RS_REPLICATING, T0);
+	v = vm_json_of(&vm, &st, ds);
+	assert_int_equal(member_int(v, "ReplicationHealth"), RH_OK);
+	jv_free(v);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -709,6 +835,7 @@ int main(void)
 		cmocka_unit_test(test_persist),
 		cmocka_unit_test(test_vm_rules),
 		cmocka_unit_test(test_vm_record),
+		cmocka_unit_test(test_vm_held_copies),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -420,6 +420,25 @@ static void test_state_change_check(void **state)
 		4097);
 	assert_non_null(strstr(msg, "is Completed: RequestedState 4"));
 	assert_int_equal(next, JS_COMPLETED);
+
+	/* but a failed job may be cancelled: that discards the copies it
+	 * left on the recovery side, and it stays Exception */
+	j.state = JS_EXCEPTION;
+	assert_int_equal(
+		state_change_check(&j, REQ_TERMINATE, &next, msg, sizeof(msg)),
+		0);
+	assert_int_equal(next, JS_EXCEPTION);
+	assert_string_equal(msg, "");
+	assert_int_equal(
+		state_change_check(&j, REQ_KILL, &next, msg, sizeof(msg)),
+		4097);
+	assert_int_equal(
+		state_change_check(&j, REQ_START, &next, msg, sizeof(msg)),
+		4097);
+	j.state = JS_TERMINATED;
+	assert_int_equal(
+		state_change_check(&j, REQ_TERMINATE, &next, msg, sizeof(msg)),
+		4097);
 }
 
 int main(void)

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -211,6 +212,167 @@ static void test_fixed_never_allocates(void **state)
 				 before[j]);
 	assert_int_equal(vhdx_close_checked(img), 0);
 	assert_int_equal(file_size(e->path), s0);
+}
+
+/* --- space: what failed attempts leave, what a merge needs ---------------
+ */
+
+/* A writer that dies without committing: it appends NBLOCKS 1 MiB blocks
+ * of 0x55 at the first virtual blocks and never flushes, so the file has
+ * grown but its BAT references none of it. */
+static void failed_attempt(const char *path, unsigned nblocks)
+{
+	pid_t pid = fork();
+	int status;
+
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct vhdx_image *img = NULL;
+		struct vhdx_error err;
+		uint8_t *buf = malloc(MB);
+		unsigned j;
+
+		if (!buf || vhdx_open(path, VHDX_OPEN_RDWR, &img, &err))
+			_exit(1);
+		memset(buf, 0x55, MB);
+		for (j = 0; j < nblocks; j++)
+			if (vhdx_pwrite(img, buf, MB, (uint64_t)j * MB))
+				_exit(1);
+		_exit(0); /* no flush, no close: a crash */
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+static void test_failed_attempt_space_reused(void **state)
+{
+	struct env *e = *state;
+	struct vhdx_image *img;
+	uint64_t s0, e7, idx7;
+
+	create(e->path, 64 * MB, 1 * MB, 512, false, NULL);
+	s0 = file_size(e->path);
+	failed_attempt(e->path, 3);
+	/* the leak this is about: the file grew, nothing references it */
+	assert_int_equal(file_size(e->path), s0 + 3 * MB);
+
+	img = open_img(e->path, VHDX_OPEN_RDWR);
+	for (idx7 = 0; idx7 < 3; idx7++)
+		assert_int_equal(vhdx_bat_state(img->bat[vhdx_bat_payload_index(
+					 idx7, img->info.chunk_ratio)]),
+				 VHDX_PAYLOAD_NOT_PRESENT);
+	idx7 = vhdx_bat_payload_index(7, img->info.chunk_ratio);
+	write_byte(img, 7 * MB + 4096, 512, 0xa7);
+	e7 = img->bat[idx7];
+	/* the new block takes the dead attempt's place, and the rest of
+	 * that tail is given back */
+	assert_int_equal(vhdx_bat_file_offset(e7), s0);
+	assert_int_equal(file_size(e->path), s0 + MB);
+	/* what the dead attempt wrote there does not show through */
+	expect_bytes(img, 7 * MB, 4096, 0);
+	expect_bytes(img, 7 * MB + 4096, 512, 0xa7);
+	expect_bytes(img, 7 * MB + 4608, MB - 4608, 0);
+	expect_bytes(img, 0, 3 * MB, 0);
+	assert_int_equal(vhdx_close_checked(img), 0);
+	assert_int_equal(file_size(e->path), s0 + MB);
+	assert_int_equal(
+		disk_bat_entry(e->path, img = open_img(e->path, 0), idx7), e7);
+	expect_bytes(img, 7 * MB, 4096, 0);
+	expect_bytes(img, 7 * MB + 4096, 512, 0xa7);
+	vhdx_close(img);
+
+	/* three failed attempts in a row do not add up */
+	failed_attempt(e->path, 4);
+	failed_attempt(e->path, 4);
+	failed_attempt(e->path, 4);
+	assert_int_equal(file_size(e->path), s0 + 5 * MB);
+	img = open_img(e->path, VHDX_OPEN_RDWR);
+	write_byte(img, 9 * MB, 512, 0xa9);
+	assert_int_equal(vhdx_close_checked(img), 0);
+	assert_int_equal(file_size(e->path), s0 + 2 * MB);
+}
+
+/* An open that writes nothing leaves the file as it found it, tail and
+ * all; a close after writing cuts what the BAT stopped referencing. */
+static void test_tail_trimmed_only_after_writing(void **state)
+{
+	struct env *e = *state;
+	struct vhdx_image *img;
+	uint64_t s0;
+
+	create(e->path, 64 * MB, 1 * MB, 512, false, NULL);
+	s0 = file_size(e->path);
+	failed_attempt(e->path, 2);
+	img = open_img(e->path, VHDX_OPEN_RDWR);
+	assert_int_equal(vhdx_flush(img), 0);
+	assert_int_equal(vhdx_close_checked(img), 0);
+	assert_int_equal(file_size(e->path), s0 + 2 * MB);
+
+	img = open_img(e->path, VHDX_OPEN_RDWR);
+	write_byte(img, 1 * MB, 4096, 0x11); /* at s0 */
+	write_byte(img, 2 * MB, 4096, 0x22); /* at s0 + 1 MiB */
+	assert_int_equal(vhdx_flush(img), 0);
+	/* the last block becomes ZERO: its space is nobody's any more */
+	assert_int_equal(vhdx_write_zeroes(img, 2 * MB, MB), 0);
+	assert_int_equal(vhdx_close_checked(img), 0);
+	assert_int_equal(file_size(e->path), s0 + MB);
+	img = open_img(e->path, 0);
+	expect_bytes(img, 1 * MB, 4096, 0x11);
+	expect_bytes(img, 2 * MB, MB, 0);
+	vhdx_close(img);
+}
+
+static uint64_t merge_need(const char *child, const char *parent)
+{
+	struct vhdx_image *c = open_img(child, VHDX_OPEN_NO_PARENT);
+	struct vhdx_image *p = open_img(parent, 0);
+	struct vhdx_space sp;
+
+	assert_int_equal(vhdx_merge_space(c, p, &sp), 0);
+	assert_true(sp.known);
+	assert_true(sp.free > 0);
+	vhdx_close(c);
+	vhdx_close(p);
+	return sp.need;
+}
+
+/* What a merge needs: the bytes it writes where the parent has no space
+ * yet (new blocks are sparse), not whole blocks; nothing to speak of when
+ * it overwrites allocated blocks in place. */
+static void test_merge_space(void **state)
+{
+	struct env *e = *state;
+	struct vhdx_image *img;
+	struct vhdx_error err;
+	uint64_t need;
+
+	create(e->path, 256 * MB, 32 * MB, 512, false, NULL);
+	create(e->child, 0, 2 * MB, 0, false, e->path);
+	img = open_img(e->child, VHDX_OPEN_RDWR);
+	write_byte(img, 40 * MB, 6 * MB, 0x61);	 /* one parent block */
+	write_byte(img, 100 * MB, 2 * MB, 0x62); /* another */
+	write_byte(img, 200 * MB + 512, 4096, 0x63);
+	assert_int_equal(vhdx_close_checked(img), 0);
+	need = merge_need(e->child, e->path);
+	/* 8 MiB and a sector of data, the parent's 1 MiB log, overhead */
+	assert_true(need >= 8 * MB + 4096);
+	assert_true(need < 8 * MB + 4 * MB);
+	assert_int_equal(vhdx_merge(e->child, 0, NULL, NULL, &err), 0);
+
+	/* the same ranges again: already allocated in the parent */
+	create(e->child, 0, 2 * MB, 0, false, e->path);
+	img = open_img(e->child, VHDX_OPEN_RDWR);
+	write_byte(img, 40 * MB, 6 * MB, 0x71);
+	write_byte(img, 100 * MB, 2 * MB, 0x72);
+	assert_int_equal(vhdx_close_checked(img), 0);
+	need = merge_need(e->child, e->path);
+	assert_true(need < 2 * MB);
+	/* and a hole inside an allocated parent block takes space */
+	write_byte(img = open_img(e->child, VHDX_OPEN_RDWR), 50 * MB, 4 * MB,
+		   0x73);
+	assert_int_equal(vhdx_close_checked(img), 0);
+	assert_true(merge_need(e->child, e->path) >= need + 4 * MB);
 }
 
 /* --- BAT through the log ---------------------------------------------------
@@ -809,6 +971,12 @@ int main(void)
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_fixed_never_allocates,
 						setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_failed_attempt_space_reused, setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_tail_trimmed_only_after_writing, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_merge_space, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_bat_committed_through_log,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_log_wraps, setup,
