@@ -15,6 +15,7 @@
 # child or progress record.
 . "$(dirname "$0")/lib.sh"
 . "$TOP/tests/helpers/agent.sh"
+. "$TOP/tests/helpers/relay.sh"
 
 HELPERS=$(dirname "$HVRESYNC")/helpers
 RELAY=${RELAY:-$HELPERS/relay}
@@ -33,36 +34,6 @@ flaky_cleanup() {
 	agent_cleanup
 }
 trap flaky_cleanup EXIT
-
-# start_relay TARGET_PORT [ARGS...]: the relay on $LP in front of TARGET,
-# stats in relay.stats; waits until it listens.
-start_relay() {
-	local target=$1 i
-	shift
-	rm -f relay.stats relay.out
-	"$RELAY" "$LP" "127.0.0.1:$target" --stats "$S/relay.stats" "$@" \
-		>relay.out 2>>relay.log &
-	RELAY_PID=$!
-	for i in $(seq 200); do
-		grep -q '^listening ' relay.out 2>/dev/null && return 0
-		kill -0 "$RELAY_PID" 2>/dev/null || break
-		sleep 0.05
-	done
-	fail "relay did not come up: $(tail -n 1 relay.log)"
-	return 1
-}
-
-# stop_relay: SIGTERM (it writes its final stats), must exit 0.
-stop_relay() {
-	kill -TERM "$RELAY_PID"
-	wait "$RELAY_PID"
-	local rc=$?
-	RELAY_PID=
-	[ "$rc" -eq 0 ] || fail "relay exited $rc after SIGTERM"
-}
-
-# stat_of NAME: one number from relay.stats (bytes, cuts, connections).
-stat_of() { sed -n "s/^$1 //p" relay.stats; }
 
 # watch_job NAME ID SECONDS OUT: poll GetJob every 50 ms until the job is
 # final; OUT gets one line per change of (JobState, Retries,
@@ -151,22 +122,18 @@ done
 PP=$(free_port)
 RP=$(free_port)
 LP=$(free_port)
-cat >p.conf <<EOF
-[agent]
-listen = 127.0.0.1:$PP
-control = $S/run/p.sock
-state-dir = $S/p-state
-psk-file = $S/psk
+{
+	agent_section p "$PP"
+	cat <<EOF
 retries = 5
 retry-interval = 1
 EOF
-cat >r.conf <<EOF
-[agent]
-listen = 127.0.0.1:$RP
-control = $S/run/r.sock
-state-dir = $S/r-state
-psk-file = $S/psk
+} >p.conf
+{
+	agent_section r "$RP"
+	cat <<EOF
 EOF
+} >r.conf
 for n in 1 2 3; do
 	printf '\n[vm run%s]\nrole = primary\nreplica = 127.0.0.1:%s\ndisk = %s\n' \
 		"$n" "$LP" "$S/p/os.vhdx" >>p.conf

@@ -81,12 +81,9 @@ mkdisk l/l.vhdx
 qemu-img create -q -f vhdx r/s.vhdx $SIZE
 qemu-img create -q -f vhdx r/l.vhdx $SIZE
 
-cat >p.conf <<EOF
-[agent]
-listen = 127.0.0.1:$PP
-control = $S/run/p.sock
-state-dir = $S/p-state
-psk-file = $S/psk
+{
+	agent_section p "$PP"
+	cat <<EOF
 retry-interval = 1
 
 [vm snapvm]
@@ -102,12 +99,10 @@ replica = 127.0.0.1:$RP
 disk = $S/l/l.vhdx
 max-passes = 3
 EOF
-cat >r.conf <<EOF
-[agent]
-listen = 127.0.0.1:$RP
-control = $S/run/r.sock
-state-dir = $S/r-state
-psk-file = $S/psk
+} >p.conf
+{
+	agent_section r "$RP"
+	cat <<EOF
 
 [vm snapvm]
 role = replica
@@ -117,6 +112,7 @@ disk = $S/r/s.vhdx
 role = replica
 disk = $S/r/l.vhdx
 EOF
+} >r.conf
 start_agent r || { fail "recovery agent"; finish; }
 start_agent p --bwlimit 16M || { fail "primary agent"; finish; }
 

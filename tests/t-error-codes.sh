@@ -15,6 +15,7 @@
 #       connection under the session: 32777 too.
 . "$(dirname "$0")/lib.sh"
 . "$TOP/tests/helpers/agent.sh"
+. "$TOP/tests/helpers/relay.sh"
 
 RELAY=${RELAY:-$(dirname "$HVRESYNC")/helpers/relay}
 [ -x "$RELAY" ] || { echo "FAIL: $RELAY not built (make all)"; exit 1; }
@@ -37,27 +38,6 @@ codes_cleanup() {
 }
 trap codes_cleanup EXIT
 
-# start_relay [ARGS...]: the relay on $LP in front of the recovery agent.
-start_relay() {
-	local i
-	rm -f relay.stats relay.out
-	"$RELAY" "$LP" "127.0.0.1:$RP" --stats "$S/relay.stats" "$@" \
-		>relay.out 2>>relay.log &
-	RELAY_PID=$!
-	for i in $(seq 200); do
-		grep -q '^listening ' relay.out 2>/dev/null && return 0
-		kill -0 "$RELAY_PID" 2>/dev/null || break
-		sleep 0.05
-	done
-	fail "relay did not come up: $(tail -n 1 relay.log)"
-	return 1
-}
-
-stop_relay() {
-	kill -TERM "$RELAY_PID" 2>/dev/null
-	wait "$RELAY_PID" 2>/dev/null
-	RELAY_PID=
-}
 
 relay_bytes() { sed -n 's/^bytes //p' relay.stats 2>/dev/null; }
 
@@ -108,21 +88,17 @@ done
 PP=$(free_port)
 RP=$(free_port)
 LP=$(free_port)
-cat >p.conf <<EOF
-[agent]
-listen = 127.0.0.1:$PP
-control = $S/run/p.sock
-state-dir = $S/p-state
-psk-file = $S/psk
+{
+	agent_section p "$PP"
+	cat <<EOF
 retries = 0
 EOF
-cat >r.conf <<EOF
-[agent]
-listen = 127.0.0.1:$RP
-control = $S/run/r.sock
-state-dir = $S/r-state
-psk-file = $S/psk
+} >p.conf
+{
+	agent_section r "$RP"
+	cat <<EOF
 EOF
+} >r.conf
 for v in $VMS; do
 	printf '\n[vm %s]\nrole = primary\nreplica = 127.0.0.1:%s\ndisk = %s\n' \
 		"$v" "$LP" "$S/p/$v/os.vhdx" >>p.conf
@@ -133,7 +109,7 @@ start_agent p || { fail "primary agent"; finish; }
 
 # ---------------------------------------------------------------------------
 say "(a) the relay resets the connection mid-send"
-start_relay --cut-after $((8 * MIB))
+start_relay "$RP" --cut-after $((8 * MIB))
 run_job cut
 stop_relay
 check "(a) the job ended in Exception (JobState $STATE)" test "$STATE" = 10
@@ -146,7 +122,7 @@ say "(b) the recovery side's filesystem fills mid-send"
 if [ -z "$FULL" ]; then
 	echo "SKIP: (b) cannot mount a tmpfs here (not root?)"
 else
-	start_relay
+	start_relay "$RP"
 	for v in full1 full2 full3; do
 		run_job "$v"
 		check "(b) $v: the job ended in Exception (JobState $STATE)" test "$STATE" = 10
@@ -172,7 +148,7 @@ say "(c) the recovery agent stops (SIGTERM) mid-send: the connection closes"
 # A primary limited to 4 MiB/s, so that the stop lands mid-send.
 stop_agent p
 start_agent p --bwlimit 4M || { fail "primary agent with --bwlimit"; finish; }
-start_relay
+start_relay "$RP"
 expect_rv "resync kill" 4096 p kill
 for i in $(seq 500); do
 	b=$(relay_bytes)

@@ -53,12 +53,9 @@ rm -f chg.raw
 "$HVRESYNC" keygen psk >/dev/null || fail "keygen"
 PP=$(free_port)
 RP=$(free_port)
-cat >p.conf <<EOF
-[agent]
-listen = 127.0.0.1:$PP
-control = $S/run/p.sock
-state-dir = $S/p-state
-psk-file = $S/psk
+{
+	agent_section p "$PP"
+	cat <<EOF
 retries = 1
 retry-interval = 1
 
@@ -67,17 +64,16 @@ role = primary
 replica = 127.0.0.1:$RP
 disk = $S/p/data.vhdx
 EOF
-cat >r.conf <<EOF
-[agent]
-listen = 127.0.0.1:$RP
-control = $S/run/r.sock
-state-dir = $S/r-state
-psk-file = $S/psk
+} >p.conf
+{
+	agent_section r "$RP"
+	cat <<EOF
 
 [vm hc]
 role = replica
 disk = $SMALL/data.vhdx
 EOF
+} >r.conf
 start_agent r || { fail "recovery agent"; finish; }
 start_agent p || { fail "primary agent"; finish; }
 CHILD=$SMALL/data.vhdx.hvresync.avhdx

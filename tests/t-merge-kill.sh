@@ -59,12 +59,9 @@ STUCK_SUM=$(sha256sum <s/os.vhdx)
 "$HVRESYNC" keygen psk >/dev/null || fail "keygen"
 PP=$(free_port)
 RP=$(free_port)
-cat >p.conf <<EOF
-[agent]
-listen = 127.0.0.1:$PP
-control = $S/run/p.sock
-state-dir = $S/p-state
-psk-file = $S/psk
+{
+	agent_section p "$PP"
+	cat <<EOF
 retries = 3
 retry-interval = 1
 
@@ -73,12 +70,10 @@ role = primary
 replica = 127.0.0.1:$RP
 disk = $S/p/data.vhdx
 EOF
-cat >r.conf <<EOF
-[agent]
-listen = 127.0.0.1:$RP
-control = $S/run/r.sock
-state-dir = $S/r-state
-psk-file = $S/psk
+} >p.conf
+{
+	agent_section r "$RP"
+	cat <<EOF
 
 [vm mk]
 role = replica
@@ -88,6 +83,7 @@ disk = $S/r/data.vhdx
 role = replica
 disk = $S/s/os.vhdx
 EOF
+} >r.conf
 start_agent r || { fail "recovery agent"; finish; }
 start_agent p || { fail "primary agent"; finish; }
 MARKER=$S/r/data.vhdx.hvresync.avhdx.merging

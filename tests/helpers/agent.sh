@@ -183,5 +183,14 @@ fill() {
 	rm -f "$SCRATCH/fill.rnd"
 }
 
+# agent_section NAME PORT: the [agent] lines every test agent has (its
+# peer port on loopback, control socket, state dir and the shared key);
+# a test appends its own keys and VMs:
+#   { agent_section p "$PP"; cat <<EOF ... EOF; } >p.conf
+agent_section() {
+	printf '[agent]\nlisten = 127.0.0.1:%s\ncontrol = %s/run/%s.sock\nstate-dir = %s/%s-state\npsk-file = %s/psk\n' \
+		"$2" "$SCRATCH" "$1" "$SCRATCH" "$1" "$SCRATCH"
+}
+
 # same A B: qemu-img compare says the guest contents are identical.
 same() { qemu-img compare -q "$1" "$2"; }
