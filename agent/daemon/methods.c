@@ -795,8 +795,10 @@ static void vm_json(struct agent *a, struct vmrt *rt, struct json_writer *w)
 	held_status_free(ds, rt->cfg->ndisks);
 }
 
-static void do_get_vm(struct agent *a, const struct jv *req,
-		      struct json_writer *w)
+/* The configured VM a request's ComputerSystem names; NULL after replying
+ * with why not (a missing member, or no such VM). */
+static const struct vm_config *request_vm(struct agent *a, const struct jv *req,
+					  struct json_writer *w)
 {
 	const struct vm_config *vm;
 	const struct jv *cs;
@@ -806,14 +808,22 @@ static void do_get_vm(struct agent *a, const struct jv *req,
 	if ((rv = field(req, "ComputerSystem", JV_STRING, true, &cs, msg,
 			sizeof(msg)))) {
 		reply_rv(w, rv, "%s", msg);
-		return;
+		return NULL;
 	}
 	vm = config_find_vm(&a->cfg, cs->s);
-	if (!vm) {
+	if (!vm)
 		reply_rv(w, RV_INVALID_PARAMETER, "no VM named '%s' in %s",
 			 cs->s, a->cfg.path);
+	return vm;
+}
+
+static void do_get_vm(struct agent *a, const struct jv *req,
+		      struct json_writer *w)
+{
+	const struct vm_config *vm = request_vm(a, req, w);
+
+	if (!vm)
 		return;
-	}
 	pthread_mutex_lock(&a->lock);
 	json_object_begin(w);
 	json_kv_u64(w, "ReturnValue", RV_OK);
@@ -843,22 +853,10 @@ static void do_list_vms(struct agent *a, struct json_writer *w)
 static void do_discard_held(struct agent *a, const struct control_caller *who,
 			    const struct jv *req, struct json_writer *w)
 {
-	const struct vm_config *vm;
-	const struct jv *cs;
-	char msg[256];
-	unsigned rv;
+	const struct vm_config *vm = request_vm(a, req, w);
 
-	if ((rv = field(req, "ComputerSystem", JV_STRING, true, &cs, msg,
-			sizeof(msg)))) {
-		reply_rv(w, rv, "%s", msg);
+	if (!vm)
 		return;
-	}
-	vm = config_find_vm(&a->cfg, cs->s);
-	if (!vm) {
-		reply_rv(w, RV_INVALID_PARAMETER, "no VM named '%s' in %s",
-			 cs->s, a->cfg.path);
-		return;
-	}
 	log_msg(LOG_PRIO_INFO, NULL, "uid %u: DiscardHeldCopies %s",
 		(unsigned)who->uid, vm->name);
 	held_discard(a, jobs_vm(a, vm->name), w);
