@@ -307,6 +307,22 @@ static unsigned rv_for_snap(int ret)
 	return RV_FAILED;
 }
 
+/* Room for a snap_take() list of up to @n sources and, per entry, the
+ * job disk it stands for. */
+static int alloc_sources(unsigned n, const char ***src, unsigned **idx,
+			 unsigned *rv, char *err, size_t errlen)
+{
+	*src = calloc(n ? n : 1, sizeof(**src));
+	*idx = calloc(n ? n : 1, sizeof(**idx));
+	if (*src && *idx)
+		return 0;
+	free(*src);
+	free(*idx);
+	*rv = RV_NO_MEMORY;
+	snprintf(err, errlen, "out of memory");
+	return -ENOMEM;
+}
+
 /* Snapshot the disks not taken over, back to back.  Without the lock. */
 static int take_new(struct ajob *aj, const bool *adopted, unsigned *rv,
 		    char *err, size_t errlen)
@@ -319,15 +335,9 @@ static int take_new(struct ajob *aj, const bool *adopted, unsigned *rv,
 	unsigned i, n = 0, *idx;
 	int ret;
 
-	src = calloc(j->ndisks ? j->ndisks : 1, sizeof(*src));
-	idx = calloc(j->ndisks ? j->ndisks : 1, sizeof(*idx));
-	if (!src || !idx) {
-		free(src);
-		free(idx);
-		*rv = RV_NO_MEMORY;
-		snprintf(err, errlen, "out of memory");
-		return -ENOMEM;
-	}
+	ret = alloc_sources(j->ndisks, &src, &idx, rv, err, errlen);
+	if (ret)
+		return ret;
 	for (i = 0; i < j->ndisks; i++)
 		if (!adopted[i]) {
 			idx[n] = i;
@@ -392,15 +402,9 @@ static int refind(struct ajob *aj, unsigned *rv, char *err, size_t errlen)
 
 	if (j->phase != JOB_PHASE_CHECK && j->phase != JOB_PHASE_SEND)
 		return 0; /* merging or discarding reads no source data */
-	src = calloc(j->ndisks ? j->ndisks : 1, sizeof(*src));
-	idx = calloc(j->ndisks ? j->ndisks : 1, sizeof(*idx));
-	if (!src || !idx) {
-		free(src);
-		free(idx);
-		*rv = RV_NO_MEMORY;
-		snprintf(err, errlen, "out of memory");
-		return -ENOMEM;
-	}
+	ret = alloc_sources(j->ndisks, &src, &idx, rv, err, errlen);
+	if (ret)
+		return ret;
 	for (i = 0; i < j->ndisks; i++)
 		if (j->disks[i].clone) {
 			idx[n] = i;
