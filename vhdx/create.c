@@ -487,6 +487,16 @@ int vhdx_create(const char *path, const struct vhdx_create_opts *o,
 		ret = write_bat(fd, &l, path, err);
 	if (!ret)
 		ret = size_file(fd, &l, path, err);
+	/* The new name is durable only once the folder is: a create that
+	 * returned 0 must not lose its image to a power cut. */
+	if (!ret) {
+		ret = vhdx_fsync_parent_dir(path);
+		if (ret)
+			vhdx_fail(
+				err, ret, path,
+				"cannot make it durable (fsync of its folder): %s",
+				strerror(-ret));
+	}
 	close(fd);
 	if (ret)
 		unlink(path);
