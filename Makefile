@@ -60,9 +60,10 @@ SAN_ARCHIVES_BELOW = $(foreach l,$(BELOW_$(1)),$(call SAN_ARCHIVE,$(l)))
 
 # The layer each unit test belongs to (it links only that and below).
 UNIT_LAYER_vhdx := test_bat test_crc32c test_guid test_header test_log \
-	test_log_active test_metadata test_region test_writer
+	test_log_active test_log_scan test_metadata test_region test_writer
 UNIT_LAYER_uring := test_reader
-UNIT_LAYER_lib := test_jsonparse test_fsutil test_snapshot test_watch
+UNIT_LAYER_lib := test_jsonparse test_fsutil test_snapshot test_watch \
+	test_jsonparse_fuzz
 UNIT_LAYER_sync := test_proto test_wire test_names test_conn_limits
 UNIT_LAYER_daemon := test_cimtime test_config test_job test_methods
 UNIT_LAYER_cli :=
@@ -74,10 +75,9 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 UNIT_SAN_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/san/tests/%)
 HELPER_BIN := $(HELPER_SRC:tests/helpers/%.c=$(B)/helpers/%)
 ALL_ARCHIVES := $(call ARCHIVES_BELOW,cli)
-FUZZ_BIN := $(B)/fuzz/fuzz_frame
 
 .PHONY: all deps check check-layers unit unit-san integration demo install \
-	clean format bench fuzz
+	clean format bench fuzz fuzz-seeds
 
 all: $(B)/hvresync $(HELPER_BIN)
 
@@ -127,16 +127,70 @@ $(B)/helpers/%: tests/helpers/%.c $(ALL_ARCHIVES)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(filter-out %/cli.a,$(ALL_ARCHIVES)) $(LIBS)
 
-# libFuzzer targets (clang).  The frame decoder links without OpenSSL.
+# libFuzzer targets (clang), each linking only what it needs: the frame
+# decoder its few sources (no OpenSSL), the others the layer archives
+# rebuilt with clang's sanitizer coverage in $(B)/fuzz/ (the normal gcc
+# build is untouched).  `make fuzz` also makes the seed corpora
+# $(B)/fuzz/seeds-NAME/ (tools/fuzz/seeds).  tools/fuzz/README.md.
 FUZZ_CC ?= clang
-FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 \
-	-D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. $(WARNINGS)
+FUZZ_TARGETS := frame vhdx json config
+FUZZ_BIN := $(FUZZ_TARGETS:%=$(B)/fuzz/fuzz_%)
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+	-fno-omit-frame-pointer
+FUZZ_CFLAGS := -g -O1 -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. \
+	$(WARNINGS) $(FUZZ_SAN)
+FUZZ_FLAGS := $(FUZZ_CFLAGS) -fsanitize=fuzzer
+FUZZ_ARCHIVE = $(B)/fuzz/layers/$(1).a
+FUZZ_ARCHIVES_BELOW = $(foreach l,$(BELOW_$(1)),$(call FUZZ_ARCHIVE,$(l)))
 FUZZ_frame_SRC := tools/fuzz/fuzz_frame.c agent/sync/proto.c \
 	agent/sync/common.c agent/sync/errmsg.c vhdx/crc32c.c
-fuzz: $(FUZZ_BIN)
+# The layer each archive-linked target needs, with the libraries for it.
+FUZZ_vhdx_LAYER := vhdx
+FUZZ_vhdx_LIBS := -lpthread
+FUZZ_json_LAYER := daemon
+FUZZ_json_LIBS := $(LIBS) -lm
+FUZZ_config_LAYER := daemon
+FUZZ_config_LIBS := $(LIBS)
+
+FUZZ_TOOLS := $(B)/fuzz/tools/vhdx2chunks $(B)/fuzz/tools/mkframes
+fuzz: $(FUZZ_BIN) fuzz-seeds
+fuzz-seeds: $(FUZZ_BIN) $(FUZZ_TOOLS) all
+	tools/fuzz/seeds $(B)
+
 $(B)/fuzz/fuzz_frame: $(FUZZ_frame_SRC) $(wildcard agent/sync/*.h vhdx/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(FUZZ_frame_SRC) -lpthread
+
+$(B)/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(PKG_CFLAGS) -fsanitize=fuzzer-no-link \
+		-MMD -MP -c -o $@ $<
+
+define FUZZ_LAYER_RULES
+$(call FUZZ_ARCHIVE,$(1)): $(patsubst %.c,$(B)/fuzz/obj/%.o,$(call SRC_OF,$(1)))
+	@mkdir -p $$(dir $$@)
+	rm -f $$@
+	$$(AR) rcs $$@ $$^
+endef
+$(foreach l,$(LAYERS),$(eval $(call FUZZ_LAYER_RULES,$(l))))
+
+define FUZZ_TARGET_RULES
+$(B)/fuzz/fuzz_$(1): tools/fuzz/fuzz_$(1).c tools/fuzz/chunks.h \
+		$(call FUZZ_ARCHIVES_BELOW,$(FUZZ_$(1)_LAYER))
+	@mkdir -p $$(dir $$@)
+	$$(FUZZ_CC) $$(FUZZ_FLAGS) $$(PKG_CFLAGS) -o $$@ $$< \
+		$(call FUZZ_ARCHIVES_BELOW,$(FUZZ_$(1)_LAYER)) $(FUZZ_$(1)_LIBS)
+endef
+$(foreach t,vhdx json config,$(eval $(call FUZZ_TARGET_RULES,$(t))))
+
+# The seed makers are plain programs: images in, chunk lists out; frames
+# from the protocol's own encoder.
+$(B)/fuzz/tools/vhdx2chunks: tools/fuzz/vhdx2chunks.c tools/fuzz/chunks.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $<
+$(B)/fuzz/tools/mkframes: tools/fuzz/mkframes.c $(FUZZ_frame_SRC:tools/fuzz/fuzz_frame.c=)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ -lpthread
 
 unit: $(UNIT_BIN)
 unit-san: $(UNIT_SAN_BIN)

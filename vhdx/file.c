@@ -18,6 +18,11 @@
 
 #include "internal.h"
 
+/* Most 4 KiB records a read-only open's log replay keeps in memory: twice
+ * the sectors of the largest log (256 MiB), so a log's own data always
+ * fits; what a zero descriptor adds past that is refused. */
+#define VHDX_OVERLAY_MAX (1u << 17)
+
 /* Zero descriptors of a log can cover much of the file: the overlay points
  * every zeroed sector here instead of holding a copy of each. */
 static const uint8_t zero_sector[VHDX_LOG_SECTOR];
@@ -176,6 +181,11 @@ static int overlay_put(struct vhdx_overlay *ov, uint64_t off,
 		ov->data[i] = copy;
 		return 0;
 	}
+	if (ov->count >= VHDX_OVERLAY_MAX) {
+		if (copy != zero_sector)
+			free(copy);
+		return -E2BIG;
+	}
 	if ((ov->count & (ov->count + 1)) == 0 || ov->count == 0) {
 		unsigned cap = ov->count ? (ov->count + 1) * 2 : 16;
 		uint64_t *o = realloc(ov->off, cap * sizeof(*o));
@@ -215,6 +225,49 @@ void vhdx_overlay_free(struct vhdx_overlay *ov)
 	memset(ov, 0, sizeof(*ov));
 }
 
+/* Make the K sectors at OFF read as zeros: the records already in the
+ * range are dropped and the tail moved once. */
+static int overlay_put_zeros(struct vhdx_overlay *ov, uint64_t off, uint64_t k)
+{
+	unsigned i = overlay_lower(ov, off),
+		 j = overlay_lower(ov, off + k * VHDX_LOG_SECTOR), t;
+	uint64_t count = (uint64_t)ov->count - (j - i) + k, cap = 16;
+
+	if (count > VHDX_OVERLAY_MAX)
+		return -E2BIG;
+	/* overlay_put grows the arrays when count + 1 reaches a power of
+	 * two: leave them at least that big. */
+	while (cap < count + 1)
+		cap *= 2;
+	if (cap > ov->count + 1u) {
+		uint64_t *o = realloc(ov->off, cap * sizeof(*o));
+		uint8_t **d;
+
+		if (!o)
+			return -ENOMEM;
+		ov->off = o;
+		d = realloc(ov->data, cap * sizeof(*d));
+		if (!d)
+			return -ENOMEM;
+		ov->data = d;
+	}
+	for (t = i; t < j; t++)
+		if (ov->data[t] != zero_sector)
+			free(ov->data[t]);
+	if (j - i != k) {
+		memmove(ov->off + i + k, ov->off + j,
+			(ov->count - j) * sizeof(*ov->off));
+		memmove(ov->data + i + k, ov->data + j,
+			(ov->count - j) * sizeof(*ov->data));
+	}
+	for (t = 0; t < k; t++) {
+		ov->off[i + t] = off + (uint64_t)t * VHDX_LOG_SECTOR;
+		ov->data[i + t] = (uint8_t *)zero_sector;
+	}
+	ov->count = (unsigned)count;
+	return 0;
+}
+
 int vhdx_replay_to_memory(void *ctx, uint64_t off, const uint8_t *data,
 			  uint64_t len)
 {
@@ -224,12 +277,23 @@ int vhdx_replay_to_memory(void *ctx, uint64_t off, const uint8_t *data,
 
 	if (data)
 		return overlay_put(ov, off, data);
-	for (o = 0; o < len; o += VHDX_LOG_SECTOR) {
-		ret = overlay_put(ov, off + o, NULL);
-		if (ret)
-			return ret;
+	/* A zero descriptor may claim any length: one of terabytes would
+	 * take that many sector records.  Past VHDX_OVERLAY_MAX sectors the
+	 * in-memory replay gives up (the log can still be replayed on
+	 * disk); below it the range goes in with one move, not one per
+	 * sector. */
+	if (len > (uint64_t)VHDX_OVERLAY_MAX * VHDX_LOG_SECTOR ||
+	    off + len < off)
+		return -E2BIG;
+	if (len < 16 * VHDX_LOG_SECTOR) {
+		for (o = 0; o < len; o += VHDX_LOG_SECTOR) {
+			ret = overlay_put(ov, off + o, NULL);
+			if (ret)
+				return ret;
+		}
+		return 0;
 	}
-	return 0;
+	return overlay_put_zeros(ov, off, len / VHDX_LOG_SECTOR);
 }
 
 int vhdx_replay_to_file(void *ctx, uint64_t off, const uint8_t *data,

@@ -206,6 +206,12 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 			  "out of memory searching the log");
 		goto out;
 	}
+	if (ret == -E2BIG) {
+		ret = vhdx_fail(
+			err, -EINVAL, img->path,
+			"log is damaged: too many entries whose chains break to search");
+		goto out;
+	}
 	if (ret == -ENOENT) {
 		/* No valid entry for this LogGuid: nothing was logged that
 		 * is not already in place. */
@@ -231,6 +237,12 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 			ret = vhdx_log_replay(log, h.log_length, &seq,
 					      vhdx_replay_to_memory,
 					      &img->overlay);
+			if (ret == -E2BIG) {
+				ret = vhdx_fail(
+					err, -EINVAL, img->path,
+					"the log zeroes more than a read-only open replays in memory; replay it on disk (inspect --replay)");
+				goto out;
+			}
 			if (ret < 0) {
 				vhdx_fail(err, ret, img->path,
 					  "cannot replay the log in memory: %s",

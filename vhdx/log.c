@@ -52,9 +52,98 @@ static void entry_header(const uint8_t *p, struct vhdx_log_entry_hdr *h)
 	h->last_file_offset = le64_get(p + VHDX_LOGE_LAST_OFFSET);
 }
 
-int vhdx_log_entry_check(const uint8_t *log, uint32_t log_len, uint32_t off,
-			 const struct vhdx_guid *guid,
-			 struct vhdx_log_entry_hdr *hdr)
+/*
+ * vhdx_log_find_active returns 0, -ENOENT (no valid sequence), -ENOMEM, or
+ * -E2BIG when the chains of a crafted log would take too long to walk.
+ *
+ * Checksums of any run of whole sectors of the circular log in O(log n)
+ * each, for the scan of vhdx_log_find_active: that scan tries every 4 KiB
+ * offset, and an entry's checksum covers up to the whole log, so checking
+ * each candidate the plain way costs (log length)^2 / 4 KiB - hours for a
+ * crafted log of a few MiB full of entry headers.
+ *
+ * CRC-32C is linear: with R(r, S) the register after feeding S from r,
+ * R(r, A || B) = Z^|B| r ^ R(0, A || B) and R(0, A || B) = Z^|B| R(0, A) ^
+ * R(0, B), where Z^k is "feed k zero bytes", a 32x32 bit matrix.  So with
+ * pre[i] = R(0, sectors 0..i-1) over the log laid out twice (for entries
+ * that wrap), R(0, sectors a..a+k-1) = pre[a+k] ^ Z^k pre[a], and Z^k comes
+ * from the matrices of 1, 2, 4, ... sectors.
+ */
+#define ZMATS 17 /* up to 2^17 - 1 sectors: logs are at most 256 MiB */
+
+struct log_crc {
+	uint32_t *pre; /* 2 * sectors + 1 registers */
+	uint32_t z[ZMATS][32];
+};
+
+static uint32_t mat_apply(const uint32_t m[32], uint32_t v)
+{
+	uint32_t r = 0;
+	unsigned b;
+
+	for (b = 0; v; b++, v >>= 1)
+		if (v & 1)
+			r ^= m[b];
+	return r;
+}
+
+/* Z^(k sectors) v */
+static uint32_t zshift(const struct log_crc *lc, uint32_t v, uint64_t k)
+{
+	unsigned j;
+
+	for (j = 0; k && j < ZMATS; j++, k >>= 1)
+		if (k & 1)
+			v = mat_apply(lc->z[j], v);
+	return v;
+}
+
+static int log_crc_init(struct log_crc *lc, const uint8_t *log,
+			uint32_t log_len)
+{
+	static const uint8_t zero[VHDX_LOG_SECTOR];
+	uint32_t n = log_len / VHDX_LOG_SECTOR, i;
+	unsigned j, b;
+
+	if (n >= 1u << ZMATS)
+		return -EINVAL;
+	lc->pre = malloc(((size_t)2 * n + 1) * sizeof(*lc->pre));
+	if (!lc->pre)
+		return -ENOMEM;
+	for (b = 0; b < 32; b++)
+		lc->z[0][b] = vhdx_crc32c_update(1u << b, zero, sizeof(zero));
+	for (j = 1; j < ZMATS; j++)
+		for (b = 0; b < 32; b++)
+			lc->z[j][b] = mat_apply(lc->z[j - 1], lc->z[j - 1][b]);
+	lc->pre[0] = 0;
+	for (i = 0; i < 2 * n; i++)
+		lc->pre[i + 1] = vhdx_crc32c_update(
+			lc->pre[i], log + (size_t)(i % n) * VHDX_LOG_SECTOR,
+			VHDX_LOG_SECTOR);
+	return 0;
+}
+
+/* The checksum of the K-sector entry at sector A, its own field as 0. */
+static uint32_t log_crc_entry(const struct log_crc *lc, const uint8_t *p,
+			      uint32_t a, uint32_t k)
+{
+	static const uint8_t zero[VHDX_LOG_SECTOR - 8];
+	uint8_t d[8] = { 0 };
+	uint32_t reg, fix;
+
+	/* What feeding the stored checksum instead of zeros added: the
+	 * sector of zeros but for it, fed from 0. */
+	memcpy(d + VHDX_LOGE_CHECKSUM, p + VHDX_LOGE_CHECKSUM, 4);
+	fix = vhdx_crc32c_update(0, d, sizeof(d));
+	fix = vhdx_crc32c_update(fix, zero, sizeof(zero));
+	reg = zshift(lc, 0xFFFFFFFFu, k) ^ lc->pre[a + k] ^
+	      zshift(lc, lc->pre[a], k) ^ zshift(lc, fix, k - 1);
+	return ~reg;
+}
+
+static int entry_check(const uint8_t *log, uint32_t log_len, uint32_t off,
+		       const struct vhdx_guid *guid,
+		       struct vhdx_log_entry_hdr *hdr, const struct log_crc *lc)
 {
 	const uint8_t *p;
 	uint32_t sectors, hs, i, k, data = 0, crc;
@@ -82,14 +171,21 @@ int vhdx_log_entry_check(const uint8_t *log, uint32_t log_len, uint32_t off,
 		return -EINVAL;
 
 	/* The checksum covers the whole entry with its own field zeroed. */
-	crc = vhdx_crc32c_update(0xFFFFFFFFu, p, VHDX_LOGE_CHECKSUM);
-	crc = vhdx_crc32c_update(crc, "\0\0\0\0", 4);
-	crc = vhdx_crc32c_update(crc, p + 8, VHDX_LOG_SECTOR - 8);
-	for (k = 1; k < sectors; k++)
-		crc = vhdx_crc32c_update(crc, sector(log, log_len, off, k),
-					 VHDX_LOG_SECTOR);
-	if (~crc != hdr->checksum)
-		return -EINVAL;
+	if (lc) {
+		if (log_crc_entry(lc, p, off / VHDX_LOG_SECTOR, sectors) !=
+		    hdr->checksum)
+			return -EINVAL;
+	} else {
+		crc = vhdx_crc32c_update(0xFFFFFFFFu, p, VHDX_LOGE_CHECKSUM);
+		crc = vhdx_crc32c_update(crc, "\0\0\0\0", 4);
+		crc = vhdx_crc32c_update(crc, p + 8, VHDX_LOG_SECTOR - 8);
+		for (k = 1; k < sectors; k++)
+			crc = vhdx_crc32c_update(crc,
+						 sector(log, log_len, off, k),
+						 VHDX_LOG_SECTOR);
+		if (~crc != hdr->checksum)
+			return -EINVAL;
+	}
 
 	for (i = 0; i < hdr->descriptor_count; i++) {
 		const uint8_t *d = descriptor(log, log_len, off, i);
@@ -103,7 +199,10 @@ int vhdx_log_entry_check(const uint8_t *log, uint32_t log_len, uint32_t off,
 		if (!is_data) {
 			uint64_t zl = le64_get(d + VHDX_LOGD_ZERO_LENGTH);
 
-			if (zl % VHDX_LOG_SECTOR)
+			/* A range that wraps past 2^64 is no file's. */
+			if (zl % VHDX_LOG_SECTOR ||
+			    le64_get(d + VHDX_LOGD_FILE_OFFSET) + zl <
+				    le64_get(d + VHDX_LOGD_FILE_OFFSET))
 				return -EINVAL;
 			continue;
 		}
@@ -117,6 +216,13 @@ int vhdx_log_entry_check(const uint8_t *log, uint32_t log_len, uint32_t off,
 		data++;
 	}
 	return 0;
+}
+
+int vhdx_log_entry_check(const uint8_t *log, uint32_t log_len, uint32_t off,
+			 const struct vhdx_guid *guid,
+			 struct vhdx_log_entry_hdr *hdr)
+{
+	return entry_check(log, log_len, off, guid, hdr, NULL);
 }
 
 struct found_entry {
@@ -133,15 +239,13 @@ static int by_sequence_desc(const void *a, const void *b)
 	return x->hdr.sequence > y->hdr.sequence ? -1 : 1;
 }
 
-static const struct found_entry *find_at(const struct found_entry *v,
-					 unsigned n, uint32_t off)
+/* by_sector[s]: index + 1 in v of the entry at sector s, or 0. */
+static const struct found_entry *
+find_at(const struct found_entry *v, const unsigned *by_sector, uint32_t off)
 {
-	unsigned i;
+	unsigned i = by_sector[off / VHDX_LOG_SECTOR];
 
-	for (i = 0; i < n; i++)
-		if (v[i].off == off)
-			return &v[i];
-	return NULL;
+	return i ? &v[i - 1] : NULL;
 }
 
 /*
@@ -149,22 +253,23 @@ static const struct found_entry *find_at(const struct found_entry *v,
  * contiguous and one sequence number further, and the walk must end at
  * HEAD.  Fills SEQ on success.
  */
-static bool chain_ok(const struct found_entry *v, unsigned n,
+static bool chain_ok(const struct found_entry *v, const unsigned *by_sector,
 		     const struct found_entry *head, uint32_t log_len,
-		     struct vhdx_log_seq *seq)
+		     unsigned *budget, struct vhdx_log_seq *seq)
 {
-	const struct found_entry *e = find_at(v, n, head->hdr.tail);
+	const struct found_entry *e = find_at(v, by_sector, head->hdr.tail);
 	unsigned count = 1, limit = log_len / VHDX_LOG_SECTOR;
 	uint32_t off;
 
 	if (!e)
 		return false;
 	while (e != head) {
-		if (count > limit)
+		if (count > limit || !*budget)
 			return false;
+		--*budget;
 		off = (uint32_t)((e->off + (uint64_t)e->hdr.entry_length) %
 				 log_len);
-		const struct found_entry *next = find_at(v, n, off);
+		const struct found_entry *next = find_at(v, by_sector, off);
 
 		if (!next || next->hdr.sequence != e->hdr.sequence + 1)
 			return false;
@@ -183,30 +288,54 @@ static bool chain_ok(const struct found_entry *v, unsigned n,
 int vhdx_log_find_active(const uint8_t *log, uint32_t log_len,
 			 const struct vhdx_guid *guid, struct vhdx_log_seq *seq)
 {
-	struct found_entry *v;
-	unsigned n = 0, i;
-	uint32_t off;
-	int ret = -ENOENT;
+	uint32_t sectors = log_len / VHDX_LOG_SECTOR, off;
+	struct found_entry *v = NULL;
+	unsigned *by_sector = NULL;
+	unsigned n = 0, i, budget;
+	struct log_crc lc = { 0 };
+	int ret;
 
 	if (log_len == 0 || log_len % VHDX_LOG_SECTOR)
 		return -ENOENT;
-	v = calloc(log_len / VHDX_LOG_SECTOR, sizeof(*v));
-	if (!v)
-		return -ENOMEM;
+	ret = log_crc_init(&lc, log, log_len);
+	if (ret)
+		return ret == -ENOMEM ? -ENOMEM : -ENOENT;
+	v = calloc(sectors, sizeof(*v));
+	by_sector = calloc(sectors, sizeof(*by_sector));
+	if (!v || !by_sector) {
+		ret = -ENOMEM;
+		goto out;
+	}
 	for (off = 0; off < log_len; off += VHDX_LOG_SECTOR) {
-		if (vhdx_log_entry_check(log, log_len, off, guid, &v[n].hdr) ==
-		    0) {
+		if (entry_check(log, log_len, off, guid, &v[n].hdr, &lc) == 0) {
 			v[n].off = off;
 			n++;
 		}
 	}
 	qsort(v, n, sizeof(*v), by_sequence_desc);
+	for (i = 0; i < n; i++)
+		by_sector[v[i].off / VHDX_LOG_SECTOR] = i + 1;
+	/*
+	 * In a real log the newest head's chain holds, or a head or two
+	 * before it: walking every head's chain to the end is quadratic in a
+	 * crafted log of thousands of entries whose chains all break late.
+	 * Past this many steps the log is refused as damaged.
+	 */
+	budget = 16 * sectors + 1024;
+	ret = -ENOENT;
 	for (i = 0; i < n; i++) {
-		if (chain_ok(v, n, &v[i], log_len, seq)) {
+		if (chain_ok(v, by_sector, &v[i], log_len, &budget, seq)) {
 			ret = 0;
 			break;
 		}
+		if (!budget) {
+			ret = -E2BIG;
+			break;
+		}
 	}
+out:
+	free(lc.pre);
+	free(by_sector);
 	free(v);
 	return ret;
 }

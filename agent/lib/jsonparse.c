@@ -85,6 +85,44 @@ static size_t put_utf8(char *o, unsigned c)
 	return 4;
 }
 
+/*
+ * The length of the well-formed UTF-8 sequence at @p (at most @n bytes),
+ * or 0: RFC 8259 text is UTF-8, and what the agent accepts it must be able
+ * to write back unchanged (the JSON writer replaces bad bytes with U+FFFD,
+ * which would quietly change a name or a path).  Overlong forms,
+ * surrogates and code points past U+10FFFF are not well-formed (RFC 3629).
+ */
+static size_t utf8_len(const unsigned char *p, size_t n)
+{
+	size_t len, i;
+	unsigned char lo = 0x80, hi = 0xBF;
+
+	if (p[0] < 0x80)
+		return 1;
+	if (p[0] >= 0xC2 && p[0] <= 0xDF)
+		len = 2;
+	else if (p[0] >= 0xE0 && p[0] <= 0xEF)
+		len = 3;
+	else if (p[0] >= 0xF0 && p[0] <= 0xF4)
+		len = 4;
+	else
+		return 0;
+	if (p[0] == 0xE0)
+		lo = 0xA0; /* overlong */
+	else if (p[0] == 0xED)
+		hi = 0x9F; /* surrogates */
+	else if (p[0] == 0xF0)
+		lo = 0x90; /* overlong */
+	else if (p[0] == 0xF4)
+		hi = 0x8F; /* past U+10FFFF */
+	if (n < len || p[1] < lo || p[1] > hi)
+		return 0;
+	for (i = 2; i < len; i++)
+		if (p[i] < 0x80 || p[i] > 0xBF)
+			return 0;
+	return len;
+}
+
 static int parse_string(struct parser *ps, char **out)
 {
 	const char *q;
@@ -106,6 +144,22 @@ static int parse_string(struct parser *ps, char **out)
 		if (c < 0x20) {
 			free(s);
 			return fail(ps, "control character in string");
+		}
+		if (c >= 0x80) {
+			/* Continuation bytes are never '"': the sequence
+			 * ends before the closing quote or is refused. */
+			size_t n = utf8_len((const unsigned char *)ps->p - 1,
+					    (size_t)(q - ps->p) + 1);
+
+			if (!n) {
+				ps->p--;
+				free(s);
+				return fail(ps, "invalid UTF-8 in string");
+			}
+			memcpy(o, ps->p - 1, n);
+			o += n;
+			ps->p += n - 1;
+			continue;
 		}
 		if (c != '\\') {
 			*o++ = (char)c;
@@ -222,6 +276,9 @@ static int parse_number(struct parser *ps, struct jv *v)
 	buf[n] = '\0';
 	v->type = JV_NUMBER;
 	v->num = strtod(buf, NULL);
+	/* JSON has no infinity: 1e999 would be written back as null. */
+	if (!isfinite(v->num))
+		return fail(ps, "number out of range");
 	if (!frac) {
 		errno = 0;
 		v->i = strtoll(buf, NULL, 10);
