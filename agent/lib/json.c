@@ -310,7 +310,13 @@ void json_double(struct json_writer *w, double v, unsigned decimals)
 		json_null(w);
 		return;
 	}
-	snprintf(buf, sizeof(buf), "%.*f", decimals > 9 ? 9 : (int)decimals, v);
+	/* Past 1e15 "%f" spells out every digit: too long for readers (and
+	 * for our own parser's limit); "%.17g" gives the same double back. */
+	if (fabs(v) >= 1e15)
+		snprintf(buf, sizeof(buf), "%.17g", v);
+	else
+		snprintf(buf, sizeof(buf), "%.*f",
+			 decimals > 9 ? 9 : (int)decimals, v);
 	scalar(w, buf);
 }
 

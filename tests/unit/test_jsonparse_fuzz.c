@@ -7,6 +7,7 @@
  * Sources path quietly changed); numbers past the double range were
  * accepted as infinity and came back as null.  Both are now refused with
  * the byte offset, and well-formed UTF-8 of every length still passes.
+ * Large finite numbers, cut short by the writer, now write back whole.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -117,6 +118,22 @@ static void test_infinite_number_refused(void **state)
 	out = round_trip("[1e308, -1.5e300, 99999999999999999999]");
 	if (strstr(out, "null"))
 		fail_msg("finite numbers wrote back as '%s'", out);
+	free(out);
+	/* Large non-integers came back cut short by the writer's buffer, as
+	 * another number or as "222...0." which is not JSON; written whole,
+	 * they were too long for the parser.  They must come back exact. */
+	out = round_trip("[5e93, -1.25e300, 1e85]");
+	{
+		struct jv *v = NULL;
+		char err[256];
+
+		if (jv_parse(out, strlen(out), &v, err, sizeof(err)))
+			fail_msg("'%s' does not parse back: %s", out, err);
+		assert_true(v->items[0].num == 5e93);
+		assert_true(v->items[1].num == -1.25e300);
+		assert_true(v->items[2].num == 1e85);
+		jv_free(v);
+	}
 	free(out);
 }
 
