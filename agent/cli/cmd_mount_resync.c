@@ -217,6 +217,7 @@ static int find_recovery_disks(struct mr *m)
 		return 0;
 	}
 	if (config_load(m->o.recovery_config, &m->rcfg, err, sizeof(err))) {
+		config_free(&m->rcfg); /* what it parsed before the error */
 		mr_set_err(m, "--recovery-config: %s", err);
 		return -1;
 	}
