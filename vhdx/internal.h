@@ -226,7 +226,9 @@ int vhdx_log_entry_check(const uint8_t *log, uint32_t log_len, uint32_t off,
 /*
  * Find the active sequence: the run of valid, consecutive entries that ends
  * in the greatest sequence number and starts at that entry's Tail.
- * Returns 0, or -ENOENT when the log holds no valid sequence.
+ * Returns 0, -ENOENT when the log holds no valid sequence, or -E2BIG
+ * when following its chains would take more steps than any real log
+ * needs (a crafted log; the open refuses it as damaged).
  */
 int vhdx_log_find_active(const uint8_t *log, uint32_t log_len,
 			 const struct vhdx_guid *guid,
