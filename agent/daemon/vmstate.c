@@ -137,7 +137,7 @@ static void file_name(const char *name, char *out, size_t len)
 int vm_state_load(const char *dir, const char *name, struct vm_state *st,
 		  char *err, size_t errlen)
 {
-	char fname[1024];
+	char fname[1024], perr[256];
 	const struct jv *m;
 	struct jv *v = NULL;
 	char *buf = NULL;
@@ -157,10 +157,13 @@ int vm_state_load(const char *dir, const char *name, struct vm_state *st,
 		snprintf(err, errlen, "%s/%s: %s", dir, fname, strerror(-ret));
 		return ret;
 	}
-	ret = jv_parse(buf, len, &v, err, errlen);
+	ret = jv_parse(buf, len, &v, perr, sizeof(perr));
 	free(buf);
-	if (ret)
+	if (ret) {
+		/* a torn or empty record: the log must say which file */
+		snprintf(err, errlen, "%s/%s: %s", dir, fname, perr);
 		return ret;
+	}
 	ret = -EINVAL;
 	m = jv_get(v, "ReplicationState");
 	if (!m || m->type != JV_NUMBER || !m->is_int || m->i < 0 ||

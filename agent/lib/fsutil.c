@@ -2,6 +2,7 @@
 /* fsutil.c - mkdir -p, durable atomic writes, small reads (fsutil.h). */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,25 +14,46 @@
 
 #define READ_SMALL_MAX (1 << 20)
 
+/*
+ * mkdir @path; a folder's name is durable only once the folder holding
+ * it is fsynced, and whatever is later written and synced inside it (a
+ * job record, say) would vanish with it at a power cut.  So its parent
+ * is synced when it was made, and for @last always: a run that crashed
+ * between its mkdir and that fsync left a name nobody made durable.
+ */
+static int mkdir_durable(const char *path, mode_t mode, bool last)
+{
+	if (mkdir(path, mode)) {
+		if (errno != EEXIST)
+			return -errno;
+		if (!last)
+			return 0;
+	}
+	return vhdx_fsync_parent_dir(path);
+}
+
 int fs_mkdir_p(const char *path, mode_t mode)
 {
 	char *p, *copy = strdup(path);
+	size_t len;
 	int ret = 0;
 
 	if (!copy)
 		return -ENOMEM;
+	/* "a/b/" names "a/b": its parent is "a" */
+	len = strlen(copy);
+	while (len > 1 && copy[len - 1] == '/')
+		copy[--len] = '\0';
 	for (p = copy + 1; *p; p++) {
 		if (*p != '/')
 			continue;
 		*p = '\0';
-		if (mkdir(copy, 0755) && errno != EEXIST) {
-			ret = -errno;
-			goto out;
-		}
+		ret = mkdir_durable(copy, 0755, false);
 		*p = '/';
+		if (ret)
+			goto out;
 	}
-	if (mkdir(copy, mode) && errno != EEXIST)
-		ret = -errno;
+	ret = mkdir_durable(copy, mode, true);
 out:
 	free(copy);
 	return ret;

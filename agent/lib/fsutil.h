@@ -13,7 +13,8 @@
 #include <sys/types.h>
 
 /* Create @path and its missing parents; parents get 0755, @path @mode.
- * An existing folder is fine. */
+ * An existing folder is fine.  Each folder it makes is durable (its
+ * parent is fsynced), and so is @path's own name. */
 int fs_mkdir_p(const char *path, mode_t mode);
 
 /* "A/B", malloc()ed; NULL when out of memory. */
