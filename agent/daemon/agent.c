@@ -328,6 +328,7 @@ static int start_server(struct agent *a, char *err, size_t errlen)
 	scfg.listen = a->cfg.listen;
 	scfg.tls = a->tls;
 	scfg.state_dir = a->serve_dir;
+	scfg.merges_finished = true; /* held_finish_merges(), below */
 	srv = server_new(&scfg, err, errlen);
 	if (!srv)
 		return -EINVAL;

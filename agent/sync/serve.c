@@ -25,6 +25,7 @@
 #include <zstd.h>
 
 #include "agent/lib/fmt.h"
+#include "agent/lib/fsutil.h"
 #include "agent/lib/log.h"
 #include "agent/sync/common.h"
 #include "agent/sync/disk.h"
@@ -343,6 +344,7 @@ struct server *server_new(const struct server_config *cfg, char *err,
 {
 	struct server *srv;
 	struct stat st;
+	int ret;
 
 	srv = calloc(1, sizeof(*srv));
 	if (!srv) {
@@ -373,11 +375,17 @@ struct server *server_new(const struct server_config *cfg, char *err,
 		snprintf(err, errlen, "%s: path too long", srv->state_dir);
 		goto fail;
 	}
-	if (mkdir(srv->state_dir, 0700) && errno != EEXIST) {
+	/*
+	 * The records are made durable with the directory (fsync of it),
+	 * but its own name only by an fsync of its parent, which
+	 * fs_mkdir_p() does also when it exists: without it a power cut
+	 * takes every record along.
+	 */
+	ret = fs_mkdir_p(srv->state_dir, 0700);
+	if (ret < 0) {
 		snprintf(err, errlen,
-			 "%s: cannot create the state directory: "
-			 "%s",
-			 srv->state_dir, strerror(errno));
+			 "%s: cannot create the state directory durably: %s",
+			 srv->state_dir, strerror(-ret));
 		goto fail;
 	}
 	if (stat(srv->state_dir, &st) || !S_ISDIR(st.st_mode) ||
@@ -929,6 +937,76 @@ static int accept_loop(struct server *srv)
 	return 0;
 }
 
+/*
+ * A merge cut by a crash or a power cut leaves CHILD.merging next to the
+ * image, which is then neither the old disk nor the new one: finish every
+ * such merge before serving, so the image is whole again as soon as the
+ * server is back, not only when a session next names the export (the
+ * agent does the same at start, agent/daemon/held.c).  The record stays,
+ * saying "merging", so that a MERGE retrying a cut one hears "merged"
+ * (disk.c).  A merge that fails here is retried by the export's next
+ * session, which reports the error to the primary.
+ */
+static void finish_merge(struct server *srv, const char *export,
+			 const char *child)
+{
+	char name[SERVE_STATE_NAME_MAX];
+	struct vhdx_error verr;
+	struct record r;
+	double t0 = mono_seconds();
+	int ret;
+
+	serve_log(srv, LOG_PRIO_WARNING,
+		  "export %s: finishing the interrupted merge of %s before "
+		  "serving",
+		  export, child);
+	if (!record_file_name(export, name, sizeof(name)) &&
+	    !record_load(srv->state_dir, name, &r) && !r.merging) {
+		r.merging = true;
+		ret = record_save(srv->state_dir, name, &r);
+		if (ret < 0)
+			serve_log(srv, LOG_PRIO_WARNING,
+				  "%s/%s: cannot update: %s", srv->state_dir,
+				  name, strerror(-ret));
+	}
+	ret = vhdx_merge(child, 0, NULL, NULL, &verr);
+	if (ret < 0)
+		serve_log(srv, LOG_PRIO_ERR,
+			  "export %s: the interrupted merge cannot finish: "
+			  "%s (the next session tries again)",
+			  export, verr.msg);
+	else
+		serve_log(srv, LOG_PRIO_NOTICE,
+			  "export %s: the interrupted merge finished in %.1f s",
+			  export, mono_seconds() - t0);
+}
+
+static void finish_merges(struct server *srv)
+{
+	char child[PATH_MAX], marker[PATH_MAX + 16], name[PROTO_NAME_MAX + 1];
+	struct export *e;
+
+	/* No session runs yet; an export being merged is marked busy so
+	 * that server_remove_export() leaves it (and the walk) alone. */
+	pthread_mutex_lock(&srv->lock);
+	for (e = srv->exports; e; e = e->next) {
+		if (!e->vhdx || e->busy ||
+		    (size_t)snprintf(child, sizeof(child), "%s%s", e->path,
+				     SERVER_CHILD_SUFFIX) >= sizeof(child))
+			continue;
+		snprintf(marker, sizeof(marker), "%s.merging", child);
+		if (access(marker, F_OK))
+			continue;
+		e->busy = true;
+		snprintf(name, sizeof(name), "%s", e->name);
+		pthread_mutex_unlock(&srv->lock);
+		finish_merge(srv, name, child);
+		pthread_mutex_lock(&srv->lock);
+		e->busy = false;
+	}
+	pthread_mutex_unlock(&srv->lock);
+}
+
 int server_run(struct server *srv)
 {
 	struct session *s;
@@ -941,6 +1019,8 @@ int server_run(struct server *srv)
 		serve_log(srv, LOG_PRIO_ERR, "%s", err);
 		return ret;
 	}
+	if (!srv->cfg.merges_finished)
+		finish_merges(srv);
 	serve_log(srv, LOG_PRIO_INFO, "listening on %s (%s), state in %s",
 		  srv->addr, mode_name(srv->cfg.tls.mode), srv->state_dir);
 	pthread_mutex_lock(&srv->lock);

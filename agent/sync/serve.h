@@ -64,6 +64,10 @@ struct server_config {
 	 * Called from session threads. */
 	void (*log)(void *ctx, int level, const char *msg);
 	void *log_ctx;
+	/* The caller finished the exports' interrupted merges itself (the
+	 * agent, with its own reporting); false: server_run() finishes
+	 * them before it accepts. */
+	bool merges_finished;
 };
 
 struct server;
@@ -98,8 +102,10 @@ int server_listen(struct server *s, char *err, size_t errlen);
 const char *server_addr(const struct server *s);
 
 /*
- * Accept and serve sessions until server_stop().  On the way out every
- * session is aborted (children and progress are kept) and waited for.
+ * Finish every interrupted merge of an export (CHILD.merging left by a
+ * crash), unless cfg.merges_finished, then accept and serve sessions
+ * until server_stop().  On the way out every session is aborted
+ * (children and progress are kept) and waited for.
  * Returns 0, or -errno when the listener could not be set up or failed.
  */
 int server_run(struct server *s);
