@@ -37,7 +37,8 @@ static void reply_rv(struct json_writer *w, unsigned rv, const char *fmt, ...)
 		va_start(ap, fmt);
 		vsnprintf(msg, sizeof(msg), fmt, ap);
 		va_end(ap);
-		json_kv_string(w, "Error", msg);
+		/* messages quote what the client sent */
+		json_kv_string(w, "Error", fmt_one_line(msg));
 	}
 	json_object_end(w);
 }
@@ -141,9 +142,9 @@ static unsigned sources_pair(const struct vm_config *vm, const struct jv *src,
 	return 0;
 }
 
-unsigned resync_parse(const struct agent_config *cfg, const struct jv *req,
-		      int64_t now, struct resync_request *out, char *msg,
-		      size_t len)
+static unsigned parse_resync(const struct agent_config *cfg,
+			     const struct jv *req, int64_t now,
+			     struct resync_request *out, char *msg, size_t len)
 {
 	const struct jv *cs, *stv, *src;
 	const struct vm_config *vm;
@@ -177,6 +178,18 @@ unsigned resync_parse(const struct agent_config *cfg, const struct jv *req,
 	out->sources = src;
 	out->start_text = stv ? stv->s : NULL;
 	return 0;
+}
+
+/* The messages quote the request's strings: one line, whatever they hold. */
+unsigned resync_parse(const struct agent_config *cfg, const struct jv *req,
+		      int64_t now, struct resync_request *out, char *msg,
+		      size_t len)
+{
+	unsigned rv = parse_resync(cfg, req, now, out, msg, len);
+
+	if (rv)
+		fmt_one_line(msg);
+	return rv;
 }
 
 /* --- Resynchronize: admit (under the lock) --- */
@@ -363,8 +376,9 @@ static void resync_reply_started(const struct control_caller *who,
 }
 
 static void resync_reply_refused(const struct control_caller *who, unsigned rv,
-				 const char *msg, struct json_writer *w)
+				 char *msg, struct json_writer *w)
 {
+	fmt_one_line(msg); /* Sources paths of the request, say */
 	log_msg(LOG_PRIO_NOTICE, NULL,
 		"uid %u: Resynchronize refused with %u: %s", (unsigned)who->uid,
 		rv, msg);
@@ -402,9 +416,9 @@ static void do_resynchronize(struct agent *a, const struct control_caller *who,
 
 /* --- RequestStateChange --- */
 
-unsigned state_change_parse(const struct jv *req,
-			    struct state_change_request *out, char *msg,
-			    size_t len)
+static unsigned parse_state_change(const struct jv *req,
+				   struct state_change_request *out, char *msg,
+				   size_t len)
 {
 	const struct jv *id, *rs, *to;
 	unsigned rv;
@@ -430,6 +444,17 @@ unsigned state_change_parse(const struct jv *req,
 	out->job = id->s;
 	out->requested = (unsigned)rs->i;
 	return 0;
+}
+
+unsigned state_change_parse(const struct jv *req,
+			    struct state_change_request *out, char *msg,
+			    size_t len)
+{
+	unsigned rv = parse_state_change(req, out, msg, len);
+
+	if (rv)
+		fmt_one_line(msg);
+	return rv;
 }
 
 unsigned state_change_check(const struct job *j, unsigned requested,

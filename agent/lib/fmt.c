@@ -47,6 +47,16 @@ void fmt_line(char *out, size_t len, const char *f, ...)
 	va_end(ap);
 }
 
+char *fmt_one_line(char *s)
+{
+	unsigned char *p;
+
+	for (p = (unsigned char *)s; *p; p++)
+		if (*p < 0x20 || *p == 0x7f)
+			*p = ' ';
+	return s;
+}
+
 int64_t mono_us(void)
 {
 	struct timespec ts;

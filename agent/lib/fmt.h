@@ -21,6 +21,11 @@ const char *fmt_size_exact(char *out, size_t len, uint64_t v);
 void fmt_line(char *out, size_t len, const char *f, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/* Make @s one line in place: every control character (newline, tab,
+ * escape, DEL...) becomes a space, so that text a peer or a client chose
+ * cannot end a message early or forge another line.  Returns @s. */
+char *fmt_one_line(char *s);
+
 /* CLOCK_MONOTONIC in microseconds and in seconds; CLOCK_REALTIME in
  * microseconds since the epoch. */
 int64_t mono_us(void);

@@ -7,6 +7,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include "agent/lib/fmt.h"
 #include "agent/lib/log.h"
 
 enum log_style { STYLE_PLAIN, STYLE_JOURNAL, STYLE_SYSLOG };
@@ -62,12 +63,10 @@ static const char *severity(int prio)
 
 void log_vmsg(int prio, const char *component, const char *fmt, va_list ap)
 {
-	char line[2048], *p;
+	char line[2048];
 
 	vsnprintf(line, sizeof(line), fmt, ap);
-	for (p = line; *p; p++)
-		if (*p == '\n' || *p == '\r')
-			*p = ' ';
+	fmt_one_line(line);
 	switch (style) {
 	case STYLE_SYSLOG:
 		if (component)

@@ -121,12 +121,20 @@ static char *encode(const struct jv *v, size_t *len)
 	return buf;
 }
 
-/*
- * The methods' refusals quote what the request said (a VM name, a
- * StartTime), control characters included, so a message may span lines
- * here; the control socket escapes it on the way out.  Checked: there is
- * a message, and a success says which VM.
- */
+/* A refusal is one line, whatever the request's strings held (they are
+ * quoted in it); a success says which VM. */
+static bool one_line(const char *msg)
+{
+	const unsigned char *p;
+
+	if (!msg[0])
+		return false;
+	for (p = (const unsigned char *)msg; *p; p++)
+		if (*p < 0x20 || *p == 0x7f)
+			return false;
+	return true;
+}
+
 static void requests(const struct jv *v)
 {
 	struct resync_request rr;
@@ -135,16 +143,17 @@ static void requests(const struct jv *v)
 	unsigned rv;
 
 	rv = resync_parse(&cfg, v, NOW, &rr, msg, sizeof(msg));
-	if (rv && !msg[0]) {
-		fprintf(stderr, "resync_parse %u without a message\n", rv);
+	if (rv && !one_line(msg)) {
+		fprintf(stderr, "resync_parse %u: not one line: '%s'\n", rv,
+			msg);
 		abort();
 	}
 	if (!rv && !rr.vm)
 		abort();
 	rv = state_change_parse(v, &sc, msg, sizeof(msg));
-	if (rv && !msg[0]) {
-		fprintf(stderr, "state_change_parse %u without a message\n",
-			rv);
+	if (rv && !one_line(msg)) {
+		fprintf(stderr, "state_change_parse %u: not one line: '%s'\n",
+			rv, msg);
 		abort();
 	}
 }
