@@ -78,6 +78,8 @@ static void fix_one(uint64_t off, size_t len, const char *sig, size_t csum)
 		abort();
 }
 
+static uint8_t *fix_buf;
+
 /* Log entries of the log the header at @hdr names: an entry's checksum covers
  * its whole length, wrapping around the end of the circular log. */
 static void fix_log(uint32_t fsize, off_t hdr)
@@ -94,10 +96,16 @@ static void fix_log(uint32_t fsize, off_t hdr)
 	if (!len || len > MAX_FIXED_LOG || len % VHDX_LOG_SECTOR ||
 	    at > fsize || len > fsize - at)
 		return;
-	log = malloc(len);
-	e = malloc(len);
-	if (!log || !e || pread(mfd, log, len, (off_t)at) != (ssize_t)len)
-		goto out;
+	/* Allocated once: fresh megabytes each run cost page faults that
+	 * took a quarter of the run time. */
+	if (!fix_buf)
+		fix_buf = malloc(2 * (size_t)MAX_FIXED_LOG);
+	if (!fix_buf)
+		abort();
+	log = fix_buf;
+	e = fix_buf + MAX_FIXED_LOG;
+	if (pread(mfd, log, len, (off_t)at) != (ssize_t)len)
+		return;
 	/* Fixing every header of a log full of them would cost the square
 	 * of its length: fix up to MAX_FIXED_LOG bytes' worth, leave the
 	 * rest to the library. */
@@ -116,9 +124,6 @@ static void fix_log(uint32_t fsize, off_t hdr)
 	}
 	if (pwrite(mfd, log, len, (off_t)at) != (ssize_t)len)
 		abort();
-out:
-	free(log);
-	free(e);
 }
 
 static void fix_checksums(uint32_t fsize)
