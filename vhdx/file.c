@@ -8,12 +8,14 @@
  * open image can build on it.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/fs.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -296,22 +298,81 @@ int vhdx_replay_to_memory(void *ctx, uint64_t off, const uint8_t *data,
 	return overlay_put_zeros(ov, off, len / VHDX_LOG_SECTOR);
 }
 
-int vhdx_replay_to_file(void *ctx, uint64_t off, const uint8_t *data,
-			uint64_t len)
+/* Zeros over the LEN bytes at OFF inside the file: a whole-range write
+ * that keeps the file's allocation (a fixed image stays preallocated). */
+static int zero_in_place(int fd, uint64_t off, uint64_t len)
 {
-	int fd = *(int *)ctx;
-	uint64_t o;
+	uint64_t o, n;
 	int ret;
 
-	if (data)
-		return vhdx_write_full(fd, data, VHDX_LOG_SECTOR, off);
-	for (o = 0; o < len; o += VHDX_LOG_SECTOR) {
-		ret = vhdx_write_full(fd, zero_sector, VHDX_LOG_SECTOR,
-				      off + o);
+	if (!fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+		       (off_t)off, (off_t)len))
+		return 0;
+	for (o = 0; o < len; o += n) {
+		n = len - o < VHDX_LOG_SECTOR ? len - o : VHDX_LOG_SECTOR;
+		ret = vhdx_write_full(fd, zero_sector, n, off + o);
 		if (ret)
 			return ret;
 	}
 	return 0;
+}
+
+/*
+ * A zero descriptor on disk.  Its range is below its entry's
+ * LastFileOffset (vhdx_log_check_ranges), but that is only a number in the
+ * log: so that replay never takes more space than the image already had,
+ * holes inside the file are left as they are (they read as zeros), only
+ * its data extents are zeroed, and the part past the end of the file is
+ * made by extending it, as replay does for LastFileOffset.
+ */
+static int replay_zeros(int fd, uint64_t off, uint64_t len)
+{
+	uint64_t end = off + len, size = 0, at, to;
+	struct stat st;
+	off_t d, h;
+	int ret;
+
+	if (fstat(fd, &st))
+		return -errno;
+	if (S_ISBLK(st.st_mode)) {
+		ret = vhdx_blockdev_geometry(fd, &size, NULL);
+		if (ret)
+			return ret;
+		if (end > size)
+			return -ENOSPC; /* a device cannot grow */
+	} else {
+		size = (uint64_t)st.st_size;
+	}
+	for (at = off; at < end && at < size; at = to) {
+		to = end < size ? end : size;
+		d = lseek(fd, (off_t)at, SEEK_DATA);
+		if (d < 0 && errno == ENXIO)
+			break; /* only a hole from here on */
+		if (d >= 0) {
+			if ((uint64_t)d >= to)
+				break;
+			at = (uint64_t)d;
+			h = lseek(fd, d, SEEK_HOLE);
+			if (h >= 0 && (uint64_t)h < to)
+				to = (uint64_t)h;
+		} /* else no SEEK_DATA here: zero it all */
+		ret = zero_in_place(fd, at, to - at);
+		if (ret)
+			return ret;
+	}
+	if (end > size && ftruncate(fd, (off_t)end))
+		return -errno;
+	return 0;
+}
+
+int vhdx_replay_to_file(void *ctx, uint64_t off, const uint8_t *data,
+			uint64_t len)
+{
+	int fd = *(int *)ctx;
+
+	if (data)
+		return vhdx_write_full(fd, data, VHDX_LOG_SECTOR, off);
+	return replay_zeros(fd, off, len);
 }
 
 /*

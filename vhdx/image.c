@@ -175,6 +175,7 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 	struct vhdx_info *in = &img->info;
 	struct vhdx_header_info h = in->header[in->current_header];
 	struct vhdx_log_seq seq;
+	struct vhdx_log_bad_range bad;
 	uint8_t *log = NULL;
 	size_t got;
 	int ret;
@@ -226,6 +227,20 @@ static int replay_log(struct vhdx_image *img, struct vhdx_error *err)
 			"file is %llu bytes, shorter than the log's FlushedFileOffset %llu (truncated?)",
 			(unsigned long long)in->file_size,
 			(unsigned long long)seq.flushed_file_offset);
+		goto out;
+	}
+	/* Checked before anything is written, so a refused log leaves the
+	 * file as it was, and for a read-only open too, so that the same
+	 * image is not fine one way and refused the other. */
+	if (seq.count && vhdx_log_check_ranges(log, h.log_length, &seq, &bad)) {
+		ret = vhdx_fail(
+			err, -EINVAL, img->path,
+			"log is damaged: entry %llu %s %llu bytes at file offset %llu, past its LastFileOffset %llu",
+			(unsigned long long)bad.sequence,
+			bad.zero ? "zeroes" : "writes",
+			(unsigned long long)bad.length,
+			(unsigned long long)bad.file_offset,
+			(unsigned long long)bad.last_file_offset);
 		goto out;
 	}
 	in->log_entries_replayed = seq.count;

@@ -242,6 +242,24 @@ int vhdx_log_replay(const uint8_t *log, uint32_t log_len,
 		    const struct vhdx_log_seq *seq, vhdx_log_apply_fn fn,
 		    void *ctx);
 
+/* The first descriptor of an active sequence that reaches past its
+ * entry's LastFileOffset. */
+struct vhdx_log_bad_range {
+	uint64_t sequence; /* of the entry */
+	uint64_t file_offset;
+	uint64_t length;
+	uint64_t last_file_offset;
+	bool zero; /* a zero descriptor, else a data one */
+};
+/*
+ * Check that every descriptor of SEQ writes or zeroes only below its
+ * entry's LastFileOffset, so that replay writes no more than the log's
+ * writer had in its file.  Returns 0, or -ERANGE with *BAD filled.
+ */
+int vhdx_log_check_ranges(const uint8_t *log, uint32_t log_len,
+			  const struct vhdx_log_seq *seq,
+			  struct vhdx_log_bad_range *bad);
+
 /*
  * Build one log entry at BUF (room for its whole length) that writes the
  * COUNT 4 KiB sectors DATA[i] to FILE_OFF[i].  Returns the entry length.

@@ -385,6 +385,48 @@ out:
 	return ret;
 }
 
+/*
+ * MS-VHDX 2.3.1.1: LastFileOffset is a size that "all allocated file
+ * structures fit into" when the entry was written, and replay extends the
+ * file to it.  A descriptor that writes or zeroes past it updates nothing
+ * the writer had: a real log never holds one, and honouring it would let a
+ * crafted image make the replay write as much as it likes.
+ */
+int vhdx_log_check_ranges(const uint8_t *log, uint32_t log_len,
+			  const struct vhdx_log_seq *seq,
+			  struct vhdx_log_bad_range *bad)
+{
+	uint32_t off = seq->tail_off;
+	unsigned e;
+
+	for (e = 0; e < seq->count; e++) {
+		struct vhdx_log_entry_hdr h;
+		uint32_t i;
+
+		entry_header(sector(log, log_len, off, 0), &h);
+		for (i = 0; i < h.descriptor_count; i++) {
+			const uint8_t *d = descriptor(log, log_len, off, i);
+			uint64_t foff = le64_get(d + VHDX_LOGD_FILE_OFFSET);
+			bool zero = !memcmp(d, VHDX_LOG_ZERO_SIG, 4);
+			uint64_t len =
+				zero ? le64_get(d + VHDX_LOGD_ZERO_LENGTH)
+				     : VHDX_LOG_SECTOR;
+
+			if (len <= h.last_file_offset &&
+			    foff <= h.last_file_offset - len)
+				continue;
+			bad->sequence = h.sequence;
+			bad->file_offset = foff;
+			bad->length = len;
+			bad->last_file_offset = h.last_file_offset;
+			bad->zero = zero;
+			return -ERANGE;
+		}
+		off = (uint32_t)((off + (uint64_t)h.entry_length) % log_len);
+	}
+	return 0;
+}
+
 uint32_t vhdx_log_entry_build(uint8_t *buf, uint64_t sequence, uint32_t tail,
 			      const struct vhdx_guid *guid,
 			      uint64_t flushed_file_offset,
