@@ -21,10 +21,12 @@
 #    the restart and later; a job seen Completed before the cut ends
 #    Completed again;
 #  - the job that ran at the cut does not stay Running: it runs again and
-#    ends Completed (docs/control-api.md); only a job that had failed
-#    before its agent stopped may stay Exception (part 2: the recovery
-#    side can answer an I/O error between the cut and its SIGKILL); no VM
-#    is left Resynchronizing without a job;
+#    ends Completed (docs/control-api.md); no VM is left Resynchronizing
+#    without a job;
+#  - part 2 (the mount is --freeze: the recovery agent hangs from the cut
+#    to its SIGKILL, as a machine without power): the primary does not
+#    end the job Exception when its peer dies, it retries (the summary
+#    counts the states whose job's Retries > 0) and the retry resumes;
 #  - part 2, once the recovery agent finished interrupted merges (before
 #    the primary comes back): no merge pending, the images are clean
 #    (qemu-img check) and every 4 KiB sector holds its old or its new
@@ -129,6 +131,26 @@ def c_wait(sock, jid, secs):
         st = state_of(sock, jid)
         if st in FINAL:
             return str(st)
+        time.sleep(0.05)
+    return "timeout %s" % st
+
+def c_retried(sock, jid, secs):
+    """Until the job counts a network retry or is final: "retry N S",
+    "final S", "gone" or "timeout S"."""
+    end = time.monotonic() + float(secs)
+    st = None
+    while time.monotonic() < end:
+        try:
+            j = job(sock, jid)
+        except (OSError, ValueError):
+            j = {}
+        if j is None:
+            return "gone"
+        st = j.get("JobState")
+        if (j.get("Retries") or 0) > 0:
+            return "retry %s %s" % (j["Retries"], st)
+        if st in FINAL:
+            return "final %s" % st
         time.sleep(0.05)
     return "timeout %s" % st
 
@@ -440,8 +462,9 @@ stop_all() {
 	for n in p r; do
 		[ -n "${AGENT_PID[$n]:-}" ] && kill_agent "$n"
 	done
-	mountpoint -q "$M1" && pc_umount "$M1"
-	mountpoint -q "$M2" && pc_umount "$M2"
+	# /proc/mounts, not a stat: a frozen mount would hold it
+	_pc_mounted "$M1" && pc_umount "$M1"
+	_pc_mounted "$M2" && pc_umount "$M2"
 	return 0
 }
 
@@ -584,6 +607,13 @@ done
 
 # ---------------------------------------------------------------------------
 # Part 2: the recovery agent's state dir and images on the power-cut mount.
+# The mount is --freeze: after the cut the recovery agent hangs (a machine
+# without power answers nothing, least of all an I/O error) until the
+# SIGKILL, so the primary sees its peer die, as on a real power loss, and
+# retries.  It is then stopped (SIGSTOP) while the recovery side restarts
+# and its images are checked, and continued (SIGCONT) for the checks of
+# its claims: the job that ran at the cut goes on by the retry, which
+# resumes from the recovery side's durable progress.
 conf p "$S/pstate" primary "retries = 5
 retry-interval = 1" "$S/p"
 cp p.conf p2.conf
@@ -598,10 +628,27 @@ p2_reset() {
 	cp r2.conf r.conf
 }
 
+# p2_start_r: start_agent r, watched from its first moment: a cut while
+# it starts freezes it, and a frozen agent answers nothing, so it is
+# SIGKILLed at once (as in watch_cut) instead of awaited.
+p2_start_r() {
+	local i
+	"$HVRESYNC" agent -f --config "$S/r.conf" 2>>"$S/r.log" &
+	AGENT_PID[r]=$!
+	watch_cut "${AGENT_PID[r]}"
+	for i in $(seq 200); do
+		pc_cut_done && return 1
+		timeout -k 2 5 "$HVRESYNC" vm list --control "$RS" >/dev/null 2>&1 &&
+			return 0
+		kill -0 "${AGENT_PID[r]}" 2>/dev/null || return 1
+		sleep 0.05
+	done
+	return 1
+}
+
 p2_work() {
 	RV=none JOB= SEEN7= HOW="agent did not start" WATCH_PID=
-	start_agent r || return 0 # the cut came while it started
-	watch_cut "${AGENT_PID[r]}"
+	p2_start_r || return 0 # the cut came while it started
 	start_agent p || { fail "part 2: the primary agent does not start"; return 1; }
 	resync_until_cut
 }
@@ -627,24 +674,30 @@ p2_state() {
 	local k=$1 mode=$2 i
 	p2_reset
 	cut_opts "$k" "$mode" "$((N2 + 1))"
-	pc_mount "$B2" "$M2" "${OPTS[@]}" || { damage "pc_mount"; return; }
+	pc_mount "$B2" "$M2" "${OPTS[@]}" --freeze || { damage "pc_mount"; return; }
 	p2_work
 	pc_cut_done || pc_cut "$M2"
 	[ -n "${AGENT_PID[r]:-}" ] && kill_agent r
 	[ -n "$WATCH_PID" ] && wait "$WATCH_PID" 2>/dev/null
-	# the primary did not lose power; stopping it here only keeps its
-	# retries from backing off while the recovery side is down (its
-	# running job resumes when it starts again)
-	# the recovery side may have answered an I/O error (the cut) before
-	# it was killed: a job that failed so is an honest Exception
-	EXC_OK=
+	# the primary did not lose power: it sees its peer die and retries
+	EXC_OK= RETRY=
 	if [ "$RV" = 4096 ]; then
+		q retried "$PS" "$JOB" 20
+		RETRY=$QA
+		# a frozen recovery side answers no I/O error: all the primary
+		# sees is a dead peer, which it must retry, not fail on
 		job_state
-		[ "$ST" = 10 ] && EXC_OK=1
+		if [ "$ST" = 10 ]; then
+			P2_EXC[$mode]=$((${P2_EXC[$mode]:-0} + 1))
+			damage "job $JOB ends Exception when its peer dies ($(job_error)): a network failure is retried"
+		fi
 	fi
-	[ -n "${AGENT_PID[p]:-}" ] && stop_agent p
-	pc_umount "$M2"
-	WHAT="rv $RV, $HOW${SEEN7:+, Completed before the cut}${EXC_OK:+, Exception before the restart}"
+	# stopped, not ended: its retries do not back off while the
+	# recovery side is down, and nothing reaches the recovery images
+	# before they are checked
+	[ -n "${AGENT_PID[p]:-}" ] && kill -STOP "${AGENT_PID[p]}"
+	pc_umount "$M2" || damage "the frozen powercut did not end as asked"
+	WHAT="rv $RV, $HOW${SEEN7:+, Completed before the cut}${RETRY:+, after the cut: $RETRY}"
 	bad_records "$B2/rstate"
 	restart r "$M2" "$B2" || return
 	# interrupted merges are finished before the agent serves peers
@@ -662,8 +715,21 @@ p2_state() {
 	[ -n "$SEEN7" ] && ! identical "$M2/r" &&
 		damage "job $JOB said Completed before the cut but the recovery disks differ after it"
 	held_copies_open
-	start_agent p || { damage "the primary does not start again"; return; }
+	if [ -z "${AGENT_PID[p]:-}" ]; then
+		start_agent p || { damage "the primary does not start again"; return; }
+	else
+		kill -CONT "${AGENT_PID[p]}"
+		kill -0 "${AGENT_PID[p]}" 2>/dev/null ||
+			{ damage "the primary is gone"; unset "AGENT_PID[p]"; return; }
+	fi
 	after_restart_common "$M2/r"
+	# the retry shows in the job's Retries (kept in its record)
+	if [ "$RV" = 4096 ]; then
+		q job "$PS" "$JOB" Retries
+		case $QA in
+		[1-9]*) P2_RETRIED[$mode]=$((${P2_RETRIED[$mode]:-0} + 1)) ;;
+		esac
+	fi
 	new_resync "$M2/r"
 }
 
@@ -678,12 +744,20 @@ N2=$(pc_barriers)
 forget_identical
 identical "$B2/r" || fail "part 2: the disks differ after the run without a cut"
 say "part 2: N = $N2 barriers; cutting at $(points "$N2" | tr '\n' ' ')"
+declare -A P2_STATES=() P2_RETRIED=() P2_EXC=()
 for k in $(points "$N2"); do
 	for mode in plain torn; do
 		p2_state "$k" "$mode"
+		P2_STATES[$mode]=$((${P2_STATES[$mode]:-0} + 1))
 		stop_all
 		report "$k" "$mode" r
 	done
+done
+# How many states the primary came through by its network retry (the
+# job's Retries > 0 in GetJob after the recovery side came back), and how
+# many jobs failed before it did (Exception: nothing retried).
+for mode in plain torn; do
+	echo "part 2 $mode: ${P2_STATES[$mode]:-0} crash states, ${P2_RETRIED[$mode]:-0} went through a retry, ${P2_EXC[$mode]:-0} ended Exception before the restart"
 done
 
 check "no agent crashed (no sanitizer lines in the logs)" \

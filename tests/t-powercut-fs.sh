@@ -4,8 +4,9 @@
 # through and a clean unmount keeps it all; a cut keeps exactly what fsync
 # and fsyncdir made durable (data, sizes, modes, names, renames, unlinks,
 # truncates, holes); --cut-at fails the Nth barrier and everything after
-# it; torn mode keeps a seeded mix of old and new pages; a killed powercut
-# leaves no mount; bad arguments get one line and exit 2.
+# it; torn mode keeps a seeded mix of old and new pages; --freeze holds
+# requests after the cut (killable) until pc_umount ends it; a killed
+# powercut leaves no mount; bad arguments get one line and exit 2.
 . "$(dirname "$0")/lib.sh"
 . "$TOP/tests/helpers/powercut.sh"
 
@@ -671,6 +672,72 @@ for seed in 1 2; do
 		fi
 	done
 done
+
+say "--freeze: after the cut requests hang, killable, until powercut ends"
+# gone PID TENTHS: PID ended within TENTHS/10 s (a background job of ours).
+gone() {
+	local i
+	for i in $(seq "$2"); do
+		kill -0 "$1" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	! kill -0 "$1" 2>/dev/null
+}
+fresh
+echo data >"$BK/f"
+if pc_mount "$BK" "$MNT" --freeze; then
+	check "reads before the cut work" test "$(cat "$MNT/f")" = data
+	check "pc_cut reports the cut" pc_cut "$MNT"
+	check "stat of the root still answers (mountpoint)" mountpoint -q "$MNT"
+	cat "$MNT/f" >/dev/null 2>&1 &
+	r1=$!
+	sleep 1
+	check "a read after the cut blocks: still running after 1 s" kill -0 "$r1"
+	cat "$MNT/f" >/dev/null 2>&1 &
+	r2=$!
+	sleep 0.3
+	check "a second reader queued behind it blocks too" kill -0 "$r2"
+	kill -KILL "$r2" 2>/dev/null
+	check "SIGKILL ends the queued reader" gone "$r2" 50
+	kill -KILL "$r1" 2>/dev/null
+	check "SIGKILL ends the reader whose request powercut holds" gone "$r1" 50
+	wait "$r1" "$r2" 2>/dev/null
+	ls "$MNT" >/dev/null 2>"$SCRATCH/frozen.err" &
+	r3=$!
+	sleep 0.5
+	check "a lister after that blocks too" kill -0 "$r3"
+	pid=$PC_PID
+	check "pc_umount ends the frozen powercut" pc_umount "$MNT"
+	check "... no powercut process is left" bash -c "! kill -0 $pid 2>/dev/null"
+	check "... no mount is left" bash -c "! grep -q ' $MNT fuse.powercut ' /proc/mounts"
+	check "... and the held lister ends" gone "$r3" 50
+	wait "$r3"
+	check "... with an error, not with a listing" test $? -ne 0
+	check "report: cut 1, unmounted after it" \
+		bash -c "grep -qx 'cut 1' '$PC_REPORT' && grep -qx 'state cut-unmounted' '$PC_REPORT'"
+	check "the backing holds what was durable" test "$(cat "$BK/f")" = data
+else
+	fail "mount with --freeze"
+fi
+fresh
+if pc_mount "$BK" "$MNT" --freeze --cut-at 2; then
+	printf one | dd of="$MNT/a" conv=fsync status=none 2>/dev/null
+	check "barrier 1 passes" test $? -eq 0
+	printf two | dd of="$MNT/b" conv=fsync status=none 2>/dev/null &
+	r1=$!
+	sleep 1
+	check "--cut-at 2: the cutting fsync is held, not failed" kill -0 "$r1"
+	check "... and the cut is reported" grep -qx 'cut 2' "$PC_REPORT"
+	pid=$PC_PID
+	check "pc_umount ends it" pc_umount "$MNT"
+	check "... no powercut process is left" bash -c "! kill -0 $pid 2>/dev/null"
+	check "... the held fsync ends" gone "$r1" 50
+	wait "$r1"
+	check "... with an error" test $? -ne 0
+	check "... and nothing after barrier 1 is durable" test ! -e "$BK/b"
+else
+	fail "mount with --freeze --cut-at 2"
+fi
 
 say "teardown and bad arguments"
 fresh

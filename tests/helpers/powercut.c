@@ -4,8 +4,8 @@
  * folder that can simulate a power cut, so tests see exactly what a
  * program made durable (issue 11).
  *
- * usage: powercut [-f] [--cut-at N] [--torn SEED] [--report FILE]
- *                 [--state DIR] BACKING MOUNTPOINT
+ * usage: powercut [-f] [--cut-at N] [--torn SEED] [--freeze]
+ *                 [--report FILE] [--state DIR] BACKING MOUNTPOINT
  *
  * The model (what is durable when):
  *   - a file's data (write, fallocate, truncate), its size and its mode and
@@ -26,6 +26,19 @@
  * of the unsynced 4 KiB pages keeps its new content and a grown or shrunk
  * file keeps its new size with probability 1/2 (new bytes of a page that
  * does not survive are zeros); otherwise every unsynced page reverts.
+ *
+ * --freeze: after the cut, requests (but that stat of the root) are held
+ * instead of failing with EIO, the barrier request that cut included, as
+ * on a machine whose power is gone: a program sees no error, it hangs, and
+ * its peers see it die when it is killed.  The one request powercut holds
+ * is answered EIO once powercut is told to end (SIGTERM, SIGINT, or the
+ * connection goes: unmount, abort), or once its caller is dying (a fatal
+ * signal pending, or exiting: the kernel does not let a caller whose
+ * request was read go before it is answered, so that is what keeps a held
+ * program killable; it never sees the answer).  The requests behind it
+ * wait in the kernel's queue, where SIGKILL ends them.  To end a frozen
+ * powercut: lazy unmount, then SIGTERM (tests/helpers/powercut.sh's
+ * pc_umount does so).
  *
  * How: changes go to BACKING at once, so reads are plain pass-through.
  * Before the first change of a page since the file's last fsync its
@@ -57,8 +70,9 @@
  * a clean unmount.
  *
  * Requests are served one at a time (fuse_loop), under one mutex that the
- * SIGUSR1 thread takes too.  Without -f powercut returns once mounted; it
- * mounts with auto_unmount, so a killed powercut leaves no mount.
+ * SIGUSR1 thread takes too (a held request waits without it).  Without -f
+ * powercut returns once mounted; it mounts with auto_unmount, so a killed
+ * powercut leaves no mount.
  */
 #define FUSE_USE_VERSION 35
 
@@ -66,9 +80,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse.h>
+#include <fuse_lowlevel.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <linux/falloc.h>
+#include <poll.h>
 #include <pthread.h>
 #include <search.h>
 #include <signal.h>
@@ -81,6 +97,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PAGE 4096u
@@ -137,7 +154,7 @@ static struct {
 	ino_t root;
 	void *nodes;
 	uint64_t barriers, cut_at, cut_k, seed, seq;
-	bool torn, dead, finished;
+	bool torn, dead, finished, freeze;
 	/* what the cut did, for the report */
 	uint64_t pages_reverted, pages_kept, sizes_reverted, attrs_reverted;
 	uint64_t names_before, names_after, lost;
@@ -149,8 +166,8 @@ static struct {
 	 .rdfd = -1 };
 
 static const char usage[] =
-	"usage: powercut [-f] [--cut-at N] [--torn SEED] [--report FILE]\n"
-	"                [--state DIR] BACKING MOUNTPOINT\n";
+	"usage: powercut [-f] [--cut-at N] [--torn SEED] [--freeze]\n"
+	"                [--report FILE] [--state DIR] BACKING MOUNTPOINT\n";
 
 /* ---- small helpers ---- */
 
@@ -1050,6 +1067,79 @@ static bool barrier_cuts(void)
 	return false;
 }
 
+/* ---- after the cut ---- */
+
+/* True when thread @tid is going: gone, a zombie, exiting (PF_EXITING: a
+ * killed program's close() during exit sends FLUSH) or with SIGKILL
+ * pending (the kernel turns every fatal signal into SIGKILL in each
+ * thread).  /proc reads never touch our mount. */
+static bool caller_dying(pid_t tid)
+{
+	char path[64], buf[4096], state, *p;
+	unsigned long long pnd;
+	unsigned long flags;
+	FILE *f;
+	bool dying = false;
+
+	if (tid <= 0)
+		return true; /* nobody waits for it */
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)tid);
+	f = fopen(path, "re");
+	if (!f)
+		return true;
+	p = fgets(buf, sizeof(buf), f) ? strrchr(buf, ')') : NULL;
+	fclose(f);
+	/* after the command's ")": state ppid pgrp session tty tpgid flags */
+	if (!p ||
+	    sscanf(p + 1, " %c %*d %*d %*d %*d %*d %lu", &state, &flags) != 2)
+		return true;
+	if (state == 'Z' || state == 'X' || (flags & 0x4 /* PF_EXITING */))
+		return true;
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)tid);
+	f = fopen(path, "re");
+	if (!f)
+		return true;
+	while (!dying && fgets(buf, sizeof(buf), f)) {
+		if ((!strncmp(buf, "SigPnd:", 7) ||
+		     !strncmp(buf, "ShdPnd:", 7)) &&
+		    sscanf(buf + 7, "%llx", &pnd) == 1 &&
+		    (pnd & (1ull << (SIGKILL - 1))))
+			dying = true;
+	}
+	fclose(f);
+	return dying;
+}
+
+/*
+ * The answer to a request after the cut: EIO at once, or with --freeze
+ * only once powercut is told to end, its connection is gone or the caller
+ * is dying (see the top comment).  Called without the lock, so that the
+ * SIGUSR1 thread never waits for a held request.  Polled: libfuse's
+ * SIGTERM handler only sets a flag, and the caller's death sends nothing
+ * we could read while the one loop thread is here.
+ */
+static int after_cut(void)
+{
+	struct fuse_context *ctx = fuse_get_context();
+	struct fuse_session *se;
+	struct timespec ts = { 0, 20 * 1000 * 1000 };
+	struct pollfd pfd;
+
+	if (!pc.freeze || !ctx || !ctx->fuse)
+		return -EIO;
+	se = fuse_get_session(ctx->fuse);
+	pfd.fd = fuse_session_fd(se);
+	for (;;) {
+		if (fuse_session_exited(se) || caller_dying(ctx->pid))
+			return -EIO;
+		pfd.events = 0;
+		pfd.revents = 0;
+		if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLERR | POLLHUP)))
+			return -EIO; /* unmounted or aborted */
+		nanosleep(&ts, NULL);
+	}
+}
+
 /* ---- FUSE operations ---- */
 
 #define ENTER()                                         \
@@ -1057,13 +1147,20 @@ static bool barrier_cuts(void)
 		pthread_mutex_lock(&pc.lock);           \
 		if (pc.dead) {                          \
 			pthread_mutex_unlock(&pc.lock); \
-			return -EIO;                    \
+			return after_cut();             \
 		}                                       \
 	} while (0)
 #define LEAVE(r)                                \
 	do {                                    \
 		pthread_mutex_unlock(&pc.lock); \
 		return (r);                     \
+	} while (0)
+/* The request that met the cut (a barrier) fails or is held like any
+ * request after it. */
+#define LEAVE_CUT()                             \
+	do {                                    \
+		pthread_mutex_unlock(&pc.lock); \
+		return after_cut();             \
 	} while (0)
 
 static void *pc_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
@@ -1092,10 +1189,9 @@ static int pc_getattr(const char *path, struct stat *st,
 		/* The one request that works after a cut: stat of the root,
 		 * so that mountpoint(1) and cleanup code still see a mount
 		 * there.  It reads nothing a program could rely on. */
-		r = path && !strcmp(path, "/") && !fi ? 0 : -EIO;
-		if (!r && fstat(pc.bfd, st))
-			r = -errno;
-		LEAVE(r);
+		if (!path || strcmp(path, "/") || fi)
+			LEAVE_CUT();
+		LEAVE(fstat(pc.bfd, st) ? -errno : 0);
 	}
 	if (fi)
 		r = fstat(fh_fd(fi), st);
@@ -1178,7 +1274,7 @@ static int pc_fsyncdir(const char *path, int datasync,
 
 	ENTER();
 	if (barrier_cuts())
-		LEAVE(-EIO);
+		LEAVE_CUT();
 	r = sync_dir(fh_fd(fi), false);
 	pc.barriers++;
 	LEAVE(r);
@@ -1537,7 +1633,7 @@ static int pc_write(const char *path, const char *buf, size_t size, off_t off,
 
 	ENTER();
 	if (sync && barrier_cuts())
-		LEAVE(-EIO);
+		LEAVE_CUT();
 	if (fstat(fd, &st))
 		LEAVE(-errno);
 	n = node_get(&st);
@@ -1622,7 +1718,7 @@ static int pc_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 
 	ENTER();
 	if (barrier_cuts())
-		LEAVE(-EIO);
+		LEAVE_CUT();
 	pc.barriers++;
 	if (fi && !fstat(fh_fd(fi), &st)) {
 		n = node_find(st.st_ino);
@@ -1823,6 +1919,8 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			pc.torn = true;
+		} else if (!strcmp(a, "--freeze")) {
+			pc.freeze = true;
 		} else if (!strcmp(a, "--report") && i + 1 < argc) {
 			report = argv[++i];
 		} else if (!strcmp(a, "--state") && i + 1 < argc) {
@@ -1834,7 +1932,7 @@ int main(int argc, char **argv)
 			fprintf(stderr,
 				"powercut: bad argument '%s' (usage: "
 				"powercut [-f] [--cut-at N] [--torn "
-				"SEED] [--report FILE] [--state DIR] "
+				"SEED] [--freeze] [--report FILE] [--state DIR] "
 				"BACKING MOUNTPOINT)\n",
 				a);
 			return 2;
@@ -1845,10 +1943,11 @@ int main(int argc, char **argv)
 		}
 	}
 	if (!backing || !mnt) {
-		fprintf(stderr, "powercut: need BACKING and MOUNTPOINT (usage: "
-				"powercut [-f] [--cut-at N] [--torn SEED] "
-				"[--report FILE] [--state DIR] BACKING "
-				"MOUNTPOINT)\n");
+		fprintf(stderr,
+			"powercut: need BACKING and MOUNTPOINT (usage: "
+			"powercut [-f] [--cut-at N] [--torn SEED] "
+			"[--freeze] [--report FILE] [--state DIR] BACKING "
+			"MOUNTPOINT)\n");
 		return 2;
 	}
 	umask(0); /* modes reach the backing folder as the caller gave them */

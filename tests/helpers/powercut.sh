@@ -7,16 +7,17 @@
 POWERCUT=${POWERCUT:-$TOP/build/helpers/powercut}
 PC_PID=
 PC_REPORT=
-declare -A _pc_pid=() _pc_report=()
+declare -A _pc_pid=() _pc_report=() _pc_freeze=()
 
 # pc_mount BACKING MNT [powercut options...]: mounts powercut over BACKING
 # at MNT and returns once it serves; registers MNT for cleanup.  Sets
 # PC_PID and PC_REPORT (a fresh report file in $SCRATCH unless --report).
 pc_mount() {
-	local backing=$1 mnt=$2 report="" a i prev=""
+	local backing=$1 mnt=$2 report="" freeze="" a i prev=""
 	shift 2
 	for a in "$@"; do
 		[ "$prev" = --report ] && report=$a
+		[ "$a" = --freeze ] && freeze=1
 		prev=$a
 	done
 	mkdir -p "$mnt"
@@ -35,6 +36,7 @@ pc_mount() {
 		if mountpoint -q "$mnt" && grep -q '^state ' "$report" 2>/dev/null; then
 			_pc_pid[$mnt]=$PC_PID
 			_pc_report[$mnt]=$PC_REPORT
+			_pc_freeze[$mnt]=$freeze
 			return 0
 		fi
 		kill -0 "$PC_PID" 2>/dev/null || break
@@ -90,24 +92,50 @@ pc_cut() {
 	return 1
 }
 
-# pc_umount MNT: unmounts (lazily when busy) and waits for powercut to end.
-pc_umount() {
-	local _p _r i
-	_pc_of "$1"
-	if _pc_mounted "$1"; then
-		fusermount3 -u "$1" 2>/dev/null || fusermount3 -uz "$1" 2>/dev/null ||
-			umount -l "$1" 2>/dev/null
-	fi
-	for i in $(seq 600); do
-		kill -0 "$_p" 2>/dev/null || break
-		sleep 0.05
+# _pc_wait PID TENTHS: true once PID has ended, within TENTHS/10 s.
+_pc_wait() {
+	local i
+	for i in $(seq "$2"); do
+		kill -0 "$1" 2>/dev/null || return 0
+		sleep 0.1
 	done
-	unset "_pc_pid[$1]" "_pc_report[$1]"
-	if kill -0 "$_p" 2>/dev/null; then
-		echo "powercut $_p did not end after unmounting $1" >&2
-		return 1
+	! kill -0 "$1" 2>/dev/null
+}
+
+# pc_umount MNT: unmounts (lazily when busy) and waits for powercut to end.
+# A powercut frozen by its cut (--freeze) holds requests until it is told
+# to end: it is detached at once (a plain unmount would wait on it or find
+# it busy), gets a moment to end by itself (it does once nothing uses the
+# mount), then SIGTERM (it answers what it holds with EIO and ends), and
+# SIGKILL as the last resort, so that no powercut outlives its test.
+# Fails when a powercut needed more than its way of ending.
+pc_umount() {
+	local _p _r frozen="" rc=0
+	_pc_of "$1"
+	[ -n "${_pc_freeze[$1]:-}" ] && pc_cut_done "$_r" && frozen=1
+	if _pc_mounted "$1"; then
+		if [ -n "$frozen" ]; then
+			fusermount3 -uz "$1" 2>/dev/null || umount -l "$1" 2>/dev/null
+		else
+			fusermount3 -u "$1" 2>/dev/null || fusermount3 -uz "$1" 2>/dev/null ||
+				umount -l "$1" 2>/dev/null
+		fi
 	fi
-	return 0
+	if [ -n "$frozen" ]; then
+		_pc_wait "$_p" 10 || { kill -TERM "$_p" 2>/dev/null; _pc_wait "$_p" 100; } ||
+			{ echo "frozen powercut $_p did not end on SIGTERM" >&2; rc=1; }
+	elif ! _pc_wait "$_p" 300; then
+		echo "powercut $_p did not end after unmounting $1" >&2
+		rc=1
+		kill -TERM "$_p" 2>/dev/null
+		_pc_wait "$_p" 50
+	fi
+	if kill -0 "$_p" 2>/dev/null; then
+		kill -KILL "$_p" 2>/dev/null
+		_pc_wait "$_p" 50
+	fi
+	unset "_pc_pid[$1]" "_pc_report[$1]" "_pc_freeze[$1]"
+	return $rc
 }
 
 # pc_barriers [REPORT]: the number of barriers the run passed.
