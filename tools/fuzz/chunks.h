@@ -20,33 +20,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vhdx/le.h"
+
 #define FUZZ_CHUNKS_MAX_FILE (512u << 20)
 #define FUZZ_CHUNK_HDR 6
 #define FUZZ_CHUNK_MAX 0xffffu
-
-static inline uint32_t fuzz_le32(const uint8_t *p)
-{
-	return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static inline uint16_t fuzz_le16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static inline void fuzz_put_le32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
-
-static inline void fuzz_put_le16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
 
 /* The file size an input asks for, or 0 when it is too short to say. */
 static inline uint32_t fuzz_chunks_file_size(const uint8_t *in, size_t len)
@@ -55,7 +33,7 @@ static inline uint32_t fuzz_chunks_file_size(const uint8_t *in, size_t len)
 
 	if (len < 4)
 		return 0;
-	size = fuzz_le32(in) & 0x7fffffffu;
+	size = le32_get(in) & 0x7fffffffu;
 	return size > FUZZ_CHUNKS_MAX_FILE ? FUZZ_CHUNKS_MAX_FILE : size;
 }
 
@@ -73,8 +51,8 @@ static inline int fuzz_chunks_each(const uint8_t *in, size_t len,
 	int ret;
 
 	while (pos + FUZZ_CHUNK_HDR <= len) {
-		off = fuzz_le32(in + pos);
-		n = fuzz_le16(in + pos + 4);
+		off = le32_get(in + pos);
+		n = le16_get(in + pos + 4);
 		pos += FUZZ_CHUNK_HDR;
 		if (n > len - pos)
 			n = len - pos;

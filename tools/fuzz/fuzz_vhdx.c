@@ -54,16 +54,11 @@ static int put(void *ctx, uint32_t off, const uint8_t *b, size_t n)
 	return 0;
 }
 
-static uint32_t rd32(const uint8_t *p)
-{
-	return fuzz_le32(p);
-}
-
 /* Set the CRC-32C at @csum of @len bytes at @buf (the field counts as 0). */
 static void set_crc(uint8_t *buf, size_t len, size_t csum)
 {
-	fuzz_put_le32(buf + csum, 0);
-	fuzz_put_le32(buf + csum, vhdx_crc32c(buf, len));
+	le32_put(buf + csum, 0);
+	le32_put(buf + csum, vhdx_crc32c(buf, len));
 }
 
 /* Recompute the checksum of the structure of @len bytes at @off when it
@@ -90,9 +85,9 @@ static void fix_log(uint32_t fsize, off_t hdr)
 
 	if (pread(mfd, h, sizeof(h), hdr) != sizeof(h))
 		return;
-	len = rd32(h + VHDX_HDR_LOG_LENGTH);
-	at = rd32(h + VHDX_HDR_LOG_OFFSET) |
-	     (uint64_t)rd32(h + VHDX_HDR_LOG_OFFSET + 4) << 32;
+	len = le32_get(h + VHDX_HDR_LOG_LENGTH);
+	at = le32_get(h + VHDX_HDR_LOG_OFFSET) |
+	     (uint64_t)le32_get(h + VHDX_HDR_LOG_OFFSET + 4) << 32;
 	if (!len || len > MAX_FIXED_LOG || len % VHDX_LOG_SECTOR ||
 	    at > fsize || len > fsize - at)
 		return;
@@ -112,7 +107,7 @@ static void fix_log(uint32_t fsize, off_t hdr)
 	for (off = 0; off < len; off += VHDX_LOG_SECTOR) {
 		if (memcmp(log + off, VHDX_LOG_ENTRY_SIG, 4))
 			continue;
-		elen = rd32(log + off + VHDX_LOGE_LENGTH);
+		elen = le32_get(log + off + VHDX_LOGE_LENGTH);
 		if (!elen || elen > len || elen % VHDX_LOG_SECTOR ||
 		    elen > budget)
 			continue;
@@ -237,7 +232,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (ftruncate(mfd, 0) || ftruncate(mfd, fsize))
 		abort();
 	fuzz_chunks_each(data, size, put, NULL);
-	if (size >= 4 && !(fuzz_le32(data) & RAW_CHECKSUMS))
+	if (size >= 4 && !(le32_get(data) & RAW_CHECKSUMS))
 		fix_checksums(fsize);
 
 	vhdx_probe_fd(mfd);

@@ -31,11 +31,6 @@ struct range {
 	uint64_t off, len;
 };
 
-static uint64_t le64(const uint8_t *p)
-{
-	return fuzz_le32(p) | (uint64_t)fuzz_le32(p + 4) << 32;
-}
-
 /* The file ranges that are metadata, from the first header and region
  * table as they are (no checksums checked: a damaged image still makes a
  * seed). */
@@ -48,15 +43,16 @@ static unsigned structures(const uint8_t *img, uint64_t size, struct range *r)
 	if (size < MiB)
 		return n;
 	h = img + 64 * 1024;
-	r[n++] = (struct range){ le64(h + 72), fuzz_le32(h + 68) };
+	r[n++] = (struct range){ le64_get(h + 72), le32_get(h + 68) };
 	h = img + 128 * 1024;
-	r[n++] = (struct range){ le64(h + 72), fuzz_le32(h + 68) };
+	r[n++] = (struct range){ le64_get(h + 72), le32_get(h + 68) };
 	for (rt = img + 192 * 1024; rt <= img + 256 * 1024; rt += 64 * 1024) {
-		count = fuzz_le32(rt + 8);
+		count = le32_get(rt + 8);
 		for (i = 0; i < count && i < 16 && n < MAX_KEEP; i++)
-			r[n++] = (struct range){ le64(rt + 16 + i * 32 + 16),
-						 fuzz_le32(rt + 16 + i * 32 +
-							   24) };
+			r[n++] = (struct range){
+				le64_get(rt + 16 + i * 32 + 16),
+				le32_get(rt + 16 + i * 32 + 24)
+			};
 	}
 	return n;
 }
@@ -78,8 +74,8 @@ static int emit(FILE *out, const uint8_t *img, uint32_t off, uint32_t len)
 	while (len) {
 		uint32_t n = len > FUZZ_CHUNK_MAX ? FUZZ_CHUNK_MAX : len;
 
-		fuzz_put_le32(hdr, off);
-		fuzz_put_le16(hdr + 4, (uint16_t)n);
+		le32_put(hdr, off);
+		le16_put(hdr + 4, (uint16_t)n);
 		if (fwrite(hdr, sizeof(hdr), 1, out) != 1 ||
 		    fwrite(img + off, n, 1, out) != 1)
 			return -EIO;
@@ -124,7 +120,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: %s\n", argv[2], strerror(errno));
 		goto out;
 	}
-	fuzz_put_le32(sz, (uint32_t)st.st_size);
+	le32_put(sz, (uint32_t)st.st_size);
 	if (fwrite(sz, 4, 1, out) != 1)
 		goto werr;
 	nkeep = structures(img, (uint64_t)st.st_size, keep);
