@@ -1441,25 +1441,32 @@ static int pc_rename(const char *from, const char *to, unsigned int flags)
 	LEAVE(0);
 }
 
-static int pc_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+/* An attribute change of @path (or @fi) is about to happen: a regular
+ * file's durable attributes are saved first.  Under the lock. */
+static int begin_attr_change(const char *path, struct fuse_file_info *fi)
 {
 	struct stat st;
 	struct node *n;
+
+	if (fi ? fstat(fh_fd(fi), &st)
+	       : fstatat(pc.bfd, rel(path), &st, AT_SYMLINK_NOFOLLOW))
+		return -errno;
+	if (!S_ISREG(st.st_mode))
+		return 0;
+	n = node_get(&st);
+	if (!n)
+		return -ENOMEM;
+	return begin_change(n, fi ? fh_fd(fi) : -1, rel(path));
+}
+
+static int pc_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
 	int r;
 
 	ENTER();
-	r = fi ? fstat(fh_fd(fi), &st)
-	       : fstatat(pc.bfd, rel(path), &st, AT_SYMLINK_NOFOLLOW);
+	r = begin_attr_change(path, fi);
 	if (r)
-		LEAVE(-errno);
-	if (S_ISREG(st.st_mode)) {
-		n = node_get(&st);
-		if (!n)
-			LEAVE(-ENOMEM);
-		r = begin_change(n, fi ? fh_fd(fi) : -1, rel(path));
-		if (r)
-			LEAVE(r);
-	}
+		LEAVE(r);
 	r = fi ? fchmod(fh_fd(fi), mode) : fchmodat(pc.bfd, rel(path), mode, 0);
 	LEAVE(r ? -errno : 0);
 }
@@ -1467,23 +1474,12 @@ static int pc_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 static int pc_chown(const char *path, uid_t uid, gid_t gid,
 		    struct fuse_file_info *fi)
 {
-	struct stat st;
-	struct node *n;
 	int r;
 
 	ENTER();
-	r = fi ? fstat(fh_fd(fi), &st)
-	       : fstatat(pc.bfd, rel(path), &st, AT_SYMLINK_NOFOLLOW);
+	r = begin_attr_change(path, fi);
 	if (r)
-		LEAVE(-errno);
-	if (S_ISREG(st.st_mode)) {
-		n = node_get(&st);
-		if (!n)
-			LEAVE(-ENOMEM);
-		r = begin_change(n, fi ? fh_fd(fi) : -1, rel(path));
-		if (r)
-			LEAVE(r);
-	}
+		LEAVE(r);
 	r = fi ? fchown(fh_fd(fi), uid, gid)
 	       : fchownat(pc.bfd, rel(path), uid, gid, AT_SYMLINK_NOFOLLOW);
 	LEAVE(r ? -errno : 0);
