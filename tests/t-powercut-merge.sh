@@ -225,8 +225,6 @@ check_state() {
 	[ -z "$BAD" ]
 }
 
-K=0
-D=0
 
 # --- creating a child -------------------------------------------------------------
 # The merge's child is made by `hvresync create --parent`: after a cut at
@@ -264,27 +262,8 @@ pc_umount "$MNT"
 NC=$(pc_barriers)
 [ "$RC" -eq 0 ] || { fail "uncut create: exit $RC: $(head -n1 "$S/create.out")"; finish; }
 check_create "$RC" || fail "uncut create: $BAD"
-for k in $(pc_points "$NC"); do
-	for mode in plain torn; do
-		restore
-		opts=(--cut-at "$k")
-		[ $mode = torn ] && opts+=(--torn "$k")
-		if ! pc_mount "$BACK" "$MNT" "${opts[@]}"; then
-			fail "create k=$k $mode: pc_mount"
-			continue
-		fi
-		create_on "$MNT"
-		pc_cut_done || pc_cut "$MNT"
-		pc_umount "$MNT"
-		K=$((K + 1))
-		if check_create "$RC"; then
-			echo "create k=$k/$NC $mode: ok ($STATE)"
-		else
-			D=$((D + 1))
-			echo "create k=$k/$NC $mode: DAMAGED ($STATE): $BAD"
-		fi
-	done
-done
+pc_matrix "create " "$NC" "$BACK" "$MNT" restore 'create_on "$MNT"' \
+	'pc_umount "$MNT"' 'check_create "$RC"'
 
 # --- a run without a cut: its barriers, and the oracle itself -------------------
 say "an uncut merge on the power-cut file system"
@@ -305,26 +284,7 @@ fi
 
 # --- the matrix -----------------------------------------------------------------
 say "power cuts at the barriers of the merge (N=$N)"
-for k in $(pc_points "$N"); do
-	for mode in plain torn; do
-		restore
-		opts=(--cut-at "$k")
-		[ $mode = torn ] && opts+=(--torn "$k")
-		if ! pc_mount "$BACK" "$MNT" "${opts[@]}"; then
-			fail "k=$k $mode: pc_mount"
-			continue
-		fi
-		merge_on "$MNT"
-		pc_cut_done || pc_cut "$MNT"
-		pc_umount "$MNT"
-		K=$((K + 1))
-		if check_state "$RC"; then
-			echo "k=$k $mode: ok ($STATE)"
-		else
-			D=$((D + 1))
-			echo "k=$k $mode: DAMAGED ($STATE): $BAD"
-		fi
-	done
-done
-pc_summary "$K" "$D"
+pc_matrix "" "$N" "$BACK" "$MNT" restore 'merge_on "$MNT"' \
+	'pc_umount "$MNT"' 'check_state "$RC"'
+pc_summary
 finish

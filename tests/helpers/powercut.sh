@@ -172,7 +172,45 @@ pc_points() {
 
 # pc_summary K D: the matrix's last line; a failure when D > 0.
 pc_summary() {
-	echo "powercut: $1 crash states, $2 damaged"
-	[ "$2" -gt 0 ] && fail "$2 of $1 crash states damaged"
+	local k=${1:-$PC_K} d=${2:-$PC_D}
+	echo "powercut: $k crash states, $d damaged"
+	[ "$d" -gt 0 ] && fail "$d of $k crash states damaged"
 	return 0
+}
+
+# pc_matrix LABEL N BACKING MNT RESTORE RUN STOP CHECK: the crash matrix
+# loop.  For each point k of `pc_points N` and each mode (plain, then torn
+# with seed k): eval RESTORE; pc_mount BACKING MNT --cut-at k [--torn k];
+# eval RUN; cut the power if the run ended first; eval STOP (kill what
+# used the mount and unmount it); eval CHECK, true for a crash state
+# that is not damaged, which may set STATE (what it saw) and BAD (what is
+# wrong).  Counts the states in PC_K and the damaged ones in PC_D (for
+# pc_summary) and prints one line per state, LABEL first.
+PC_K=0
+PC_D=0
+pc_matrix() {
+	local label=$1 n=$2 backing=$3 mnt=$4 restore=$5 run=$6 stop=$7
+	local check=$8 k mode opts
+	for k in $(pc_points "$n"); do
+		for mode in plain torn; do
+			eval "$restore"
+			opts=(--cut-at "$k")
+			[ $mode = torn ] && opts+=(--torn "$k")
+			if ! pc_mount "$backing" "$mnt" "${opts[@]}"; then
+				fail "${label}k=$k $mode: pc_mount"
+				continue
+			fi
+			eval "$run"
+			pc_cut_done || pc_cut "$mnt"
+			eval "$stop"
+			PC_K=$((PC_K + 1))
+			STATE= BAD=
+			if eval "$check"; then
+				echo "${label}k=$k/$n $mode: ok ($STATE)"
+			else
+				PC_D=$((PC_D + 1))
+				echo "${label}k=$k/$n $mode: DAMAGED ($STATE): $BAD"
+			fi
+		done
+	done
 }
