@@ -15,7 +15,9 @@
 # the image (sticky error, logged once), the three other ways to end a view,
 # flock refusals, and SIGKILL of the serving process in the middle of
 # writes: the log replays, `qemu-img check -r all` is clean and every
-# written 512-byte sector reads old or new (new if fsync returned).
+# written 512-byte sector reads old or new (new if fsync returned); and
+# `hvresync umount` of a view whose serving process died (before umount,
+# or while umount waited for its verdict) exits 2 with one line.
 # Random choices are seeded: SEED=N tests/t-mount-rw.sh repeats a run.
 . "$(dirname "$0")/lib.sh"
 
@@ -844,5 +846,50 @@ for round in 1 2; do
 	fi
 	rm -f "$K"/*.raw "$K/copy.vhdx"
 done
+
+# --- umount of a view whose serving process died ---------------------------
+# Nobody closed its images, so umount must not say all went well: exit 2
+# and one line, whether the process died before umount ran or while umount
+# waited for its verdict.
+say "umount of a view whose serving process died"
+img=$K/dead.vhdx
+qemu-img create -q -f vhdx -o block_size=1M "$img" 16M
+# gone_pid PID: up to 10 s for PID to die (a zombie counts as dead).
+gone_pid() {
+	local i
+	for i in $(seq 100); do
+		case $(ps -o stat= -p "$1" 2>/dev/null) in '' | Z*) return 0 ;; esac
+		sleep 0.1
+	done
+	return 1
+}
+if mount_rw "$K/m" "$img"; then
+	pid=$(daemon_pids "$K/m")
+	dd if=/dev/urandom of="$K/m/dead" bs=4k count=8 conv=notrunc,fsync \
+		status=none
+	kill -KILL $pid
+	gone_pid "$pid"
+	expect_error "umount after the serving process was killed" \
+		"$K/m" "serving process had died" "dirty log" -- \
+		"$HVRESYNC" umount "$K/m"
+	check "and the view is unmounted" wait_gone "$K/m"
+fi
+if mount_rw "$K/m" "$img"; then
+	pid=$(daemon_pids "$K/m")
+	kill -STOP $pid
+	"$HVRESYNC" umount "$K/m" >"$K/um.out" 2>"$K/um.err" &
+	upid=$!
+	sleep 1
+	kill -KILL $pid
+	gone_pid "$pid"
+	$T 30 tail --pid=$upid -f /dev/null
+	wait $upid
+	rc=$?
+	check "umount whose serving process died before its verdict: exit 2 (got $rc)" \
+		test "$rc" -eq 2
+	check "with one line saying so" \
+		bash -c "[ \$(wc -l <'$K/um.err') -eq 1 ] && grep -q 'ended without reporting' '$K/um.err'"
+	check "and the view is unmounted" wait_gone "$K/m"
+fi
 
 finish

@@ -38,6 +38,7 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -268,8 +269,17 @@ static int status_wait(int fd, const char *mnt)
 		n = read(fd, msg + used, sizeof(msg) - 1 - used);
 		if (n < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
-		if (n <= 0)
-			break; /* ended without a word: nothing to report */
+		if (n <= 0) {
+			/* It died before it could say: an image may not be
+			 * closed cleanly, and saying nothing is not "OK". */
+			error_msg(
+				"%s: unmounted, but the serving process ended "
+				"without reporting how it closed the images; "
+				"a --rw image may keep a dirty log (hvresync "
+				"inspect IMAGE tells, --replay replays it)",
+				mnt);
+			return EXIT_ERROR;
+		}
 		used += (size_t)n;
 		if (memchr(msg, '\n', used))
 			break;
@@ -761,11 +771,31 @@ int cmd_umount(int argc, char **argv)
 	}
 	ret = EXIT_ERROR;
 	if (is_view(mnt, arg, &mi)) {
+		struct statfs sfs;
+		bool dead;
+
 		/* Connected before the unmount, so the verdict cannot be
 		 * missed. */
 		sfd = status_connect(&mi);
-		if (unmount_view(mnt, arg) == 0)
-			ret = sfd >= 0 ? status_wait(sfd, arg) : EXIT_OK;
+		/* A view whose process is gone answers ENOTCONN: nobody
+		 * closed its images.  statfs, as stat may be answered from
+		 * the kernel's attribute cache. */
+		dead = sfd < 0 && statfs(mnt, &sfs) < 0 && errno == ENOTCONN;
+		if (unmount_view(mnt, arg) == 0) {
+			if (dead) {
+				error_msg("%s: unmounted, but its serving "
+					  "process had died: the images were "
+					  "not closed cleanly; a --rw image "
+					  "may keep a dirty log (hvresync "
+					  "inspect IMAGE tells, --replay "
+					  "replays it)",
+					  arg);
+				ret = EXIT_ERROR;
+			} else {
+				ret = sfd >= 0 ? status_wait(sfd, arg)
+					       : EXIT_OK;
+			}
+		}
 	}
 	if (sfd >= 0)
 		close(sfd);
