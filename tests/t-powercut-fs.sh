@@ -674,15 +674,6 @@ for seed in 1 2; do
 done
 
 say "--freeze: after the cut requests hang, killable, until powercut ends"
-# gone PID TENTHS: PID ended within TENTHS/10 s (a background job of ours).
-gone() {
-	local i
-	for i in $(seq "$2"); do
-		kill -0 "$1" 2>/dev/null || return 0
-		sleep 0.1
-	done
-	! kill -0 "$1" 2>/dev/null
-}
 fresh
 echo data >"$BK/f"
 if pc_mount "$BK" "$MNT" --freeze; then
@@ -698,9 +689,9 @@ if pc_mount "$BK" "$MNT" --freeze; then
 	sleep 0.3
 	check "a second reader queued behind it blocks too" kill -0 "$r2"
 	kill -KILL "$r2" 2>/dev/null
-	check "SIGKILL ends the queued reader" gone "$r2" 50
+	check "SIGKILL ends the queued reader" _pc_wait "$r2" 50
 	kill -KILL "$r1" 2>/dev/null
-	check "SIGKILL ends the reader whose request powercut holds" gone "$r1" 50
+	check "SIGKILL ends the reader whose request powercut holds" _pc_wait "$r1" 50
 	wait "$r1" "$r2" 2>/dev/null
 	ls "$MNT" >/dev/null 2>"$SCRATCH/frozen.err" &
 	r3=$!
@@ -710,7 +701,7 @@ if pc_mount "$BK" "$MNT" --freeze; then
 	check "pc_umount ends the frozen powercut" pc_umount "$MNT"
 	check "... no powercut process is left" bash -c "! kill -0 $pid 2>/dev/null"
 	check "... no mount is left" bash -c "! grep -q ' $MNT fuse.powercut ' /proc/mounts"
-	check "... and the held lister ends" gone "$r3" 50
+	check "... and the held lister ends" _pc_wait "$r3" 50
 	wait "$r3"
 	check "... with an error, not with a listing" test $? -ne 0
 	check "report: cut 1, unmounted after it" \
@@ -731,7 +722,7 @@ if pc_mount "$BK" "$MNT" --freeze --cut-at 2; then
 	pid=$PC_PID
 	check "pc_umount ends it" pc_umount "$MNT"
 	check "... no powercut process is left" bash -c "! kill -0 $pid 2>/dev/null"
-	check "... the held fsync ends" gone "$r1" 50
+	check "... the held fsync ends" _pc_wait "$r1" 50
 	wait "$r1"
 	check "... with an error" test $? -ne 0
 	check "... and nothing after barrier 1 is durable" test ! -e "$BK/b"
