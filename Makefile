@@ -18,7 +18,7 @@ PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) || echo PKG_CONFIG_FAILED)
 PKG_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) || echo PKG_CONFIG_FAILED)
 CMOCKA_CFLAGS := $(shell $(PKG_CONFIG) --cflags cmocka || echo PKG_CONFIG_FAILED)
 CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka || echo PKG_CONFIG_FAILED)
-ifneq ($(filter deps clean format check demo,$(MAKECMDGOALS)),$(MAKECMDGOALS))
+ifneq ($(filter deps clean format check check-vm demo,$(MAKECMDGOALS)),$(MAKECMDGOALS))
 ifneq ($(findstring PKG_CONFIG_FAILED,$(PKG_CFLAGS) $(PKG_LIBS) $(CMOCKA_CFLAGS) $(CMOCKA_LIBS)),)
 $(error pkg-config cannot find some of: $(PKGS) cmocka; run tools/install-deps (or make check, which does))
 endif
@@ -77,7 +77,7 @@ UNIT_SAN_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/san/tests/%)
 HELPER_BIN := $(HELPER_SRC:tests/helpers/%.c=$(B)/helpers/%)
 ALL_ARCHIVES := $(call ARCHIVES_BELOW,cli)
 
-.PHONY: all deps check check-layers unit unit-san integration demo install \
+.PHONY: all deps check check-vm check-layers unit unit-san integration demo install \
 	clean format bench fuzz fuzz-seeds
 
 all: $(B)/hvresync $(HELPER_BIN)
@@ -201,6 +201,11 @@ unit-san: $(UNIT_SAN_BIN)
 check: deps
 	$(MAKE) all unit unit-san
 	tests/run
+
+# The guest test alone: Debian 12's kernel under qemu (tests/t-realkernel.sh).
+check-vm: deps
+	$(MAKE) all
+	tests/t-realkernel.sh
 
 demo: deps
 	$(MAKE) all
