@@ -39,26 +39,16 @@ trap flaky_cleanup EXIT
 # final; OUT gets one line per change of (JobState, Retries,
 # ErrorDescription), then the last instance as JSON on a line "final ...".
 watch_job() {
-	python3 - "$(sock "$1")" "$2" "$3" "$4" <<'EOF'
-import json, socket, sys, time
+	PYTHONPATH="$TOP/tests/helpers" python3 - "$(sock "$1")" "$2" "$3" "$4" <<'EOF'
+import json, sys, time
+import control
 path, job, secs, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 end = time.monotonic() + secs
 last, inst = None, None
 with open(out, "w") as f:
     while time.monotonic() < end:
         try:
-            s = socket.socket(socket.AF_UNIX)
-            s.settimeout(10)
-            s.connect(path)
-            s.sendall(json.dumps({"Method": "GetJob", "Job": job}).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                c = s.recv(65536)
-                if not c:
-                    break
-                buf += c
-            s.close()
-            inst = json.loads(buf)["Instance"]
+            inst = control.call(path, {"Method": "GetJob", "Job": job}, 10)["Instance"]
         except (OSError, ValueError, KeyError):
             time.sleep(0.05)
             continue

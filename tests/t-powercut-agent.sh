@@ -61,23 +61,10 @@ WAIT_S=${POWERCUT_WAIT:-60} # a job's longest run on a loaded machine
 # 2-core machine, and a crash state asks dozens of questions).  It talks
 # to the agents' sockets itself: hvresync's own CLI is not the judge.
 cat >oracle.py <<'EOF'
-import json, os, re, socket, sys, time
+import json, os, re, sys, time
+from control import call
 
 FINAL = (7, 8, 9, 10, 32768)
-
-def call(sock, req):
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(30)
-    s.connect(sock)
-    s.sendall(json.dumps(req).encode() + b"\n")
-    buf = b""
-    while not buf.endswith(b"\n"):
-        c = s.recv(65536)
-        if not c:
-            break
-        buf += c
-    s.close()
-    return json.loads(buf)
 
 def job(sock, jid):
     """The job's instance, None when the agent does not know it."""
@@ -225,7 +212,7 @@ for line in sys.stdin:
     print(out.replace("\n", " "), flush=True)
 EOF
 mkfifo oracle.in oracle.out
-python3 -u oracle.py <oracle.in >oracle.out &
+PYTHONPATH="$TOP/tests/helpers" python3 -u oracle.py <oracle.in >oracle.out &
 exec 7>oracle.in 8<oracle.out
 # At exit: the agents go first (they use the mounts), then the oracle
 # (it ends once its input does), the mounts, the scratch folder.

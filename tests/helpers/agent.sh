@@ -121,26 +121,16 @@ vmf() {
 # socket every 50 ms (no process per poll, so a slow build keeps up) until
 # PROPERTY OP VALUE holds for one of the VALUEs (OP: in, ge).
 poll_job() {
-	python3 - "$(sock "$1")" "$2" "$3" "$4" "$5" "${@:6}" <<'EOF'
-import json, socket, sys, time
+	PYTHONPATH="$TOP/tests/helpers" python3 - "$(sock "$1")" "$2" "$3" "$4" "$5" "${@:6}" <<'EOF'
+import sys, time
+import control
 path, job, secs, prop, op = sys.argv[1:6]
 want = [int(x) for x in sys.argv[6:]]
 end = time.monotonic() + float(secs)
 v = None
 while time.monotonic() < end:
     try:
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(10)
-        s.connect(path)
-        s.sendall(json.dumps({"Method": "GetJob", "Job": job}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            c = s.recv(65536)
-            if not c:
-                break
-            buf += c
-        s.close()
-        v = json.loads(buf)["Instance"][prop]
+        v = control.call(path, {"Method": "GetJob", "Job": job}, 10)["Instance"][prop]
         if (op == "in" and v in want) or (op == "ge" and v >= want[0]):
             sys.exit(0)
     except (OSError, ValueError, KeyError):
@@ -159,20 +149,7 @@ wait_percent() { poll_job "$1" "$2" "$4" PercentComplete ge "$3"; }
 
 # raw NAME JSON: send one raw request line, print the reply line.
 raw() {
-	python3 - "$(sock "$1")" "$2" <<'EOF'
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(30)
-s.connect(sys.argv[1])
-s.sendall(sys.argv[2].encode() + b"\n")
-buf = b""
-while not buf.endswith(b"\n"):
-    c = s.recv(65536)
-    if not c:
-        break
-    buf += c
-print(buf.decode().strip())
-EOF
+	python3 "$TOP/tests/helpers/control.py" "$(sock "$1")" "$2"
 }
 
 # fill VHDX OFFSET LEN: write LEN random bytes at OFFSET (qemu-io).
