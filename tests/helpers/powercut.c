@@ -244,78 +244,104 @@ static int zero_range(int fd, off_t off, off_t len)
 	return 0;
 }
 
-/* Removes everything inside the folder @dfd (not the folder itself). */
-static int empty_dir(int dfd)
+/* Calls @fn for each entry of folder @dfd (not "." or ".."), with the
+ * entry's lstat; an entry that vanished meanwhile is skipped.  Stops at
+ * the first non-zero return of @fn and returns it; -errno when the folder
+ * cannot be read. */
+static int walk_dir(int dfd,
+		    int (*fn)(int fd, const char *name, const struct stat *st,
+			      void *arg),
+		    void *arg)
 {
 	int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	struct dirent *de;
-	DIR *d;
 	int ret = 0;
+	DIR *d;
 
 	if (fd < 0)
 		return -errno;
 	d = fdopendir(fd);
 	if (!d) {
+		ret = -errno;
 		close(fd);
-		return -errno;
+		return ret;
 	}
-	while ((de = readdir(d))) {
+	while (!ret && (de = readdir(d))) {
 		struct stat st;
 
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
 		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW))
 			continue;
-		if (S_ISDIR(st.st_mode)) {
-			int sub = openat(fd, de->d_name,
-					 O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-						 O_CLOEXEC);
-
-			if (sub >= 0) {
-				empty_dir(sub);
-				close(sub);
-			}
-			if (unlinkat(fd, de->d_name, AT_REMOVEDIR) && !ret)
-				ret = -errno;
-		} else if (unlinkat(fd, de->d_name, 0) && !ret) {
-			ret = -errno;
-		}
+		ret = fn(fd, de->d_name, &st, arg);
 	}
 	closedir(d);
 	return ret;
 }
 
+/* Opens subfolder @name of @fd without following a symlink. */
+static int open_subdir(int fd, const char *name)
+{
+	return openat(fd, name,
+		      O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+}
+
+static int empty_dir(int dfd);
+
+/* empty_dir's step: removes one entry, remembering the first error. */
+static int remove_entry(int fd, const char *name, const struct stat *st,
+			void *arg)
+{
+	int *ret = arg;
+
+	if (S_ISDIR(st->st_mode)) {
+		int sub = open_subdir(fd, name);
+
+		if (sub >= 0) {
+			empty_dir(sub);
+			close(sub);
+		}
+		if (unlinkat(fd, name, AT_REMOVEDIR) && !*ret)
+			*ret = -errno;
+	} else if (unlinkat(fd, name, 0) && !*ret) {
+		*ret = -errno;
+	}
+	return 0;
+}
+
+/* Removes everything inside the folder @dfd (not the folder itself). */
+static int empty_dir(int dfd)
+{
+	int ret = 0, r;
+
+	r = walk_dir(dfd, remove_entry, &ret);
+	return r ? r : ret;
+}
+
+/* count_entries' step. */
+static int count_entry(int fd, const char *name, const struct stat *st,
+		       void *arg)
+{
+	uint64_t *n = arg;
+
+	++*n;
+	if (S_ISDIR(st->st_mode)) {
+		int sub = open_subdir(fd, name);
+
+		if (sub >= 0) {
+			walk_dir(sub, count_entry, n);
+			close(sub);
+		}
+	}
+	return 0;
+}
+
 /* Counts the entries below folder @dfd, recursively. */
 static uint64_t count_entries(int dfd)
 {
-	int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	struct dirent *de;
 	uint64_t n = 0;
-	DIR *d;
 
-	if (fd < 0)
-		return 0;
-	d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return 0;
-	}
-	while ((de = readdir(d))) {
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-			continue;
-		n++;
-		if (de->d_type == DT_DIR) {
-			int sub = openat(fd, de->d_name,
-					 O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-						 O_CLOEXEC);
-
-			if (sub >= 0) {
-				n += count_entries(sub);
-				close(sub);
-			}
-		}
-	}
-	closedir(d);
+	walk_dir(dfd, count_entry, &n);
 	return n;
 }
 
@@ -587,61 +613,57 @@ static void commit(struct node *n)
 	settle(n);
 }
 
+struct entries {
+	struct dent *d;
+	struct stat *s;
+	size_t n, cap;
+};
+
+/* read_entries' step. */
+static int add_entry(int fd, const char *name, const struct stat *st, void *arg)
+{
+	struct entries *e = arg;
+
+	(void)fd;
+	if (e->n == e->cap) {
+		size_t nc = e->cap ? e->cap * 2 : 16;
+		struct dent *nd = realloc(e->d, nc * sizeof(*nd));
+		struct stat *ns;
+
+		if (!nd)
+			return -ENOMEM;
+		e->d = nd;
+		ns = realloc(e->s, nc * sizeof(*ns));
+		if (!ns)
+			return -ENOMEM;
+		e->s = ns;
+		e->cap = nc;
+	}
+	e->d[e->n].name = strdup(name);
+	if (!e->d[e->n].name)
+		return -ENOMEM;
+	e->d[e->n].ino = st->st_ino;
+	e->s[e->n] = *st;
+	e->n++;
+	return 0;
+}
+
 /* Reads folder @dfd's entries, lstat'ing each. */
 static int read_entries(int dfd, struct dent **out, size_t *cnt,
 			struct stat **sts)
 {
-	int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	struct dent *d = NULL;
-	struct stat *s = NULL;
-	size_t n = 0, cap = 0;
-	struct dirent *de;
-	DIR *dir;
+	struct entries e = { 0 };
+	int r = walk_dir(dfd, add_entry, &e);
 
-	if (fd < 0)
-		return -errno;
-	dir = fdopendir(fd);
-	if (!dir) {
-		close(fd);
-		return -errno;
+	if (r) {
+		free_dents(e.d, e.n);
+		free(e.s);
+		return r;
 	}
-	while ((de = readdir(dir))) {
-		struct stat st;
-
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-			continue;
-		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW))
-			continue;
-		if (n == cap) {
-			size_t nc = cap ? cap * 2 : 16;
-			struct dent *nd = realloc(d, nc * sizeof(*d));
-			struct stat *ns;
-
-			if (nd)
-				d = nd;
-			ns = nd ? realloc(s, nc * sizeof(*s)) : NULL;
-			if (!ns)
-				goto nomem;
-			s = ns;
-			cap = nc;
-		}
-		d[n].name = strdup(de->d_name);
-		if (!d[n].name)
-			goto nomem;
-		d[n].ino = st.st_ino;
-		s[n] = st;
-		n++;
-	}
-	closedir(dir);
-	*out = d;
-	*cnt = n;
-	*sts = s;
+	*out = e.d;
+	*cnt = e.n;
+	*sts = e.s;
 	return 0;
-nomem:
-	closedir(dir);
-	free_dents(d, n);
-	free(s);
-	return -ENOMEM;
 }
 
 /* fsyncdir of (or the mount-time scan of) folder @dfd: its entries now
@@ -869,55 +891,52 @@ static void free_where(void *p)
 	free(p);
 }
 
+struct scan {
+	const char *prefix;
+	void **map;
+};
+
+static void scan_paths(int dfd, const char *prefix, void **map);
+
+/* scan_paths' step. */
+static int scan_entry(int fd, const char *name, const struct stat *st,
+		      void *arg)
+{
+	struct scan *sc = arg;
+	struct where *w;
+	char *path;
+
+	pc.names_before++;
+	if (asprintf(&path, "%s%s%s", sc->prefix, *sc->prefix ? "/" : "",
+		     name) < 0)
+		return 0;
+	if (S_ISDIR(st->st_mode)) {
+		int sub = open_subdir(fd, name);
+
+		if (sub >= 0) {
+			scan_paths(sub, path, sc->map);
+			close(sub);
+		}
+		free(path);
+		return 0;
+	}
+	w = malloc(sizeof(*w));
+	if (!w) {
+		free(path);
+		return 0;
+	}
+	w->ino = st->st_ino;
+	w->path = path;
+	if (*(struct where **)tsearch(w, sc->map, cmp_where) != w)
+		free_where(w);
+	return 0;
+}
+
 static void scan_paths(int dfd, const char *prefix, void **map)
 {
-	int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	struct dirent *de;
-	DIR *d;
+	struct scan sc = { prefix, map };
 
-	if (fd < 0)
-		return;
-	d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return;
-	}
-	while ((de = readdir(d))) {
-		struct stat st;
-		struct where *w;
-		char *path;
-
-		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-			continue;
-		if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW))
-			continue;
-		pc.names_before++;
-		if (asprintf(&path, "%s%s%s", prefix, *prefix ? "/" : "",
-			     de->d_name) < 0)
-			continue;
-		if (S_ISDIR(st.st_mode)) {
-			int sub = openat(fd, de->d_name,
-					 O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-						 O_CLOEXEC);
-
-			if (sub >= 0) {
-				scan_paths(sub, path, map);
-				close(sub);
-			}
-			free(path);
-			continue;
-		}
-		w = malloc(sizeof(*w));
-		if (!w) {
-			free(path);
-			continue;
-		}
-		w->ino = st.st_ino;
-		w->path = path;
-		if (*(struct where **)tsearch(w, map, cmp_where) != w)
-			free_where(w);
-	}
-	closedir(d);
+	walk_dir(dfd, scan_entry, &sc);
 }
 
 /* Makes a link to the durable file @n as @name in @pfd. */
