@@ -164,24 +164,12 @@ done
 # ---------------------------------------------------------------------------
 # serve and push
 
-# serve_up LOG: serve the exports on $MNT; false (no failure counted) when
-# it does not listen within SECS (default 30): on a cut mount that is
-# expected.
+# serve_up LOG [SECS]: serve the exports on $MNT; false (no failure
+# counted) when it does not listen within SECS (default 30): on a cut mount
+# that is expected.
 serve_up() {
-	local log=$1 secs=${2:-30} i skip
-	skip=$(wc -l <"$log" 2>/dev/null || echo 0)
-	"$HVRESYNC" serve --listen 127.0.0.1:0 --state-dir "$STATE" \
-		--psk-file "$S/key" --window 1M \
-		--export "R=$IMG/R.vhdx" --export "H=$IMG/H.vhdx" >>"$log" 2>&1 &
-	SERVER_PID=$!
-	for i in $(seq $((secs * 10))); do
-		PORT=$(tail -n +$((skip + 1)) "$log" |
-		       sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p')
-		[ -n "$PORT" ] && return 0
-		kill -0 "$SERVER_PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	return 1
+	try_start_server "${2:-30}" "$1" --psk-file "$S/key" --window 1M \
+		--export "R=$IMG/R.vhdx" --export "H=$IMG/H.vhdx"
 }
 
 # px NAME ARGS...: a push of P.vhdx (or a --merge) to export NAME; exit

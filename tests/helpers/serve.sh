@@ -10,23 +10,31 @@ make_key() {
 	chmod 600 "$1"
 }
 
-# start_server LOG ARGS...: serve on a free loopback port, set PORT.  LOG
+# try_start_server SECS LOG ARGS...: serve on a free loopback port and set
+# PORT; false, with nothing counted as failed, when it does not listen
+# within SECS (a test that cuts the power under serve expects that).  LOG
 # is appended to, so a restarted server's port is read from its own lines.
-start_server() {
-	local log=$1 i skip
-	shift
+try_start_server() {
+	local secs=$1 log=$2 i skip
+	shift 2
 	skip=$(cat "$log" 2>/dev/null | wc -l)
 	"$HVRESYNC" serve --listen 127.0.0.1:0 --state-dir "$STATE" "$@" \
 		>>"$log" 2>&1 &
 	SERVER_PID=$!
-	for i in $(seq 100); do
+	for i in $(seq $((secs * 10))); do
 		PORT=$(tail -n +$((skip + 1)) "$log" |
 		       sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p')
 		[ -n "$PORT" ] && return 0
 		kill -0 "$SERVER_PID" 2>/dev/null || break
 		sleep 0.1
 	done
-	fail "server did not start: $(tail -n 3 "$log")"
+	return 1
+}
+
+# start_server LOG ARGS...: the same within 10 s, a failure if not.
+start_server() {
+	try_start_server 10 "$@" && return 0
+	fail "server did not start: $(tail -n 3 "$1")"
 	return 1
 }
 
