@@ -2,7 +2,8 @@
 /*
  * mount_resync_views.c - the views of `hvresync mount-and-resync`: the
  * per-VM lock, the mountpoint, the serving child and the unmount that
- * must happen whatever else went wrong (see cmd_mount_resync.c).
+ * must happen whatever else went wrong (see cmd_mount_resync.c), and the
+ * device-mapper views (fuse/dmview.c) with the child that keeps them.
  *
  * The views are served by a child of ours rather than by a detached
  * `hvresync mount`: the child asks the kernel for SIGTERM when we die
@@ -11,9 +12,20 @@
  * its own process group, so a Ctrl-C reaches only the command, which
  * decides the order: cancel the job first (it reads the views), then
  * unmount.
+ *
+ * Device-mapper views have no process serving them, so a child of ours,
+ * the keeper, stands in for one: forked before the first mapping, it
+ * holds the images (and so their shared locks) and the VM's lock, and
+ * on SIGTERM (ours, or the kernel's when we die, even by SIGKILL) removes
+ * every dm view of this run.  One still open (the agent's job reading it
+ * after we were killed) is switched to an `error` table, so nothing reads
+ * an image nobody locks any more, and goes on its last close.  The views
+ * carry a uuid prefix made from our lock file's path, so the next run of
+ * the VM finds and removes any left by a run whose keeper died too.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +45,9 @@
 #include "vhdx/vhdx.h"
 
 #define SERVER_STOP_SECS 30
+/* How long the keeper waits for the kernel to drop a dm view that was
+ * still open (deferred removal) before it leaves, to remove its node. */
+#define KEEPER_DEFERRED_SECS 30
 
 static const char *child_mnt; /* the serving child's mountpoint */
 
@@ -146,6 +161,7 @@ int mr_clear_mountpoint(struct mr *m)
 		mr_set_err(m, "%s: not a directory", m->mnt);
 		return -1;
 	}
+	m->mnt_made = true;
 	return 0;
 }
 
@@ -239,12 +255,15 @@ static void serve_child(struct mr *m, pid_t parent, int ready_fd)
 		snprintf(err, sizeof(err), "out of memory");
 		goto fail;
 	}
-	for (i = 0; i < m->ndisks; i++) {
-		imgs[i].name = m->disks[i].name;
-		imgs[i].path = m->disks[i].path;
-		imgs[i].img = m->disks[i].img;
+	for (i = 0, n = 0; i < m->ndisks; i++) {
+		if (m->disks[i].dm)
+			continue;
+		imgs[n].name = m->disks[i].name;
+		imgs[n].path = m->disks[i].path;
+		imgs[n].img = m->disks[i].img;
+		n++;
 	}
-	if (view_new(imgs, m->ndisks, &cfg, &v, err, sizeof(err)) < 0 ||
+	if (view_new(imgs, (unsigned)n, &cfg, &v, err, sizeof(err)) < 0 ||
 	    view_mount(v, m->mnt, err, sizeof(err)) < 0)
 		goto fail;
 	/* libfuse installs its own handlers (which end the loop and
@@ -358,8 +377,12 @@ void mr_unmount_views(struct mr *m)
 	struct view_mount_info mi;
 	int ret;
 
-	if (!m->mounted)
+	if (!m->mounted) {
+		/* Every disk was a dm view: only the directory to go. */
+		if (m->mnt_made && !m->unmounted && rmdir(m->mnt) == 0)
+			m->unmounted = true;
 		return;
+	}
 	if (m->server > 0) {
 		kill(m->server, SIGTERM);
 		if (!reap_server(m, SERVER_STOP_SECS)) {
@@ -386,4 +409,309 @@ void mr_unmount_views(struct mr *m)
 	if (rmdir(m->mnt) < 0 && errno != ENOENT)
 		error_msg("%s: cannot remove: %s", m->mnt, strerror(errno));
 	note_msg("%s: unmounted", m->mnt);
+}
+
+/* --- the device-mapper views --- */
+
+const char *mr_view_kind(const struct mr_disk *d)
+{
+	return d->dm ? "dm" : "fuse";
+}
+
+/* The reason in a dmview message, without "PATH: " and the advice that
+ * names other commands ("; use 'hvresync mount'...", "; run ..."). */
+static void reason_of(const char *msg, const char *path, char *out, size_t n)
+{
+	static const char *const advice[] = { "; use '", "; run '" };
+	size_t plen = strlen(path), len, i;
+	const char *a;
+
+	if (!strncmp(msg, path, plen) && !strncmp(msg + plen, ": ", 2))
+		msg += plen + 2;
+	len = strlen(msg);
+	for (i = 0; i < sizeof(advice) / sizeof(advice[0]); i++) {
+		a = strstr(msg, advice[i]);
+		if (a && (size_t)(a - msg) < len)
+			len = (size_t)(a - msg);
+	}
+	snprintf(out, n, "%.*s", (int)len, msg);
+}
+
+/* Make disk I's dm name differ from the earlier disks' names. */
+static void unique_name(struct mr *m, unsigned i)
+{
+	struct mr_disk *d = &m->disks[i];
+	size_t len;
+	unsigned k;
+
+	for (k = 0; k < i; k++) {
+		if (!m->disks[k].dm || strcmp(m->disks[k].dm_name, d->dm_name))
+			continue;
+		len = strlen(d->dm_name);
+		if (len > DMVIEW_DERIVED_MAX - 11)
+			len = DMVIEW_DERIVED_MAX - 11;
+		snprintf(d->dm_name + len, sizeof(d->dm_name) - len, "-%u", i);
+		k = (unsigned)-1; /* check again from the first */
+	}
+}
+
+int mr_choose_views(struct mr *m)
+{
+	struct vhdx_error err = { { 0 } };
+	char why[512];
+	bool kernel = false;
+	unsigned i;
+
+	if (m->o.view != MR_VIEW_FUSE) {
+		kernel = dmview_kernel_check(m->vm->name, true, &err) == 0;
+		if (!kernel && m->o.view == MR_VIEW_DM) {
+			mr_set_err(m, "--view dm: %s", err.msg);
+			return -1;
+		}
+		reason_of(err.msg, m->vm->name, why, sizeof(why));
+	}
+	m->ndm = m->nfuse = 0;
+	for (i = 0; i < m->ndisks; i++) {
+		struct mr_disk *d = &m->disks[i];
+
+		d->dm = false;
+		if (m->o.view == MR_VIEW_FUSE) {
+			snprintf(d->view_why, sizeof(d->view_why),
+				 "--view fuse");
+		} else if (!kernel) {
+			snprintf(d->view_why, sizeof(d->view_why), "%s", why);
+		} else if (dmview_mappable(d->path, vhdx_get_info(d->img),
+					   &err)) {
+			if (m->o.view == MR_VIEW_DM) {
+				mr_set_err(m, "--view dm: %s", err.msg);
+				return -1;
+			}
+			reason_of(err.msg, d->path, d->view_why,
+				  sizeof(d->view_why));
+		} else {
+			d->dm = true;
+			dmview_name(m->vm->name, d->name, d->dm_name,
+				    sizeof(d->dm_name));
+			unique_name(m, i);
+			snprintf(d->view_why, sizeof(d->view_why), "kernel");
+		}
+		if (d->dm)
+			m->ndm++;
+		else
+			m->nfuse++;
+	}
+	return 0;
+}
+
+/* Our views' uuids: DMVIEW_UUID_PREFIX "MR-" and a hash of the lock
+ * file's path, which is what one run of one VM holds. */
+static void set_prefix(struct mr *m)
+{
+	snprintf(m->dm_prefix, sizeof(m->dm_prefix),
+		 DMVIEW_UUID_PREFIX "MR-%016" PRIx64 "-",
+		 dmview_hash(m->lock_path));
+}
+
+static void note_stale(const char *name, bool busy, void *ctx)
+{
+	struct mr *m = ctx;
+
+	note_msg("%s: removing dm view /dev/mapper/%s left behind by an "
+		 "earlier run%s",
+		 m->vm->name, name,
+		 busy ? " (still open: on its last close)" : "");
+}
+
+int mr_clear_dm(struct mr *m)
+{
+	struct vhdx_error err = { { 0 } };
+
+	set_prefix(m);
+	if (!dmview_sweep(m->dm_prefix, &m->o.dm, note_stale, m, NULL, &err))
+		return 0;
+	/* Only a run that must map cannot go on; FUSE views do not meet
+	 * an old dm view, and auto falls back to them. */
+	if (m->o.view == MR_VIEW_DM) {
+		mr_set_err(m, "%s", err.msg);
+		return -1;
+	}
+	note_msg("%s", err.msg);
+	return 0;
+}
+
+/* The keeper: waits for SIGTERM (ours, or the kernel's when we die) and
+ * removes this run's dm views.  Never returns. */
+static void keeper_child(struct mr *m, pid_t parent)
+{
+	struct vhdx_error err = { { 0 } };
+	struct timespec ts = { 0, 100000000L };
+	unsigned left = 0, i;
+	sigset_t set;
+	int sig, fd;
+
+	/* The mask was set before the fork: a signal now waits for
+	 * sigwait() instead of running our parent's handler. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	setpgid(0, 0);
+	fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		dup2(fd, STDOUT_FILENO);
+		close(fd);
+	}
+	/* Not pinning the caller's folder; where we stay does not matter. */
+	if (chdir("/") < 0)
+		fd = -1;
+	/* Our parent may have died before the prctl: then go at once. */
+	if (getppid() == parent)
+		sigwait(&set, &sig);
+	if (dmview_sweep(m->dm_prefix, &m->o.dm, NULL, NULL, &left, &err))
+		error_msg("%s", err.msg);
+	/* A view still open goes on its last close; wait a while for it,
+	 * holding the locks, then drop a node libdevmapper made for it. */
+	for (i = 0; left && i < KEEPER_DEFERRED_SECS * 10; i++) {
+		if (dmview_any(m->dm_prefix) <= 0)
+			break;
+		nanosleep(&ts, NULL);
+	}
+	for (i = 0; i < m->ndisks; i++)
+		if (m->disks[i].dm)
+			dmview_forget_node(m->disks[i].dm_name);
+	dmview_release();
+	_exit(EXIT_OK);
+}
+
+static int fork_keeper(struct mr *m)
+{
+	pid_t parent = getpid();
+	sigset_t set, old;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	fflush(NULL);
+	sigprocmask(SIG_BLOCK, &set, &old);
+	m->keeper = fork();
+	if (m->keeper == 0)
+		keeper_child(m, parent);
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	if (m->keeper < 0) {
+		m->keeper = 0;
+		mr_set_err(m, "fork: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+int mr_map_views(struct mr *m)
+{
+	struct vhdx_error err = { { 0 } };
+	char uuid[DMVIEW_UUID_LEN + DMVIEW_NAME_MAX], why[512];
+	struct dmview_opts o = m->o.dm;
+	bool udev_dead = false;
+	unsigned i;
+	int ret;
+
+	if (!m->ndm)
+		return 0;
+	if (!m->dm_prefix[0])
+		set_prefix(m);
+	if (fork_keeper(m) < 0)
+		return -1;
+	for (i = 0; i < m->ndisks && !mr_got_signal; i++) {
+		struct mr_disk *d = &m->disks[i];
+		char *dev;
+
+		if (!d->dm)
+			continue;
+		snprintf(uuid, sizeof(uuid), "%s%s", m->dm_prefix, d->dm_name);
+		o.uuid = uuid;
+		/* udev did not answer for an earlier disk: it will not for
+		 * this one either. */
+		ret = udev_dead ? -ETIMEDOUT
+				: dmview_map_image(d->img, d->path, d->dm_name,
+						   &o, &err);
+		if (ret == -ETIMEDOUT)
+			udev_dead = true;
+		if (ret) {
+			if (m->o.view == MR_VIEW_DM) {
+				mr_set_err(m, "--view dm: %s", err.msg);
+				return -1;
+			}
+			reason_of(err.msg, d->dm_name, why, sizeof(why));
+			snprintf(d->view_why, sizeof(d->view_why), "%s", why);
+			d->dm = false;
+			m->ndm--;
+			m->nfuse++;
+			continue;
+		}
+		d->dm_mapped = true;
+		if (asprintf(&dev, "/dev/mapper/%s", d->dm_name) < 0) {
+			mr_set_err(m, "out of memory");
+			return -1;
+		}
+		free(d->view);
+		d->view = dev;
+	}
+	return mr_got_signal ? -1 : 0;
+}
+
+/* Wait up to SECS for the keeper; true when it is gone. */
+static bool reap_keeper(struct mr *m, int secs)
+{
+	struct timespec ts = { 0, 50000000L };
+	int i, status;
+
+	for (i = 0; i < secs * 20; i++) {
+		pid_t r = waitpid(m->keeper, &status, WNOHANG);
+
+		if (r == m->keeper || (r < 0 && errno == ECHILD)) {
+			m->keeper = 0;
+			return true;
+		}
+		nanosleep(&ts, NULL);
+	}
+	return false;
+}
+
+void mr_unmap_views(struct mr *m)
+{
+	struct vhdx_error err = { { 0 } };
+	unsigned left = 0, i, n = 0;
+
+	if (!m->keeper)
+		return;
+	/* Ours first, so errors are said here; the keeper then finds
+	 * nothing left.  The job no longer reads the views (it ended or
+	 * was cancelled), unless its cancel did not finish in time. */
+	if (dmview_sweep(m->dm_prefix, &m->o.dm, NULL, NULL, &left, &err)) {
+		error_msg("%s", err.msg);
+		mr_set_err(m, "%s", err.msg);
+	}
+	for (i = 0; i < m->ndisks; i++) {
+		if (!m->disks[i].dm_mapped)
+			continue;
+		m->disks[i].dm_mapped = false;
+		n++;
+	}
+	if (left) {
+		m->dm_left = true;
+		mr_set_err(m,
+			   "VM %s: %u dm view%s still open; each fails every "
+			   "read now and goes on its last close",
+			   m->vm->name, left, left == 1 ? " is" : "s are");
+	}
+	kill(m->keeper, SIGTERM);
+	if (!reap_keeper(m, KEEPER_DEFERRED_SECS + 30)) {
+		kill(m->keeper, SIGKILL);
+		reap_keeper(m, 5);
+	}
+	dmview_release();
+	if (n && !left)
+		note_msg("%s: %u dm view%s removed", m->vm->name, n,
+			 n == 1 ? "" : "s");
 }
