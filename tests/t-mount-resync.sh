@@ -10,7 +10,11 @@
 # blkid check really compares (a decoy recovery disk fails it), an old
 # view on the mountpoint is cleared (a foreign mount is not), and no mount
 # is left behind after success, failure, --timeout, SIGTERM, SIGINT, SIGHUP
-# or even SIGKILL.
+# or even SIGKILL.  --view: on a kernel without device-mapper (this build
+# machine) `dm` is refused in one line with nothing left, `auto` (the
+# default) falls back to FUSE and says so per disk, `fuse` is as ever and
+# a bad value is refused; dm views themselves are checked in the
+# real-kernel guest (tests/vm/70-mount-resync-view.sh).
 . "$(dirname "$0")/lib.sh"
 . "$TOP/tests/helpers/agent.sh"
 
@@ -201,8 +205,8 @@ check "blkid -p: the recovery os disk's ext4 has the primary's UUID" \
 	test "$(blkid -p -O $((34816 * 512)) -s UUID -o value r-os.raw)" = "$OS_UUID2"
 rm -f r-os.raw
 
-say "--json, a run with nothing to send"
-mr demo --recovery-config "$S/r.conf" --json
+say "--json, a run with nothing to send (and --metrics-file)"
+mr demo --recovery-config "$S/r.conf" --json --metrics-file "$S/mr.prom"
 expect_rc 0 "exit status 0"
 check "one JSON object: job Completed, checks match, unmounted" python3 - mr.out "$RUN" "$OS_PTUUID" <<'EOF'
 import json, sys
@@ -221,6 +225,22 @@ for side in ("Primary", "RecoveryProbe"):
     assert [p["TYPE"] for p in os_[side]["Partitions"]] == ["vfat", "ext4"]
 EOF
 no_leftovers "after --json"
+check "--metrics-file: the run's result, its bytes those of the job" python3 - mr.out "$S/mr.prom" <<'EOF'
+import json, re, sys
+d = json.load(open(sys.argv[1]))
+m = {}
+for l in open(sys.argv[2]):
+    if l.startswith("#"):
+        continue
+    name, labels, v = re.match(r'^(\w+)(\{.*\})? (\S+)$', l.strip()).groups()
+    m[name] = (labels or "", float(v))
+assert m["hvresync_last_run_success"][1] == 1, m
+assert m["hvresync_last_run_exit_code"][1] == 0, m
+assert 'command="mount-and-resync"' in m["hvresync_last_run_success"][0]
+assert 'vm="demo"' in m["hvresync_last_run_success"][0]
+assert m["hvresync_last_run_compared_bytes"][1] == d["Instance"]["BytesCompared"] > 0, m
+assert m["hvresync_last_run_sent_bytes"][1] == d["Instance"]["BytesSent"], m
+EOF
 
 say "the check compares: a recovery disk with another layout fails it (exit 1)"
 mr demo --recovery-config "$S/decoy.conf"
@@ -260,6 +280,52 @@ else
 	echo "SKIP (part): cannot mount a tmpfs here"
 	rmdir "$RUN/demo"
 fi
+
+# ---------------------------------------------------------------------------
+say "--view"
+have_dm=0
+{ [ -e /dev/mapper/control ] || grep -q " device-mapper$" /proc/misc; } && have_dm=1
+mr demo --view bogus
+expect_rc 2 "--view bogus: exit 2"
+check "--view bogus: one line naming the value" bash -c \
+	"test \$(wc -l <mr.err) -eq 1 && grep -q \"^hvresync: --view: 'bogus' is not auto, fuse or dm\$\" mr.err"
+mr demo --udev-timeout 0
+check "--udev-timeout 0: exit 2, one line" bash -c \
+	"test $MR_RC -eq 2 && test \$(wc -l <mr.err) -eq 1 && grep -q -- \"--udev-timeout: '0'\" mr.err"
+no_leftovers "after bad --view and --udev-timeout values"
+if [ "$have_dm" = 0 ]; then
+	mr demo --view dm --noudevsync --udev-timeout 5
+	expect_rc 2 "--view dm without device-mapper: exit 2"
+	check "--view dm: one stderr line saying the kernel has no device-mapper" bash -c \
+		"test \$(wc -l <mr.err) -eq 1 && grep -q '^hvresync: mount-and-resync demo: --view dm: .*this kernel has no device-mapper' mr.err"
+	check "--view dm: no job was started" bash -c "! grep -q '^Job: ' mr.out"
+	no_leftovers "after --view dm was refused"
+	for v in auto ""; do
+		if [ -n "$v" ]; then mr demo --view $v --json; else mr demo --json; fi
+		d="--view ${v:-(default)}"
+		expect_rc 0 "$d without device-mapper: exit 0 through FUSE"
+		check "$d: each disk says FUSE view and why" bash -c \
+			"grep -q '^hvresync: demo: disk os.vhdx: FUSE view (this kernel has no device-mapper' mr.err && grep -q '^hvresync: demo: disk data.vhdx: FUSE view (this kernel has no device-mapper' mr.err"
+		check "$d: --json says ViewKind fuse and the FUSE path per disk" python3 - mr.out "$RUN" <<'EOF2'
+import json, sys
+d = json.load(open(sys.argv[1]))
+run = sys.argv[2]
+assert d["ExitStatus"] == 0, d
+for x in d["Disks"]:
+    assert x["ViewKind"] == "fuse", x
+    assert x["View"] == run + "/demo/" + x["Name"], x
+    assert "device-mapper" in x["ViewWhy"], x
+EOF2
+		no_leftovers "after $d"
+	done
+else
+	echo "SKIP (part): this kernel has device-mapper; --view dm and auto are checked in the guest (tests/vm/70-*)"
+fi
+mr demo --view fuse
+expect_rc 0 "--view fuse: exit 0"
+check "--view fuse: no per-disk view lines, the views mounted under RUN/demo" bash -c \
+	"! grep -q ': FUSE view (' mr.err && ! grep -q ': dm view ' mr.err && grep -q 'views mounted under $RUN/demo' mr.err"
+no_leftovers "after --view fuse"
 
 # ---------------------------------------------------------------------------
 say "failures: non-zero exit, nothing left mounted"

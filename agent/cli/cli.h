@@ -48,5 +48,6 @@ int cmd_resync(int argc, char **argv); /* cmd_control.c */
 int cmd_job(int argc, char **argv);
 int cmd_vm(int argc, char **argv);
 int cmd_mount_resync(int argc, char **argv); /* cmd_mount_resync.c */
+int cmd_status(int argc, char **argv);	     /* cmd_status.c */
 
 #endif

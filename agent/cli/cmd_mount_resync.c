@@ -1,13 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * cmd_mount_resync.c - `hvresync mount-and-resync VM`, what the systemd
- * timer runs: show the VM's replication-enabled disks as FUSE raw views
- * under RUN-DIR/VM/, ask the local agent to resynchronize the VM from
- * those views (Resynchronize with Sources), follow the job, then check
- * with libblkid that each recovery disk shows the partition table and
- * filesystem UUIDs of its primary.  The views are unmounted in every case
- * (mount_resync_views.c: a child of ours serves them and goes when we go,
- * whatever the way).
+ * timer runs: show the VM's replication-enabled disks as raw views, ask
+ * the local agent to resynchronize the VM from those views (Resynchronize
+ * with Sources), follow the job, then check with libblkid that each
+ * recovery disk shows the partition table and filesystem UUIDs of its
+ * primary.  A view is a read-only device-mapper device
+ * /dev/mapper/hvresync-VM-DISK (kernel speed) where the kernel has
+ * device-mapper and the image can be laid out as a table, else a FUSE
+ * file under RUN-DIR/VM/ (--view picks; auto says which per disk).  The
+ * views go in every case (mount_resync_views.c: children of ours serve or
+ * keep them and take them down when we go, whatever the way).
  *
  * Only the primary side is known to this host's configuration; the
  * recovery disks are named in the recovery agent's.  When that file is
@@ -36,6 +39,7 @@
 #include "agent/daemon/cimtime.h"
 #include "agent/daemon/config.h"
 #include "agent/daemon/job.h"
+#include "agent/daemon/metrics.h"
 #include "agent/lib/fmt.h"
 #include "agent/lib/fsutil.h"
 #include "agent/lib/json.h"
@@ -44,17 +48,25 @@
 #define MR_USAGE                                                                    \
 	"hvresync mount-and-resync VM [--config FILE] [--json] [--timeout S]\n"     \
 	"                [--run-dir DIR] [--recovery-config FILE]\n"                \
-	"  Mount the VM's replication-enabled disks as raw views under\n"           \
-	"  RUN-DIR/VM/ (RUN-DIR: /run/hvresync), resynchronize the VM from\n"       \
+	"                [--view auto|fuse|dm] [--noudevsync] [--udev-timeout S]\n" \
+	"                [--metrics-file FILE.prom]\n"                              \
+	"  Show the VM's replication-enabled disks as raw views (read-only\n"       \
+	"  /dev/mapper/hvresync-VM-DISK devices, or FUSE files under\n"             \
+	"  RUN-DIR/VM/, RUN-DIR: /run/hvresync), resynchronize the VM from\n"       \
 	"  them through the agent and wait, check with libblkid that each\n"        \
 	"  recovery disk shows its primary's partition table and filesystem\n"      \
-	"  UUIDs, and unmount.\n"                                                   \
+	"  UUIDs, and remove the views.\n"                                          \
 	"  --config FILE           the agent's configuration (VM, disks, socket)\n" \
 	"  --json                  print one JSON object at the end\n"              \
 	"  --timeout S             cancel the job if it has not finished in S s\n"  \
-	"  --run-dir DIR           where the views are mounted\n"                   \
+	"  --run-dir DIR           where the FUSE views are mounted\n"              \
 	"  --recovery-config FILE  the recovery agent's configuration: its\n"       \
 	"                          disks are probed when reachable from here\n"     \
+	"  --view KIND             dm: device-mapper views only; fuse: FUSE\n"      \
+	"                          only; auto (default): dm where possible\n"       \
+	"  --noudevsync            dm views: make the nodes without udev\n"         \
+	"  --udev-timeout S        dm views: wait at most S s for udev (30)\n"      \
+	"  --metrics-file F        write the run's result for node_exporter\n"      \
 	"  Exit status: 0 all well, 1 a recovery disk differs, 2 an error."
 
 #define DEFAULT_RUN_DIR "/run/hvresync"
@@ -422,6 +434,9 @@ static void print_json(struct mr *m, int status)
 		json_kv_string(&w, "Name", d->name);
 		json_kv_string(&w, "Path", d->path);
 		json_kv_string(&w, "View", d->view);
+		json_kv_string(&w, "ViewKind", mr_view_kind(d));
+		json_kv_string(&w, "ViewWhy",
+			       d->view_why[0] ? d->view_why : NULL);
 		json_kv_string(&w, "Recovery", d->recovery);
 		json_kv_string(&w, "Check", check_name(d->check));
 		json_kv_string(&w, "Description", d->what[0] ? d->what : NULL);
@@ -484,15 +499,22 @@ static void parse_opts(struct mr_opts *o, int argc, char **argv)
 		{ "timeout", required_argument, NULL, 't' },
 		{ "run-dir", required_argument, NULL, 'r' },
 		{ "recovery-config", required_argument, NULL, 'R' },
+		{ "view", required_argument, NULL, 'v' },
+		{ "noudevsync", no_argument, NULL, 'n' },
+		{ "udev-timeout", required_argument, NULL, 'u' },
+		{ "metrics-file", required_argument, NULL, 'M' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
+	unsigned long u;
 	char *end;
 	int c;
 
 	*o = (struct mr_opts){
 		.config_path = HVRESYNC_DEFAULT_CONFIG,
 		.run_dir = DEFAULT_RUN_DIR,
+		.view = MR_VIEW_AUTO,
+		.dm = { .udev_timeout = DMVIEW_UDEV_TIMEOUT_DEFAULT },
 	};
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -516,6 +538,33 @@ static void parse_opts(struct mr_opts *o, int argc, char **argv)
 			break;
 		case 'R':
 			o->recovery_config = optarg;
+			break;
+		case 'v':
+			if (!strcmp(optarg, "auto"))
+				o->view = MR_VIEW_AUTO;
+			else if (!strcmp(optarg, "fuse"))
+				o->view = MR_VIEW_FUSE;
+			else if (!strcmp(optarg, "dm"))
+				o->view = MR_VIEW_DM;
+			else
+				die("--view: '%s' is not auto, fuse or dm",
+				    optarg);
+			break;
+		case 'n':
+			o->dm.noudevsync = true;
+			break;
+		case 'u':
+			errno = 0;
+			u = strtoul(optarg, &end, 10);
+			if (errno || end == optarg || *end ||
+			    optarg[0] == '-' || u < 1 || u > 3600)
+				die("--udev-timeout: '%s' is not a whole number "
+				    "of seconds from 1 to 3600",
+				    optarg);
+			o->dm.udev_timeout = (unsigned)u;
+			break;
+		case 'M':
+			o->metrics_path = optarg;
 			break;
 		case 'h':
 			printf("usage: %s\n", MR_USAGE);
@@ -631,7 +680,8 @@ static int submit(struct mr *m)
 		names[i] = m->disks[i].name;
 		paths[i] = m->disks[i].view;
 	}
-	a.nsources = m->mounted ? m->ndisks : 0;
+	/* No views (no disks): the agent reads nothing and says why. */
+	a.nsources = m->mounted || m->ndm ? m->ndisks : 0;
 	a.source_names = names;
 	a.source_paths = paths;
 	m->rv = control_resynchronize(m->sock, &a, CALL_MS, m->job, err,
@@ -673,6 +723,26 @@ static void mr_free(struct mr *m)
 	config_free(&m->cfg);
 }
 
+/* Which view each disk is read through, and why. */
+static void say_views(struct mr *m)
+{
+	unsigned i;
+
+	for (i = 0; i < m->ndisks && m->o.view != MR_VIEW_FUSE; i++) {
+		const struct mr_disk *d = &m->disks[i];
+
+		if (d->dm)
+			note_msg("%s: disk %s: dm view %s (%s)", m->vm->name,
+				 d->name, d->view, d->view_why);
+		else
+			note_msg("%s: disk %s: FUSE view (%s)", m->vm->name,
+				 d->name, d->view_why);
+	}
+	if (m->nfuse)
+		note_msg("%s: %u view%s mounted under %s", m->vm->name,
+			 m->nfuse, m->nfuse == 1 ? "" : "s", m->mnt);
+}
+
 /* Mount, resync, wait, check: the exit status as far as it goes. */
 static int run(struct mr *m)
 {
@@ -682,15 +752,16 @@ static int run(struct mr *m)
 	if (prepare(m) < 0 || mr_take_lock(m) < 0 || mr_got_signal)
 		return EXIT_ERROR;
 	if (m->ndisks) {
-		/* No disks: nothing to mount; the agent says why (32775). */
-		if (mr_clear_mountpoint(m) < 0 || mr_open_disks(m) < 0 ||
-		    mr_mount_views(m) < 0)
+		/* No disks: nothing to mount; the agent says why (32775).
+		 * Every refusal comes before anything is mapped. */
+		if (mr_clear_mountpoint(m) < 0 || mr_clear_dm(m) < 0 ||
+		    mr_open_disks(m) < 0 || mr_choose_views(m) < 0 ||
+		    mr_map_views(m) < 0 || (m->nfuse && mr_mount_views(m) < 0))
 			return EXIT_ERROR;
-		/* The child serves from its copies of the images (and holds
-		 * the shared locks); ours go. */
+		/* The children serve or keep from their copies of the images
+		 * (and hold the shared locks); ours go. */
 		mr_close_disks(m);
-		note_msg("%s: %u view%s mounted under %s", m->vm->name,
-			 m->ndisks, m->ndisks == 1 ? "" : "s", m->mnt);
+		say_views(m);
 	}
 	if (mr_got_signal || submit(m) < 0 || follow_job(m) < 0)
 		return EXIT_ERROR;
@@ -721,8 +792,31 @@ static int run(struct mr *m)
 	return worst == 0 ? EXIT_OK : worst == 1 ? EXIT_DIFFER : EXIT_ERROR;
 }
 
+/* --metrics-file: the run's result for node_exporter.  A file that
+ * cannot be written is said; the run's own exit status stands. */
+static void write_metrics(const struct mr *m, int status, int64_t t0)
+{
+	const struct job *j = m->have_final ? &m->final : NULL;
+	struct metrics_result r = {
+		.command = "mount-and-resync",
+		.vm = m->vm ? m->vm->name : m->o.vm,
+		.peer = j ? j->peer : NULL,
+		.ok = status == EXIT_OK,
+		.exit_code = status,
+		.started = j && j->started ? j->started : t0,
+		.finished = wall_us(),
+		.compared = j ? j->bytes_compared : 0,
+		.different = j ? j->bytes_different : 0,
+		.sent = j ? j->bytes_sent : 0,
+	};
+	char err[1024];
+
+	if (metrics_write_result(m->o.metrics_path, &r, err, sizeof(err)))
+		error_msg("--metrics-file: %s", err);
+}
+
 /* Whatever happened: unmount, unlock, report.  Returns the exit status. */
-static int finish(struct mr *m, int status)
+static int finish(struct mr *m, int status, int64_t t0)
 {
 	if (mr_got_signal && !m->signal) {
 		m->signal = mr_got_signal;
@@ -730,8 +824,9 @@ static int finish(struct mr *m, int status)
 	}
 	print_final_job(m);
 	mr_unmount_views(m);
+	mr_unmap_views(m);
 	mr_drop_lock(m);
-	if (m->mounted) /* still there: never report success */
+	if (m->mounted || m->dm_left) /* still there: never report success */
 		status = EXIT_ERROR;
 	if (status == EXIT_OK && m->err[0])
 		status = EXIT_ERROR;
@@ -742,6 +837,8 @@ static int finish(struct mr *m, int status)
 	if (status != EXIT_OK)
 		error_msg("mount-and-resync %s: %s", m->o.vm,
 			  m->err[0] ? m->err : "failed");
+	if (m->o.metrics_path)
+		write_metrics(m, status, t0);
 	return status;
 }
 
@@ -751,11 +848,12 @@ int cmd_mount_resync(int argc, char **argv)
 		.lock_fd = -1,
 		.rv = RV_FAILED,
 	};
+	int64_t t0 = wall_us();
 	int status;
 
 	parse_opts(&m.o, argc, argv);
 	install_handlers();
-	status = finish(&m, run(&m));
+	status = finish(&m, run(&m), t0);
 	mr_free(&m);
 	return status;
 }

@@ -8,6 +8,9 @@
  * unallocated or zero on both sides are never read.  The differing blocks
  * are merged into extents as they are found and printed straight away, so
  * memory does not grow with the disk or with the number of differences.
+ * With --map, every block's class (zero on both sides, identical,
+ * differing) also goes into a bounded map (agent/lib/svgmap.h) drawn as
+ * an SVG at the end.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -20,11 +23,13 @@
 #include "agent/cli/progress.h"
 #include "agent/lib/fmt.h"
 #include "agent/lib/json.h"
+#include "agent/lib/svgmap.h"
 #include "uring/reader.h"
 
 static const char verify_usage[] =
-	"hvresync verify [--json] [--block-size N] [--hash xxh3|sha256]\n"
-	"                       [--queue-depth N] [--threads N] [--direct] A B";
+	"hvresync verify [--json] [--map FILE.svg] [--block-size N]\n"
+	"                       [--hash xxh3|sha256] [--queue-depth N]\n"
+	"                       [--threads N] [--direct] A B";
 
 static const char verify_help[] =
 	"Compare two disks block by block and report where they differ.\n"
@@ -32,6 +37,8 @@ static const char verify_help[] =
 	"a block device or a raw view from 'hvresync mount'.\n"
 	"\n"
 	"  --json            print one JSON object on stdout\n"
+	"  --map FILE.svg    also draw where the disks differ as an SVG\n"
+	"                    picture (written even when they are identical)\n"
 	"  --block-size N    compare block: a power of two from 4K to 4M\n"
 	"                    (default 64K)\n"
 	"  --hash H          xxh3 (XXH3-128 with a random per-run seed, the\n"
@@ -52,6 +59,7 @@ struct side {
 struct verify {
 	/* the command line */
 	bool json;
+	const char *map_path; /* --map */
 	struct ur_config cfg;
 	const char *path[2];
 	/* the run */
@@ -64,6 +72,11 @@ struct verify {
 	uint64_t size;
 	uint64_t compared, skipped, different;
 	double seconds;
+	/* --map: each block's class, and the zero hashes of a full and of
+	 * the disk's short last block (0: not computed yet) */
+	struct svgmap map;
+	struct ur_hash zero_hash[2];
+	uint32_t zero_len[2];
 };
 
 static void emit_extent(struct verify *v, const struct ur_range *r)
@@ -102,6 +115,34 @@ static uint64_t span_bytes(const struct verify *v, uint64_t index, uint64_t n)
 	return ur_clip(v->size, index * v->bs, n * v->bs);
 }
 
+/* The hash of @len zero bytes, computed once per length. */
+static const struct ur_hash *zero_hash(struct verify *v, uint32_t len)
+{
+	int i = len == v->bs ? 0 : 1;
+
+	if (v->zero_len[i] != len) {
+		if (ur_engine_zero_hash(v->e, len, &v->zero_hash[i]) < 0)
+			return NULL;
+		v->zero_len[i] = len;
+	}
+	return &v->zero_hash[i];
+}
+
+/* --map: what block @a (equal or not, as @same says) is. */
+static void map_block(struct verify *v, const struct ur_block *a, bool same)
+{
+	const struct ur_hash *z;
+	enum svgmap_class c = SVGMAP_DIFF;
+
+	if (same) {
+		/* allocated zeros on both sides count as zero too */
+		z = zero_hash(v, a->len);
+		c = a->zero || (z && ur_hash_equal(&a->hash, z)) ? SVGMAP_ZERO
+								 : SVGMAP_SAME;
+	}
+	svgmap_add(&v->map, a->off, a->len, c);
+}
+
 static int compare(struct verify *v)
 {
 	struct ur_block a, b;
@@ -129,13 +170,21 @@ static int compare(struct verify *v)
 		if (a.zero && b.zero) {
 			n = a.run < b.run ? a.run : b.run;
 			v->skipped += span_bytes(v, a.index, n);
+			if (v->map_path)
+				svgmap_add(&v->map, a.off,
+					   span_bytes(v, a.index, n),
+					   SVGMAP_ZERO);
 		} else {
+			bool same = ur_hash_equal(&a.hash, &b.hash);
+
 			v->compared += a.len;
-			if (!ur_hash_equal(&a.hash, &b.hash)) {
+			if (!same) {
 				v->different += a.len;
 				if (ur_acc_add(&v->acc, a.off, a.len, &r))
 					emit_extent(v, &r);
 			}
+			if (v->map_path)
+				map_block(v, &a, same);
 		}
 		ur_stream_release(v->s[0].st, n);
 		ur_stream_release(v->s[1].st, n);
@@ -256,6 +305,7 @@ static int parse_opts(struct verify *v, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "map", required_argument, NULL, 'm' },
 		{ "block-size", required_argument, NULL, 'b' },
 		{ "hash", required_argument, NULL, 'H' },
 		{ "queue-depth", required_argument, NULL, 'q' },
@@ -274,6 +324,9 @@ static int parse_opts(struct verify *v, int argc, char **argv)
 		switch (c) {
 		case 'j':
 			v->json = true;
+			break;
+		case 'm':
+			v->map_path = optarg;
 			break;
 		case 'b':
 			if (parse_block_size(optarg, &v->cfg.block_size) < 0)
@@ -400,6 +453,23 @@ static void report_failure(struct verify *v, int ret)
 	}
 }
 
+/* --map: draw the picture, named after both disks. */
+static int write_map(struct verify *v)
+{
+	struct svgmap_panel p = { .size = v->size, .map = &v->map };
+	char name[1024], title[1200], err[1200];
+
+	fmt_line(name, sizeof(name), "%s vs %s", v->path[0], v->path[1]);
+	p.name = name;
+	fmt_line(title, sizeof(title), "hvresync verify: %s",
+		 v->different ? "the disks differ" : "the disks are identical");
+	if (svgmap_write(v->map_path, title, &p, 1, err, sizeof(err)) < 0) {
+		error_msg("%s", err);
+		return -1;
+	}
+	return 0;
+}
+
 /* Compare and report; the exit status. */
 static int run(struct verify *v)
 {
@@ -429,6 +499,9 @@ static int run(struct verify *v)
 	if (v->json)
 		json_array_end(&v->w);
 	print_summary(v);
+	/* after the summary, which stays whole even if the map fails */
+	if (v->map_path && write_map(v) < 0)
+		return EXIT_ERROR;
 	if (v->json && json_end(&v->w) < 0) {
 		error_msg("verify: cannot write the JSON output");
 		return EXIT_ERROR;
@@ -450,9 +523,12 @@ int cmd_verify(int argc, char **argv)
 	rc = parse_opts(&v, argc, argv);
 	if (rc >= 0)
 		return rc;
+	/* a block per extent at the most: the picture's cells are coarser */
+	svgmap_set_limit(&v.map, 4 * SVGMAP_MAX_CELLS);
 	rc = open_sides(&v) < 0 ? EXIT_ERROR : run(&v);
 	ur_engine_free(v.e);
 	ur_source_close(v.s[0].src);
 	ur_source_close(v.s[1].src);
+	svgmap_free(&v.map);
 	return rc;
 }

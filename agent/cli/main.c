@@ -42,6 +42,8 @@ static const struct command commands[] = {
 	  "list, show, cancel, suspend or resume the agent's jobs" },
 	{ "vm", cmd_vm,
 	  "list or show the agent's VMs and their replication state" },
+	{ "status", cmd_status,
+	  "one screen for the agent: VMs, last resyncs, running jobs" },
 	{ "mount-and-resync", cmd_mount_resync,
 	  "mount a VM's disks as views, resync from them, check, unmount" },
 };

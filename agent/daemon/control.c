@@ -24,6 +24,7 @@
 #include "agent/daemon/cimtime.h"
 #include "agent/daemon/config.h"
 #include "agent/daemon/control.h"
+#include "agent/daemon/metrics.h"
 #include "agent/lib/fmt.h"
 #include "agent/lib/fsutil.h"
 #include "agent/lib/log.h"
@@ -352,10 +353,12 @@ static void start_client(struct control_server *s, int fd)
 	cl->who.gid = cred.gid;
 	cl->who.pid = cred.pid;
 	cl->authorized = authorized_fd(fd, &cl->who, s->admin_gid);
-	if (!cl->authorized)
+	if (!cl->authorized) {
+		metrics_count_refused_control();
 		log_msg(LOG_PRIO_NOTICE, NULL,
 			"control: refused uid %u (pid %d): not root, not in the admin group",
 			(unsigned)cred.uid, (int)cred.pid);
+	}
 
 	pthread_mutex_lock(&s->lock);
 	if (s->nconn >= CONTROL_MAX_CLIENTS || s->stopping) {

@@ -274,6 +274,45 @@ static void kv_interval(struct json_writer *w, const char *k, int64_t usec)
 	json_kv_string(w, k, s);
 }
 
+/* One extent set of a map as its text (svgmap.h); false when there is
+ * no memory for it. */
+static bool kv_extents(struct json_writer *w, const char *k,
+		       const struct extset *s)
+{
+	char *text;
+
+	if (extset_format(s, &text) < 0)
+		return false;
+	json_kv_string(w, k, text);
+	free(text);
+	return true;
+}
+
+/*
+ * "Map": where the disk differed, as three extent lists (everything
+ * compared, the part of it holding data, the part sent), or null before
+ * anything was compared.  A record without its map is still a good
+ * record, so a map that cannot be formatted for lack of memory is
+ * written as incomplete rather than failing the save.
+ */
+static void kv_map(struct json_writer *w, const struct svgmap *m)
+{
+	bool ok;
+
+	json_key(w, "Map");
+	if (!m->covered.n) {
+		json_null(w);
+		return;
+	}
+	json_object_begin(w);
+	ok = kv_extents(w, "Covered", &m->covered);
+	ok &= kv_extents(w, "Data", &m->data);
+	ok &= kv_extents(w, "Differing", &m->diff);
+	json_kv_bool(w, "Merged", svgmap_merged(m));
+	json_kv_bool(w, "Incomplete", m->failed || !ok);
+	json_object_end(w);
+}
+
 void job_to_json(struct json_writer *w, const struct job *j, int64_t now)
 {
 	int64_t left = j->retention;
@@ -339,6 +378,7 @@ void job_to_json(struct json_writer *w, const struct job *j, int64_t now)
 		json_kv_bool(w, "SourceChanged", d->changed);
 		json_kv_bool(w, "Repass", d->repass);
 		json_kv_string(w, "Resume", d->resume);
+		kv_map(w, &d->map);
 		json_object_end(w);
 	}
 	json_array_end(w);
@@ -439,6 +479,37 @@ static bool has(const struct jv *obj, const char *k)
 	return jv_get(obj, k) != NULL;
 }
 
+static void read_extents(struct rd *r, const struct jv *map, const char *k,
+			 struct extset *s)
+{
+	const struct jv *v = member(r, map, k, JV_STRING, false);
+	int ret;
+
+	if (!v)
+		return;
+	s->limit = JOB_MAP_LIMIT;
+	ret = extset_parse(s, v->s);
+	if (ret == -EINVAL)
+		snprintf(r->err, r->errlen,
+			 "member Map.%s is not a list of extents", k);
+	if (ret)
+		r->ret = ret;
+}
+
+static void read_map(struct rd *r, const struct jv *d, struct job_disk *jd)
+{
+	const struct jv *m = member(r, d, "Map", JV_OBJECT, true);
+
+	if (!m)
+		return;
+	read_extents(r, m, "Covered", &jd->map.covered);
+	read_extents(r, m, "Data", &jd->map.data);
+	read_extents(r, m, "Differing", &jd->map.diff);
+	/* the sets only say they over-cover when they merged themselves */
+	jd->map.diff.merged |= get_bool(r, m, "Merged");
+	jd->map.failed = get_bool(r, m, "Incomplete");
+}
+
 static void read_source_keys(struct rd *r, const struct jv *d,
 			     struct job_disk *jd)
 {
@@ -476,6 +547,8 @@ static void read_source_keys(struct rd *r, const struct jv *d,
 		jd->repass = get_bool(r, d, "Repass");
 	if (has(d, "Resume"))
 		jd->resume = get_str(r, d, "Resume", true);
+	if (has(d, "Map"))
+		read_map(r, d, jd);
 }
 
 static int64_t get_interval(struct rd *r, const struct jv *obj, const char *k)
@@ -610,6 +683,7 @@ void job_clear(struct job *j)
 		free(j->disks[i].clone);
 		free(j->disks[i].ident);
 		free(j->disks[i].resume);
+		svgmap_free(&j->disks[i].map);
 	}
 	free(j->disks);
 	free(j->vm);

@@ -17,6 +17,7 @@
 
 #include "agent/lib/json.h"
 #include "agent/lib/jsonparse.h"
+#include "agent/lib/svgmap.h"
 
 /* Msvm_ReplicationService method return values (and CLI outcomes). */
 #define RV_OK 0
@@ -76,6 +77,11 @@
 #define JOB_DEFAULT_RETENTION_SEC 300
 
 #define JOB_ID_LEN 37 /* a GUID and the NUL */
+/* Extents a job keeps of each of its disks' maps (per list): the picture
+ * is drawn at cell resolution anyway, and three lists of 512 extents are
+ * some 30 KiB of a job's record, which must stay under the 1 MiB a job
+ * file may have (fs_read_small) with dozens of disks. */
+#define JOB_MAP_LIMIT 512
 
 /* Where a job is in Hyper-V's order of work. */
 enum job_phase {
@@ -115,6 +121,9 @@ struct job_disk {
 	char *resume;	   /* how a new job took over from a failed one
 			    * ("resumed ..." / "started over: ..."), or
 			    * NULL */
+	/* What the send sessions of this job compared and sent, bounded
+	 * (JOB_MAP_LIMIT); `job show --map` draws it (issue 13). */
+	struct svgmap map;
 };
 
 struct job {

@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include "agent/daemon/internal.h"
+#include "agent/daemon/joblog.h"
+#include "agent/daemon/metrics.h"
 #include "agent/lib/fmt.h"
 #include "agent/lib/log.h"
 #include "agent/sync/common.h"
@@ -141,6 +143,7 @@ void jobs_set_vm(struct agent *a, struct vmrt *vm, unsigned state)
 			repl_state_name(vm->st.state), state,
 			repl_state_name(state));
 	vm_state_set(&vm->st, state, wall_us());
+	metrics_poke();
 	ret = vm_state_save(a->vms_dir, vm->cfg->name, &vm->st);
 	if (ret)
 		log_msg(LOG_PRIO_ERR, NULL,
@@ -180,14 +183,55 @@ void jobs_set_state(struct ajob *aj, unsigned state)
 	aj->j.state = state;
 	aj->j.last_change = now;
 	pthread_cond_broadcast(&aj->a->cond);
+	metrics_poke(); /* the metrics file follows every state change */
 }
 
-static void log_job_json(struct ajob *aj, const char *what)
+void joblog(int prio, const struct job *j, const char *msgid, const char *disk,
+	    const char *fmt, ...)
+{
+	const char *names[LOG_FIELDS_MAX_DISKS];
+	struct log_fields f = { .vm = j->vm,
+				.job = j->id,
+				.message_id = msgid };
+	unsigned i;
+	va_list ap;
+
+	if (disk) {
+		names[0] = disk;
+		f.ndisks = 1;
+	} else {
+		for (i = 0; i < j->ndisks && i < LOG_FIELDS_MAX_DISKS; i++)
+			names[i] = j->disks[i].name;
+		f.ndisks = i;
+	}
+	f.disks = names;
+	va_start(ap, fmt);
+	log_fields_vmsg(prio, NULL, &f, fmt, ap);
+	va_end(ap);
+}
+
+/* The MESSAGE_ID of a job's final @state. */
+static const char *final_msgid(unsigned state)
+{
+	switch (state) {
+	case JS_COMPLETED:
+	case JS_COMPLETED_WARNINGS:
+		return MSGID_JOB_COMPLETED;
+	case JS_EXCEPTION:
+		return MSGID_JOB_FAILED;
+	}
+	return MSGID_JOB_CANCELLED; /* Terminated, Killed */
+}
+
+/* The finished job as one JSON line: the journal's record of it once the
+ * job's TimeBeforeRemoval passed. */
+static void log_job_json(struct ajob *aj, const char *what, const char *disk)
 {
 	struct json_writer w;
 	char *buf = NULL;
 	size_t len = 0;
 	FILE *f = open_memstream(&buf, &len);
+	unsigned state = aj->j.state;
 
 	if (!f)
 		return;
@@ -197,8 +241,11 @@ static void log_job_json(struct ajob *aj, const char *what)
 	fclose(f);
 	if (len && buf[len - 1] == '\n')
 		buf[len - 1] = '\0';
-	log_msg(LOG_PRIO_INFO, NULL, "job %s %s: %s", aj->j.id, what,
-		buf ? buf : "");
+	joblog(state == JS_EXCEPTION		? LOG_PRIO_ERR
+	       : state == JS_COMPLETED_WARNINGS ? LOG_PRIO_WARNING
+						: LOG_PRIO_INFO,
+	       &aj->j, final_msgid(state), disk, "job %s %s: %s", aj->j.id,
+	       what, buf ? buf : "");
 	free(buf);
 }
 
@@ -243,6 +290,13 @@ void jobs_drop_clones(struct agent *a, struct ajob *aj)
 void jobs_finish(struct agent *a, struct ajob *aj, unsigned state,
 		 unsigned code, const char *summary, const char *desc)
 {
+	jobs_finish_disk(a, aj, state, code, summary, desc, NULL);
+}
+
+void jobs_finish_disk(struct agent *a, struct ajob *aj, unsigned state,
+		      unsigned code, const char *summary, const char *desc,
+		      const char *disk)
+{
 	struct vmrt *vm = jobs_vm(a, aj->j.vm);
 	int64_t now = wall_us();
 
@@ -267,13 +321,14 @@ void jobs_finish(struct agent *a, struct ajob *aj, unsigned state,
 		memcpy(vm->st.last_job, aj->j.id, JOB_ID_LEN);
 		vm->st.last_job_state = state;
 		if (state == JS_COMPLETED)
-			vm->st.last_success = now;
+			vm_state_success(&vm->st, &aj->j, now);
 		jobs_set_vm(a, vm,
 			    state == JS_COMPLETED ? RS_REPLICATING
 						  : RS_RESYNC_REQUIRED);
 	}
 	jobs_persist(a, aj);
-	log_job_json(aj, job_state_name(state));
+	metrics_count_finished(state);
+	log_job_json(aj, job_state_name(state), disk);
 	jobs_notify_status(a);
 }
 

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "agent/daemon/internal.h"
+#include "agent/daemon/joblog.h"
 #include "agent/lib/fmt.h"
 #include "agent/lib/log.h"
 #include "agent/lib/watch.h"
@@ -139,8 +140,8 @@ static void fail_job(struct agent *a, struct ajob *aj, int ret,
 	snprintf(summary, sizeof(summary),
 		 "Resynchronization of VM '%s' failed in the %s of disk %s.",
 		 aj->j.vm, what, disk);
-	log_msg(LOG_PRIO_ERR, NULL, "job %s (VM %s): %s: %s", aj->j.id,
-		aj->j.vm, what, err);
+	joblog(LOG_PRIO_ERR, &aj->j, NULL, disk, "job %s (VM %s): %s: %s",
+	       aj->j.id, aj->j.vm, what, err);
 	snprintf(desc, sizeof(desc), "%s", err);
 	if (aj->keep_snap && jobs_has_clones(aj))
 		snprintf(
@@ -152,7 +153,10 @@ static void fail_job(struct agent *a, struct ajob *aj, int ret,
 			desc, sizeof(desc),
 			"%s; the next resynchronization resumes where this one stopped if the disks are unchanged",
 			err);
-	jobs_finish(a, aj, JS_EXCEPTION, rv_for_push(ret), summary, desc);
+	/* the failed record names the disk alone ("-": none in
+	 * particular, then every disk) */
+	jobs_finish_disk(a, aj, JS_EXCEPTION, rv_for_push(ret), summary, desc,
+			 strcmp(disk, "-") ? disk : NULL);
 }
 
 static const char *phase_work(enum job_phase p)
@@ -547,9 +551,9 @@ static void mark_running(struct agent *a, struct ajob *aj, struct vmrt *vm)
 	jobs_set_vm(a, vm, RS_RESYNCHRONIZING);
 	jobs_persist(a, aj);
 	jobs_notify_status(a);
-	log_msg(LOG_PRIO_INFO, NULL,
-		"job %s (VM %s, JobType %u) running: %s phase, to %s", j->id,
-		j->vm, j->type, job_phase_name(j->phase), j->peer);
+	joblog(LOG_PRIO_INFO, j, MSGID_JOB_STARTED, NULL,
+	       "job %s (VM %s, JobType %u) running: %s phase, to %s", j->id,
+	       j->vm, j->type, job_phase_name(j->phase), j->peer);
 }
 
 /* Under the lock (dropped while sessions run): run the phases the job

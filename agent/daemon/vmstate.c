@@ -112,6 +112,45 @@ void vm_state_set(struct vm_state *st, unsigned s, int64_t now)
 	st->health = vm_health_for(s);
 }
 
+void vm_state_success(struct vm_state *st, const struct job *j, int64_t now)
+{
+	st->last_success = now;
+	st->last_success_elapsed = job_elapsed(j, now);
+	st->last_success_compared = j->bytes_compared;
+	st->last_success_different = j->bytes_different;
+	st->last_success_sent = j->bytes_sent;
+}
+
+/* The last successful resync's figures, as the record and GetVM show
+ * them; all null when there was none. */
+static void success_json(struct json_writer *w, const struct vm_state *st)
+{
+	if (!st->last_success) {
+		json_kv_null(w, "LastSuccessfulResyncSeconds");
+		json_kv_null(w, "LastSuccessfulResyncBytesCompared");
+		json_kv_null(w, "LastSuccessfulResyncBytesDifferent");
+		json_kv_null(w, "LastSuccessfulResyncBytesSent");
+		return;
+	}
+	json_key(w, "LastSuccessfulResyncSeconds");
+	json_double(w, (double)st->last_success_elapsed / 1e6, 3);
+	json_kv_u64(w, "LastSuccessfulResyncBytesCompared",
+		    st->last_success_compared);
+	json_kv_u64(w, "LastSuccessfulResyncBytesDifferent",
+		    st->last_success_different);
+	json_kv_u64(w, "LastSuccessfulResyncBytesSent", st->last_success_sent);
+}
+
+/* A counter of the record: absent (an older record) reads as 0. */
+static uint64_t record_u64(const struct jv *v, const char *k)
+{
+	const struct jv *m = jv_get(v, k);
+
+	return m && m->type == JV_NUMBER && m->is_int && m->i >= 0
+		       ? (uint64_t)m->i
+		       : 0;
+}
+
 /* VM names are free text: keep [A-Za-z0-9._-] and %XX the rest. */
 static void file_name(const char *name, char *out, size_t len)
 {
@@ -187,6 +226,18 @@ int vm_state_load(const char *dir, const char *name, struct vm_state *st,
 	m = jv_get(v, "LastSuccessfulResync");
 	if (m && m->type == JV_STRING && !cim_datetime_parse(m->s, &t))
 		st->last_success = t;
+	m = jv_get(v, "LastSuccessfulResyncSeconds");
+	if (st->last_success && m && m->type == JV_NUMBER && m->num >= 0 &&
+	    m->num < 1e12)
+		st->last_success_elapsed = (int64_t)(m->num * 1e6 + 0.5);
+	if (st->last_success) {
+		st->last_success_compared =
+			record_u64(v, "LastSuccessfulResyncBytesCompared");
+		st->last_success_different =
+			record_u64(v, "LastSuccessfulResyncBytesDifferent");
+		st->last_success_sent =
+			record_u64(v, "LastSuccessfulResyncBytesSent");
+	}
 	ret = 0;
 out:
 	jv_free(v);
@@ -214,6 +265,7 @@ int vm_state_save(const char *dir, const char *name, const struct vm_state *st)
 	json_kv_string(&w, "LastJob", st->last_job[0] ? st->last_job : NULL);
 	json_kv_u64(&w, "LastJobState", st->last_job_state);
 	job_kv_time(&w, "LastSuccessfulResync", st->last_success);
+	success_json(&w, st);
 	json_object_end(&w);
 	ret = json_end(&w);
 	if (fclose(f) && !ret)
@@ -311,5 +363,6 @@ void vm_to_json(struct json_writer *w, const struct vm_config *vm,
 	json_kv_string(w, "LastJob", st->last_job[0] ? st->last_job : NULL);
 	json_kv_u64(w, "LastJobState", st->last_job_state);
 	job_kv_time(w, "LastSuccessfulResync", st->last_success);
+	success_json(w, st);
 	json_object_end(w);
 }

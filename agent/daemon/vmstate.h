@@ -59,7 +59,17 @@ struct vm_state {
 	char last_job[JOB_ID_LEN]; /* the last resync job, "" for none */
 	unsigned last_job_state;   /* its final JobState, 0 while unfinished */
 	int64_t last_success;	   /* when a resync last completed, 0 never */
+	/* that resync (for `status` and the metrics file): how long it
+	 * ran (ElapsedTime, usec) and its byte counters */
+	int64_t last_success_elapsed;
+	uint64_t last_success_compared;
+	uint64_t last_success_different;
+	uint64_t last_success_sent;
 };
+
+/* Record that job @j Completed at @now: LastSuccessfulResync and the
+ * job's ElapsedTime and byte counters. */
+void vm_state_success(struct vm_state *st, const struct job *j, int64_t now);
 
 const char *repl_state_name(unsigned s);
 const char *repl_health_name(unsigned h);

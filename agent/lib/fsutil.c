@@ -85,22 +85,20 @@ static int write_all(int fd, const char *p, size_t len)
 	return 0;
 }
 
-int fs_write_atomic(const char *dir, const char *name, const void *buf,
-		    size_t len)
+/* Write @buf to @tmp (created with @mode whatever the umask), fsync,
+ * rename over @dst, fsync of @dir. */
+static int replace_file(const char *dir, const char *tmp, const char *dst,
+			const void *buf, size_t len, mode_t mode)
 {
-	char tmp[4096], dst[4096];
 	int fd, ret;
 
-	if ((size_t)snprintf(dst, sizeof(dst), "%s/%s", dir, name) >=
-		    sizeof(dst) ||
-	    (size_t)snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, name) >=
-		    sizeof(tmp))
-		return -ENAMETOOLONG;
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
-		  0600);
+		  mode);
 	if (fd < 0)
 		return -errno;
-	ret = write_all(fd, buf, len);
+	ret = fchmod(fd, mode) ? -errno : 0;
+	if (!ret)
+		ret = write_all(fd, buf, len);
 	if (!ret && fsync(fd))
 		ret = -errno;
 	if (close(fd) && !ret)
@@ -112,6 +110,32 @@ int fs_write_atomic(const char *dir, const char *name, const void *buf,
 		return ret;
 	}
 	return vhdx_fsync_dir(dir);
+}
+
+int fs_write_atomic(const char *dir, const char *name, const void *buf,
+		    size_t len)
+{
+	char tmp[4096], dst[4096];
+
+	if ((size_t)snprintf(dst, sizeof(dst), "%s/%s", dir, name) >=
+		    sizeof(dst) ||
+	    (size_t)snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, name) >=
+		    sizeof(tmp))
+		return -ENAMETOOLONG;
+	return replace_file(dir, tmp, dst, buf, len, 0600);
+}
+
+int fs_write_shared(const char *dir, const char *name, const void *buf,
+		    size_t len, mode_t mode)
+{
+	char tmp[4096], dst[4096];
+
+	if ((size_t)snprintf(dst, sizeof(dst), "%s/%s", dir, name) >=
+		    sizeof(dst) ||
+	    (size_t)snprintf(tmp, sizeof(tmp), "%s/.%s.%ld.tmp", dir, name,
+			     (long)getpid()) >= sizeof(tmp))
+		return -ENAMETOOLONG;
+	return replace_file(dir, tmp, dst, buf, len, mode);
 }
 
 int fs_read_small(const char *dir, const char *name, char **out, size_t *len)

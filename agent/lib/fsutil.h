@@ -28,6 +28,15 @@ char *fs_path_join(const char *a, const char *b);
 int fs_write_atomic(const char *dir, const char *name, const void *buf,
 		    size_t len);
 
+/*
+ * The same for a file other programs read and other processes may write
+ * too (a node_exporter .prom file): the file gets @mode whatever the
+ * umask, and the temporary is DIR/.NAME.PID.tmp, so two writers never
+ * share one half-written file.
+ */
+int fs_write_shared(const char *dir, const char *name, const void *buf,
+		    size_t len, mode_t mode);
+
 /* Read DIR/NAME (a regular file, no symlink, at most 1 MiB) into a
  * malloc()ed, NUL-terminated buffer. */
 int fs_read_small(const char *dir, const char *name, char **out, size_t *len);
