@@ -63,9 +63,10 @@ UNIT_LAYER_vhdx := test_bat test_crc32c test_guid test_header test_log \
 	test_log_active test_log_bounds test_log_scan test_metadata test_region \
 	test_writer
 UNIT_LAYER_uring := test_reader
-UNIT_LAYER_lib := test_jsonparse test_fsutil test_snapshot test_watch \
-	test_jsonparse_fuzz
-UNIT_LAYER_sync := test_proto test_wire test_names test_conn_limits
+UNIT_LAYER_fuse := test_dmview
+UNIT_LAYER_lib := test_jsonparse test_fsutil test_snapshot test_watch test_prom \
+	test_jsonparse_fuzz test_svgmap
+UNIT_LAYER_sync := test_proto test_wire test_names test_conn_limits test_authz
 UNIT_LAYER_daemon := test_cimtime test_config test_job test_methods
 UNIT_LAYER_cli :=
 layer_of = $(strip $(foreach l,$(LAYERS),$(if $(filter $(1),$(UNIT_LAYER_$(l))),$(l))))
@@ -205,7 +206,7 @@ check: deps
 # The guest test alone: Debian 12's kernel under qemu (tests/t-realkernel.sh).
 check-vm: deps
 	$(MAKE) all
-	tests/t-realkernel.sh
+	HVRESYNC=$(abspath $(B))/hvresync tests/t-realkernel.sh
 
 demo: deps
 	$(MAKE) all
@@ -236,4 +237,4 @@ install: all
 clean:
 	rm -rf $(B)
 
--include $(shell find $(B) -name '*.d' 2>/dev/null)
+-include $(shell find $(B) -name '*.d' -type f 2>/dev/null)

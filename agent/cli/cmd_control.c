@@ -21,12 +21,15 @@
 #include "agent/cli/progress.h"
 #include "agent/daemon/job.h"
 #include "agent/daemon/vmstate.h"
+#include "agent/lib/fmt.h"
+#include "agent/lib/svgmap.h"
 
 #define RESYNC_USAGE                                                            \
 	"hvresync resync VM [--start-time T] [--wait] [--timeout S] [--json]\n" \
 	"                [--config FILE | --control SOCKET]"
-#define JOB_USAGE                                                                      \
-	"hvresync job list [--vm VM] | show ID | cancel ID | suspend ID | resume ID\n" \
+#define JOB_USAGE                                                              \
+	"hvresync job list [--vm VM] | show [--map FILE.svg] ID | cancel ID\n" \
+	"                | suspend ID | resume ID\n"                           \
 	"                [--wait] [--timeout S] [--json] [--config FILE | --control SOCKET]"
 #define VM_USAGE                                                         \
 	"hvresync vm list | show VM | set-state VM STATE | discard VM\n" \
@@ -40,6 +43,7 @@ struct opts {
 	const char *control;
 	const char *start_time;
 	const char *vm_filter;
+	const char *map; /* job show --map */
 	bool wait;
 	bool json;
 	double timeout; /* seconds, 0: none given */
@@ -65,6 +69,7 @@ static int parse_opts(int argc, char **argv, struct opts *o, const char *usage,
 		{ "timeout", required_argument, NULL, 't' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "vm", required_argument, NULL, 'v' },
+		{ "map", required_argument, NULL, 'm' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -101,6 +106,9 @@ static int parse_opts(int argc, char **argv, struct opts *o, const char *usage,
 			break;
 		case 'v':
 			o->vm_filter = optarg;
+			break;
+		case 'm':
+			o->map = optarg;
 			break;
 		case 'h':
 			printf("usage: %s\n", usage);
@@ -187,7 +195,7 @@ static void print_scalar(FILE *f, const char *key, const struct jv *v)
 static bool hidden_member(const char *key, const struct jv *v)
 {
 	static const char *const internal[] = { "Clone", "SourceIdentity",
-						"Repass" };
+						"Repass", "Map" };
 	size_t i;
 
 	for (i = 0; i < sizeof(internal) / sizeof(internal[0]); i++)
@@ -381,6 +389,8 @@ int cmd_resync(int argc, char **argv)
 	int i;
 
 	i = parse_opts(argc, argv, &o, RESYNC_USAGE, true);
+	if (o.map)
+		usage_die(RESYNC_USAGE);
 	if (argc - i != 1)
 		usage_die(RESYNC_USAGE);
 	args.vm = argv[i];
@@ -494,6 +504,41 @@ static unsigned job_verb_state(const char *verb)
 	return 0;
 }
 
+/*
+ * job show --map: one SVG, one panel per disk, of what the job's send
+ * sessions compared and sent (the Map the agent keeps with the job, also
+ * after it finished and across agent restarts).  A disk the job did not
+ * compare (yet) shows as not compared.
+ */
+static void write_job_map(const char *path, const struct jv *inst)
+{
+	struct svgmap_panel *p;
+	struct job j;
+	char err[1200], title[400];
+	unsigned i;
+	int ret;
+
+	if (!inst || job_from_json(inst, &j, err, sizeof(err)))
+		die("job show: the agent's job is not readable: %s",
+		    inst ? err : "no Instance");
+	p = calloc(j.ndisks ? j.ndisks : 1, sizeof(*p));
+	if (!p)
+		die("out of memory");
+	for (i = 0; i < j.ndisks; i++) {
+		p[i].name = j.disks[i].name;
+		p[i].size = j.disks[i].size;
+		p[i].map = &j.disks[i].map;
+		p[i].sent = true;
+	}
+	fmt_line(title, sizeof(title), "hvresync job %s, VM %s: %s", j.id, j.vm,
+		 job_state_name(j.state));
+	ret = svgmap_write(path, title, p, j.ndisks, err, sizeof(err));
+	free(p);
+	job_clear(&j);
+	if (ret < 0)
+		die("job show: %s", err);
+}
+
 int cmd_job(int argc, char **argv)
 {
 	struct jv *reply;
@@ -507,6 +552,8 @@ int cmd_job(int argc, char **argv)
 	if (i >= argc)
 		usage_die(JOB_USAGE);
 	verb = argv[i++];
+	if (o.map && strcmp(verb, "show"))
+		die("job %s: --map goes with 'job show' only", verb);
 	if (!strcmp(verb, "list")) {
 		if (i != argc)
 			usage_die(JOB_USAGE);
@@ -526,6 +573,8 @@ int cmd_job(int argc, char **argv)
 			print_json(reply);
 		else
 			print_object(jv_get(reply, "Instance"));
+		if (o.map)
+			write_job_map(o.map, jv_get(reply, "Instance"));
 	} else {
 		if (argc - i != 1)
 			usage_die(JOB_USAGE);
@@ -568,6 +617,16 @@ static void print_vm_table(const struct jv *vms)
 		       repl_health_name(h ? (unsigned)h->i : 0),
 		       l && l->type == JV_STRING ? l->s : "-");
 	}
+}
+
+/* GetVM's Authorization: how peers may reach the VM (no secrets). */
+static void print_authorization(const struct jv *auth)
+{
+	const struct jv *d = jv_get(auth, "Description");
+
+	/* An older agent does not say. */
+	if (d && d->type == JV_STRING)
+		printf("%-24s %s\n", "Authorization", d->s);
 }
 
 /* What `vm discard` did: each disk's copy dropped, or its merge (which
@@ -628,6 +687,8 @@ int cmd_vm(int argc, char **argv)
 	int i;
 
 	i = parse_opts(argc, argv, &o, VM_USAGE, false);
+	if (o.map)
+		usage_die(VM_USAGE);
 	if (i >= argc)
 		usage_die(VM_USAGE);
 	verb = argv[i++];
@@ -645,10 +706,12 @@ int cmd_vm(int argc, char **argv)
 			usage_die(VM_USAGE);
 		req = request("GetVM", "ComputerSystem", argv[i], NULL, NULL);
 		reply = call_or_die(&o, "vm show", req);
-		if (o.json)
+		if (o.json) {
 			print_json(reply);
-		else
+		} else {
 			print_object(jv_get(reply, "Instance"));
+			print_authorization(jv_get(reply, "Authorization"));
+		}
 	} else if (!strcmp(verb, "discard")) {
 		/* finishing a merge that had begun may take a while */
 		if (argc - i != 1)

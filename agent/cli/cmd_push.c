@@ -18,9 +18,11 @@
 
 #include "agent/cli/cli.h"
 #include "agent/cli/progress.h"
+#include "agent/daemon/metrics.h"
 #include "agent/lib/fmt.h"
 #include "agent/lib/json.h"
 #include "agent/lib/snapshot.h"
+#include "agent/lib/svgmap.h"
 #include "agent/sync/passes.h"
 #include "agent/sync/push.h"
 #include "uring/blocks.h"
@@ -29,11 +31,14 @@
 #define EXIT_SOURCE_CHANGED 3
 
 static const char push_usage[] =
-	"hvresync push [--json] [--verbose] [--psk-file F | --cert C --key K\n"
-	"                     --ca CA | --insecure] [--block-size N] [--hash H]\n"
+	"hvresync push [--json] [--verbose] [--psk-file F | --vm-psk-file F |\n"
+	"                     --cert C --key K --ca CA | --insecure]\n"
+	"                     [--block-size N] [--hash H]\n"
 	"                     [--compress] [--bwlimit RATE] [--restart]\n"
 	"                     [--hold | --check] [--snapshot auto|reflink|none]\n"
-	"                     [--max-passes N] SRC HOST:PORT/NAME\n"
+	"                     [--max-passes N] [--map FILE.svg]\n"
+	"                     [--metrics-file FILE.prom] SRC "
+	"HOST:PORT/NAME\n"
 	"       hvresync push [security options] --merge | --discard "
 	"HOST:PORT/NAME";
 
@@ -54,6 +59,8 @@ static const char push_help[] =
 	"  --json            print one JSON object on stdout\n"
 	"  --verbose         say how SRC was read (snapshot, passes)\n"
 	"  --psk-file F      pre-shared key file (64 hex digits, mode 0600)\n"
+	"  --vm-psk-file F   a VM's own key (the psk-file of its [vm] section\n"
+	"                    on the recovery agent), offered under its key id\n"
 	"  --cert C --key K --ca CA\n"
 	"                    X.509 instead of a pre-shared key\n"
 	"  --insecure        plain TCP, loopback addresses only (tests)\n"
@@ -75,6 +82,8 @@ static const char push_help[] =
 	"                    reflink: a clone or fail; none: the live file\n"
 	"  --max-passes N    passes over a live SRC that keeps changing, 1 to\n"
 	"                    100 (default 3)\n"
+	"  --map FILE.svg    draw SRC as an SVG picture: what was zero on both\n"
+	"                    sides, identical, or sent\n"
 	"\n"
 	"Exit status: 0 when the recovery disk is now identical (or the\n"
 	"requested step is done), 2 on any error, 3 when SRC changed during\n"
@@ -245,6 +254,9 @@ struct push_opts {
 	enum snap_mode snapshot;
 	unsigned max_passes;
 	bool json, verbose;
+	const char *map_path;	  /* --map */
+	const char *metrics_path; /* --metrics-file */
+	bool vm_key;		  /* --vm-psk-file: o->psk is a VM's own key */
 	const char *psk, *cert, *key, *ca;
 	bool insecure;
 	const char *target; /* HOST:PORT/NAME */
@@ -338,6 +350,9 @@ static int parse_opts(struct push_opts *o, int argc, char **argv)
 		{ "snapshot", required_argument, NULL, 's' },
 		{ "max-passes", required_argument, NULL, 'P' },
 		{ "verbose", no_argument, NULL, 'v' },
+		{ "map", required_argument, NULL, 'M' },
+		{ "vm-psk-file", required_argument, NULL, 'V' },
+		{ "metrics-file", required_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -356,6 +371,12 @@ static int parse_opts(struct push_opts *o, int argc, char **argv)
 			o->json = true;
 			break;
 		case 'p':
+			if (o->vm_key) {
+				error_msg(
+					"--vm-psk-file and --psk-file: give one "
+					"key");
+				return EXIT_ERROR;
+			}
 			o->psk = optarg;
 			break;
 		case 'C':
@@ -399,6 +420,22 @@ static int parse_opts(struct push_opts *o, int argc, char **argv)
 		case 'v':
 			o->verbose = true;
 			break;
+		case 'M':
+			o->map_path = optarg;
+			break;
+		case 'V':
+			if (o->psk && !o->vm_key) {
+				error_msg(
+					"--vm-psk-file and --psk-file: give one "
+					"key");
+				return EXIT_ERROR;
+			}
+			o->psk = optarg;
+			o->vm_key = true;
+			break;
+		case 'E':
+			o->metrics_path = optarg;
+			break;
 		case 'r':
 			o->p.flags |= PUSH_RESTART;
 			break;
@@ -431,6 +468,12 @@ static int parse_opts(struct push_opts *o, int argc, char **argv)
 		}
 	}
 	parse_operands(o, argc, argv);
+	if (o->map_path &&
+	    (o->p.flags & (PUSH_CHECK | PUSH_MERGE | PUSH_DISCARD))) {
+		error_msg("push: --map draws what a copy compared: it goes "
+			  "with neither --check, --merge nor --discard");
+		return EXIT_ERROR;
+	}
 	return -1;
 }
 
@@ -481,17 +524,69 @@ static void say_how(const struct push_opts *o, const struct passes_result *r)
 			 r->watched ? "" : ", not watched");
 }
 
+/* --map: the picture of SRC, what every pass compared and sent.  After
+ * a failure it shows what was compared before it (the rest as not
+ * compared); nothing when the session never learnt the disk's size. */
+static int write_map(const struct push_opts *o, const struct svgmap *map,
+		     const struct passes_result *r, int ret)
+{
+	struct svgmap_panel p = { .name = o->p.src,
+				  .size = r->st.virtual_size,
+				  .map = map,
+				  .sent = true };
+	char title[1200], err[1200];
+
+	if (!p.size)
+		return 0;
+	fmt_line(title, sizeof(title), "hvresync push to %s: %s", o->target,
+		 ret < 0 ? "failed" : "done");
+	if (svgmap_write(o->map_path, title, &p, 1, err, sizeof(err)) < 0) {
+		error_msg("push: %s", err);
+		return -1;
+	}
+	return 0;
+}
+
+/* --metrics-file: the push's outcome for node_exporter.  A file that
+ * cannot be written is said, but the push's own exit status stands. */
+static void write_metrics(const struct push_opts *o,
+			  const struct passes_result *r, int ret, int status,
+			  int64_t t0)
+{
+	struct metrics_result m = {
+		.command = "push",
+		.disk = o->p.export_name,
+		.peer = o->p.addr,
+		.ok = ret == 0 && status == EXIT_OK,
+		.exit_code = status,
+		.started = t0,
+		.finished = wall_us(),
+		.compared = r->st.bytes_compared,
+		.different = r->st.bytes_different,
+		.sent = r->st.bytes_sent,
+	};
+	char err[1024];
+
+	if (metrics_write_result(o->metrics_path, &m, err, sizeof(err)))
+		error_msg("--metrics-file: %s", err);
+}
+
 /* Push and print what happened; the exit status. */
 static int run(struct push_opts *o, struct tls_config *tls)
 {
 	struct passes_params pp;
 	struct passes_result r;
+	struct svgmap map;
 	struct ui ui;
 	char err[1024], owner[32];
-	int ret;
+	int ret, map_ret = 0, status;
+	int64_t t0;
 
 	memset(&ui, 0, sizeof(ui));
 	memset(&pp, 0, sizeof(pp));
+	memset(&map, 0, sizeof(map));
+	if (o->map_path)
+		o->p.map = &map;
 	snprintf(owner, sizeof(owner), "push-%ld", (long)getpid());
 	o->p.tls = tls;
 	o->p.stop = &stop_flag;
@@ -506,6 +601,7 @@ static int run(struct push_opts *o, struct tls_config *tls)
 	install_handlers();
 	sweep_stale(o);
 
+	t0 = wall_us();
 	ret = passes_push(&pp, &r, err, sizeof(err));
 	if (ui.started)
 		progress_finish(&ui.bar);
@@ -530,13 +626,20 @@ static int run(struct push_opts *o, struct tls_config *tls)
 		print_json(&o->p, o->target, &r, ret, err);
 	else if (!ret)
 		print_summary(&o->p, o->target, &r);
+	if (o->map_path)
+		map_ret = write_map(o, &map, &r, ret);
+	svgmap_free(&map);
 	if (fflush(stdout) == EOF || ferror(stdout)) {
 		error_msg("push: cannot write to stdout: %s", strerror(errno));
 		return EXIT_ERROR;
 	}
-	if (ret < 0)
-		return EXIT_ERROR;
-	return r.source_changed ? EXIT_SOURCE_CHANGED : EXIT_OK;
+	if (ret < 0 || map_ret < 0)
+		status = EXIT_ERROR;
+	else
+		status = r.source_changed ? EXIT_SOURCE_CHANGED : EXIT_OK;
+	if (o->metrics_path)
+		write_metrics(o, &r, ret, status, t0);
+	return status;
 }
 
 int cmd_push(int argc, char **argv)
@@ -559,6 +662,7 @@ int cmd_push(int argc, char **argv)
 		error_msg("%s", err);
 		return EXIT_ERROR;
 	}
+	tls.psk_by_id = o.vm_key;
 	o.p.addr = addr;
 	o.p.export_name = name;
 	return run(&o, &tls);

@@ -23,6 +23,7 @@
 
 #include "agent/daemon/agent.h"
 #include "agent/daemon/internal.h"
+#include "agent/daemon/metrics.h"
 #include "agent/lib/fmt.h"
 #include "agent/lib/fsutil.h"
 #include "agent/lib/log.h"
@@ -45,6 +46,12 @@ static void add_exports(struct agent *a, bool first)
 		return;
 	for (i = 0; i < a->cfg.nvms; i++) {
 		struct vmrt *rt = &a->vms[i];
+		/* Who may open its disks; the server knows its own key. */
+		struct sync_vm_auth auth = {
+			.vm = rt->cfg->name,
+			.allow = (const char *const *)rt->cfg->allow,
+			.nallow = rt->cfg->nallow,
+		};
 		bool all = true;
 
 		if (rt->cfg->role == VM_ROLE_PRIMARY || rt->exported)
@@ -60,9 +67,9 @@ static void add_exports(struct agent *a, bool first)
 						? "is too long"
 						: "breaks the export-name rule");
 			else
-				ret = server_add_export(a->server, name,
-							rt->cfg->disks[k], err,
-							sizeof(err));
+				ret = server_add_vm_export(
+					a->server, name, rt->cfg->disks[k],
+					&auth, err, sizeof(err));
 			if (ret == -EEXIST)
 				continue;
 			if (ret) {
@@ -317,11 +324,78 @@ static void load_vm_states(struct agent *a, char *err, size_t errlen)
 	}
 }
 
+/*
+ * The own keys (psk-file) of the VMs this agent serves, for the server,
+ * which admits each for its VM only.  A key that cannot be read stops
+ * the agent: serving the VM to the agent key instead would open it.
+ */
+static int load_vm_keys(struct agent *a, struct tls_vm_key **keys, unsigned *n,
+			char *err, size_t errlen)
+{
+	struct vhdx_error terr;
+	unsigned i;
+	int ret;
+
+	*n = 0;
+	*keys = calloc(a->cfg.nvms ? a->cfg.nvms : 1, sizeof(**keys));
+	if (!*keys) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	for (i = 0; i < a->cfg.nvms; i++) {
+		const struct vm_config *vm = &a->cfg.vms[i];
+
+		if (!vm->psk_file || vm->role == VM_ROLE_PRIMARY)
+			continue;
+		terr.msg[0] = '\0';
+		ret = tls_load_psk(vm->psk_file, (*keys)[*n].psk, &terr);
+		if (ret) {
+			snprintf(err, errlen, "[vm %s] %s", vm->name, terr.msg);
+			return ret;
+		}
+		(*keys)[(*n)++].vm = vm->name;
+	}
+	return 0;
+}
+
+/*
+ * One line at start naming the VMs this agent serves that have no
+ * credentials of their own, so an admin sees which VMs any peer holding
+ * the agent key (or a certificate of the CA) may overwrite.
+ */
+static void log_open_vms(struct agent *a)
+{
+	char list[1024];
+	size_t n = 0;
+	unsigned i;
+
+	list[0] = '\0';
+	for (i = 0; i < a->cfg.nvms; i++) {
+		const struct vm_config *vm = &a->cfg.vms[i];
+
+		if (vm->role == VM_ROLE_PRIMARY || vm->psk_file || vm->nallow)
+			continue;
+		if (n < sizeof(list))
+			n += (size_t)snprintf(list + n, sizeof(list) - n,
+					      "%s%s", n ? ", " : "", vm->name);
+	}
+	if (!list[0])
+		return;
+	log_msg(LOG_PRIO_NOTICE, NULL,
+		"authorization: VMs any authenticated peer may write (%s): %s",
+		a->cfg.insecure	   ? "plain TCP, no authentication"
+		: a->cfg.cert_file ? "any certificate of the CA, no allow"
+				   : "the agent key, no psk-file of their own",
+		list);
+}
+
 /* The peer server: listen, export the replica VMs' disks, serve. */
 static int start_server(struct agent *a, char *err, size_t errlen)
 {
 	struct server_config scfg;
+	struct tls_vm_key *keys = NULL;
 	struct server *srv;
+	unsigned nkeys = 0;
 	int ret;
 
 	memset(&scfg, 0, sizeof(scfg));
@@ -329,7 +403,17 @@ static int start_server(struct agent *a, char *err, size_t errlen)
 	scfg.tls = a->tls;
 	scfg.state_dir = a->serve_dir;
 	scfg.merges_finished = true; /* held_finish_merges(), below */
-	srv = server_new(&scfg, err, errlen);
+	ret = load_vm_keys(a, &keys, &nkeys, err, errlen);
+	scfg.tls.vm_keys = keys;
+	scfg.tls.nvm_keys = nkeys;
+	srv = ret ? NULL : server_new(&scfg, err, errlen); /* copies keys */
+	if (keys)
+		explicit_bzero(keys,
+			       (a->cfg.nvms ? a->cfg.nvms : 1) * sizeof(*keys));
+	free(keys);
+	explicit_bzero(scfg.tls.psk, sizeof(scfg.tls.psk));
+	if (ret)
+		return ret;
 	if (!srv)
 		return -EINVAL;
 	pthread_mutex_lock(&a->lock);
@@ -356,6 +440,7 @@ static int start_server(struct agent *a, char *err, size_t errlen)
 		a->cfg.insecure	   ? "plain TCP, loopback only"
 		: a->cfg.cert_file ? "TLS 1.3, certificates"
 				   : "TLS 1.3, pre-shared key");
+	log_open_vms(a);
 	return 0;
 }
 
@@ -407,7 +492,7 @@ static int setup(struct agent *a, char *err, size_t errlen)
 	pthread_mutex_lock(&a->lock);
 	a->ready = true;
 	pthread_mutex_unlock(&a->lock);
-	return 0;
+	return metrics_start(a, err, errlen);
 }
 
 /* Stop every running job where it is (it resumes at the next start) and
@@ -439,6 +524,7 @@ static void teardown(struct agent *a)
 	a->stopping = true;
 	pthread_cond_broadcast(&a->cond);
 	pthread_mutex_unlock(&a->lock);
+	metrics_stop(); /* it reads the job list, freed below */
 	if (a->ctl)
 		control_server_stop(a->ctl);
 	if (a->sched_running)
@@ -555,6 +641,7 @@ int agent_run(const struct agent_options *o, char *err, size_t errlen)
 	a.lock_fd = -1;
 	a.bwlimit = o->bwlimit;
 	a.retention = o->retention_us;
+	metrics_reset();
 
 	ret = config_load(o->config, &a.cfg, err, errlen);
 	if (ret) {

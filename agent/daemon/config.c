@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "agent/daemon/config.h"
+#include "agent/sync/common.h"
 #include "vhdx/vhdx.h"
 
 struct parse {
@@ -200,6 +201,7 @@ static int agent_key(struct parse *p, const char *name, const char *value)
 		{ "key-file", offsetof(struct agent_config, key_file) },
 		{ "ca-file", offsetof(struct agent_config, ca_file) },
 		{ "admin-group", offsetof(struct agent_config, admin_group) },
+		{ "metrics-file", offsetof(struct agent_config, metrics_file) },
 	};
 	unsigned set = 0;
 	size_t i;
@@ -222,6 +224,13 @@ static int agent_key(struct parse *p, const char *name, const char *value)
 		if (!strcmp(name, "listen") && !valid_hostport(value))
 			return bad(p, "listen: '%s' is not ADDR:PORT", value,
 				   "");
+		/* empty switches the metrics file off; a relative path would
+		 * depend on where the agent was started */
+		if (!strcmp(name, "metrics-file") && value[0] &&
+		    value[0] != '/')
+			return bad(p,
+				   "metrics-file: '%s' is not an absolute path",
+				   value, "");
 		if (set_str((char **)((char *)c + keys[i].off), value))
 			return bad(p, "out of memory", "", "");
 		return 1;
@@ -273,6 +282,23 @@ static int vm_key(struct parse *p, const char *name, const char *value)
 		if (!strcmp(name, "disk")
 			    ? push_str(&vm->disks, &vm->ndisks, value)
 			    : push_str(&vm->excludes, &vm->nexcludes, value))
+			return bad(p, "out of memory", "", "");
+		return 1;
+	}
+	if (!strcmp(name, "psk-file")) {
+		if (value[0] != '/')
+			return bad(p, "psk-file: '%s' is not an absolute path",
+				   value, "");
+		return set_str(&vm->psk_file, value)
+			       ? bad(p, "out of memory", "", "")
+			       : 1;
+	}
+	if (!strcmp(name, "allow")) {
+		const char *problem = sync_name_pattern_problem(value);
+
+		if (problem)
+			return bad(p, "allow: '%s' %s", value, problem);
+		if (push_str(&vm->allow, &vm->nallow, value))
 			return bad(p, "out of memory", "", "");
 		return 1;
 	}
@@ -411,6 +437,24 @@ int config_load(const char *path, struct agent_config *cfg, char *err,
 				path, vm->line, vm->name);
 			return -EINVAL;
 		}
+		/* Per-VM credentials belong to one kind of authentication;
+		 * silently ignoring one would leave the VM open. */
+		if (vm->psk_file && (cfg->cert_file || cfg->insecure)) {
+			snprintf(
+				err, errlen,
+				"%s:%d: [vm %s] has a psk-file, but the agent does not use pre-shared keys (%s)",
+				path, vm->line, vm->name,
+				cfg->insecure ? "insecure = true"
+					      : "cert-file");
+			return -EINVAL;
+		}
+		if (vm->nallow && !cfg->cert_file) {
+			snprintf(
+				err, errlen,
+				"%s:%d: [vm %s] has allow patterns, but the agent does not use certificates (no cert-file)",
+				path, vm->line, vm->name);
+			return -EINVAL;
+		}
 		if (vm->role == VM_ROLE_PRIMARY && !vm->replica) {
 			snprintf(
 				err, errlen,
@@ -462,6 +506,8 @@ void config_free(struct agent_config *c)
 		free(c->vms[i].replica);
 		free_strs(c->vms[i].disks, c->vms[i].ndisks);
 		free_strs(c->vms[i].excludes, c->vms[i].nexcludes);
+		free(c->vms[i].psk_file);
+		free_strs(c->vms[i].allow, c->vms[i].nallow);
 	}
 	free(c->vms);
 	free(c->path);
@@ -473,6 +519,7 @@ void config_free(struct agent_config *c)
 	free(c->key_file);
 	free(c->ca_file);
 	free(c->admin_group);
+	free(c->metrics_file);
 	memset(c, 0, sizeof(*c));
 }
 

@@ -51,7 +51,10 @@ struct vm_config {
 	int window_end;
 	struct job_settings job; /* [agent]'s, overridden key by key */
 	unsigned job_set;	 /* which keys the section set (internal) */
-	int line;		 /* where the section starts, for messages */
+	char *psk_file;		 /* its own key: only it opens the VM */
+	char **allow;		 /* certificate names that may open it */
+	unsigned nallow;
+	int line; /* where the section starts, for messages */
 };
 
 struct agent_config {
@@ -64,6 +67,7 @@ struct agent_config {
 	char *key_file;
 	char *ca_file;
 	char *admin_group;
+	char *metrics_file;	 /* Prometheus textfile; NULL or "": none */
 	bool insecure;		 /* plain TCP, loopback only: tests and demos */
 	struct job_settings job; /* defaults for every [vm] */
 	struct vm_config *vms;

@@ -18,6 +18,7 @@
 #include "agent/daemon/cimtime.h"
 #include "agent/daemon/internal.h"
 #include "agent/daemon/methods.h"
+#include "agent/daemon/metrics.h"
 #include "agent/lib/fmt.h"
 #include "agent/lib/log.h"
 #include "agent/sync/proto.h"
@@ -842,6 +843,62 @@ static const struct vm_config *request_vm(struct agent *a, const struct jv *req,
 	return vm;
 }
 
+/*
+ * GetVM's Authorization: who may open the VM's disks here (a served
+ * VM), or which key its own sessions use (a primary).  Paths and
+ * patterns only, never key material.
+ */
+static void vm_auth_json(struct agent *a, const struct vm_config *vm,
+			 struct json_writer *w)
+{
+	bool primary = vm->role == VM_ROLE_PRIMARY;
+	char desc[1024];
+	size_t n = 0;
+	unsigned i;
+
+	if (a->cfg.insecure)
+		snprintf(desc, sizeof(desc),
+			 "plain TCP (insecure): any peer on loopback");
+	else if (a->cfg.cert_file && primary)
+		snprintf(desc, sizeof(desc),
+			 "sessions use the agent certificate %s",
+			 a->cfg.cert_file);
+	else if (a->cfg.cert_file && !vm->nallow)
+		snprintf(desc, sizeof(desc), "any certificate of the CA %s",
+			 a->cfg.ca_file);
+	else if (a->cfg.cert_file)
+		for (i = 0; i < vm->nallow && n < sizeof(desc); i++)
+			n += (size_t)snprintf(
+				desc + n, sizeof(desc) - n, "%s%s",
+				i ? ", " : "certificates matching: ",
+				vm->allow[i]);
+	else if (vm->psk_file)
+		snprintf(desc, sizeof(desc), "%sown key file %s",
+			 primary ? "sessions use its " : "", vm->psk_file);
+	else
+		snprintf(desc, sizeof(desc), "%sagent key %s",
+			 primary ? "sessions use the " : "", a->cfg.psk_file);
+	json_object_begin(w);
+	json_kv_string(w, "Description", desc);
+	json_key(w, "Kind");
+	json_string(w, a->cfg.insecure ? "insecure"
+		       : a->cfg.cert_file
+			       ? (vm->nallow ? "allow" : "any-certificate")
+		       : vm->psk_file ? "own-key"
+				      : "agent-key");
+	json_key(w, "KeyFile");
+	if (a->cfg.insecure || a->cfg.cert_file)
+		json_null(w);
+	else
+		json_string(w, vm->psk_file ? vm->psk_file : a->cfg.psk_file);
+	json_key(w, "Allow");
+	json_array_begin(w);
+	for (i = 0; i < vm->nallow; i++)
+		json_string(w, vm->allow[i]);
+	json_array_end(w);
+	json_object_end(w);
+}
+
 static void do_get_vm(struct agent *a, const struct jv *req,
 		      struct json_writer *w)
 {
@@ -854,6 +911,8 @@ static void do_get_vm(struct agent *a, const struct jv *req,
 	json_kv_u64(w, "ReturnValue", RV_OK);
 	json_key(w, "Instance");
 	vm_json(a, jobs_vm(a, vm->name), w);
+	json_key(w, "Authorization");
+	vm_auth_json(a, vm, w);
 	json_object_end(w);
 	pthread_mutex_unlock(&a->lock);
 }
@@ -937,11 +996,70 @@ do_request_replication_state_change(struct agent *a,
 	reply_rv(w, RV_OK, NULL);
 }
 
+/* GetAgent: what `hvresync status` shows above the VMs. */
+static void do_get_agent(struct agent *a, struct json_writer *w)
+{
+	struct metrics_counters c;
+	bool primary = false, replica = false;
+	unsigned i, in, out, jobs = 0;
+	struct ajob *aj;
+
+	metrics_get_counters(&c);
+	pthread_mutex_lock(&a->lock);
+	for (i = 0; i < a->cfg.nvms; i++) {
+		if (a->cfg.vms[i].role == VM_ROLE_PRIMARY)
+			primary = true;
+		else
+			replica = true;
+	}
+	for (aj = a->jobs; aj; aj = aj->next)
+		jobs += ajob_active(aj);
+	metrics_sessions(a, &in, &out);
+	json_object_begin(w);
+	json_kv_u64(w, "ReturnValue", RV_OK);
+	json_key(w, "Instance");
+	json_object_begin(w);
+	json_kv_string(w, "Role",
+		       primary && replica ? "primary and replica"
+		       : primary	  ? "primary"
+		       : replica	  ? "replica"
+					  : "none");
+	json_kv_u64(w, "ProcessID", (uint64_t)getpid());
+	job_kv_time(w, "StartTime", c.started);
+	json_kv_string(w, "Listen",
+		       a->server && server_addr(a->server)[0]
+			       ? server_addr(a->server)
+			       : a->cfg.listen);
+	json_kv_string(w, "Security",
+		       a->cfg.insecure	  ? "plain TCP, loopback only"
+		       : a->cfg.cert_file ? "TLS 1.3, certificates"
+					  : "TLS 1.3, pre-shared key");
+	json_kv_string(w, "Control", a->cfg.control);
+	json_kv_string(w, "StateDir", a->cfg.state_dir);
+	json_kv_string(w, "ConfigFile", a->cfg.path);
+	json_kv_string(w, "MetricsFile",
+		       a->cfg.metrics_file && a->cfg.metrics_file[0]
+			       ? a->cfg.metrics_file
+			       : NULL);
+	json_kv_u64(w, "VMs", a->cfg.nvms);
+	json_kv_u64(w, "ActiveJobs", jobs);
+	json_kv_u64(w, "PeerSessionsIn", in);
+	json_kv_u64(w, "PeerSessionsOut", out);
+	json_kv_u64(w, "RefusedControlConnections", c.refused_control);
+	json_kv_u64(w, "JobsFailed", c.jobs_failed);
+	json_kv_u64(w, "JobsCompleted", c.jobs_completed);
+	json_kv_u64(w, "JobsCancelled", c.jobs_cancelled);
+	json_object_end(w);
+	json_object_end(w);
+	pthread_mutex_unlock(&a->lock);
+}
+
 /* Methods that change nothing. */
 static bool read_only(const char *m)
 {
 	return !strcmp(m, "GetVM") || !strcmp(m, "ListVMs") ||
-	       !strcmp(m, "GetJob") || !strcmp(m, "ListJobs");
+	       !strcmp(m, "GetJob") || !strcmp(m, "ListJobs") ||
+	       !strcmp(m, "GetAgent");
 }
 
 void methods_handle(void *ctx, const struct control_caller *who,
@@ -978,6 +1096,8 @@ void methods_handle(void *ctx, const struct control_caller *who,
 		do_request_replication_state_change(a, who, req, w);
 	else if (!strcmp(m, "DiscardHeldCopies"))
 		do_discard_held(a, who, req, w);
+	else if (!strcmp(m, "GetAgent"))
+		do_get_agent(a, w);
 	else
 		reply_rv(w, RV_NOT_SUPPORTED, "unknown Method '%.100s'", m);
 }

@@ -5,6 +5,8 @@
  * recovery side still tears down an older session of ours (busy), and
  * the retries with backoff after the network failed (issue 9), which
  * resume from the recovery side's durable progress.  runner.c calls it.
+ * A send session also fills a map of what it compared and sent, which
+ * goes into the job's disk (bounded, persisted: `job show --map`).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -13,6 +15,7 @@
 #include <unistd.h>
 
 #include "agent/daemon/internal.h"
+#include "agent/daemon/joblog.h"
 #include "agent/lib/fmt.h"
 #include "agent/lib/log.h"
 #include "agent/sync/common.h"
@@ -92,15 +95,34 @@ static void took_effect(struct ajob *aj, struct job_disk *d, unsigned flags,
 	}
 }
 
+/* A send session's own: push_disk() fills @map without the agent's lock;
+ * the progress callback, on the same thread, moves it into the job. */
+struct sess_ctx {
+	struct ajob *aj;
+	struct svgmap map;
+};
+
+/* Under the lock: what the session mapped since the last call, into the
+ * job's disk. */
+static void take_map(struct job_disk *d, struct svgmap *m)
+{
+	if (!d->map.covered.limit)
+		svgmap_set_limit(&d->map, JOB_MAP_LIMIT);
+	svgmap_merge(&d->map, m);
+	svgmap_reset(m);
+}
+
 static void on_progress(void *ctx, const struct push_stats *st)
 {
-	struct ajob *aj = ctx;
+	struct sess_ctx *sc = ctx;
+	struct ajob *aj = sc->aj;
 	struct agent *a = aj->a;
 	struct job_disk *d;
 	int64_t now = wall_us();
 
 	pthread_mutex_lock(&a->lock);
 	d = &aj->j.disks[aj->cur_disk];
+	take_map(d, &sc->map);
 	if (st->virtual_size)
 		d->size = st->virtual_size;
 	take_stats(aj, d, st);
@@ -141,6 +163,38 @@ static uint32_t configured_sector_size(struct agent *a, struct ajob *aj,
 	return lss;
 }
 
+/*
+ * The transport settings of a session of @aj's VM: the agent's, or with
+ * the VM's own key (psk-file) offered under its key id.  The key is read
+ * for each session, so a replaced key file takes effect at the next one.
+ */
+static int session_tls(struct ajob *aj, struct tls_config *tls, char *err,
+		       size_t errlen)
+{
+	struct agent *a = aj->a;
+	const struct vm_config *vm;
+	struct vhdx_error terr;
+	const char *file = NULL;
+	int ret;
+
+	pthread_mutex_lock(&a->lock);
+	*tls = a->tls;
+	vm = config_find_vm(&a->cfg, aj->j.vm);
+	if (vm && vm->psk_file && a->tls.mode == TLS_MODE_PSK)
+		file = vm->psk_file; /* the configuration outlives jobs */
+	pthread_mutex_unlock(&a->lock);
+	if (!file)
+		return 0;
+	terr.msg[0] = '\0';
+	ret = tls_load_psk(file, tls->psk, &terr);
+	if (ret) {
+		snprintf(err, errlen, "VM %s: %s", aj->j.vm, terr.msg);
+		return ret;
+	}
+	tls->psk_by_id = true;
+	return 0;
+}
+
 /* push_disk(), again while the export is busy: the recovery side may
  * still be tearing down a session of ours that a restart or a stop cut
  * short. */
@@ -169,6 +223,8 @@ static int session(struct ajob *aj, unsigned i, unsigned flags,
 	struct job_disk *d = &aj->j.disks[i];
 	struct push_stats st;
 	char export_name[PROTO_NAME_MAX + 1];
+	struct sess_ctx sc = { .aj = aj };
+	struct tls_config tls;
 	struct push_params p = {
 		/* push.h allows NULL for MERGE and DISCARD, but HELLO still
 		 * wants the geometry, which the source gives.  What is
@@ -179,14 +235,15 @@ static int session(struct ajob *aj, unsigned i, unsigned flags,
 								      : d->path,
 		.addr = aj->j.peer,
 		.export_name = export_name,
-		.tls = &a->tls,
+		.tls = &tls,
 		.hash = UR_HASH_XXH3_128,
 		.compress = true,
 		.bwlimit = a->bwlimit,
 		.flags = flags,
 		.stop = &aj->stop,
 		.progress = (flags & PUSH_HOLD) ? on_progress : NULL,
-		.ctx = aj,
+		.ctx = &sc,
+		.map = (flags & PUSH_HOLD) ? &sc.map : NULL,
 	};
 	int ret;
 
@@ -209,6 +266,11 @@ static int session(struct ajob *aj, unsigned i, unsigned flags,
 	p.sector_size = configured_sector_size(a, aj, d);
 	memset(&st, 0, sizeof(st));
 	memset(stp, 0, sizeof(*stp));
+	ret = session_tls(aj, &tls, err, errlen);
+	if (ret) {
+		explicit_bzero(&tls, sizeof(tls));
+		return ret;
+	}
 	pthread_mutex_lock(&a->lock);
 	aj->cur_disk = i;
 	aj->cur_flags = flags;
@@ -218,6 +280,7 @@ static int session(struct ajob *aj, unsigned i, unsigned flags,
 	pthread_mutex_unlock(&a->lock);
 
 	ret = push_retrying(aj, &p, &st, err, errlen);
+	explicit_bzero(&tls, sizeof(tls));
 
 	pthread_mutex_lock(&a->lock);
 	if (st.virtual_size)
@@ -226,9 +289,11 @@ static int session(struct ajob *aj, unsigned i, unsigned flags,
 	    PUSH_HOLD) { /* the last report may be ahead of a cut session */
 		take_stats(aj, d, &st);
 		d->resumed = st.resume_offset;
+		take_map(d, &sc.map);
 	}
 	took_effect(aj, d, flags, &st);
 	pthread_mutex_unlock(&a->lock);
+	svgmap_free(&sc.map);
 	if (!err[0] && ret)
 		snprintf(err, errlen, "%s", strerror(-ret));
 	*stp = st;
@@ -343,8 +408,9 @@ int runner_session(struct ajob *aj, unsigned i, unsigned flags, char *err,
 		aj->j.error_desc = strdup(desc);
 		jobs_persist(a, aj);
 		pthread_mutex_unlock(&a->lock);
-		log_msg(LOG_PRIO_WARNING, NULL, "job %s (VM %s): disk %s: %s",
-			aj->j.id, aj->j.vm, aj->j.disks[i].name, desc);
+		joblog(LOG_PRIO_WARNING, &aj->j, NULL, aj->j.disks[i].name,
+		       "job %s (VM %s): disk %s: %s", aj->j.id, aj->j.vm,
+		       aj->j.disks[i].name, desc);
 		backoff(aj, wait);
 		if (aj->stop)
 			return ret;

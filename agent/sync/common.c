@@ -108,6 +108,27 @@ const uint8_t *sync_zero_sub_hash(const struct sync_zero_hashes *z,
 
 /* ---- ERROR frames -------------------------------------------------------- */
 
+int sync_error_errno(uint32_t code)
+{
+	switch (code) {
+	case PROTO_ERR_UNKNOWN_EXPORT:
+		return -ENOENT;
+	case PROTO_ERR_BUSY:
+		return -EBUSY;
+	case PROTO_ERR_IN_USE: /* not -EBUSY: that one is retried */
+		return -ETXTBSY;
+	case PROTO_ERR_GEOMETRY:
+		return -EXDEV;
+	case PROTO_ERR_UNSUPPORTED:
+		return -EPROTONOSUPPORT;
+	case PROTO_ERR_PROTOCOL:
+		return -EPROTO;
+	case PROTO_ERR_NOT_AUTHORIZED:
+		return -EACCES;
+	}
+	return -EIO;
+}
+
 void sync_error_vmsg(struct msg *m, uint32_t code, const char *fmt, va_list ap)
 {
 	memset(m, 0, sizeof(*m));
@@ -124,4 +145,130 @@ void sync_error_msg(struct msg *m, uint32_t code, const char *fmt, ...)
 	va_start(ap, fmt);
 	sync_error_vmsg(m, code, fmt, ap);
 	va_end(ap);
+}
+
+/* ---- per-VM authorization ------------------------------------------------ */
+
+static char ascii_lower(char c)
+{
+	return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+}
+
+static bool equal_nocase(const char *a, const char *b, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (ascii_lower(a[i]) != ascii_lower(b[i]))
+			return false;
+	return true;
+}
+
+bool sync_name_match(const char *pattern, const char *name)
+{
+	size_t plen, nlen, rest, label;
+
+	if (!pattern || !name || !*pattern || !*name)
+		return false;
+	plen = strlen(pattern);
+	nlen = strlen(name);
+	if (pattern[0] != '*')
+		return plen == nlen && equal_nocase(pattern, name, nlen);
+	/* "*.REST": one label, then ".REST" exactly. */
+	if (plen < 3 || pattern[1] != '.')
+		return false;
+	rest = plen - 1; /* ".REST" */
+	if (nlen <= rest)
+		return false;
+	label = nlen - rest;
+	if (!equal_nocase(pattern + 1, name + label, rest))
+		return false;
+	/* The label a '*' stands for: no dot (one label only), and no '*'
+	 * of the certificate's own. */
+	return !memchr(name, '.', label) && !memchr(name, '*', label);
+}
+
+const char *sync_name_pattern_problem(const char *pattern)
+{
+	const char *p;
+
+	if (!pattern || !*pattern)
+		return "is empty";
+	for (p = pattern; *p; p++)
+		if ((unsigned char)*p <= 0x20 || *p == 0x7F || *p == ',')
+			return "has a space, a comma or a control character";
+	if (pattern[0] == '*') {
+		if (pattern[1] != '.' || !pattern[2] || pattern[2] == '.')
+			return "has a '*' that is not a whole leftmost label "
+			       "('*.example.com')";
+		if (strchr(pattern + 1, '*'))
+			return "has a '*' past its leftmost label";
+		return NULL;
+	}
+	if (strchr(pattern, '*'))
+		return "has a '*' that is not a whole leftmost label "
+		       "('*.example.com')";
+	return NULL;
+}
+
+static void say(char *why, size_t len, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void say(char *why, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!why || !len)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(why, len, fmt, ap);
+	va_end(ap);
+}
+
+bool sync_authorized(const struct sync_vm_auth *auth,
+		     const struct sync_cred *cred, char *why, size_t whylen)
+{
+	const char *vm = auth ? auth->vm : "(none)";
+	unsigned i, k;
+
+	switch (cred->kind) {
+	case SYNC_CRED_PLAIN:
+		/* --insecure, loopback only: nothing to tell peers apart. */
+		return true;
+	case SYNC_CRED_KEY:
+		if (auth && auth->key_id) {
+			/* The VM's own key, whatever else the peer holds. */
+			if (cred->key_id && !strcmp(cred->key_id, auth->key_id))
+				return true;
+			say(why, whylen,
+			    "VM %s admits its own key only, and the peer "
+			    "used %s",
+			    vm,
+			    cred->agent_key ? "the agent key"
+					    : "another VM's key");
+			return false;
+		}
+		if (cred->agent_key)
+			return true;
+		say(why, whylen,
+		    "the peer used another VM's key, and VM %s has no key of "
+		    "its own (it admits the agent key)",
+		    vm);
+		return false;
+	case SYNC_CRED_CERT:
+		if (!auth || !auth->nallow)
+			return true;
+		for (i = 0; i < auth->nallow; i++)
+			for (k = 0; k < cred->nnames; k++)
+				if (sync_name_match(auth->allow[i],
+						    cred->names[k]))
+					return true;
+		say(why, whylen,
+		    "no name of the peer's certificate matches an allow "
+		    "pattern of VM %s",
+		    vm);
+		return false;
+	}
+	say(why, whylen, "unknown kind of authentication");
+	return false;
 }

@@ -78,6 +78,10 @@ enum proto_type {
 /* The recovery image is held by another program, view or session
  * (vhdx_lock()): not retried. */
 #define PROTO_ERR_IN_USE 8
+/* The peer authenticated, but its key or certificate is not allowed for
+ * the VM of the export it named (issue 15): nothing was read or written,
+ * and trying again will not help. */
+#define PROTO_ERR_NOT_AUTHORIZED 9
 
 /* Sizes from docs/protocol.md. */
 #define PROTO_HASH_LEN 16u

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "agent/lib/svgmap.h"
 #include "agent/sync/common.h"
 #include "agent/sync/setup.h"
 #include "agent/sync/proto.h"
@@ -78,6 +79,11 @@ struct push_params {
 	/* Called a few times a second from push_disk()'s thread. */
 	void (*progress)(void *ctx, const struct push_stats *st);
 	void *ctx;
+	/* Optional: each range compared goes in here as zero on both
+	 * sides, identical, or differing (the 4 KiB pieces sent), for a
+	 * picture of the disk.  Written from push_disk()'s thread only (the
+	 * progress callback runs there too, so it may read it). */
+	struct svgmap *map;
 };
 
 /*

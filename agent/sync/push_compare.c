@@ -6,6 +6,9 @@
  * compares, asks for the sub-block hashes of blocks that differ and sends
  * the differing 4 KiB pieces, then DONE.
  *
+ * What each range turned out to be (zero on both sides, identical, sent)
+ * goes into push_params.map when the caller wants a picture of the disk.
+ *
  * Memory is bounded by the window the recovery side announces: the hash
  * ring holds at most one window of entries, and only blocks that differ
  * (at most one window of them, since credit is returned only for decided
@@ -179,6 +182,14 @@ static bool is_zero(const uint8_t *p, size_t len)
 	return !memcmp(p, zero_page, len);
 }
 
+/* Tell the caller's map (push_params.map) what a range is. */
+static void mark(struct push *ps, uint64_t off, uint64_t len,
+		 enum svgmap_class c)
+{
+	if (ps->p->map)
+		svgmap_add(ps->p->map, off, len, c);
+}
+
 /*
  * Send the 4 KiB pieces of block @block whose hashes differ.  @data NULL:
  * the block reads as zeros here; @local/@remote NULL: every piece has the
@@ -199,18 +210,22 @@ static int send_pieces(struct push *ps, uint64_t block, uint32_t len,
 		int k = 0;
 
 		if (i < nsub) {
-			const uint8_t *zh;
+			const uint8_t *zh, *lh, *rh;
 
 			plen = len - off < PROTO_SUBBLOCK ? len - off
 							  : PROTO_SUBBLOCK;
 			zh = sync_zero_sub_hash(&ps->rd.zero, plen);
-			if (memcmp(local ? local + (size_t)i * PROTO_HASH_LEN
-					 : zh,
-				   remote ? remote + (size_t)i * PROTO_HASH_LEN
-					  : zh,
-				   PROTO_HASH_LEN)) {
+			lh = local ? local + (size_t)i * PROTO_HASH_LEN : zh;
+			rh = remote ? remote + (size_t)i * PROTO_HASH_LEN : zh;
+			if (memcmp(lh, rh, PROTO_HASH_LEN)) {
 				ps->st->bytes_different += plen;
 				k = !data || is_zero(data + off, plen) ? 1 : 2;
+				mark(ps, base + off, plen, SVGMAP_DIFF);
+			} else {
+				mark(ps, base + off, plen,
+				     memcmp(lh, zh, PROTO_HASH_LEN)
+					     ? SVGMAP_SAME
+					     : SVGMAP_ZERO);
 			}
 		}
 		if (kind &&
@@ -422,31 +437,8 @@ static void *rx_main(void *arg)
 int push_remote_error(struct push *ps)
 {
 	const struct msg_error *e = &ps->remote;
-	int ret;
+	int ret = sync_error_errno(e->code);
 
-	switch (e->code) {
-	case PROTO_ERR_UNKNOWN_EXPORT:
-		ret = -ENOENT;
-		break;
-	case PROTO_ERR_BUSY:
-		ret = -EBUSY;
-		break;
-	case PROTO_ERR_IN_USE: /* not -EBUSY: that one is retried */
-		ret = -ETXTBSY;
-		break;
-	case PROTO_ERR_GEOMETRY:
-		ret = -EXDEV;
-		break;
-	case PROTO_ERR_UNSUPPORTED:
-		ret = -EPROTONOSUPPORT;
-		break;
-	case PROTO_ERR_PROTOCOL:
-		ret = -EPROTO;
-		break;
-	default:
-		ret = -EIO;
-		break;
-	}
 	return push_fail(ps, ret, "peer %s: %s", ps->peer,
 			 e->message[0] ? e->message
 				       : "error without a message");
@@ -584,8 +576,10 @@ static int64_t compare_next(struct push *ps, uint64_t avail)
 			ps->st->bytes_compared += len;
 			if (e[0] == PROTO_KIND_ZERO ||
 			    !memcmp(e + 1, zero_hash_for(ps, len),
-				    PROTO_HASH_LEN))
+				    PROTO_HASH_LEN)) {
+				mark(ps, blk * ps->bs, len, SVGMAP_ZERO);
 				continue;
+			}
 			ps->st->blocks_different++;
 			ret = add_pending(ps, blk, len, NULL);
 			if (ret < 0)
@@ -598,8 +592,10 @@ static int64_t compare_next(struct push *ps, uint64_t avail)
 	e = ps->ring + (b.index % ps->window) * PROTO_HASH_ENTRY_LEN;
 	ps->st->bytes_compared += b.len;
 	if (e[0] == PROTO_KIND_ZERO) {
-		if (memcmp(b.hash.b, zero_hash_for(ps, b.len),
-			   PROTO_HASH_LEN)) {
+		if (!memcmp(b.hash.b, zero_hash_for(ps, b.len),
+			    PROTO_HASH_LEN)) {
+			mark(ps, b.off, b.len, SVGMAP_ZERO);
+		} else {
 			/* The other side is all zeros: its sub-hashes are
 			 * known, no need to ask for them. */
 			ps->st->blocks_different++;
@@ -616,6 +612,11 @@ static int64_t compare_next(struct push *ps, uint64_t avail)
 		ret = add_pending(ps, b.index, b.len, &b);
 		if (ret < 0)
 			return ret;
+	} else {
+		mark(ps, b.off, b.len,
+		     memcmp(b.hash.b, zero_hash_for(ps, b.len), PROTO_HASH_LEN)
+			     ? SVGMAP_SAME
+			     : SVGMAP_ZERO);
 	}
 	ur_stream_release(ps->rd.stream, 1);
 	ps->next_block++;

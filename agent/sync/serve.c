@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
 #include <zstd.h>
 
 #include "agent/lib/fmt.h"
@@ -73,6 +74,7 @@ static const char *const refusal_names[REFUSED_KINDS] = {
 	[REFUSED_TIMEOUT] = "no handshake and HELLO within the time limit",
 	[REFUSED_HANDSHAKE] = "handshake or HELLO failed",
 	[REFUSED_BUSY] = "told busy",
+	[REFUSED_NOT_AUTHORIZED] = "not authorized for the VM",
 };
 
 /* The period's summary, when lines were held back; under srv->lock, the
@@ -177,11 +179,48 @@ static struct export *find_export(struct server *srv, const char *name)
 
 static void free_export(struct export *e)
 {
+	unsigned i;
+
 	if (!e)
 		return;
 	free(e->name);
 	free(e->path);
+	free((char *)e->auth.vm);
+	free((char *)e->auth.key_id);
+	for (i = 0; e->allow && i < e->auth.nallow; i++)
+		free(e->allow[i]);
+	free(e->allow);
 	free(e);
+}
+
+/* Give @e its own copy of @auth, with the id of the VM's own key when
+ * the server holds one. */
+static int copy_auth(struct server *srv, struct export *e,
+		     const struct sync_vm_auth *auth)
+{
+	unsigned i;
+
+	e->has_auth = true;
+	if (!(e->auth.vm = strdup(auth->vm ? auth->vm : "")))
+		return -ENOMEM;
+	for (i = 0; i < srv->cfg.tls.nvm_keys; i++)
+		if (srv->vm_keys[i].vm &&
+		    !strcmp(srv->vm_keys[i].vm, e->auth.vm))
+			break;
+	if (i < srv->cfg.tls.nvm_keys &&
+	    !(e->auth.key_id = strdup(srv->key_ids[i])))
+		return -ENOMEM;
+	if (!auth->nallow)
+		return 0;
+	e->allow = calloc(auth->nallow, sizeof(*e->allow));
+	if (!e->allow)
+		return -ENOMEM;
+	e->auth.nallow = auth->nallow;
+	for (i = 0; i < auth->nallow; i++)
+		if (!(e->allow[i] = strdup(auth->allow[i])))
+			return -ENOMEM;
+	e->auth.allow = (const char *const *)e->allow;
+	return 0;
 }
 
 static void describe_export(struct server *srv, const struct export *e)
@@ -256,6 +295,13 @@ static struct export *new_export(const char *name, const char *path, int *ret,
 int server_add_export(struct server *srv, const char *name, const char *path,
 		      char *err, size_t errlen)
 {
+	return server_add_vm_export(srv, name, path, NULL, err, errlen);
+}
+
+int server_add_vm_export(struct server *srv, const char *name, const char *path,
+			 const struct sync_vm_auth *auth, char *err,
+			 size_t errlen)
+{
 	const char *problem = sync_export_name_problem(name, strlen(name));
 	struct export *e;
 	bool running;
@@ -268,6 +314,11 @@ int server_add_export(struct server *srv, const char *name, const char *path,
 	e = new_export(name, path, &ret, err, errlen);
 	if (!e)
 		return ret;
+	if (auth && copy_auth(srv, e, auth)) {
+		free_export(e);
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
 	pthread_mutex_lock(&srv->lock);
 	if (find_export(srv, name)) {
 		pthread_mutex_unlock(&srv->lock);
@@ -339,6 +390,48 @@ int server_export_busy(struct server *srv, const char *name)
 
 /* ---- server life --------------------------------------------------------- */
 
+static void free_vm_keys(struct server *srv)
+{
+	unsigned i;
+
+	if (srv->vm_keys) {
+		for (i = 0; i < srv->cfg.tls.nvm_keys; i++)
+			free((char *)srv->vm_keys[i].vm);
+		OPENSSL_cleanse(srv->vm_keys,
+				srv->cfg.tls.nvm_keys * sizeof(*srv->vm_keys));
+	}
+	free(srv->vm_keys);
+	free(srv->key_ids);
+	srv->vm_keys = NULL;
+	srv->key_ids = NULL;
+	srv->cfg.tls.vm_keys = NULL;
+	srv->cfg.tls.nvm_keys = 0;
+}
+
+/* The VMs' own keys are the server's to keep: the caller may wipe its. */
+static int copy_vm_keys(struct server *srv)
+{
+	unsigned i, n = srv->cfg.tls.nvm_keys;
+	const struct tls_vm_key *from = srv->cfg.tls.vm_keys;
+
+	srv->cfg.tls.vm_keys = NULL;
+	if (!n)
+		return 0;
+	srv->vm_keys = calloc(n, sizeof(*srv->vm_keys));
+	srv->key_ids = calloc(n, sizeof(*srv->key_ids));
+	if (!srv->vm_keys || !srv->key_ids)
+		return -ENOMEM;
+	srv->cfg.tls.vm_keys = srv->vm_keys;
+	for (i = 0; i < n; i++) {
+		srv->vm_keys[i].vm = strdup(from[i].vm ? from[i].vm : "");
+		if (!srv->vm_keys[i].vm)
+			return -ENOMEM;
+		memcpy(srv->vm_keys[i].psk, from[i].psk, TLS_PSK_LEN);
+		tls_psk_key_id(from[i].psk, srv->key_ids[i]);
+	}
+	return 0;
+}
+
 struct server *server_new(const struct server_config *cfg, char *err,
 			  size_t errlen)
 {
@@ -352,6 +445,10 @@ struct server *server_new(const struct server_config *cfg, char *err,
 		return NULL;
 	}
 	srv->cfg = *cfg;
+	if (copy_vm_keys(srv)) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
 	srv->listen = strdup(cfg->listen ? cfg->listen : SERVER_DEFAULT_LISTEN);
 	srv->state_dir = strdup(cfg->state_dir ? cfg->state_dir
 					       : SERVER_DEFAULT_STATE_DIR);
@@ -403,6 +500,7 @@ struct server *server_new(const struct server_config *cfg, char *err,
 	return srv;
 
 fail:
+	free_vm_keys(srv);
 	free(srv->listen);
 	free(srv->state_dir);
 	free(srv);
@@ -427,6 +525,7 @@ void server_free(struct server *srv)
 		close(srv->stop_pipe[1]);
 	pthread_mutex_destroy(&srv->lock);
 	pthread_cond_destroy(&srv->cond);
+	free_vm_keys(srv);
 	free(srv->listen);
 	free(srv->state_dir);
 	free(srv);
@@ -467,8 +566,45 @@ void server_stop(struct server *srv)
 
 /* ---- session threads ----------------------------------------------------- */
 
+/*
+ * May the session's peer open export @e?  Under srv->lock; when not,
+ * @vm gets the export's VM and @why the reason, for refuse().
+ */
+static bool authorized(struct session *s, const struct export *e, char *vm,
+		       size_t vmlen, char *why, size_t whylen)
+{
+	struct sync_cred cred;
+
+	conn_cred(s->c, &cred);
+	if (sync_authorized(e->has_auth ? &e->auth : NULL, &cred, why, whylen))
+		return true;
+	snprintf(vm, vmlen, "%s", e->has_auth ? e->auth.vm : e->name);
+	return false;
+}
+
+/*
+ * Tell a peer that is not allowed for the VM why (ERROR 9), and log it
+ * with its address and identity (rate-limited like the other refusals:
+ * the peer authenticated, but may still be a compromised host).
+ */
+static int refuse(struct session *s, const char *vm, const char *why)
+{
+	struct msg m;
+
+	sync_error_msg(&m, PROTO_ERR_NOT_AUTHORIZED, "not authorized for VM %s",
+		       vm);
+	s->error_sent = true;
+	session_send(s, &m);
+	refusal(s->srv, REFUSED_NOT_AUTHORIZED,
+		"session %u: peer %s (%s): not authorized for VM %s: "
+		"refused export %s (%s); nothing was read or written",
+		s->id, s->peer, conn_identity(s->c), vm, s->hello.name, why);
+	return -EACCES;
+}
+
 static int claim_export(struct session *s)
 {
+	char vm[PROTO_NAME_MAX + 1], why[300];
 	struct export *e, *o;
 	struct stat st;
 	bool busy = false;
@@ -482,6 +618,12 @@ static int claim_export(struct session *s)
 				     "unknown export "
 				     "'%s'",
 				     s->hello.name);
+	}
+	/* Before anything of the disk is looked at, even whether it is
+	 * busy: a peer not allowed for the VM learns nothing of it. */
+	if (!authorized(s, e, vm, sizeof(vm), why, sizeof(why))) {
+		pthread_mutex_unlock(&s->srv->lock);
+		return refuse(s, vm, why);
 	}
 	if (stat(e->path, &st) < 0) {
 		ret = errno;

@@ -50,7 +50,9 @@
 struct server_config {
 	const char *listen;    /* "ADDR:PORT"; NULL: 0.0.0.0:7433 */
 	struct tls_config tls; /* copied; its strings must outlive the
-				* server */
+				* server.  Its vm_keys (copied too) are
+				* the VMs with a key of their own: such a
+				* VM's exports admit that key only. */
 	const char *state_dir; /* NULL: SERVER_DEFAULT_STATE_DIR */
 	uint64_t window_bytes; /* flow-control window in disk bytes;
 				* 0: 8 MiB (at least 8 blocks) */
@@ -85,6 +87,17 @@ struct server *server_new(const struct server_config *cfg, char *err,
  */
 int server_add_export(struct server *s, const char *name, const char *path,
 		      char *err, size_t errlen);
+/*
+ * server_add_export() for a disk of VM @auth->vm, which only peers
+ * @auth admits may open (sync_authorized() of common.h); @auth and its
+ * strings are copied.  @auth->key_id is ignored: a VM that has a key in
+ * cfg.tls.vm_keys admits that key and no other.  Any other authenticated peer
+ * that names it is answered ERROR 9 (not authorized) before anything of it is
+ * read.
+ */
+int server_add_vm_export(struct server *s, const char *name, const char *path,
+			 const struct sync_vm_auth *auth, char *err,
+			 size_t errlen);
 /* Forget an export; -EBUSY while it is in a session, -ENOENT if unknown. */
 int server_remove_export(struct server *s, const char *name);
 /* Hold an export (HOLD true): new sessions on it get ERROR busy until it

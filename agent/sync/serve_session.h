@@ -40,6 +40,11 @@ struct export
 	bool held; /* server_hold_export(): refuse sessions */
 	dev_t dev; /* of the file while busy */
 	ino_t ino;
+	/* Who may open it (server_add_vm_export(), a copy); has_auth
+	 * false: an export of no VM, open to every authenticated peer. */
+	bool has_auth;
+	struct sync_vm_auth auth;
+	char **allow; /* auth.allow's strings */
 };
 
 struct session;
@@ -56,6 +61,7 @@ enum serve_refusal {
 	REFUSED_TIMEOUT,   /* no handshake and HELLO within the limit */
 	REFUSED_HANDSHAKE, /* the handshake or HELLO failed */
 	REFUSED_BUSY,	   /* authenticated, told "busy" */
+	REFUSED_NOT_AUTHORIZED, /* authenticated, not allowed for the VM */
 	REFUSED_KINDS
 };
 
@@ -65,6 +71,10 @@ struct server {
 	char *state_dir;
 	struct tls_listener *l;
 	char addr[128];
+
+	/* cfg.tls.vm_keys, copied, and their key ids (tls_psk_key_id). */
+	struct tls_vm_key *vm_keys;
+	char (*key_ids)[TLS_KEY_ID_LEN + 1];
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond; /* a session ended */

@@ -26,8 +26,37 @@ struct tls_listener {
 	SSL_CTX *ctx; /* NULL for plain TCP */
 	enum tls_mode mode;
 	uint8_t psk[TLS_PSK_LEN];
+	/* PSK: every key it admits, the agent key first; its connections
+	 * point here, and all of them are closed before the listener. */
+	struct tls_key_entry *keys;
+	unsigned nkeys;
 	char addr[PEER_LEN];
 };
+
+/* The keys a PSK listener admits, with their ids: the agent-wide key,
+ * then each VM's own. */
+static int copy_keys(struct tls_listener *l, const struct tls_config *cfg)
+{
+	unsigned i;
+
+	l->keys = calloc(cfg->nvm_keys + 1, sizeof(*l->keys));
+	if (!l->keys)
+		return -ENOMEM;
+	memcpy(l->keys[0].psk, cfg->psk, TLS_PSK_LEN);
+	tls_psk_key_id(cfg->psk, l->keys[0].id);
+	l->nkeys = 1;
+	for (i = 0; i < cfg->nvm_keys; i++) {
+		struct tls_key_entry *k = &l->keys[l->nkeys];
+
+		k->vm = strdup(cfg->vm_keys[i].vm ? cfg->vm_keys[i].vm : "?");
+		if (!k->vm)
+			return -ENOMEM;
+		memcpy(k->psk, cfg->vm_keys[i].psk, TLS_PSK_LEN);
+		tls_psk_key_id(k->psk, k->id);
+		l->nkeys++;
+	}
+	return 0;
+}
 
 /* ---- listener ----------------------------------------------------------- */
 
@@ -140,8 +169,14 @@ int tls_listen(const char *addr, const struct tls_config *cfg,
 	}
 	l->fd = -1;
 	l->mode = cfg->mode;
-	if (cfg->mode == TLS_MODE_PSK)
+	if (cfg->mode == TLS_MODE_PSK) {
 		memcpy(l->psk, cfg->psk, TLS_PSK_LEN);
+		if (copy_keys(l, cfg)) {
+			sync_seterr(err, "listen %s: out of memory", addr);
+			ret = -ENOMEM;
+			goto fail;
+		}
+	}
 
 	if (cfg->mode == TLS_MODE_INSECURE && !*host) {
 		sync_seterr(err,
@@ -193,12 +228,20 @@ int tls_listener_fd(const struct tls_listener *l)
 
 void tls_listener_close(struct tls_listener *l)
 {
+	unsigned i;
+
 	if (!l)
 		return;
 	if (l->fd >= 0)
 		close(l->fd);
 	SSL_CTX_free(l->ctx);
 	OPENSSL_cleanse(l->psk, sizeof(l->psk));
+	if (l->keys) {
+		for (i = 0; i < l->nkeys; i++)
+			free(l->keys[i].vm);
+		OPENSSL_cleanse(l->keys, sizeof(*l->keys) * l->nkeys);
+		free(l->keys);
+	}
 	free(l);
 }
 
@@ -267,6 +310,8 @@ int tls_accept(struct tls_listener *l, struct conn **out,
 		sync_seterr(err, "listen %s: out of memory", l->addr);
 		return -ENOMEM;
 	}
+	c->keys = l->keys;
+	c->nkeys = l->nkeys;
 	if (l->ctx) {
 		ret = tls_conn_attach_ssl(c, l->ctx, err);
 		if (ret) {
@@ -411,6 +456,15 @@ int tls_connect(const char *addr, const struct tls_config *cfg, int timeout_ms,
 		goto fail;
 	}
 	c->timeout_ms = timeout_ms;
+	/* A VM's own key goes under its id, so the server knows which
+	 * one it is; the agent key keeps the identity of old. */
+	if (cfg->mode == TLS_MODE_PSK && cfg->psk_by_id) {
+		char id[TLS_KEY_ID_LEN + 1];
+
+		tls_psk_key_id(cfg->psk, id);
+		snprintf(c->offer, sizeof(c->offer), "%s%s", TLS_PSK_KEY_PREFIX,
+			 id);
+	}
 	if (ctx) {
 		ret = tls_conn_attach_ssl(c, ctx, err);
 		if (ret)

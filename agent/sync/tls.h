@@ -24,11 +24,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "agent/sync/common.h"
 #include "vhdx/vhdx.h"
 
 #define TLS_DEFAULT_PORT 7433
 #define TLS_PSK_LEN 32
 #define TLS_PSK_IDENTITY "hvresync/1"
+/*
+ * A key other than the agent-wide one (a VM's own, issue 15) is offered
+ * under the identity TLS_PSK_KEY_PREFIX + its key id: 32 hex digits of
+ * SHA-256("hvresync key id" NUL, key), which names the key without
+ * revealing it.  The server picks the key by that id, so a primary need
+ * not know whose key it holds, and the server knows which key
+ * authenticated the connection.
+ */
+#define TLS_PSK_KEY_PREFIX "hvresync/1 key "
+#define TLS_KEY_ID_LEN 32
 
 enum tls_mode {
 	TLS_MODE_PSK,	   /* TLS 1.3 external PSK, no certificates */
@@ -36,12 +47,25 @@ enum tls_mode {
 	TLS_MODE_INSECURE, /* plain TCP, loopback addresses only */
 };
 
+/* A VM's own pre-shared key, which a server admits besides its own. */
+struct tls_vm_key {
+	const char *vm; /* whose key it is, for logs */
+	uint8_t psk[TLS_PSK_LEN];
+};
+
 struct tls_config {
 	enum tls_mode mode;
 	uint8_t psk[TLS_PSK_LEN]; /* TLS_MODE_PSK: see tls_load_psk() */
-	const char *cert;	  /* TLS_MODE_X509: PEM chain of this side */
-	const char *key;	  /* TLS_MODE_X509: PEM private key */
-	const char *ca;		  /* TLS_MODE_X509: PEM CA(s) to trust */
+	/* Client, TLS_MODE_PSK: @psk is not the agent-wide key but a VM's
+	 * own: offer it under its key id, not TLS_PSK_IDENTITY. */
+	bool psk_by_id;
+	/* Server, TLS_MODE_PSK: more keys to admit, picked by their key id
+	 * (copied by tls_listen()); conn_cred() says which one it was. */
+	const struct tls_vm_key *vm_keys;
+	unsigned nvm_keys;
+	const char *cert; /* TLS_MODE_X509: PEM chain of this side */
+	const char *key;  /* TLS_MODE_X509: PEM private key */
+	const char *ca;	  /* TLS_MODE_X509: PEM CA(s) to trust */
 };
 
 struct tls_listener;
@@ -54,6 +78,10 @@ struct conn;
  */
 int tls_load_psk(const char *path, uint8_t psk[TLS_PSK_LEN],
 		 struct vhdx_error *err);
+
+/* The key id of @psk (TLS_KEY_ID_LEN hex digits and a NUL): not secret. */
+void tls_psk_key_id(const uint8_t psk[TLS_PSK_LEN],
+		    char id[TLS_KEY_ID_LEN + 1]);
 
 /*
  * Split "HOST:PORT", ":PORT", "[V6]:PORT", "HOST" or a bare IPv6 address
@@ -131,6 +159,16 @@ const char *conn_peer(const struct conn *c);
 /* How the peer was authenticated, for logs: "TLS 1.3, pre-shared key",
  * "TLS 1.3, certificate CN=...", "plain TCP (insecure)". */
 const char *conn_auth(const struct conn *c);
+/*
+ * Who the peer is, for authorization (server side, after the handshake):
+ * the key it used (its id, whether it is the agent-wide key), or the
+ * names of its certificate (subject CN, then its DNS SANs), or plain TCP.
+ * The strings live as long as @c.
+ */
+void conn_cred(const struct conn *c, struct sync_cred *out);
+/* The peer's identity in a few words for logs, no secrets: "key of VM
+ * a (id 3f2a...)", "the agent key", "certificate CN=host1". */
+const char *conn_identity(const struct conn *c);
 /* The socket, for poll() (data may also wait inside TLS: read first). */
 int conn_fd(const struct conn *c);
 /*

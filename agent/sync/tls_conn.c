@@ -22,6 +22,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "agent/lib/fmt.h"
 #include "agent/sync/tls_internal.h"
@@ -53,8 +54,11 @@ struct conn *tls_conn_new(int fd, const struct sockaddr *peer,
 	c->mode = mode;
 	c->server = server;
 	c->timeout_ms = ACCEPT_TIMEOUT_MS;
-	if (psk)
+	if (psk) {
 		memcpy(c->psk, psk, TLS_PSK_LEN);
+		c->have_agent_key = server;
+	}
+	snprintf(c->offer, sizeof(c->offer), "%s", TLS_PSK_IDENTITY);
 	pthread_mutex_init(&c->lock, NULL);
 	tls_format_sockaddr(peer, c->peer, sizeof(c->peer));
 	snprintf(c->auth, sizeof(c->auth), "%s",
@@ -193,8 +197,9 @@ static int handshake_failed(struct conn *c, int sslerr, int sys_errno,
 	if (c->bad_identity) {
 		peer_err(c, err,
 			 "authentication failed (the peer offered a "
-			 "pre-shared key identity other than %s)",
-			 TLS_PSK_IDENTITY);
+			 "pre-shared key this side does not hold: identity "
+			 "'%s')",
+			 c->bad_id);
 		return -EACCES;
 	}
 	if (vr != X509_V_OK && c->mode == TLS_MODE_X509) {
@@ -233,6 +238,63 @@ static int handshake_failed(struct conn *c, int sslerr, int sys_errno,
 	return -EPROTO;
 }
 
+/* Keep one certificate name; one with a NUL inside (a forgery trick)
+ * or control characters is left out, so it can match no pattern. */
+static void add_cert_name(struct conn *c, const unsigned char *p, int len)
+{
+	char **names;
+	char *n;
+	int i;
+
+	if (len <= 0 || len > 255)
+		return;
+	for (i = 0; i < len; i++)
+		if (p[i] < 0x20 || p[i] >= 0x7F)
+			return;
+	names = realloc(c->cert_names,
+			(c->ncert_names + 1) * sizeof(*c->cert_names));
+	if (!names)
+		return;
+	c->cert_names = names;
+	n = malloc((size_t)len + 1);
+	if (!n)
+		return;
+	memcpy(n, p, (size_t)len);
+	n[len] = '\0';
+	c->cert_names[c->ncert_names++] = n;
+}
+
+/* The verified peer certificate's subject CN and DNS SANs, which per-VM
+ * `allow` patterns are matched against. */
+static void collect_cert_names(struct conn *c, X509 *cert)
+{
+	X509_NAME *subj = X509_get_subject_name(cert);
+	GENERAL_NAMES *sans;
+	const GENERAL_NAME *g;
+	ASN1_STRING *d;
+	unsigned char *utf8;
+	int i, len;
+
+	for (i = X509_NAME_get_index_by_NID(subj, NID_commonName, -1); i >= 0;
+	     i = X509_NAME_get_index_by_NID(subj, NID_commonName, i)) {
+		d = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, i));
+		len = ASN1_STRING_to_UTF8(&utf8, d);
+		if (len < 0)
+			continue;
+		add_cert_name(c, utf8, len);
+		OPENSSL_free(utf8);
+	}
+	sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+	for (i = 0; sans && i < sk_GENERAL_NAME_num(sans); i++) {
+		g = sk_GENERAL_NAME_value(sans, i);
+		if (g->type != GEN_DNS)
+			continue;
+		add_cert_name(c, ASN1_STRING_get0_data(g->d.dNSName),
+			      ASN1_STRING_length(g->d.dNSName));
+	}
+	GENERAL_NAMES_free(sans);
+}
+
 static void describe_auth(struct conn *c)
 {
 	const char *suite = SSL_get_cipher_name(c->ssl);
@@ -240,16 +302,30 @@ static void describe_auth(struct conn *c)
 	char subj[160] = "";
 
 	if (c->mode == TLS_MODE_PSK) {
+		if (!c->server)
+			snprintf(c->identity, sizeof(c->identity),
+				 "pre-shared key");
+		else if (c->agent_key)
+			snprintf(c->identity, sizeof(c->identity),
+				 "the agent key");
+		else
+			snprintf(c->identity, sizeof(c->identity),
+				 "the key of VM %s (key id %.8s...)", c->key_vm,
+				 c->key_id);
 		snprintf(c->auth, sizeof(c->auth),
-			 "TLS 1.3 (%s), pre-shared key", suite);
+			 "TLS 1.3 (%s), pre-shared key%s%s", suite,
+			 c->server ? ": " : "", c->server ? c->identity : "");
 		return;
 	}
 	cert = SSL_get1_peer_certificate(c->ssl);
 	if (cert) {
 		X509_NAME_oneline(X509_get_subject_name(cert), subj,
 				  sizeof(subj));
+		if (c->server)
+			collect_cert_names(c, cert);
 		X509_free(cert);
 	}
+	snprintf(c->identity, sizeof(c->identity), "certificate %s", subj);
 	snprintf(c->auth, sizeof(c->auth), "TLS 1.3 (%s), certificate %s",
 		 suite, subj);
 }
@@ -548,6 +624,31 @@ const char *conn_auth(const struct conn *c)
 	return c->auth;
 }
 
+void conn_cred(const struct conn *c, struct sync_cred *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (c->mode == TLS_MODE_INSECURE || !c->ssl) {
+		out->kind = SYNC_CRED_PLAIN;
+		return;
+	}
+	if (c->mode == TLS_MODE_PSK) {
+		out->kind = SYNC_CRED_KEY;
+		out->key_id = c->key_id;
+		out->agent_key = c->agent_key;
+		return;
+	}
+	out->kind = SYNC_CRED_CERT;
+	out->names = (const char *const *)c->cert_names;
+	out->nnames = c->ncert_names;
+}
+
+const char *conn_identity(const struct conn *c)
+{
+	if (c->mode == TLS_MODE_INSECURE)
+		return "plain TCP (insecure)";
+	return c->identity[0] ? c->identity : "not authenticated";
+}
+
 int conn_fd(const struct conn *c)
 {
 	return c->fd;
@@ -611,6 +712,9 @@ void conn_close(struct conn *c)
 	}
 	close(c->fd);
 	OPENSSL_cleanse(c->psk, sizeof(c->psk));
+	while (c->ncert_names)
+		free(c->cert_names[--c->ncert_names]);
+	free(c->cert_names);
 	pthread_mutex_destroy(&c->lock);
 	free(c);
 }

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -157,6 +158,26 @@ static SSL_SESSION *psk_session(const struct conn *c, const SSL_CIPHER *ciph)
 	return s;
 }
 
+void tls_psk_key_id(const uint8_t psk[TLS_PSK_LEN], char id[TLS_KEY_ID_LEN + 1])
+{
+	/* A label of our own, so the id is no hash anyone else computes
+	 * of the key; the NUL ends the label. */
+	static const char label[] = "hvresync key id";
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0, i;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+
+	memset(md, 0, sizeof(md));
+	if (ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
+	    EVP_DigestUpdate(ctx, label, sizeof(label)) &&
+	    EVP_DigestUpdate(ctx, psk, TLS_PSK_LEN))
+		EVP_DigestFinal_ex(ctx, md, &mdlen);
+	EVP_MD_CTX_free(ctx);
+	for (i = 0; i < TLS_KEY_ID_LEN / 2; i++)
+		snprintf(id + 2 * i, 3, "%02x", md[i]);
+	id[TLS_KEY_ID_LEN] = '\0';
+}
+
 /* Client: offer the key under our identity; OpenSSL owns the session. */
 static int psk_use_cb(SSL *ssl, const EVP_MD *md, const unsigned char **id,
 		      size_t *idlen, SSL_SESSION **sess)
@@ -177,29 +198,76 @@ static int psk_use_cb(SSL *ssl, const EVP_MD *md, const unsigned char **id,
 	*sess = psk_session(c, ciph);
 	if (!*sess)
 		return 0;
-	*id = (const unsigned char *)TLS_PSK_IDENTITY;
-	*idlen = strlen(TLS_PSK_IDENTITY);
+	/* TLS_PSK_IDENTITY, or a VM key's prefix and id (tls_connect). */
+	*id = (const unsigned char *)c->offer;
+	*idlen = strlen(c->offer);
 	return 1;
 }
 
+/* The identity a client offered, printable and short, for the log. */
+static void note_bad_identity(struct conn *c, const unsigned char *id,
+			      size_t idlen)
+{
+	size_t i, n = 0;
+
+	c->bad_identity = true;
+	for (i = 0; i < idlen && n + 4 < sizeof(c->bad_id); i++)
+		c->bad_id[n++] =
+			(char)(id[i] < 0x20 || id[i] >= 0x7F ? '?' : id[i]);
+	if (i < idlen)
+		c->bad_id[n++] = '~';
+	c->bad_id[n] = '\0';
+}
+
+/* Server: which of its keys the identity names, NULL for none. */
+static const struct tls_key_entry *
+find_key(const struct conn *c, const unsigned char *id, size_t idlen)
+{
+	size_t plen = strlen(TLS_PSK_KEY_PREFIX);
+	unsigned i;
+
+	if (idlen == strlen(TLS_PSK_IDENTITY) &&
+	    !memcmp(id, TLS_PSK_IDENTITY, idlen)) {
+		/* Entry 0 is the agent-wide key when there is one. */
+		for (i = 0; i < c->nkeys; i++)
+			if (!c->keys[i].vm)
+				return &c->keys[i];
+		return NULL;
+	}
+	if (idlen != plen + TLS_KEY_ID_LEN ||
+	    memcmp(id, TLS_PSK_KEY_PREFIX, plen))
+		return NULL;
+	for (i = 0; i < c->nkeys; i++)
+		if (!memcmp(id + plen, c->keys[i].id, TLS_KEY_ID_LEN))
+			return &c->keys[i];
+	return NULL;
+}
+
 /*
- * Server: the key for our identity, nothing for any other.  With no
- * certificate configured, a handshake without the PSK cannot complete.
+ * Server: the key the identity names (the agent's for TLS_PSK_IDENTITY,
+ * any admitted key by its id), nothing for any other.  With no
+ * certificate configured, a handshake without a PSK cannot complete, and
+ * one with the wrong key for the identity fails its binder.
  */
 static int psk_find_cb(SSL *ssl, const unsigned char *id, size_t idlen,
 		       SSL_SESSION **sess)
 {
 	struct conn *c = SSL_get_app_data(ssl);
 	const SSL_CIPHER *ciph = SSL_CIPHER_find(ssl, psk_suite_id);
+	const struct tls_key_entry *k;
 
 	*sess = NULL;
 	if (!c || !ciph)
 		return 0;
-	if (idlen != strlen(TLS_PSK_IDENTITY) ||
-	    memcmp(id, TLS_PSK_IDENTITY, idlen)) {
-		c->bad_identity = true;
+	k = find_key(c, id, idlen);
+	if (!k) {
+		note_bad_identity(c, id, idlen);
 		return 1;
 	}
+	memcpy(c->psk, k->psk, TLS_PSK_LEN);
+	memcpy(c->key_id, k->id, sizeof(c->key_id));
+	c->agent_key = !k->vm;
+	snprintf(c->key_vm, sizeof(c->key_vm), "%s", k->vm ? k->vm : "");
 	*sess = psk_session(c, ciph);
 	return *sess ? 1 : 0;
 }

@@ -40,8 +40,28 @@ struct conn {
 	char fatal_msg[200];
 	bool bad_identity; /* peer offered a PSK identity not ours */
 	uint8_t psk[TLS_PSK_LEN];
+	/* Server: the keys it admits besides c->psk (the listener's copy,
+	 * which outlives its connections), and which one authenticated. */
+	const struct tls_key_entry *keys;
+	unsigned nkeys;
+	bool have_agent_key; /* c->psk holds the agent-wide key */
+	bool agent_key;	     /* the agent key authenticated the peer */
+	char key_id[TLS_KEY_ID_LEN + 1];
+	char key_vm[128];  /* whose key, for logs; "" for the agent's */
+	char bad_id[64];   /* the refused identity, printable, for logs */
+	char **cert_names; /* the peer certificate's CN and DNS SANs */
+	unsigned ncert_names;
+	char identity[200]; /* conn_identity() */
+	char offer[64];	    /* client: the PSK identity it offers */
 	char peer[PEER_LEN];
 	char auth[256];
+};
+
+/* A key a listener admits, with its id computed once. */
+struct tls_key_entry {
+	char *vm; /* NULL: the agent-wide key */
+	uint8_t psk[TLS_PSK_LEN];
+	char id[TLS_KEY_ID_LEN + 1];
 };
 
 /* tls_addr.c: "1.2.3.4:7433" or "[::1]:7433"; v4-mapped shows as v4. */
