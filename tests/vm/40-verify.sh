@@ -35,15 +35,16 @@ vcheck() {
 
 cold() { sync && echo 3 >/proc/sys/vm/drop_caches; }
 
-# verify3 LABEL X Y: the pair X, Y (paths of a kind) with and without
-# --direct; sets COLD to the cold-cache time of the plain run
+# verify3 LABEL PAIR X Y: the pair X, Y (paths of a kind) of PAIR (big or
+# full) with and without --direct; sets COLD and DIRECT to the
+# cold-cache times
 verify3() {
-	local label=$1 x=$2 y=$3
+	local label=$1 pair=$2 x=$3 y=$4
 	cold
-	vcheck "$label: verify big-a big-c (cold cache)" 1 "$IMG/big-ac.diff" "$x" "$y"
+	vcheck "$label: verify $pair-a $pair-c (cold cache)" 1 "$IMG/$pair-ac.diff" "$x" "$y"
 	COLD=$ELAPSED
 	cold
-	vcheck "$label: verify --direct big-a big-c (cold cache)" 1 "$IMG/big-ac.diff" --direct "$x" "$y"
+	vcheck "$label: verify --direct $pair-a $pair-c (cold cache)" 1 "$IMG/$pair-ac.diff" --direct "$x" "$y"
 	DIRECT=$ELAPSED
 }
 
@@ -56,16 +57,24 @@ else
 	fail "verify --json: $(head -n 1 "$T/err")"
 fi
 refusal "verify of disks of different sizes" hv verify "$IMG/dyn.vhdx" "$IMG/fixed.vhdx"
-verify3 files "$A" "$C"
+verify3 files big "$A" "$C"
 F_COLD=$COLD F_DIRECT=$DIRECT
+verify3 files full "$IMG/full-a.vhdx" "$IMG/full-c.vhdx"
+FF_COLD=$COLD FF_DIRECT=$DIRECT
 
 # FUSE views
 V_COLD=- V_DIRECT=-
 mkdir -p "$T/fv"
 cold
 if expect_rc 0 "mount big-a big-c (FUSE views)" hv mount "$A" "$C" "$T/fv"; then
-	verify3 "FUSE views" "$T/fv/big-a" "$T/fv/big-c"
+	verify3 "FUSE views" big "$T/fv/big-a" "$T/fv/big-c"
 	V_COLD=$COLD V_DIRECT=$DIRECT
+	expect_rc 0 "umount the FUSE views" hv umount "$T/fv"
+fi
+FV_COLD=- FV_DIRECT=-
+if expect_rc 0 "mount full-a full-c (FUSE views)" hv mount "$IMG/full-a.vhdx" "$IMG/full-c.vhdx" "$T/fv"; then
+	verify3 "FUSE views" full "$T/fv/full-a" "$T/fv/full-c"
+	FV_COLD=$COLD FV_DIRECT=$DIRECT
 	expect_rc 0 "umount the FUSE views" hv umount "$T/fv"
 fi
 
@@ -73,7 +82,7 @@ fi
 M_COLD=- M_DIRECT=-
 if expect_rc 0 "map big-a" hv map "$A" hvr-big-a &&
 	expect_rc 0 "map big-c" hv map "$C" hvr-big-c; then
-	verify3 "dm views" /dev/mapper/hvr-big-a /dev/mapper/hvr-big-c
+	verify3 "dm views" big /dev/mapper/hvr-big-a /dev/mapper/hvr-big-c
 	M_COLD=$COLD M_DIRECT=$DIRECT
 	# the two kernel paths must show the same bytes
 	if hv mount "$B" "$T/fv" 2>"$T/err"; then
@@ -86,9 +95,19 @@ if expect_rc 0 "map big-a" hv map "$A" hvr-big-a &&
 fi
 hv unmap hvr-big-a >/dev/null 2>&1
 hv unmap hvr-big-c >/dev/null 2>&1
+FM_COLD=- FM_DIRECT=-
+if expect_rc 0 "map full-a" hv map "$IMG/full-a.vhdx" hvr-full-a &&
+	expect_rc 0 "map full-c" hv map "$IMG/full-c.vhdx" hvr-full-c; then
+	verify3 "dm views" full /dev/mapper/hvr-full-a /dev/mapper/hvr-full-c
+	FM_COLD=$COLD FM_DIRECT=$DIRECT
+fi
+hv unmap hvr-full-a >/dev/null 2>&1
+hv unmap hvr-full-c >/dev/null 2>&1
 check "no dm device or loop device left" \
 	test "$(dm_leftovers)" -eq 0 -a "$(loop_leftovers)" -eq 0
 
 echo "timing: verify big pair (128 MiB virtual, 24 MiB written, 3 differences), cold cache: files $F_COLD s, FUSE views $V_COLD s, dm views $M_COLD s"
 echo "timing: verify --direct big pair, cold cache: files $F_DIRECT s, FUSE views $V_DIRECT s, dm views $M_DIRECT s"
+echo "timing: verify full pair (64 MiB fixed, written whole, 3 differences), cold cache: files $FF_COLD s, FUSE views $FV_COLD s, dm views $FM_COLD s"
+echo "timing: verify --direct full pair, cold cache: files $FF_DIRECT s, FUSE views $FV_DIRECT s, dm views $FM_DIRECT s"
 true
