@@ -188,7 +188,11 @@ check "  ... which is 9 3" test "$(vmf p bad ReplicationState) $(vmf p bad Repli
 check "bad never succeeded: no last-success sample" \
 	test -z "$(metric hvresync_vm_last_success_time_seconds 'vm="bad"')"
 
-say "a refused control caller counts"
+say "a refused peer and a refused control caller count"
+"$HVRESYNC" keygen wrongkey >/dev/null || fail "keygen wrongkey"
+"$HVRESYNC" push --psk-file wrongkey p/data.vhdx "127.0.0.1:$PP/good:data.vhdx" \
+	>/dev/null 2>push.err
+check "a push with the wrong key to the primary's listener fails (exit 2)" test $? = 2
 # past a loosened socket, so that SO_PEERCRED is what refuses nobody
 chmod 711 "$S"
 chmod 755 "$S/run"
@@ -196,6 +200,8 @@ chmod 666 "$(sock p)"
 timeout -k 5 30 runuser -u nobody -- "$HVRESYNC" vm list --control "$(sock p)" >/dev/null 2>&1
 wait_metric 10 hvresync_refused_connections_total 'listener="control"' 1 ||
 	fail "refused control connections counted"
+check "the refused peer is counted (listener=\"peer\")" \
+	test "$(metric hvresync_refused_connections_total 'listener="peer"')" = 1
 
 # ---------------------------------------------------------------------------
 say "a running job (slow: --bwlimit 512K, 80 s if nobody cancelled it)"

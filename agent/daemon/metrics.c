@@ -179,6 +179,9 @@ static void agent_families(struct prom *p, struct agent *a, int64_t now)
 		p, "hvresync_refused_connections_total", PROM_COUNTER,
 		"Connections refused since the agent started, by listener.");
 	prom_sample(p, (double)c.refused_control, "listener", "control", NULL);
+	if (a->server)
+		prom_sample(p, (double)server_refused_total(a->server),
+			    "listener", "peer", NULL);
 	prom_family(
 		p, "hvresync_jobs_failed_total", PROM_COUNTER,
 		"Resynchronization jobs that ended in Exception since the agent started.");

@@ -147,6 +147,7 @@ static void refusal(struct server *srv, enum serve_refusal kind,
 	if (now - srv->refusal_since >= REFUSAL_PERIOD)
 		refusal_period_end(srv, now, sum, sizeof(sum));
 	srv->refusals[kind]++;
+	srv->refused_total++;
 	show = srv->refusal_lines < REFUSAL_LINES;
 	if (show)
 		srv->refusal_lines++;
@@ -163,6 +164,16 @@ static void refusal(struct server *srv, enum serve_refusal kind,
 	va_end(ap);
 	serve_log(srv, LOG_PRIO_WARNING, "%s%s", line,
 		  last ? " (more such lines are summed up every 10 s)" : "");
+}
+
+uint64_t server_refused_total(struct server *srv)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&srv->lock);
+	n = srv->refused_total;
+	pthread_mutex_unlock(&srv->lock);
+	return n;
 }
 
 /* ---- exports ------------------------------------------------------------- */

@@ -113,6 +113,10 @@ int server_export_busy(struct server *s, const char *name);
 int server_listen(struct server *s, char *err, size_t errlen);
 /* The bound address ("127.0.0.1:7433"), or "" before listening. */
 const char *server_addr(const struct server *s);
+/* Connections refused or dropped since the server started (bad key or
+ * certificate, not authorized, too many, busy, protocol errors): the
+ * counter behind the agent's hvresync_refused_connections_total. */
+uint64_t server_refused_total(struct server *srv);
 
 /*
  * Finish every interrupted merge of an export (CHILD.merging left by a

@@ -90,6 +90,7 @@ struct server {
 	unsigned refusals[REFUSED_KINDS];
 	unsigned refusal_lines;
 	unsigned refusal_hidden;
+	uint64_t refused_total; /* every refusal since the start */
 
 	int stop_pipe[2];
 	int stop; /* atomic: set by server_stop() */
