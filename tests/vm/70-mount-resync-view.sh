@@ -315,7 +315,10 @@ else
 	kill -KILL $BG 2>/dev/null
 fi
 
-# --timeout and SIGTERM: the command cancels the job, then removes the views
+# --timeout and SIGTERM: the command cancels the job, then removes the views.
+# Fresh recovery disks first: the jobs cancelled above may have sent
+# everything already, and a job with nothing to send beats any timeout.
+fresh plain
 mr plain --view dm --timeout 1
 expect_mr 2 "--view dm --timeout 1: exit 2"
 check "that run first removed the views left behind, saying so" \
