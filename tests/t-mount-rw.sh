@@ -312,6 +312,11 @@ def cmd_bat(img, zlist, fixed, inspect_json):
         want = vhdxlib.FULLY_PRESENT if fixed else vhdxlib.ZERO
         if op == "ddzero" and v.block_size > MiB and not fixed:
             want = None                 # zeroed by several requests
+        # A base disk's block that was never allocated reads as zero
+        # already: a writer may leave it NOT_PRESENT rather than ZERO.
+        # (In a differencing child NOT_PRESENT would show the parent.)
+        if want == vhdxlib.ZERO and not v.has_parent and st == vhdxlib.NOT_PRESENT:
+            want = st
         if want is not None and st != want:
             bad.append("block %d (zeroed by %s) in state %d, want %d"
                        % (j, op, st, want))
