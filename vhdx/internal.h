@@ -316,6 +316,8 @@ struct vhdx_image {
 	uint32_t log_pos;	   /* where the next entry goes */
 	uint64_t *dirty;	   /* file offsets of 4 KiB sectors to log */
 	unsigned ndirty, dirty_cap;
+	bool batch;	    /* commit only at a flush (vhdx_writer_batch) */
+	uint64_t unkicked;  /* batch: written since writeback last started */
 	int write_error;    /* sticky: after a failed commit */
 	uint64_t alloc_end; /* next new block goes here (1 MiB aligned) */
 };
@@ -363,6 +365,12 @@ uint8_t *vhdx_get_bitmap(struct vhdx_image *img, uint64_t chunk, int *err);
 
 int vhdx_writer_init(struct vhdx_image *img);
 int vhdx_writer_close(struct vhdx_image *img);
+/* From now on BAT and sector-bitmap changes wait for vhdx_flush() or the
+ * close instead of committing whenever enough pile up: one commit, in as
+ * few log entries as the log holds, for a writer whose whole work is
+ * redone after a crash (a merge).  What it needs in memory grows with the
+ * sectors it changes, 8 bytes each. */
+void vhdx_writer_batch(struct vhdx_image *img);
 /* The end of everything IMG's BAT, logs and regions reference, rounded up
  * to 1 MiB: where the writer allocates next, and the size it trims an
  * unreferenced tail back to once the log is clean. */

@@ -18,6 +18,13 @@
  * bits are published with release stores after the data is written, so
  * concurrent readers (the FUSE view) never see a block before its data.
  *
+ * A writer commits whenever COMMIT_THRESHOLD sectors are pending, so
+ * that a crash loses little of what it was told to write.  A merge, which
+ * is redone whole after a crash anyway, asks for a batch instead
+ * (vhdx_writer_batch): its BAT and bitmap changes wait for its one flush
+ * and go into as few log entries as the log holds, and its data is sent
+ * to the disk as it is written, so that the flush waits for little.
+ *
  * Space: new blocks go after the last referenced byte, not at the file
  * size, and a tail nothing references (what a failed or crashed attempt
  * appended) is cut off while the log is clean: at the first write of an
@@ -40,6 +47,8 @@
 /* Pending sectors that trigger a commit on their own. */
 #define COMMIT_THRESHOLD 128
 #define ZERO_CHUNK (1 * MiB)
+/* Bytes a batch writes between two starts of writeback. */
+#define KICK_BYTES (1 * MiB)
 
 static const uint8_t zero_buf[ZERO_CHUNK];
 
@@ -151,11 +160,17 @@ static int renew_guids(struct vhdx_image *img)
 	return ret;
 }
 
+/* Sectors a run of writes dirties repeat close together (the same BAT or
+ * bitmap sector for one block after another), so only the last few are
+ * looked at here; compact_dirty() drops the other repeats. */
+#define DIRTY_RECENT 8
+
 static int mark_dirty(struct vhdx_image *img, uint64_t sector_off)
 {
-	unsigned i;
+	unsigned i =
+		img->ndirty > DIRTY_RECENT ? img->ndirty - DIRTY_RECENT : 0;
 
-	for (i = 0; i < img->ndirty; i++)
+	for (; i < img->ndirty; i++)
 		if (img->dirty[i] == sector_off)
 			return 0;
 	if (img->ndirty == img->dirty_cap) {
@@ -169,6 +184,32 @@ static int mark_dirty(struct vhdx_image *img, uint64_t sector_off)
 	}
 	img->dirty[img->ndirty++] = sector_off;
 	return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Sort the pending sectors by file offset and drop repeats. */
+static void compact_dirty(struct vhdx_image *img)
+{
+	unsigned i, n = 0;
+
+	qsort(img->dirty, img->ndirty, sizeof(*img->dirty), cmp_u64);
+	for (i = 0; i < img->ndirty; i++)
+		if (n == 0 || img->dirty[n - 1] != img->dirty[i])
+			img->dirty[n++] = img->dirty[i];
+	img->ndirty = n;
+}
+
+void vhdx_writer_batch(struct vhdx_image *img)
+{
+	pthread_mutex_lock(&img->write_lock);
+	img->batch = true;
+	pthread_mutex_unlock(&img->write_lock);
 }
 
 static int set_bat(struct vhdx_image *img, uint64_t idx, uint64_t entry)
@@ -368,43 +409,88 @@ static int write_block(struct vhdx_image *img, uint64_t j, uint64_t in_block,
 	}
 }
 
-/* The current 4 KiB sector at file offset OFF as this writer sees it. */
-static int sector_image(struct vhdx_image *img, uint64_t off, uint8_t *buf)
+/* Where each chunk's sector bitmap lies in the file, sorted by offset:
+ * which bitmap a dirty sector belongs to, without a walk of every chunk
+ * for every sector. */
+struct bitmap_at {
+	uint64_t off;
+	uint64_t chunk;
+};
+
+static int cmp_bitmap_at(const void *a, const void *b)
+{
+	const struct bitmap_at *x = a, *y = b;
+
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+static struct bitmap_at *bitmap_table(struct vhdx_image *img, uint64_t *n)
 {
 	const struct vhdx_info *in = &img->info;
-	uint64_t c, i, first, e;
+	struct bitmap_at *t;
+	uint64_t c, e, i;
+
+	*n = 0;
+	t = malloc((img->chunks ? img->chunks : 1) * sizeof(*t));
+	if (!t)
+		return NULL;
+	/* only a differencing image has a bitmap entry for every chunk
+	 * (the last chunk of any other may have none) and writes bitmaps */
+	for (c = 0; in->has_parent && c < img->chunks; c++) {
+		i = vhdx_bat_bitmap_index(c, in->chunk_ratio);
+		if (i >= in->bat_entries)
+			break;
+		e = img->bat[i];
+		if (vhdx_bat_state(e) != VHDX_SB_STATE_PRESENT)
+			continue;
+		t[*n].off = vhdx_bat_file_offset(e);
+		t[(*n)++].chunk = c;
+	}
+	qsort(t, *n, sizeof(*t), cmp_bitmap_at);
+	return t;
+}
+
+/* The current 4 KiB sector at file offset OFF as this writer sees it;
+ * BM (NBM long) from bitmap_table(). */
+static int sector_image(struct vhdx_image *img, uint64_t off, uint8_t *buf,
+			const struct bitmap_at *bm_at, uint64_t nbm)
+{
+	const struct vhdx_info *in = &img->info;
+	uint64_t i, first, lo = 0, hi = nbm, mid, k;
+	const uint8_t *bm;
 	int ret;
 
 	if (off >= in->bat_offset && off < in->bat_offset + in->bat_length) {
-		ret = vhdx_file_read(img, buf, VHDX_LOG_SECTOR, off);
-		if (ret)
-			return ret;
 		first = (off - in->bat_offset) / 8;
+		/* the file's bytes only where no entry covers the sector:
+		 * the end of the last one */
+		if (first + VHDX_LOG_SECTOR / 8 > in->bat_entries) {
+			ret = vhdx_file_read(img, buf, VHDX_LOG_SECTOR, off);
+			if (ret)
+				return ret;
+		}
 		for (i = 0;
 		     i < VHDX_LOG_SECTOR / 8 && first + i < in->bat_entries;
 		     i++)
 			le64_put(buf + i * 8, img->bat[first + i]);
 		return 0;
 	}
-	for (c = 0; c < img->chunks; c++) {
-		e = img->bat[vhdx_bat_bitmap_index(c, in->chunk_ratio)];
-		if (vhdx_bat_state(e) != VHDX_SB_STATE_PRESENT)
-			continue;
-		if (off >= vhdx_bat_file_offset(e) &&
-		    off < vhdx_bat_file_offset(e) + VHDX_SECTOR_BITMAP_SIZE) {
-			const uint8_t *bm = vhdx_get_bitmap(img, c, &ret);
-			uint64_t k;
-
-			if (!bm)
-				return ret;
-			for (k = 0; k < VHDX_LOG_SECTOR; k++)
-				buf[k] = __atomic_load_n(
-					&bm[off - vhdx_bat_file_offset(e) + k],
-					__ATOMIC_RELAXED);
-			return 0;
-		}
+	while (lo < hi) {
+		mid = lo + (hi - lo) / 2;
+		if (bm_at[mid].off + VHDX_SECTOR_BITMAP_SIZE <= off)
+			lo = mid + 1;
+		else
+			hi = mid;
 	}
-	return -EINVAL;
+	if (lo == nbm || off < bm_at[lo].off)
+		return -EINVAL;
+	bm = vhdx_get_bitmap(img, bm_at[lo].chunk, &ret);
+	if (!bm)
+		return ret;
+	for (k = 0; k < VHDX_LOG_SECTOR; k++)
+		buf[k] = __atomic_load_n(&bm[off - bm_at[lo].off + k],
+					 __ATOMIC_RELAXED);
+	return 0;
 }
 
 /* Put a fresh LogGuid in the header; the log starts again at offset 0. */
@@ -430,15 +516,17 @@ static int commit(struct vhdx_image *img)
 		&img->info.header[img->info.current_header];
 	uint32_t log_len = cur->log_length, len;
 	unsigned max_desc, done = 0, n, i;
-	uint64_t *offs = NULL;
+	uint64_t *offs = NULL, nbm = 0;
 	uint8_t *sectors = NULL, *entry = NULL;
 	const uint8_t **ptrs = NULL;
+	struct bitmap_at *bm_at = NULL;
 	int ret = 0;
 
 	if (fdatasync(img->fd))
 		return -errno;
 	if (img->ndirty == 0)
 		return 0;
+	compact_dirty(img);
 	if (log_len < 2 * VHDX_LOG_SECTOR)
 		return -ENOSPC;
 	if (vhdx_guid_is_zero(&img->log_guid)) {
@@ -453,7 +541,8 @@ static int commit(struct vhdx_image *img)
 	ptrs = calloc(max_desc, sizeof(*ptrs));
 	sectors = malloc((size_t)max_desc * VHDX_LOG_SECTOR);
 	entry = malloc(vhdx_log_entry_size(max_desc));
-	if (!offs || !ptrs || !sectors || !entry) {
+	bm_at = bitmap_table(img, &nbm);
+	if (!offs || !ptrs || !sectors || !entry || !bm_at) {
 		ret = -ENOMEM;
 		goto out;
 	}
@@ -465,7 +554,8 @@ static int commit(struct vhdx_image *img)
 			ptrs[i] = sectors + (size_t)i * VHDX_LOG_SECTOR;
 			ret = sector_image(img, offs[i],
 					   sectors +
-						   (size_t)i * VHDX_LOG_SECTOR);
+						   (size_t)i * VHDX_LOG_SECTOR,
+					   bm_at, nbm);
 			if (ret)
 				goto out;
 		}
@@ -500,6 +590,7 @@ static int commit(struct vhdx_image *img)
 	}
 	img->ndirty = 0;
 out:
+	free(bm_at);
 	free(offs);
 	free(ptrs);
 	free(sectors);
@@ -523,8 +614,23 @@ static int write_locked(struct vhdx_image *img, const uint8_t *data,
 				  n);
 		done += n;
 	}
-	if (!ret && img->ndirty >= COMMIT_THRESHOLD)
-		ret = commit(img);
+	/* A batch (a merge) commits at its flush, in as few entries as
+	 * the log holds: what it wrote is redone whole after a crash.  Its
+	 * data is sent on its way as it goes, so that the flush before the
+	 * commit waits for little more than the last of it. */
+	if (!ret && img->batch) {
+		img->unkicked += len;
+		if (img->unkicked >= KICK_BYTES) {
+			(void)sync_file_range(img->fd, 0, 0,
+					      SYNC_FILE_RANGE_WRITE);
+			img->unkicked = 0;
+		}
+	}
+	if (!ret && !img->batch && img->ndirty >= COMMIT_THRESHOLD) {
+		compact_dirty(img);
+		if (img->ndirty >= COMMIT_THRESHOLD)
+			ret = commit(img);
+	}
 	return ret;
 }
 
