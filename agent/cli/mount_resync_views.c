@@ -349,17 +349,18 @@ int mr_mount_views(struct mr *m)
 	return -1;
 }
 
-/* Wait up to SECS for the server; true when it is gone. */
-static bool reap_server(struct mr *m, int secs)
+/* Wait up to SECS for our child *PID (the server or the keeper); true,
+ * with *PID cleared, when it is gone. */
+static bool reap_child(pid_t *pid, int secs)
 {
 	struct timespec ts = { 0, 50000000L };
 	int i, status;
 
 	for (i = 0; i < secs * 20; i++) {
-		pid_t r = waitpid(m->server, &status, WNOHANG);
+		pid_t r = waitpid(*pid, &status, WNOHANG);
 
-		if (r == m->server || (r < 0 && errno == ECHILD)) {
-			m->server = 0;
+		if (r == *pid || (r < 0 && errno == ECHILD)) {
+			*pid = 0;
 			return true;
 		}
 		nanosleep(&ts, NULL);
@@ -385,12 +386,12 @@ void mr_unmount_views(struct mr *m)
 	}
 	if (m->server > 0) {
 		kill(m->server, SIGTERM);
-		if (!reap_server(m, SERVER_STOP_SECS)) {
+		if (!reap_child(&m->server, SERVER_STOP_SECS)) {
 			error_msg("%s: the view's server did not stop in %d s; "
 				  "killing it",
 				  m->mnt, SERVER_STOP_SECS);
 			kill(m->server, SIGKILL);
-			reap_server(m, 5);
+			reap_child(&m->server, 5);
 		}
 	}
 	ret = view_find_mount(m->mnt, &mi);
@@ -660,24 +661,6 @@ int mr_map_views(struct mr *m)
 	return mr_got_signal ? -1 : 0;
 }
 
-/* Wait up to SECS for the keeper; true when it is gone. */
-static bool reap_keeper(struct mr *m, int secs)
-{
-	struct timespec ts = { 0, 50000000L };
-	int i, status;
-
-	for (i = 0; i < secs * 20; i++) {
-		pid_t r = waitpid(m->keeper, &status, WNOHANG);
-
-		if (r == m->keeper || (r < 0 && errno == ECHILD)) {
-			m->keeper = 0;
-			return true;
-		}
-		nanosleep(&ts, NULL);
-	}
-	return false;
-}
-
 void mr_unmap_views(struct mr *m)
 {
 	struct vhdx_error err = { { 0 } };
@@ -706,9 +689,9 @@ void mr_unmap_views(struct mr *m)
 			   m->vm->name, left, left == 1 ? " is" : "s are");
 	}
 	kill(m->keeper, SIGTERM);
-	if (!reap_keeper(m, KEEPER_DEFERRED_SECS + 30)) {
+	if (!reap_child(&m->keeper, KEEPER_DEFERRED_SECS + 30)) {
 		kill(m->keeper, SIGKILL);
-		reap_keeper(m, 5);
+		reap_child(&m->keeper, 5);
 	}
 	dmview_release();
 	if (n && !left)
