@@ -407,11 +407,12 @@ static void free_session(struct push *ps)
 		free(s);
 	}
 	if (ps->pend) {
-		for (i = 0; i < ps->window; i++) {
+		for (i = 0; i < ps->window; i++)
 			free(ps->pend[i].data);
-			free(ps->pend[i].sub);
-		}
 	}
+	while (ps->nspare)
+		free(ps->spare[--ps->nspare]);
+	free(ps->spare);
 	free(ps->pend);
 	free(ps->ring);
 	free(ps->scratch);

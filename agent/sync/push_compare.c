@@ -36,6 +36,14 @@
 /* How many blocks the reader loop decides before looking at SUBHASHES. */
 #define BATCH_BLOCKS 1024
 /*
+ * At most this many bytes of differing blocks wait for their sub-block
+ * hashes: a window may be far larger (the recovery side's choice), and a
+ * disk whose every block differs must not make us hold a window of data.
+ * A SUBHASHES answer takes one round trip, so this is plenty to keep the
+ * link busy.
+ */
+#define PEND_BYTES_MAX (16u << 20)
+/*
  * A send that failed waits this long for the receiver to read what the
  * peer sent before it closed: a recovery side that gives up (a full disk)
  * sends ERROR and closes while we are still sending DATA, and our write
@@ -501,13 +509,16 @@ static int add_pending(struct push *ps, uint64_t block, uint32_t len,
 	pd->block = block;
 	pd->len = len;
 	pd->zero = !b;
+	pd->data = NULL;
 	if (b) {
-		if (!pd->data) {
-			pd->data = malloc(ps->bs);
-			pd->sub = malloc((size_t)ps->nsub_max * PROTO_HASH_LEN);
-			if (!pd->data || !pd->sub)
-				return push_fail(ps, -ENOMEM, "out of memory");
-		}
+		pd->data = ps->nspare ? ps->spare[--ps->nspare]
+				      : malloc((size_t)ps->bs +
+					       (size_t)ps->nsub_max *
+						       PROTO_HASH_LEN);
+		if (!pd->data)
+			return push_fail(ps, -ENOMEM, "out of memory");
+		pd->sub = pd->data + ps->bs;
+		ps->pend_data++;
 		memcpy(pd->data, b->data, len);
 		ret = pack_sub(ps, b, pd->sub);
 		if (ret < 0)
@@ -541,6 +552,11 @@ static int handle_sub(struct push *ps, const struct sub_msg *s)
 			  pd->zero ? NULL : pd->sub, s->hashes);
 	if (ret < 0)
 		return ret;
+	if (pd->data) {
+		ps->spare[ps->nspare++] = pd->data;
+		ps->pend_data--;
+		pd->data = NULL;
+	}
 	ps->pend_head = (ps->pend_head + 1) % ps->window;
 	ps->pend_count--;
 	return 0;
@@ -635,9 +651,19 @@ static void wait_rx(struct push *ps, bool (*ready)(const struct push *))
 	pthread_mutex_unlock(&ps->lock);
 }
 
+/* Whether another differing block's data may wait for its sub-hashes
+ * now (main thread only). */
+static bool pend_room(const struct push *ps)
+{
+	uint32_t max = PEND_BYTES_MAX / ps->bs;
+
+	return ps->pend_data < (max > 2 ? max : 2);
+}
+
 static bool compare_ready(const struct push *ps)
 {
-	return ps->subs || ps->recv_block > ps->next_block;
+	return ps->subs ||
+	       (ps->recv_block > ps->next_block && pend_room(ps));
 }
 
 static bool finish_ready(const struct push *ps)
@@ -674,7 +700,7 @@ static int compare_all(struct push *ps)
 		if (ret < 0)
 			return ret;
 		n_done = 0;
-		while (avail && n_done < BATCH_BLOCKS) {
+		while (avail && n_done < BATCH_BLOCKS && pend_room(ps)) {
 			n = compare_next(ps, avail);
 			if (n < 0)
 				return (int)n;
@@ -777,8 +803,9 @@ static int alloc_session(struct push *ps)
 
 	ps->ring = calloc(ps->window, PROTO_HASH_ENTRY_LEN);
 	ps->pend = calloc(ps->window, sizeof(*ps->pend));
+	ps->spare = calloc(ps->window, sizeof(*ps->spare));
 	ps->scratch = malloc((size_t)ps->nsub_max * PROTO_HASH_LEN);
-	if (!ps->ring || !ps->pend || !ps->scratch)
+	if (!ps->ring || !ps->pend || !ps->spare || !ps->scratch)
 		return push_fail(ps, -ENOMEM, "out of memory");
 	/* Under --bwlimit, frames small enough that one never waits long
 	 * (the peer gives up after a silent minute). */

@@ -37,8 +37,8 @@ struct pend {
 	uint64_t block;
 	uint32_t len;
 	bool zero;     /* reads as zeros here: no copy */
-	uint8_t *data; /* block_size bytes, kept for reuse */
-	uint8_t *sub;  /* nsub_max local sub-hashes of PROTO_HASH_LEN */
+	uint8_t *data; /* block_size bytes, from the spare pool */
+	uint8_t *sub;  /* nsub_max local sub-hashes, after data */
 };
 
 struct push {
@@ -84,6 +84,12 @@ struct push {
 	uint64_t next_block; /* next block to compare */
 	struct pend *pend;   /* FIFO of window slots */
 	unsigned pend_head, pend_count;
+	/* Buffers of finished slots, reused last in, first out: only as
+	 * many exist as were ever pending at once, and a reused one is
+	 * still in the cache (a fresh one per slot costs page faults). */
+	uint8_t **spare;
+	unsigned nspare;
+	unsigned pend_data; /* pending slots holding a buffer */
 	uint64_t told_block; /* done_through last sent, in blocks */
 	ZSTD_CCtx *cctx;
 	uint8_t *zbuf;
