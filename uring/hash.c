@@ -6,17 +6,29 @@
 #include <sys/mman.h>
 
 #include <openssl/evp.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH3_generateSecret_fromSeed */
 #include <xxhash.h>
 
 #include "uring/hash.h"
+#include "uring/xxh3_avx2.h"
 #include "vhdx/vhdx.h"
 
 struct ur_hasher {
 	enum ur_hash_algo algo;
 	uint64_t seed;
+	bool avx2; /* XXH3 through xxh3_avx2.c */
+	uint8_t secret[UR_XXH3_SECRET_SIZE];
 	EVP_MD *md;
 	EVP_MD_CTX *ctx;
 };
+
+/* HVRESYNC_XXH3=baseline keeps the library's code (for comparing). */
+static bool want_avx2(void)
+{
+	const char *v = getenv("HVRESYNC_XXH3");
+
+	return ur_xxh3_avx2_usable() && !(v && !strcmp(v, "baseline"));
+}
 
 int ur_hash_parse(const char *name, enum ur_hash_algo *out)
 {
@@ -57,6 +69,12 @@ int ur_hasher_new(enum ur_hash_algo algo, uint64_t seed, struct ur_hasher **out)
 		return -ENOMEM;
 	h->algo = algo;
 	h->seed = seed;
+	if (algo == UR_HASH_XXH3_128 && want_avx2()) {
+		_Static_assert(UR_XXH3_SECRET_SIZE == XXH3_SECRET_DEFAULT_SIZE,
+			       "the secret's size");
+		h->avx2 = true;
+		XXH3_generateSecret_fromSeed(h->secret, seed);
+	}
 	if (algo == UR_HASH_SHA256) {
 		/* Fetch once: EVP_sha256() would look the provider up on
 		 * every block. */
@@ -84,6 +102,10 @@ int ur_hasher_hash(struct ur_hasher *h, const void *data, size_t len,
 		   struct ur_hash *out)
 {
 	memset(out, 0, sizeof(*out));
+	if (h->avx2) {
+		ur_xxh3_avx2_128(data, len, h->secret, h->seed, out->b);
+		return 0;
+	}
 	if (h->algo == UR_HASH_XXH3_128) {
 		XXH128_hash_t x = XXH3_128bits_withSeed(data, len, h->seed);
 		XXH128_canonical_t c;

@@ -511,10 +511,11 @@ static int add_pending(struct push *ps, uint64_t block, uint32_t len,
 	pd->zero = !b;
 	pd->data = NULL;
 	if (b) {
-		pd->data = ps->nspare ? ps->spare[--ps->nspare]
-				      : malloc((size_t)ps->bs +
-					       (size_t)ps->nsub_max *
-						       PROTO_HASH_LEN);
+		pd->data =
+			ps->nspare
+				? ps->spare[--ps->nspare]
+				: malloc((size_t)ps->bs +
+					 (size_t)ps->nsub_max * PROTO_HASH_LEN);
 		if (!pd->data)
 			return push_fail(ps, -ENOMEM, "out of memory");
 		pd->sub = pd->data + ps->bs;
@@ -662,8 +663,7 @@ static bool pend_room(const struct push *ps)
 
 static bool compare_ready(const struct push *ps)
 {
-	return ps->subs ||
-	       (ps->recv_block > ps->next_block && pend_room(ps));
+	return ps->subs || (ps->recv_block > ps->next_block && pend_room(ps));
 }
 
 static bool finish_ready(const struct push *ps)
