@@ -294,6 +294,12 @@ SSL_CTX *tls_make_ctx(const struct tls_config *cfg, bool server,
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
 				      SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	/* Read what the socket has, not a record header and then its body:
+	 * a 4 KiB DATA frame otherwise costs two read()s, and a system call
+	 * is dear on a virtual machine.  Readers always call SSL_read before
+	 * they poll (tls_conn.c), so buffered records are never missed. */
+	SSL_CTX_set_read_ahead(ctx, 1);
+	SSL_CTX_set_default_read_buffer_len(ctx, 64u << 10);
 
 	if (cfg->mode == TLS_MODE_PSK) {
 		if (!SSL_CTX_set_ciphersuites(ctx, "TLS_AES_256_GCM_SHA384")) {
