@@ -39,7 +39,7 @@ static const char serve_help[] =
 	"  --insecure          plain TCP, loopback addresses only (tests)\n"
 	"  --state-dir DIR     where progress is recorded for resume\n"
 	"                      (default " SERVER_DEFAULT_STATE_DIR ")\n"
-	"  --window N          flow-control window in bytes (default 64M)\n"
+	"  --window N          flow-control window in bytes (default 256M)\n"
 	"  --max-sessions N    authenticated sessions at once (default 16;\n"
 	"                      one more is told \"busy\"); connections still\n"
 	"                      in the TLS handshake have 10 s, at most 4 x N\n"

@@ -286,6 +286,28 @@ int proto_sendv(struct conn *c, uint8_t type, uint8_t flags,
 int proto_send_msg(struct conn *c, const struct msg *m, struct vhdx_error *err);
 
 /*
+ * A batch gathers small frames into one write: one system call and one
+ * TLS record instead of one per frame.  Whoever batches must flush before
+ * it waits for the peer, or both sides wait.  A frame too big for the
+ * batch goes out at once, after what the batch held.
+ */
+struct proto_batch {
+	uint8_t *buf;
+	size_t len, cap;
+	uint64_t since; /* CLOCK_MONOTONIC ns of the oldest frame held */
+};
+
+int proto_batch_init(struct proto_batch *b, size_t cap);
+void proto_batch_free(struct proto_batch *b);
+/* Add @m (checked as by proto_encode); writes the batch out when full. */
+int proto_batch_msg(struct conn *c, struct proto_batch *b, const struct msg *m,
+		    struct vhdx_error *err);
+int proto_batch_flush(struct conn *c, struct proto_batch *b,
+		      struct vhdx_error *err);
+/* How long the oldest frame held has waited (0: empty). */
+uint64_t proto_batch_age_ns(const struct proto_batch *b);
+
+/*
  * Receive one frame: header checked before the payload is read (-EMSGSIZE
  * when longer than @cap), then the payload and its CRC.  Does not decode
  * the payload.  Messages read "peer ADDR: malformed frame: ...".

@@ -413,6 +413,7 @@ static void free_session(struct push *ps)
 	while (ps->nspare)
 		free(ps->spare[--ps->nspare]);
 	free(ps->spare);
+	proto_batch_free(&ps->out);
 	free(ps->pend);
 	free(ps->ring);
 	free(ps->scratch);

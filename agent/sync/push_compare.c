@@ -43,6 +43,10 @@
  * link busy.
  */
 #define PEND_BYTES_MAX (16u << 20)
+/* Frames gather in a batch of this size (one write, one TLS record), and
+ * none waits in it longer than BATCH_AGE_NS. */
+#define BATCH_BYTES (64u << 10)
+#define BATCH_AGE_NS 1000000u
 /*
  * A send that failed waits this long for the receiver to read what the
  * peer sent before it closed: a recovery side that gives up (a full disk)
@@ -56,9 +60,12 @@ static const uint8_t zero_page[PROTO_SUBBLOCK];
 /* ---- sending ------------------------------------------------------------- */
 
 /* Token bucket: wait until @n more bytes fit under --bwlimit. */
+static int push_flush(struct push *ps);
+
 static int throttle(struct push *ps, size_t n)
 {
 	double rate = (double)ps->p->bwlimit, burst, t, wait;
+	int ret;
 
 	if (!ps->p->bwlimit)
 		return 0;
@@ -72,6 +79,9 @@ static int throttle(struct push *ps, size_t n)
 	if (ps->tokens >= 0)
 		return 0;
 	wait = -ps->tokens / rate;
+	ret = push_flush(ps);
+	if (ret < 0)
+		return ret;
 	while (wait > 0) {
 		double step = wait < 0.1 ? wait : 0.1;
 		struct timespec ts = {
@@ -103,10 +113,46 @@ static void rx_settle(struct push *ps)
 			break;
 }
 
+/* A send failed with @ret (@terr): the receiver usually knows better why
+ * (an ERROR frame). */
+static int send_failed(struct push *ps, int ret, const struct vhdx_error *terr)
+{
+	int rx;
+
+	if (push_stopping(ps))
+		return -ECANCELED;
+	pthread_mutex_lock(&ps->lock);
+	rx_settle(ps);
+	rx = rx_state(ps);
+	pthread_mutex_unlock(&ps->lock);
+	if (rx)
+		return rx;
+	if (terr->msg[0])
+		push_fail(ps, ret, "%s", terr->msg);
+	else
+		push_fail(ps, ret, "peer %s: connection lost: %s", ps->peer,
+			  strerror(-ret));
+	return ret;
+}
+
+/* Write out what the batch holds: before we wait, or when it has waited
+ * long enough. */
+static int push_flush(struct push *ps)
+{
+	struct vhdx_error terr;
+	int ret;
+
+	if (!ps->out.len)
+		return 0;
+	terr.msg[0] = '\0';
+	ret = proto_batch_flush(ps->c, &ps->out, &terr);
+	return ret < 0 ? send_failed(ps, ret, &terr) : 0;
+}
+
 int push_send_msg(struct push *ps, const struct msg *m, size_t payload)
 {
 	struct vhdx_error terr;
-	int ret, rx;
+	int ret;
 
 	if (push_stopping(ps))
 		return -ECANCELED;
@@ -114,24 +160,16 @@ int push_send_msg(struct push *ps, const struct msg *m, size_t payload)
 	if (ret < 0)
 		return ret;
 	terr.msg[0] = '\0';
-	ret = proto_send_msg(ps->c, m, &terr);
-	if (ret < 0) {
-		if (push_stopping(ps))
-			return -ECANCELED;
-		/* The receiver usually knows better why (an ERROR frame). */
-		pthread_mutex_lock(&ps->lock);
-		rx_settle(ps);
-		rx = rx_state(ps);
-		pthread_mutex_unlock(&ps->lock);
-		if (rx)
-			return rx;
-		if (terr.msg[0])
-			push_fail(ps, ret, "%s", terr.msg);
-		else
-			push_fail(ps, ret, "peer %s: connection lost: %s",
-				  ps->peer, strerror(-ret));
-	}
-	return ret;
+	if (!ps->out.buf)
+		ret = proto_send_msg(ps->c, m, &terr);
+	else
+		ret = proto_batch_msg(ps->c, &ps->out, m, &terr);
+	if (ret < 0)
+		return send_failed(ps, ret, &terr);
+	/* The peer waits for SUBREQ and CREDIT: never hold them long. */
+	if (proto_batch_age_ns(&ps->out) > BATCH_AGE_NS)
+		return push_flush(ps);
+	return 0;
 }
 
 static int send_credit(struct push *ps, bool final)
@@ -645,6 +683,9 @@ static void wait_rx(struct push *ps, bool (*ready)(const struct push *))
 {
 	struct timespec ts;
 
+	/* a failure is the receiver's to explain: rx_state() reports it */
+	if (push_flush(ps) < 0)
+		return;
 	push_deadline(&ts, 100);
 	pthread_mutex_lock(&ps->lock);
 	if (!ready(ps) && !ps->rx_err && !ps->remote_error)
@@ -722,10 +763,14 @@ static int compare_all(struct push *ps)
 				return ret;
 		}
 		push_report(ps, false);
+		ret = push_flush(ps);
+		if (ret < 0)
+			return ret;
 		if (!progressed)
 			wait_rx(ps, compare_ready);
 	}
-	return send_credit(ps, false);
+	ret = send_credit(ps, false);
+	return ret < 0 ? ret : push_flush(ps);
 }
 
 static int wait_finished(struct push *ps)
@@ -737,6 +782,8 @@ static int wait_finished(struct push *ps)
 	ps->done_sent = true;
 	pthread_mutex_unlock(&ps->lock);
 	ret = push_send_msg(ps, &m, 0);
+	if (ret >= 0)
+		ret = push_flush(ps);
 	if (ret < 0) {
 		pthread_mutex_lock(&ps->lock);
 		ret = rx_state(ps) ?: ret;
@@ -770,6 +817,9 @@ void push_send_error(struct push *ps, uint32_t code, const char *text)
 	if (!ps->c || ps->aborted)
 		return;
 	sync_error_msg(&m, code, "%s", text);
+	/* what went before it, then the ERROR itself */
+	if (ps->out.len && proto_batch_flush(ps->c, &ps->out, &terr) < 0)
+		return;
 	proto_send_msg(ps->c, &m, &terr);
 }
 
@@ -804,6 +854,8 @@ static int alloc_session(struct push *ps)
 	ps->ring = calloc(ps->window, PROTO_HASH_ENTRY_LEN);
 	ps->pend = calloc(ps->window, sizeof(*ps->pend));
 	ps->spare = calloc(ps->window, sizeof(*ps->spare));
+	if (proto_batch_init(&ps->out, BATCH_BYTES) < 0)
+		return push_fail(ps, -ENOMEM, "out of memory");
 	ps->scratch = malloc((size_t)ps->nsub_max * PROTO_HASH_LEN);
 	if (!ps->ring || !ps->pend || !ps->spare || !ps->scratch)
 		return push_fail(ps, -ENOMEM, "out of memory");

@@ -89,8 +89,9 @@ struct push {
 	 * still in the cache (a fresh one per slot costs page faults). */
 	uint8_t **spare;
 	unsigned nspare;
-	unsigned pend_data;  /* pending slots holding a buffer */
-	uint64_t told_block; /* done_through last sent, in blocks */
+	unsigned pend_data;	/* pending slots holding a buffer */
+	uint64_t told_block;	/* done_through last sent, in blocks */
+	struct proto_batch out; /* small frames on their way out */
 	ZSTD_CCtx *cctx;
 	uint8_t *zbuf;
 	size_t zcap;

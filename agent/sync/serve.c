@@ -855,6 +855,7 @@ static void *session_main(void *arg)
 	if (s->error_sent)
 		conn_linger(s->c, LINGER_MS);
 	free(s->rbuf);
+	proto_batch_free(&s->out);
 	free(s->ring_sub);
 	free(s->ring_zero);
 	free(s->dbuf);

@@ -27,7 +27,7 @@
 
 #define SERVER_DEFAULT_LISTEN "0.0.0.0:7433"
 #define SERVER_DEFAULT_STATE_DIR "/var/lib/hvresync/serve"
-#define SERVER_DEFAULT_WINDOW (64u << 20)
+#define SERVER_DEFAULT_WINDOW (256u << 20)
 #define SERVER_DEFAULT_MAX_SESSIONS 16
 /*
  * Connections that have not yet authenticated and sent HELLO cost a

@@ -54,6 +54,31 @@ int session_send(struct session *s, const struct msg *m)
 	return ret;
 }
 
+/* SUBHASHES gather in a batch while more of the primary's frames are
+ * already here; receive_loop() writes it out before it would wait. */
+static int send_batched(struct session *s, const struct msg *m)
+{
+	struct vhdx_error terr;
+	int ret;
+
+	pthread_mutex_lock(&s->send_lock);
+	ret = s->out.buf ? proto_batch_msg(s->c, &s->out, m, &terr)
+			 : proto_send_msg(s->c, m, &terr);
+	pthread_mutex_unlock(&s->send_lock);
+	return ret;
+}
+
+static int flush_batch(struct session *s, struct vhdx_error *terr)
+{
+	int ret;
+
+	terr->msg[0] = '\0';
+	pthread_mutex_lock(&s->send_lock);
+	ret = proto_batch_flush(s->c, &s->out, terr);
+	pthread_mutex_unlock(&s->send_lock);
+	return ret;
+}
+
 int session_error(struct session *s, uint32_t code, const char *fmt, ...)
 {
 	struct msg m;
@@ -136,6 +161,12 @@ static void tx_fail(struct session *s, int ret, const char *fmt, ...)
 	pthread_mutex_unlock(&s->lock);
 }
 
+/* HASHES entries per frame (PROTO_HASHES_MAX at most): 64 entries are
+ * 4 MiB of disk at the default block size, in a frame of about 1 KiB. */
+#define HASHES_BATCH 64u
+/* SUBHASHES of 64 KiB blocks are 268 bytes: a batch holds about 60. */
+#define SESSION_BATCH_BYTES (16u << 10)
+
 static int flush_hashes(struct session *s, uint64_t first, uint32_t n,
 			const uint8_t *entries)
 {
@@ -214,8 +245,10 @@ static bool wait_credit(struct session *s, uint64_t block, uint32_t nent,
 static void *tx_main(void *arg)
 {
 	struct session *s = arg;
-	uint32_t cap =
-		s->window < PROTO_HASHES_MAX ? s->window : PROTO_HASHES_MAX;
+	/* Small frames keep the primary busy: it compares a frame's blocks
+	 * only once the frame is here, and a frame of a whole window would
+	 * leave it idle while we read that window. */
+	uint32_t cap = s->window < HASHES_BATCH ? s->window : HASHES_BATCH;
 	uint8_t *ent = malloc((size_t)cap * PROTO_HASH_ENTRY_LEN);
 	uint64_t block = s->resume_block; /* the reader starts there */
 	uint64_t limit, n;
@@ -345,7 +378,7 @@ static int on_subreq(struct session *s, uint64_t block)
 	m.u.subhashes.block = block;
 	m.u.subhashes.count = nsub;
 	m.u.subhashes.hashes = hashes;
-	ret = session_send(s, &m);
+	ret = send_batched(s, &m);
 	return ret < 0 ? ret : 0;
 }
 
@@ -499,6 +532,12 @@ static int receive_loop(struct session *s)
 	int ret;
 
 	for (;;) {
+		/* About to wait for the primary: it may be waiting for us. */
+		if (s->out.len && !conn_input_buffered(s->c)) {
+			ret = flush_batch(s, &terr);
+			if (ret < 0)
+				return receive_failed(s, ret, &terr);
+		}
 		terr.msg[0] = '\0';
 		ret = proto_recv_msg(s->c, &m, s->rbuf, s->rcap, &terr);
 		if (ret < 0)
@@ -581,7 +620,8 @@ static int setup_flow(struct session *s, uint64_t resume)
 	s->ring_zero = calloc(s->window, 1);
 	s->rcap = PROTO_MAX_PAYLOAD;
 	s->rbuf = malloc(s->rcap);
-	if (!s->ring_sub || !s->ring_zero || !s->rbuf)
+	if (!s->ring_sub || !s->ring_zero || !s->rbuf ||
+	    proto_batch_init(&s->out, SESSION_BATCH_BYTES) < 0)
 		return session_error(s, PROTO_ERR_INTERNAL, "out of memory");
 	s->resume_block = (resume + s->bs - 1) / s->bs;
 	s->done_block = s->sent_block = s->resume_block;

@@ -151,6 +151,7 @@ struct session {
 	uint8_t *ring_sub;	   /* window x nsub_max x PROTO_HASH_LEN */
 	uint8_t *ring_zero;	   /* window flags: block reads as zeros */
 
+	struct proto_batch out; /* SUBHASHES not yet written (send_lock) */
 	uint8_t *rbuf;
 	size_t rcap;
 	ZSTD_DCtx *dctx;

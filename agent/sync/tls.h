@@ -171,6 +171,9 @@ void conn_cred(const struct conn *c, struct sync_cred *out);
 const char *conn_identity(const struct conn *c);
 /* The socket, for poll() (data may also wait inside TLS: read first). */
 int conn_fd(const struct conn *c);
+/* Whether bytes from the peer wait in the TLS layer (read ahead), so a
+ * read may not need the socket; false for plain TCP. */
+bool conn_input_buffered(struct conn *c);
 /*
  * Make every blocked and later read or write on @c fail (shutdown(2) of
  * the socket); safe to call from another thread.  conn_close() still

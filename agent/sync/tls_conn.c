@@ -649,6 +649,18 @@ const char *conn_identity(const struct conn *c)
 	return c->identity[0] ? c->identity : "not authenticated";
 }
 
+bool conn_input_buffered(struct conn *c)
+{
+	bool r;
+
+	if (!c->ssl)
+		return false;
+	pthread_mutex_lock(&c->lock);
+	r = SSL_has_pending(c->ssl);
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
 int conn_fd(const struct conn *c)
 {
 	return c->fd;

@@ -6,7 +6,9 @@
  * proto.c's business; the connection is tls.c's.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "agent/sync/errmsg.h"
 #include "agent/sync/proto.h"
@@ -15,6 +17,19 @@
 
 /* Coalesce small frames into one TLS record / one send(). */
 #define STAGE_LEN (16u << 10)
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t proto_batch_age_ns(const struct proto_batch *b)
+{
+	return b->len ? mono_ns() - b->since : 0;
+}
 
 /* Refuse what the peer would refuse, before a byte of it is sent. */
 static int check_outgoing(struct conn *c, uint8_t type, uint8_t flags,
@@ -32,21 +47,55 @@ static int check_outgoing(struct conn *c, uint8_t type, uint8_t flags,
 	return known && total > proto_limit(type) ? -EMSGSIZE : -EINVAL;
 }
 
+/* Header and payload of a frame of @total bytes, into @out (which has
+ * room for PROTO_HDR_LEN + @total bytes). */
+static void put_frame(uint8_t *out, uint8_t type, uint8_t flags,
+		      const struct iovec *iov, int n, size_t total,
+		      uint32_t crc)
+{
+	size_t used = PROTO_HDR_LEN;
+	int i;
+
+	proto_put_header(out, type, flags, (uint32_t)total, ~crc);
+	for (i = 0; i < n; i++) {
+		if (iov[i].iov_len)
+			memcpy(out + used, iov[i].iov_base, iov[i].iov_len);
+		used += iov[i].iov_len;
+	}
+}
+
+/* Check an outgoing frame; its payload's length and CRC-32C. */
+static int prepare(struct conn *c, uint8_t type, uint8_t flags,
+		   const struct iovec *iov, int n, size_t *total, uint32_t *crc,
+		   struct vhdx_error *err)
+{
+	int i;
+
+	*total = 0;
+	*crc = 0xFFFFFFFFu;
+	for (i = 0; i < n; i++) {
+		*total += iov[i].iov_len;
+		*crc = vhdx_crc32c_update(*crc, iov[i].iov_base,
+					  iov[i].iov_len);
+	}
+	return check_outgoing(c, type, flags, *total, err);
+}
+
 int proto_sendv(struct conn *c, uint8_t type, uint8_t flags,
 		const struct iovec *iov, int n, struct vhdx_error *err)
 {
 	static __thread uint8_t stage[STAGE_LEN];
-	uint32_t crc = 0xFFFFFFFFu;
-	size_t total = 0, used;
+	uint32_t crc;
+	size_t total, used;
 	int i, ret;
 
-	for (i = 0; i < n; i++) {
-		total += iov[i].iov_len;
-		crc = vhdx_crc32c_update(crc, iov[i].iov_base, iov[i].iov_len);
-	}
-	ret = check_outgoing(c, type, flags, total, err);
+	ret = prepare(c, type, flags, iov, n, &total, &crc, err);
 	if (ret)
 		return ret;
+	if (PROTO_HDR_LEN + total <= STAGE_LEN) {
+		put_frame(stage, type, flags, iov, n, total, crc);
+		return conn_write_full(c, stage, PROTO_HDR_LEN + total, err);
+	}
 	proto_put_header(stage, type, flags, (uint32_t)total, ~crc);
 	used = PROTO_HDR_LEN;
 	/* Small pieces ride along with the header; big ones go directly. */
@@ -93,6 +142,68 @@ int proto_send_msg(struct conn *c, const struct msg *m, struct vhdx_error *err)
 	iov[1].iov_base = (void *)pp.tail;
 	iov[1].iov_len = pp.tail_len;
 	return proto_sendv(c, m->type, pp.flags, iov, 2, err);
+}
+
+/* ---- batches ------------------------------------------------------------ */
+
+int proto_batch_init(struct proto_batch *b, size_t cap)
+{
+	b->buf = malloc(cap);
+	b->len = 0;
+	b->cap = b->buf ? cap : 0;
+	b->since = 0;
+	return b->buf ? 0 : -ENOMEM;
+}
+
+void proto_batch_free(struct proto_batch *b)
+{
+	free(b->buf);
+	b->buf = NULL;
+	b->len = b->cap = 0;
+}
+
+int proto_batch_flush(struct conn *c, struct proto_batch *b,
+		      struct vhdx_error *err)
+{
+	size_t n = b->len;
+
+	if (!n)
+		return 0;
+	b->len = 0;
+	return conn_write_full(c, b->buf, n, err);
+}
+
+int proto_batch_msg(struct conn *c, struct proto_batch *b, const struct msg *m,
+		    struct vhdx_error *err)
+{
+	struct proto_parts pp;
+	struct iovec iov[2];
+	uint32_t crc;
+	size_t total;
+	int ret;
+
+	ret = proto_encode_parts(m, &pp, err);
+	if (ret)
+		return ret;
+	iov[0].iov_base = pp.fixed;
+	iov[0].iov_len = pp.fixed_len;
+	iov[1].iov_base = (void *)pp.tail;
+	iov[1].iov_len = pp.tail_len;
+	ret = prepare(c, m->type, pp.flags, iov, 2, &total, &crc, err);
+	if (ret)
+		return ret;
+	if (b->len + PROTO_HDR_LEN + total > b->cap) {
+		ret = proto_batch_flush(c, b, err);
+		if (ret)
+			return ret;
+		if (PROTO_HDR_LEN + total > b->cap)
+			return proto_sendv(c, m->type, pp.flags, iov, 2, err);
+	}
+	if (!b->len)
+		b->since = mono_ns();
+	put_frame(b->buf + b->len, m->type, pp.flags, iov, 2, total, crc);
+	b->len += PROTO_HDR_LEN + total;
+	return 0;
 }
 
 int proto_recv(struct conn *c, struct frame *f, void *buf, size_t cap,

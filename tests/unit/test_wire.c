@@ -275,6 +275,95 @@ static void test_send_recv_all_types(void **state)
 	assert_int_equal(waitpid(pid, NULL, 0), pid);
 }
 
+/* ---- batches ---------------------------------------------------------------
+ */
+
+static bool peer_has_bytes(int fd)
+{
+	char b;
+
+	return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 1;
+}
+
+static void test_batch_order_and_flush(void **state)
+{
+	static uint8_t buf[PROTO_MAX_PAYLOAD];
+	struct proto_batch b;
+	struct vhdx_error err;
+	struct msg m, got;
+	struct pair p;
+	struct conn *rc;
+	uint32_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(sr_data); i++)
+		sr_data[i] = (uint8_t)(i * 13 + 1);
+	pair_open(&p);
+	assert_int_equal(conn_from_fd(p.peer, "peer", &rc), 0);
+	conn_set_timeout(rc, 5000);
+	p.peer = -1; /* rc owns it now */
+	assert_int_equal(proto_batch_init(&b, 4096), 0);
+	assert_int_equal(proto_batch_age_ns(&b), 0);
+
+	/* Small frames wait in the batch: nothing reaches the peer. */
+	for (i = 0; i < 10; i++) {
+		memset(&m, 0, sizeof(m));
+		m.type = PROTO_SUBREQ;
+		m.u.subreq.block = i;
+		assert_int_equal(proto_batch_msg(p.c, &b, &m, &err), 0);
+	}
+	assert_true(b.len > 0);
+	assert_false(peer_has_bytes(conn_fd(rc)));
+
+	/* A frame bigger than the batch goes after what it held. */
+	memset(&m, 0, sizeof(m));
+	m.type = PROTO_DATA;
+	m.u.data.offset = 4096;
+	m.u.data.length = 65536;
+	m.u.data.data = sr_data;
+	m.u.data.data_len = 65536;
+	assert_int_equal(proto_batch_msg(p.c, &b, &m, &err), 0);
+	assert_int_equal(b.len, 0);
+
+	/* And one more small frame, written out by the flush. */
+	memset(&m, 0, sizeof(m));
+	m.type = PROTO_CREDIT;
+	m.u.credit.blocks = 3;
+	m.u.credit.done_through = 65536;
+	assert_int_equal(proto_batch_msg(p.c, &b, &m, &err), 0);
+	assert_int_equal(proto_batch_flush(p.c, &b, &err), 0);
+	assert_int_equal(b.len, 0);
+
+	for (i = 0; i < 10; i++) {
+		assert_int_equal(
+			proto_recv_msg(rc, &got, buf, sizeof(buf), &err), 0);
+		assert_int_equal(got.type, PROTO_SUBREQ);
+		assert_int_equal(got.u.subreq.block, i);
+	}
+	assert_int_equal(proto_recv_msg(rc, &got, buf, sizeof(buf), &err), 0);
+	assert_int_equal(got.type, PROTO_DATA);
+	assert_int_equal(got.u.data.length, 65536);
+	assert_memory_equal(got.u.data.data, sr_data, 65536);
+	assert_int_equal(proto_recv_msg(rc, &got, buf, sizeof(buf), &err), 0);
+	assert_int_equal(got.type, PROTO_CREDIT);
+	assert_int_equal(got.u.credit.done_through, 65536);
+	assert_false(peer_has_bytes(conn_fd(rc)));
+
+	/* A frame the peer would refuse is refused here, and not added. */
+	memset(&m, 0, sizeof(m));
+	m.type = PROTO_SUBREQ;
+	assert_int_equal(proto_batch_msg(p.c, &b, &m, &err), 0);
+	i = (uint32_t)b.len;
+	memset(&m, 0, sizeof(m));
+	m.type = PROTO_HASHES;
+	m.u.hashes.count = 0; /* a HASHES frame must carry an entry */
+	assert_true(proto_batch_msg(p.c, &b, &m, &err) < 0);
+	assert_int_equal(b.len, i);
+	proto_batch_free(&b);
+	conn_close(rc);
+	pair_close(&p);
+}
+
 /* ---- addresses and key files (tls_addr.c, tls_ctx.c) -------------------- */
 
 static void test_parse_addr(void **state)
@@ -388,6 +477,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_recv),
 		cmocka_unit_test(test_send_recv_all_types),
+		cmocka_unit_test(test_batch_order_and_flush),
 		cmocka_unit_test(test_parse_addr),
 		cmocka_unit_test(test_load_psk),
 	};
