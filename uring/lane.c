@@ -14,7 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/vfs.h>
 #include <unistd.h>
+
+#include <linux/magic.h>
 
 #include "uring/internal.h"
 
@@ -53,6 +56,18 @@ static void wake_consumer(struct ur_engine *e)
 	pthread_cond_broadcast(&e->cons_cond);
 }
 
+/*
+ * A FUSE file read through the page cache costs a copy into the FUSE
+ * file's own pages and their housekeeping, and hvresync's raw views drop
+ * those pages at every open anyway; O_DIRECT hands the server our buffer.
+ */
+static bool on_fuse(int fd)
+{
+	struct statfs sf;
+
+	return fstatfs(fd, &sf) == 0 && sf.f_type == FUSE_SUPER_MAGIC;
+}
+
 static int direct_twin(struct ur_engine *e, int fd)
 {
 	char path[64];
@@ -68,7 +83,10 @@ static int direct_twin(struct ur_engine *e, int fd)
 	 * gets an O_DIRECT twin; filesystems without O_DIRECT refuse it and
 	 * the buffered fd is used instead. */
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (e->cfg.direct || on_fuse(fd))
+		dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	else
+		dfd = -1;
 	e->direct[e->ndirect].fd = fd;
 	e->direct[e->ndirect].dfd = dfd < 0 ? -1 : dfd;
 	e->ndirect++;
@@ -184,9 +202,9 @@ static void pick_fds(struct ur_engine *e, struct chunk *c)
 		struct ur_op *op = &c->ops.v[i];
 
 		op->fixed_fd = op->fd;
-		if (!e->cfg.direct || op->kind != UR_OP_READ ||
-		    op->file_off % DIRECT_ALIGN || op->len % DIRECT_ALIGN ||
-		    op->buf_off % DIRECT_ALIGN)
+		if ((!e->cfg.direct && !e->cfg.direct_fuse) ||
+		    op->kind != UR_OP_READ || op->file_off % DIRECT_ALIGN ||
+		    op->len % DIRECT_ALIGN || op->buf_off % DIRECT_ALIGN)
 			continue;
 		dfd = direct_twin(e, op->fd);
 		if (dfd >= 0)

@@ -52,6 +52,7 @@ struct ur_config {
 	uint64_t window;      /* buffer bytes per stream; 0: default */
 	unsigned threads;     /* lanes; 0: one per online CPU */
 	bool direct;	      /* O_DIRECT where offsets allow it */
+	bool direct_fuse;     /* the same, for files on FUSE only */
 	bool sub_hashes;      /* also hash each 4 KiB of data blocks */
 	bool no_uring;	      /* plain pread() instead (tests; used by
 			       * itself where io_uring is not allowed) */
