@@ -30,6 +30,10 @@ struct tally {
 	uint8_t *fresh_bitmap; /* chunks that get a new sector bitmap */
 	uint64_t last_bat_sector;
 	uint64_t bytes;
+	/* The parent's data run the last lookup found, [data_lo, data_hi):
+	 * a merge's pieces are sorted, and most fall into allocated blocks
+	 * that are one run, so most need no lseek at all. */
+	uint64_t data_lo, data_hi;
 };
 
 static bool test_and_set(uint8_t *set, uint64_t i)
@@ -64,6 +68,27 @@ static uint64_t holes(int fd, uint64_t off, uint64_t len)
 	return sum;
 }
 
+/* holes() of the parent, through the tally's memory of its last data run. */
+static uint64_t parent_holes(struct tally *t, uint64_t off, uint64_t len)
+{
+	int fd = t->parent->fd;
+	off_t d, h;
+
+	if (off >= t->data_lo && off + len <= t->data_hi)
+		return 0;
+	d = lseek(fd, (off_t)off, SEEK_DATA);
+	if (d >= 0 && (uint64_t)d == off) {
+		h = lseek(fd, d, SEEK_HOLE);
+		if (h > d) {
+			t->data_lo = (uint64_t)d;
+			t->data_hi = (uint64_t)h;
+			if (off + len <= t->data_hi)
+				return 0;
+		}
+	}
+	return holes(fd, off, len);
+}
+
 /* LEN bytes at IN_BLOCK of a new, sparse block: the filesystem blocks they
  * touch (a new block starts 1 MiB aligned). */
 static uint64_t rounded(const struct tally *t, uint64_t in_block, uint64_t len)
@@ -84,7 +109,7 @@ static void bat_sector(struct tally *t, uint64_t idx)
 	if (s == t->last_bat_sector)
 		return;
 	t->last_bat_sector = s;
-	t->bytes += holes(t->parent->fd, s, VHDX_LOG_SECTOR);
+	t->bytes += parent_holes(t, s, VHDX_LOG_SECTOR);
 }
 
 /* A new block J of the parent (once) and, for a partial write into a
@@ -132,8 +157,8 @@ static void piece(struct tally *t, uint64_t off, uint64_t n, bool zero)
 			bat_sector(t, idx);
 			return;
 		}
-		t->bytes += holes(t->parent->fd,
-				  vhdx_bat_file_offset(e) + in_block, n);
+		t->bytes +=
+			parent_holes(t, vhdx_bat_file_offset(e) + in_block, n);
 		if (st == VHDX_PAYLOAD_PARTIALLY_PRESENT && whole)
 			bat_sector(t, idx);
 		return;
