@@ -34,6 +34,8 @@ metrics-file = $M
 [vm good]
 role = primary
 replica = 127.0.0.1:$RP
+; one disk at a time, so exactly one session is out while it runs
+parallel-disks = 1
 disk = $S/p/os.vhdx
 disk = $S/p/data.vhdx
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "agent/daemon/config.h"
 #include "agent/sync/common.h"
@@ -129,6 +130,7 @@ static int parse_uint(const char *v, unsigned min, unsigned max, unsigned *out)
 #define JOB_SET_MAX_PASSES 2u
 #define JOB_SET_RETRIES 4u
 #define JOB_SET_RETRY_INTERVAL 8u
+#define JOB_SET_PARALLEL_DISKS 16u
 
 /*
  * The keys a job takes from its VM, or from [agent] as the default:
@@ -181,6 +183,18 @@ static int job_key(struct parse *p, struct job_settings *js, unsigned *set,
 				"retry-interval: '%s' is not a number of seconds from %s",
 				value, range);
 		*set |= JOB_SET_RETRY_INTERVAL;
+		return 1;
+	}
+	if (!strcmp(name, "parallel-disks")) {
+		snprintf(range, sizeof(range), "1 to %u",
+			 CONFIG_PARALLEL_DISKS_MAX);
+		if (parse_uint(value, 1, CONFIG_PARALLEL_DISKS_MAX,
+			       &js->parallel_disks))
+			return bad(
+				p,
+				"parallel-disks: '%s' is not a whole number from %s",
+				value, range);
+		*set |= JOB_SET_PARALLEL_DISKS;
 		return 1;
 	}
 	return -1;
@@ -382,6 +396,20 @@ static void inherit_job_settings(struct vm_config *vm,
 		vm->job.retries = def->retries;
 	if (!(vm->job_set & JOB_SET_RETRY_INTERVAL))
 		vm->job.retry_interval = def->retry_interval;
+	if (!(vm->job_set & JOB_SET_PARALLEL_DISKS))
+		vm->job.parallel_disks = def->parallel_disks;
+}
+
+/* One disk per CPU: a send session's reader hashes on every lane it has,
+ * so more disks than CPUs at once only share them. */
+static unsigned default_parallel_disks(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (n < 1)
+		return 1;
+	return n > CONFIG_PARALLEL_DISKS_MAX ? CONFIG_PARALLEL_DISKS_MAX
+					     : (unsigned)n;
 }
 
 int config_load(const char *path, struct agent_config *cfg, char *err,
@@ -397,6 +425,7 @@ int config_load(const char *path, struct agent_config *cfg, char *err,
 	cfg->job.max_passes = CONFIG_DEFAULT_MAX_PASSES;
 	cfg->job.retries = CONFIG_DEFAULT_RETRIES;
 	cfg->job.retry_interval = CONFIG_DEFAULT_RETRY_INTERVAL;
+	cfg->job.parallel_disks = default_parallel_disks();
 	cfg->path = strdup(path);
 	if (!cfg->path)
 		return -ENOMEM;

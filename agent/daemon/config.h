@@ -21,6 +21,8 @@
 #define CONFIG_RETRIES_MAX 1000
 #define CONFIG_DEFAULT_RETRY_INTERVAL 10 /* seconds; doubles per retry */
 #define CONFIG_RETRY_INTERVAL_MAX 300	 /* and never waits longer */
+/* parallel-disks defaults to the online CPUs, within 1..this */
+#define CONFIG_PARALLEL_DISKS_MAX 64
 
 /* How a job reads and guards its sources; one per VM, with [agent]
  * giving the defaults. */
@@ -29,6 +31,8 @@ struct job_settings {
 	unsigned max_passes;	 /* max-passes = 1..100 */
 	unsigned retries;	 /* retries = 0..1000 */
 	unsigned retry_interval; /* retry-interval = 1..300 seconds */
+	unsigned parallel_disks; /* parallel-disks = 1..64: disks a job
+				  * works on at once */
 };
 
 enum vm_role {

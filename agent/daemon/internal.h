@@ -39,18 +39,16 @@ struct ajob {
 	struct agent *a;
 	pthread_t thread;
 	bool has_thread;   /* a runner exists and must be joined */
+	unsigned sessions; /* its protocol sessions now (agent lock) */
 	bool thread_done;  /* it has returned (or is about to) */
 	volatile int stop; /* push_disk()'s stop flag */
 	unsigned stop_req; /* REQ_SUSPEND/TERMINATE/KILL, STOP_SHUTDOWN */
 	int64_t last_save;
-	uint64_t base_compared, base_different, base_sent;
-	unsigned cur_disk;
-	unsigned cur_flags; /* the running session's PUSH_* flags */
-	bool keep_snap;	    /* network retries ran out: an Exception
-			     * keeps the clones for the next job */
-	bool discarding;    /* a cancel of this failed job discards the
-			     * recovery side's copies right now (it is not
-			     * removed meanwhile) */
+	bool keep_snap;	 /* network retries ran out: an Exception
+			  * keeps the clones for the next job */
+	bool discarding; /* a cancel of this failed job discards the
+			  * recovery side's copies right now (it is not
+			  * removed meanwhile) */
 	struct ajob *next;
 };
 

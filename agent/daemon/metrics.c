@@ -87,11 +87,9 @@ void metrics_sessions(struct agent *a, unsigned *in, unsigned *out)
 		for (k = 0; vm->role != VM_ROLE_PRIMARY && k < vm->ndisks; k++)
 			*in += jobs_disk_receiving(a, vm, k);
 	}
+	/* a job runs up to parallel-disks sessions at once */
 	for (aj = a->jobs; aj; aj = aj->next)
-		if (aj->has_thread && !aj->thread_done &&
-		    (aj->j.state == JS_RUNNING || aj->j.state == JS_STARTING ||
-		     aj->j.state == JS_SHUTTING_DOWN))
-			(*out)++;
+		*out += aj->sessions;
 }
 
 /* --- the agent's families --- */

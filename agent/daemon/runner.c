@@ -8,8 +8,15 @@
  * restart or a suspend resumes at the disk it got to.  A cancelled job
  * discards the recovery side's partial copies instead.  Sessions (and
  * their retries, session.c) run without the agent lock.
+ *
+ * Within a phase, up to the VM's parallel-disks disks run at once, each
+ * in a worker thread of its own (with 1, in the runner's thread, in the
+ * disks' order).  The first disk that fails decides the job's error and
+ * stops the others through the job's stop flag, as a cancel would, but
+ * without a stop request, so it ends as that disk's failure.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,10 +33,20 @@
 /* Where a runner got to when a phase stopped. */
 struct run {
 	struct ajob *aj;
-	unsigned disk;	/* the disk being worked on; ndisks: none */
-	int ret;	/* the session's result */
+	unsigned disk;	/* the disk that stopped first; ndisks: none */
+	int ret;	/* its session's result */
 	unsigned rv;	/* a snapshot failed: its Resynchronize value */
 	char err[1024]; /* and its message */
+	unsigned width; /* parallel-disks: disks at once */
+	bool failstop;	/* a failure set aj->stop to stop the others */
+};
+
+/* One worker's disk: each thread has its own, so a session's result and
+ * message are not shared. */
+struct slot {
+	struct run *r;
+	int ret;
+	char err[1024];
 };
 
 static unsigned rv_for_push(int err)
@@ -181,12 +198,163 @@ static void stopped(struct agent *a, struct run *r)
 		}
 		return;
 	}
+	/* no request came: the flag was ours, and a cancel of the failed
+	 * job (its discard sessions) must not find it set */
+	if (r->failstop)
+		aj->stop = 0;
 	fail_job(a, aj, r->ret ? r->ret : -ECANCELED, phase_work(j->phase),
 		 r->disk < j->ndisks ? j->disks[r->disk].name : "-", r->err);
 }
 
+/* --- a phase's disks, up to parallel-disks at once --- */
+
+/* One disk's work in a phase, without the lock: false when it stopped
+ * (@s->ret and @s->err say why when it failed). */
+typedef bool (*disk_work)(struct slot *s, unsigned i);
+/* Under the lock: has disk @d still work in the phase? */
+typedef bool (*disk_todo)(const struct job_disk *d);
+
+struct phase {
+	struct run *r;
+	disk_work work;
+	disk_todo todo;
+	bool stop_others; /* a failure stops the disks still running */
+	unsigned next;	  /* under the lock: the next disk to look at */
+	bool stopped;	  /* under the lock: a disk stopped, start none */
+};
+
+struct worker {
+	struct phase *ph;
+	struct slot s;
+	pthread_t thread;
+};
+
+/* Under the lock: the first disk that stops decides how the phase ends;
+ * when it failed (a stop of ours or a request is no failure), the disks
+ * still running are told to stop. */
+static void disk_stopped(struct phase *ph, unsigned i, const struct slot *s)
+{
+	struct run *r = ph->r;
+	struct ajob *aj = r->aj;
+
+	if (ph->stopped)
+		return;
+	ph->stopped = true;
+	r->disk = i;
+	r->ret = s->ret;
+	snprintf(r->err, sizeof(r->err), "%s", s->err);
+	if (s->ret && !aj->stop && ph->stop_others && r->width > 1) {
+		r->failstop = true;
+		aj->stop = 1;
+		pthread_cond_broadcast(&aj->a->cond); /* a retry's backoff */
+	}
+}
+
+/* Take the phase's next disk with work left, until one stopped or the job
+ * is asked to stop; as the sequential loop did, a stop is seen between two
+ * disks. */
+static void *work_disks(void *arg)
+{
+	struct worker *w = arg;
+	struct phase *ph = w->ph;
+	struct ajob *aj = ph->r->aj;
+	struct agent *a = aj->a;
+	unsigned i;
+
+	pthread_mutex_lock(&a->lock);
+	for (;;) {
+		while (ph->next < aj->j.ndisks &&
+		       !ph->todo(&aj->j.disks[ph->next]))
+			ph->next++;
+		if (ph->stopped || ph->next >= aj->j.ndisks)
+			break;
+		if (aj->stop) {
+			w->s.ret = 0;
+			w->s.err[0] = '\0';
+			disk_stopped(ph, ph->next, &w->s);
+			break;
+		}
+		i = ph->next++;
+		pthread_mutex_unlock(&a->lock);
+		w->s.ret = 0;
+		w->s.err[0] = '\0';
+		if (ph->work(&w->s, i)) {
+			pthread_mutex_lock(&a->lock);
+			continue;
+		}
+		pthread_mutex_lock(&a->lock);
+		disk_stopped(ph, i, &w->s);
+		break;
+	}
+	pthread_mutex_unlock(&a->lock);
+	return NULL;
+}
+
+/*
+ * Run @work on every disk @todo names, up to r->width at once: the
+ * runner's thread is one worker, the others are threads of their own.
+ * Returns false when a disk stopped (r->disk, r->ret and r->err say which
+ * and why).  Without the lock.
+ */
+static bool run_disks(struct run *r, disk_work work, disk_todo todo,
+		      bool stop_others)
+{
+	struct ajob *aj = r->aj;
+	struct phase ph = {
+		.r = r, .work = work, .todo = todo, .stop_others = stop_others
+	};
+	struct worker *w;
+	unsigned n = r->width, left = 0, i, started;
+
+	pthread_mutex_lock(&aj->a->lock);
+	for (i = 0; i < aj->j.ndisks; i++)
+		left += todo(&aj->j.disks[i]);
+	pthread_mutex_unlock(&aj->a->lock);
+	if (n > left)
+		n = left;
+	if (n < 1)
+		n = 1;
+	w = calloc(n, sizeof(*w));
+	if (!w) { /* one disk at a time still does the job */
+		struct worker one = { .ph = &ph, .s = { .r = r } };
+
+		work_disks(&one);
+		return !ph.stopped;
+	}
+	for (started = 1; started < n; started++) {
+		w[started].ph = &ph;
+		w[started].s.r = r;
+		/* a thread that cannot be made leaves its disks to the
+		 * others */
+		if (pthread_create(&w[started].thread, NULL, work_disks,
+				   &w[started]))
+			break;
+	}
+	w[0].ph = &ph;
+	w[0].s.r = r;
+	work_disks(&w[0]);
+	for (i = 1; i < started; i++)
+		pthread_join(w[i].thread, NULL);
+	free(w);
+	return !ph.stopped;
+}
+
 /* --- the phases; each runs without the lock and returns false when it
  * stopped --- */
+
+static bool all_disks(const struct job_disk *d)
+{
+	(void)d;
+	return true;
+}
+
+static bool check_disk(struct slot *s, unsigned i)
+{
+	struct ajob *aj = s->r->aj;
+
+	s->ret = runner_session(aj, i, PUSH_CHECK, s->err, sizeof(s->err));
+	return !s->ret && !aj->stop;
+}
 
 static bool phase_check(struct run *r)
 {
@@ -195,12 +363,8 @@ static bool phase_check(struct run *r)
 
 	if (j->phase != JOB_PHASE_CHECK)
 		return true;
-	for (r->disk = 0; r->disk < j->ndisks; r->disk++) {
-		r->ret = runner_session(aj, r->disk, PUSH_CHECK, r->err,
-					sizeof(r->err));
-		if (r->ret || aj->stop)
-			return false;
-	}
+	if (!run_disks(r, check_disk, all_disks, true))
+		return false;
 	pthread_mutex_lock(&aj->a->lock);
 	j->phase = JOB_PHASE_SEND;
 	runner_update_percent(j);
@@ -232,9 +396,9 @@ static void disk_sent(struct ajob *aj, struct job_disk *d)
 
 /* A disk read from its snapshot (or one that cannot be watched): one
  * pass. */
-static bool send_once(struct run *r, unsigned i)
+static bool send_once(struct slot *s, unsigned i)
 {
-	struct ajob *aj = r->aj;
+	struct ajob *aj = s->r->aj;
 	struct agent *a = aj->a;
 	struct job_disk *d = &aj->j.disks[i];
 
@@ -244,8 +408,8 @@ static bool send_once(struct run *r, unsigned i)
 		jobs_persist(a, aj);
 	}
 	pthread_mutex_unlock(&a->lock);
-	r->ret = runner_session(aj, i, send_flags(d), r->err, sizeof(r->err));
-	if (r->ret || aj->stop)
+	s->ret = runner_session(aj, i, send_flags(d), s->err, sizeof(s->err));
+	if (s->ret || aj->stop)
 		return false;
 	pthread_mutex_lock(&a->lock);
 	disk_sent(aj, d);
@@ -259,19 +423,19 @@ static bool send_once(struct run *r, unsigned i)
  * job compares to resume).  A pass an earlier run of this job began
  * (@resumed) is tainted when the file changed while nobody watched.
  * Returns 0, -ENOTSUP (a block device: not watchable) or another error
- * with @r->err.
+ * with @s->err.
  */
-static int pass_begin(struct run *r, struct job_disk *d, bool resumed,
+static int pass_begin(struct slot *s, struct job_disk *d, bool resumed,
 		      struct watch **w, bool *taint, char *why, size_t whylen)
 {
-	struct ajob *aj = r->aj;
+	struct ajob *aj = s->r->aj;
 	struct agent *a = aj->a;
 	char text[SRC_IDENT_TEXT_MAX];
 	struct src_ident then;
 	int ret;
 
 	*taint = false;
-	ret = watch_start(d->path, w, r->err, sizeof(r->err));
+	ret = watch_start(d->path, w, s->err, sizeof(s->err));
 	if (ret)
 		return ret;
 	if (resumed && d->ident && !src_ident_parse(d->ident, &then) &&
@@ -300,9 +464,9 @@ static int pass_begin(struct run *r, struct job_disk *d, bool resumed,
  * differs.  A disk still written in its last pass is marked changed; the
  * job goes on and ends Completed with warnings.
  */
-static bool send_passes(struct run *r, unsigned i)
+static bool send_passes(struct slot *s, unsigned i)
 {
-	struct ajob *aj = r->aj;
+	struct ajob *aj = s->r->aj;
 	struct agent *a = aj->a;
 	struct job_disk *d = &aj->j.disks[i];
 	const struct vm_config *vm;
@@ -329,7 +493,7 @@ static bool send_passes(struct run *r, unsigned i)
 			pthread_mutex_unlock(&a->lock);
 		}
 		why[0] = '\0';
-		ret = pass_begin(r, d, resumed, &w, &taint, why, sizeof(why));
+		ret = pass_begin(s, d, resumed, &w, &taint, why, sizeof(why));
 		if (ret == -ENOTSUP) {
 			pthread_mutex_lock(&a->lock);
 			if (!d->snap_note)
@@ -338,19 +502,19 @@ static bool send_passes(struct run *r, unsigned i)
 			pthread_mutex_unlock(&a->lock);
 			log_msg(LOG_PRIO_NOTICE, NULL,
 				"job %s (VM %s): disk %s: %s", aj->j.id,
-				aj->j.vm, d->name, r->err);
-			return send_once(r, i);
+				aj->j.vm, d->name, s->err);
+			return send_once(s, i);
 		}
 		if (ret) {
-			r->ret = ret;
+			s->ret = ret;
 			return false;
 		}
 		log_msg(LOG_PRIO_INFO, NULL,
 			"job %s (VM %s): disk %s: pass %u%s", aj->j.id,
 			aj->j.vm, d->name, d->passes,
 			resumed ? " (resumed)" : "");
-		r->ret = runner_session(aj, i, send_flags(d), r->err,
-					sizeof(r->err));
+		s->ret = runner_session(aj, i, send_flags(d), s->err,
+					sizeof(s->err));
 		changed = taint ? 1 : watch_changed(w, why, sizeof(why));
 		watch_stop(w);
 		if (changed < 0) { /* cannot tell: count it as written */
@@ -363,7 +527,7 @@ static bool send_passes(struct run *r, unsigned i)
 		d->changed = changed == 1;
 		jobs_persist(a, aj);
 		pthread_mutex_unlock(&a->lock);
-		if (r->ret || aj->stop)
+		if (s->ret || aj->stop)
 			return false;
 		if (!changed)
 			break;
@@ -386,13 +550,18 @@ static bool send_passes(struct run *r, unsigned i)
 }
 
 /* Compare and send disk @i into a held child on the recovery side. */
-static bool send_disk(struct run *r, unsigned i)
+static bool send_disk(struct slot *s, unsigned i)
 {
-	const struct job_disk *d = &r->aj->j.disks[i];
+	const struct job_disk *d = &s->r->aj->j.disks[i];
 
 	if (d->reflink)
-		return send_once(r, i);
-	return send_passes(r, i);
+		return send_once(s, i);
+	return send_passes(s, i);
+}
+
+static bool not_sent(const struct job_disk *d)
+{
+	return !d->sent;
 }
 
 static bool phase_send(struct run *r)
@@ -403,9 +572,8 @@ static bool phase_send(struct run *r)
 
 	if (j->phase != JOB_PHASE_SEND)
 		return true;
-	for (r->disk = 0; r->disk < j->ndisks; r->disk++)
-		if (!j->disks[r->disk].sent && !send_disk(r, r->disk))
-			return false;
+	if (!run_disks(r, send_disk, not_sent, true))
+		return false;
 	pthread_mutex_lock(&a->lock);
 	if (aj->stop) {
 		pthread_mutex_unlock(&a->lock);
@@ -420,28 +588,34 @@ static bool phase_send(struct run *r)
 	return true;
 }
 
-/* Not stopped by a request: a merge that began is carried through. */
+static bool merge_disk(struct slot *s, unsigned i)
+{
+	struct ajob *aj = s->r->aj;
+
+	s->ret = runner_session(aj, i, PUSH_MERGE, s->err, sizeof(s->err));
+	if (s->ret)
+		return false;
+	pthread_mutex_lock(&aj->a->lock);
+	aj->j.disks[i].merged = true;
+	runner_update_percent(&aj->j);
+	jobs_persist(aj->a, aj);
+	pthread_mutex_unlock(&aj->a->lock);
+	return true;
+}
+
+static bool not_merged(const struct job_disk *d)
+{
+	return !d->merged;
+}
+
+/* Not stopped by a request: a merge that began is carried through.  A
+ * failed merge starts no further one, but the merges already running
+ * finish (they cannot be cancelled and are short). */
 static bool phase_merge(struct run *r)
 {
-	struct ajob *aj = r->aj;
-	struct job *j = &aj->j;
-
-	if (j->phase != JOB_PHASE_MERGE)
+	if (r->aj->j.phase != JOB_PHASE_MERGE)
 		return true;
-	for (r->disk = 0; r->disk < j->ndisks; r->disk++) {
-		if (j->disks[r->disk].merged)
-			continue;
-		r->ret = runner_session(aj, r->disk, PUSH_MERGE, r->err,
-					sizeof(r->err));
-		if (r->ret)
-			return false;
-		pthread_mutex_lock(&aj->a->lock);
-		j->disks[r->disk].merged = true;
-		runner_update_percent(j);
-		jobs_persist(aj->a, aj);
-		pthread_mutex_unlock(&aj->a->lock);
-	}
-	return true;
+	return run_disks(r, merge_disk, not_merged, false);
 }
 
 /* --- the thread --- */
@@ -562,7 +736,7 @@ static void mark_running(struct agent *a, struct ajob *aj, struct vmrt *vm)
 static const struct vm_config *run_phases(struct agent *a, struct ajob *aj)
 {
 	struct vmrt *vm = jobs_vm(a, aj->j.vm);
-	struct run r = { .aj = aj, .disk = aj->j.ndisks };
+	struct run r = { .aj = aj, .disk = aj->j.ndisks, .width = 1 };
 	bool done;
 
 	if (vm && hold_exports(a, vm->cfg, true)) {
@@ -575,6 +749,16 @@ static const struct vm_config *run_phases(struct agent *a, struct ajob *aj)
 		return NULL;
 	}
 	mark_running(a, aj, vm);
+	/* read once: a job keeps the width it started with */
+	r.width = vm ? vm->cfg->job.parallel_disks : a->cfg.job.parallel_disks;
+	if (r.width < 1)
+		r.width = 1;
+	if (r.width > 1 && aj->j.ndisks > 1)
+		log_msg(LOG_PRIO_INFO, NULL,
+			"job %s (VM %s): up to %u of its %u disks at once",
+			aj->j.id, aj->j.vm,
+			r.width < aj->j.ndisks ? r.width : aj->j.ndisks,
+			aj->j.ndisks);
 	pthread_mutex_unlock(&a->lock);
 	done = prepare_sources(&r) && phase_check(&r) && phase_send(&r) &&
 	       phase_merge(&r);

@@ -65,17 +65,42 @@ static void max_u64(uint64_t *dst, uint64_t v)
 		*dst = v;
 }
 
-/* Under the lock: a session's counters into the job's.  Within a job they
- * only grow (a first session starts from 0 anyway), so a late or partial
- * report never shows the job going backwards. */
-static void take_stats(struct ajob *aj, struct job_disk *d,
+/* A send session's own: push_disk() fills @map without the agent's lock;
+ * the progress callback, on the same thread, moves it into the job.  A
+ * job's disks may run at once (parallel-disks), so which disk a report is
+ * for and what the session added to the job's counters are the
+ * session's, not the job's. */
+struct sess_ctx {
+	struct ajob *aj;
+	unsigned disk;
+	unsigned flags;			    /* the session's PUSH_* flags */
+	uint64_t compared, different, sent; /* taken into the job so far */
+	struct svgmap map;
+};
+
+/* Under the lock: what a session counter grew by since the last report,
+ * into the job's total. */
+static void add_growth(uint64_t *total, uint64_t *taken, uint64_t v)
+{
+	if (v > *taken) {
+		*total += v - *taken;
+		*taken = v;
+	}
+}
+
+/* Under the lock: a session's counters into the job's.  They only grow
+ * (a first session starts from 0 anyway), so a late or partial report
+ * never shows the job going backwards, and the sessions of a job's disks
+ * running at once add up. */
+static void take_stats(struct sess_ctx *sc, struct job_disk *d,
 		       const struct push_stats *st)
 {
+	struct job *j = &sc->aj->j;
+
 	max_u64(&d->done, st->position);
-	max_u64(&aj->j.bytes_compared, aj->base_compared + st->bytes_compared);
-	max_u64(&aj->j.bytes_different,
-		aj->base_different + st->bytes_different);
-	max_u64(&aj->j.bytes_sent, aj->base_sent + st->bytes_sent);
+	add_growth(&j->bytes_compared, &sc->compared, st->bytes_compared);
+	add_growth(&j->bytes_different, &sc->different, st->bytes_different);
+	add_growth(&j->bytes_sent, &sc->sent, st->bytes_sent);
 }
 
 /* Under the lock: the recovery side accepted a session (WELCOME), so
@@ -94,13 +119,6 @@ static void took_effect(struct ajob *aj, struct job_disk *d, unsigned flags,
 		aj->last_save = 0;
 	}
 }
-
-/* A send session's own: push_disk() fills @map without the agent's lock;
- * the progress callback, on the same thread, moves it into the job. */
-struct sess_ctx {
-	struct ajob *aj;
-	struct svgmap map;
-};
 
 /* Under the lock: what the session mapped since the last call, into the
  * job's disk. */
@@ -121,12 +139,12 @@ static void on_progress(void *ctx, const struct push_stats *st)
 	int64_t now = wall_us();
 
 	pthread_mutex_lock(&a->lock);
-	d = &aj->j.disks[aj->cur_disk];
+	d = &aj->j.disks[sc->disk];
 	take_map(d, &sc->map);
 	if (st->virtual_size)
 		d->size = st->virtual_size;
-	take_stats(aj, d, st);
-	took_effect(aj, d, aj->cur_flags, st);
+	take_stats(sc, d, st);
+	took_effect(aj, d, sc->flags, st);
 	runner_update_percent(&aj->j);
 	if (now - aj->last_save >= SAVE_INTERVAL_US) {
 		aj->last_save = now;
@@ -223,7 +241,7 @@ static int session(struct ajob *aj, unsigned i, unsigned flags,
 	struct job_disk *d = &aj->j.disks[i];
 	struct push_stats st;
 	char export_name[PROTO_NAME_MAX + 1];
-	struct sess_ctx sc = { .aj = aj };
+	struct sess_ctx sc = { .aj = aj, .disk = i, .flags = flags };
 	struct tls_config tls;
 	struct push_params p = {
 		/* push.h allows NULL for MERGE and DISCARD, but HELLO still
@@ -272,22 +290,18 @@ static int session(struct ajob *aj, unsigned i, unsigned flags,
 		return ret;
 	}
 	pthread_mutex_lock(&a->lock);
-	aj->cur_disk = i;
-	aj->cur_flags = flags;
-	aj->base_compared = aj->j.bytes_compared;
-	aj->base_different = aj->j.bytes_different;
-	aj->base_sent = aj->j.bytes_sent;
+	aj->sessions++;
 	pthread_mutex_unlock(&a->lock);
-
 	ret = push_retrying(aj, &p, &st, err, errlen);
 	explicit_bzero(&tls, sizeof(tls));
 
 	pthread_mutex_lock(&a->lock);
+	aj->sessions--;
 	if (st.virtual_size)
 		d->size = st.virtual_size;
 	if (flags &
 	    PUSH_HOLD) { /* the last report may be ahead of a cut session */
-		take_stats(aj, d, &st);
+		take_stats(&sc, d, &st);
 		d->resumed = st.resume_offset;
 		take_map(d, &sc.map);
 	}

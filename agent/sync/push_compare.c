@@ -47,6 +47,7 @@
  * none waits in it longer than BATCH_AGE_NS. */
 #define BATCH_BYTES (64u << 10)
 #define BATCH_AGE_NS 1000000u
+#define CREDIT_BYTES (8u << 20)
 /*
  * A send that failed waits this long for the receiver to read what the
  * peer sent before it closed: a recovery side that gives up (a full disk)
@@ -714,7 +715,16 @@ static bool finish_ready(const struct push *ps)
 
 static int compare_all(struct push *ps)
 {
-	uint64_t step = ps->window / 4 ? ps->window / 4 : 1;
+	/* Credit goes back every quarter window, and at least every
+	 * CREDIT_BYTES: done_through is also the recovery side's durable
+	 * progress (what a cut session resumes from) and our progress
+	 * report, and a window is up to 256 MiB. */
+	uint64_t step = ps->window / 4, most = CREDIT_BYTES / ps->bs;
+
+	if (step > most)
+		step = most;
+	if (!step)
+		step = 1;
 	struct sub_msg *subs, *s;
 	uint64_t avail, n_done;
 	bool progressed;
@@ -752,6 +762,8 @@ static int compare_all(struct push *ps)
 				if (ret < 0)
 					return ret;
 			}
+			/* a batch can take long under --bwlimit */
+			push_report(ps, false);
 		}
 		progressed |= n_done > 0;
 		/* Nothing left to do until the peer answers: hand back

@@ -18,6 +18,11 @@
 
 /* Progress is recorded at least this often while done_through moves. */
 #define PERSIST_INTERVAL 5.0
+/* Data written since the last record that makes the next one due (or
+ * half the window, if less): what a crash here makes the primary send
+ * again, whatever the window (up to 256 MiB, which only costs comparing
+ * again). */
+#define PERSIST_WRITTEN (4u << 20)
 #define RECORD_MAGIC "hvresync-state 1"
 
 /* ---- the file ------------------------------------------------------------ */
@@ -168,7 +173,7 @@ int record_remove(struct session *s)
 
 int record_persist(struct session *s)
 {
-	uint64_t done;
+	uint64_t done, written_max;
 	double t = mono_seconds();
 	bool half_window;
 	int ret;
@@ -180,8 +185,10 @@ int record_persist(struct session *s)
 	half_window = s->dirty_block != SESSION_CLEAN &&
 		      s->done_block >= s->dirty_block + s->window / 2;
 	pthread_mutex_unlock(&s->lock);
-	if (s->written_since < (uint64_t)s->window * s->bs / 2 &&
-	    !half_window &&
+	written_max = (uint64_t)s->window * s->bs / 2;
+	if (written_max > PERSIST_WRITTEN)
+		written_max = PERSIST_WRITTEN;
+	if (s->written_since < written_max && !half_window &&
 	    (t - s->last_persist < PERSIST_INTERVAL ||
 	     done == s->persisted_done))
 		return 0;

@@ -285,6 +285,49 @@ static void test_job_settings(void **state)
 	       "retry-interval");
 }
 
+/* parallel-disks: one disk per online CPU unless set, [agent] for every
+ * VM, [vm] overriding it, and only 1 to 64. */
+static void test_parallel_disks(void **state)
+{
+	struct agent_config c;
+	const struct vm_config *a, *b;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	char err[512];
+
+	(void)state;
+	if (ncpu < 1)
+		ncpu = 1;
+	if (ncpu > 64)
+		ncpu = 64;
+	write_conf("[vm a]\nrole = replica\n");
+	if (config_load(path, &c, err, sizeof(err)))
+		fail_msg("%s", err);
+	assert_int_equal(c.job.parallel_disks, ncpu);
+	assert_int_equal(c.vms[0].job.parallel_disks, ncpu);
+	config_free(&c);
+
+	write_conf("[vm a]\nrole = replica\nparallel-disks = 1\n"
+		   "[vm b]\nrole = replica\n"
+		   "[agent]\nparallel-disks = 64\n");
+	if (config_load(path, &c, err, sizeof(err)))
+		fail_msg("%s", err);
+	a = config_find_vm(&c, "a");
+	b = config_find_vm(&c, "b");
+	assert_non_null(a);
+	assert_non_null(b);
+	assert_int_equal(a->job.parallel_disks, 1);
+	assert_int_equal(b->job.parallel_disks, 64);
+	config_free(&c);
+
+	refuse("[agent]\nparallel-disks = 0\n", 2, "parallel-disks: '0'");
+	refuse("[vm a]\nrole = replica\nparallel-disks = 65\n", 3, "1 to 64");
+	refuse("[agent]\nlisten = 1.2.3.4:5\nparallel-disks = abc\n", 3,
+	       "parallel-disks: 'abc'");
+	refuse("[vm a]\nrole = replica\nparallel-disks = -2\n", 3,
+	       "parallel-disks");
+	refuse("[agent]\nparallel-disks =\n", 2, "parallel-disks");
+}
+
 static void test_missing_file(void **state)
 {
 	struct agent_config c;
@@ -305,6 +348,7 @@ int main(void)
 		cmocka_unit_test(test_window),
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_job_settings),
+		cmocka_unit_test(test_parallel_disks),
 		cmocka_unit_test(test_missing_file),
 	};
 
