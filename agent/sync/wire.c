@@ -128,19 +128,31 @@ int proto_send(struct conn *c, uint8_t type, uint8_t flags, const void *payload,
 	return proto_sendv(c, type, flags, &iov, 1, err);
 }
 
+/* @m's payload as two pieces: the encoded fixed part and the variable
+ * tail where it is (never copied). */
+static int msg_iov(const struct msg *m, struct proto_parts *pp,
+		   struct iovec iov[2], struct vhdx_error *err)
+{
+	int ret = proto_encode_parts(m, pp, err);
+
+	if (ret)
+		return ret;
+	iov[0].iov_base = pp->fixed;
+	iov[0].iov_len = pp->fixed_len;
+	iov[1].iov_base = (void *)pp->tail;
+	iov[1].iov_len = pp->tail_len;
+	return 0;
+}
+
 int proto_send_msg(struct conn *c, const struct msg *m, struct vhdx_error *err)
 {
 	struct proto_parts pp;
 	struct iovec iov[2];
 	int ret;
 
-	ret = proto_encode_parts(m, &pp, err);
+	ret = msg_iov(m, &pp, iov, err);
 	if (ret)
 		return ret;
-	iov[0].iov_base = pp.fixed;
-	iov[0].iov_len = pp.fixed_len;
-	iov[1].iov_base = (void *)pp.tail;
-	iov[1].iov_len = pp.tail_len;
 	return proto_sendv(c, m->type, pp.flags, iov, 2, err);
 }
 
@@ -182,13 +194,9 @@ int proto_batch_msg(struct conn *c, struct proto_batch *b, const struct msg *m,
 	size_t total;
 	int ret;
 
-	ret = proto_encode_parts(m, &pp, err);
+	ret = msg_iov(m, &pp, iov, err);
 	if (ret)
 		return ret;
-	iov[0].iov_base = pp.fixed;
-	iov[0].iov_len = pp.fixed_len;
-	iov[1].iov_base = (void *)pp.tail;
-	iov[1].iov_len = pp.tail_len;
 	ret = prepare(c, m->type, pp.flags, iov, 2, &total, &crc, err);
 	if (ret)
 		return ret;
