@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include <zstd.h>
@@ -575,6 +576,27 @@ static int receive_loop(struct session *s)
 
 /* ---- a copy session ------------------------------------------------------ */
 
+/*
+ * Reader threads for a new session: the CPUs shared among the sessions
+ * running now, at least one.  Sixteen sessions of a lane per CPU each
+ * spend the CPUs switching between threads and the caches on their
+ * buffers, and together read no faster than two do.
+ */
+static unsigned reader_lanes(struct server *srv)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned active;
+
+	pthread_mutex_lock(&srv->lock);
+	active = srv->nactive;
+	pthread_mutex_unlock(&srv->lock);
+	if (ncpu < 1)
+		ncpu = 1;
+	if (!active)
+		active = 1;
+	return (unsigned)ncpu > active ? (unsigned)ncpu / active : 1;
+}
+
 static int start_reader(struct session *s)
 {
 	enum sync_reader_step step;
@@ -584,6 +606,7 @@ static int start_reader(struct session *s)
 
 	sync_reader_config(&cfg, s->bs, s->hello.hash, s->hello.seed);
 	cfg.sub_hashes = true;
+	cfg.threads = reader_lanes(s->srv);
 	ret = sync_reader_start(&s->rd, &cfg, s->src, s->resume_block, s->size,
 				&step, msg, sizeof(msg));
 	if (ret >= 0)
