@@ -159,7 +159,9 @@ if [ -n "$HAVE_XFS" ]; then
 	cp --reflink=never "$X/s.vhdx" saved.vhdx
 	rv p snapvm
 	J=$JOB
-	poll_job p "$J" 30 BytesSent ge $((1 * M)) || fail "the job did not get going"
+	# the recovery side records its progress every 4 MiB it writes
+	# (protocol.md): past 8 MiB a record exists when it dies
+	poll_job p "$J" 30 BytesSent ge $((8 * M)) || fail "the job did not get going"
 	kill_agent r
 	poll_job p "$J" 20 Retries ge 1 || fail "no retry counted"
 	check "while it waits the job is Running (4)" test "$(jobf p "$J" JobState)" = 4
@@ -179,7 +181,9 @@ if [ -n "$HAVE_XFS" ]; then
 	cp --reflink=never "$X/s.vhdx" saved.vhdx
 	rv p snapvm
 	J=$JOB
-	poll_job p "$J" 30 BytesSent ge $((1 * M)) || fail "the job did not get going"
+	# the recovery side records its progress every 4 MiB it writes
+	# (protocol.md): past 8 MiB a record exists when it dies
+	poll_job p "$J" 30 BytesSent ge $((8 * M)) || fail "the job did not get going"
 	kill_agent r
 	wait_job p "$J" 60 7 8 9 10 32768 || fail "the job did not give up"
 	check "after 2 retries the job ends Exception (10)" \

@@ -47,7 +47,7 @@
  * none waits in it longer than BATCH_AGE_NS. */
 #define BATCH_BYTES (64u << 10)
 #define BATCH_AGE_NS 1000000u
-#define CREDIT_BYTES (8u << 20)
+#define CREDIT_BYTES (2u << 20)
 /*
  * A send that failed waits this long for the receiver to read what the
  * peer sent before it closed: a recovery side that gives up (a full disk)
