@@ -13,7 +13,10 @@
 
 #include "uring/xxh3_avx2.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
+/* GCC's target pragma also turns on __AVX2__, which xxhash.h keys its
+ * AVX2 code on; clang's does not (the fuzz build): there the library's
+ * code runs. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC target("avx2")
 #define XXH_INLINE_ALL
