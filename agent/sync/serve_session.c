@@ -55,16 +55,16 @@ int session_send(struct session *s, const struct msg *m)
 	return ret;
 }
 
-/* SUBHASHES gather in a batch while more of the primary's frames are
- * already here; receive_loop() writes it out before it would wait. */
+/* SUBHASHES gather in a batch (set up with the flow, before any SUBREQ
+ * can come) while more of the primary's frames are already here;
+ * receive_loop() writes it out before it would wait. */
 static int send_batched(struct session *s, const struct msg *m)
 {
 	struct vhdx_error terr;
 	int ret;
 
 	pthread_mutex_lock(&s->send_lock);
-	ret = s->out.buf ? proto_batch_msg(s->c, &s->out, m, &terr)
-			 : proto_send_msg(s->c, m, &terr);
+	ret = proto_batch_msg(s->c, &s->out, m, &terr);
 	pthread_mutex_unlock(&s->send_lock);
 	return ret;
 }

@@ -92,10 +92,6 @@ int proto_sendv(struct conn *c, uint8_t type, uint8_t flags,
 	ret = prepare(c, type, flags, iov, n, &total, &crc, err);
 	if (ret)
 		return ret;
-	if (PROTO_HDR_LEN + total <= STAGE_LEN) {
-		put_frame(stage, type, flags, iov, n, total, crc);
-		return conn_write_full(c, stage, PROTO_HDR_LEN + total, err);
-	}
 	proto_put_header(stage, type, flags, (uint32_t)total, ~crc);
 	used = PROTO_HDR_LEN;
 	/* Small pieces ride along with the header; big ones go directly. */
