@@ -318,6 +318,7 @@ struct vhdx_image {
 	unsigned ndirty, dirty_cap;
 	bool batch;	    /* commit only at a flush (vhdx_writer_batch) */
 	uint64_t unkicked;  /* batch: written since writeback last started */
+	struct vhdx_kicker *kicker; /* batch: starts writeback meanwhile */
 	int write_error;    /* sticky: after a failed commit */
 	uint64_t alloc_end; /* next new block goes here (1 MiB aligned) */
 };

@@ -60,6 +60,30 @@ static inline bool bit(const uint8_t *bm, uint64_t i)
 	return (__atomic_load_n(&bm[i >> 3], __ATOMIC_RELAXED) >> (i & 7)) & 1;
 }
 
+typedef uint64_t __attribute__((may_alias)) bitmap_word;
+
+/* The first bit from @i on (before @last) that is not @present, or @last.
+ * A sparse child's bitmap is mostly one value: whole words at a time. */
+static uint64_t run_end(const uint8_t *bm, uint64_t i, uint64_t last,
+			bool present)
+{
+	const uint64_t same = present ? ~0ull : 0;
+
+	while (i < last && (i & 63)) {
+		if (bit(bm, i) != present)
+			return i;
+		i++;
+	}
+	/* bitmaps are malloc'ed: word @i / 64 is aligned */
+	while (i + 64 <= last &&
+	       __atomic_load_n((const bitmap_word *)(bm + (i >> 3)),
+			       __ATOMIC_RELAXED) == same)
+		i += 64;
+	while (i < last && bit(bm, i) == present)
+		i++;
+	return i;
+}
+
 /*
  * One block's run at OFF (never past the block's end or END): kind and,
  * for data, the file offset.  For partially present blocks the sector
@@ -104,8 +128,7 @@ static int block_run(struct vhdx_image *img, uint64_t off, uint64_t end,
 		if (!bm)
 			return err;
 		present = bit(bm, s - base);
-		for (s++; s < last && bit(bm, s - base) == present; s++)
-			;
+		s = base + run_end(bm, s + 1 - base, last - base, present);
 		if (s * lss < block_end)
 			ext->len = s * lss - off;
 		if (present) {

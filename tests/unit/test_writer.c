@@ -648,6 +648,68 @@ static void test_sector_bitmap_bits(void **state)
 	vhdx_close(chk);
 }
 
+/* The map splits a partially present block at every change of its
+ * bitmap, whole words of equal bits skipped at once: runs that start,
+ * end or span 64-sector words (and a block's end) come out exact. */
+static void test_map_runs_across_bitmap_words(void **state)
+{
+	struct env *e = *state;
+	struct vhdx_image *img;
+	/* [first, last) sectors written in the child's block 0 (2048 sectors
+	 * of 512 bytes): inside a word, ending at a word's end, starting at
+	 * one, spanning several words, single sectors at 63/64, adjacent
+	 * runs (one extent), and up to the block's last sector */
+	static const uint64_t runs[][2] = {
+		{ 1, 2 },     { 10, 64 },    { 64, 65 },   { 127, 128 },
+		{ 128, 130 }, { 191, 700 },  { 703, 704 }, { 767, 768 },
+		{ 1024, 1088 }, { 2000, 2048 },
+	};
+	struct vhdx_extent ext;
+	bool present[2048] = { false };
+	uint64_t off = 0, s;
+	unsigned k;
+
+	create(e->path, 2 * MB, 1 * MB, 512, false, NULL);
+	create(e->child, 0, 1 * MB, 0, false, e->path);
+	img = open_img(e->child, VHDX_OPEN_RDWR);
+	for (k = 0; k < sizeof(runs) / sizeof(runs[0]); k++)
+		write_byte(img, runs[k][0] * 512,
+			   (runs[k][1] - runs[k][0]) * 512, 0xd0 + k);
+	assert_int_equal(vhdx_close_checked(img), 0);
+
+	for (k = 0; k < sizeof(runs) / sizeof(runs[0]); k++)
+		for (s = runs[k][0]; s < runs[k][1]; s++)
+			present[s] = true;
+	/* each extent: one kind, all of its sectors of that kind, and the
+	 * sector after it (in the block) of the other */
+	img = open_img(e->child, 0);
+	while (off < 1 * MB) {
+		uint64_t first = off / 512, end;
+
+		assert_int_equal(vhdx_map(img, off, 1 * MB - off,
+					  VHDX_MAP_NO_RESOLVE, &ext),
+				 0);
+		assert_int_equal(ext.off, off);
+		assert_int_equal(ext.len % 512, 0);
+		assert_int_equal(ext.kind, present[first] ? VHDX_EXT_DATA
+							  : VHDX_EXT_PARENT);
+		end = first + ext.len / 512;
+		assert_true(end <= 2048);
+		for (s = first; s < end; s++)
+			if (present[s] != present[first])
+				fail_msg("extent at sector %llu runs past "
+					 "sector %llu",
+					 (unsigned long long)first,
+					 (unsigned long long)s);
+		if (end < 2048 && present[end] == present[first])
+			fail_msg("extent at sector %llu ends early, at %llu",
+				 (unsigned long long)first,
+				 (unsigned long long)end);
+		off += ext.len;
+	}
+	vhdx_close(img);
+}
+
 /* --- zero blocks
  * -------------------------------------------------------------- */
 
@@ -982,6 +1044,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_log_wraps, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_commit_spans_entries,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_map_runs_across_bitmap_words,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sector_bitmap_bits, setup,
 						teardown),
