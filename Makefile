@@ -65,7 +65,7 @@ UNIT_LAYER_vhdx := test_bat test_crc32c test_guid test_header test_log \
 UNIT_LAYER_uring := test_reader test_hash
 UNIT_LAYER_fuse := test_dmview
 UNIT_LAYER_lib := test_jsonparse test_fsutil test_snapshot test_watch test_prom \
-	test_jsonparse_fuzz test_svgmap
+	test_jsonparse_fuzz test_svgmap test_bufpool
 UNIT_LAYER_sync := test_proto test_wire test_names test_conn_limits test_authz
 UNIT_LAYER_daemon := test_cimtime test_config test_job test_methods
 UNIT_LAYER_cli :=

@@ -391,7 +391,6 @@ static void stop_threads(struct push *ps)
 static void free_session(struct push *ps)
 {
 	struct sub_msg *s;
-	unsigned i;
 
 	stop_threads(ps);
 	if (ps->c) {
@@ -406,13 +405,7 @@ static void free_session(struct push *ps)
 		ps->subs = s->next;
 		free(s);
 	}
-	if (ps->pend) {
-		for (i = 0; i < ps->window; i++)
-			free(ps->pend[i].data);
-	}
-	while (ps->nspare)
-		free(ps->spare[--ps->nspare]);
-	free(ps->spare);
+	bufpool_free(&ps->bufs); /* every pending slot's data too */
 	proto_batch_free(&ps->out);
 	free(ps->pend);
 	free(ps->ring);

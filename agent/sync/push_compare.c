@@ -43,6 +43,8 @@
  * link busy.
  */
 #define PEND_BYTES_MAX (16u << 20)
+/* Their buffers come in slabs of this much, mapped as they are needed. */
+#define PEND_SLAB_BYTES (1u << 20)
 /* Frames gather in a batch of this size (one write, one TLS record), and
  * none waits in it longer than BATCH_AGE_NS. */
 #define BATCH_BYTES (64u << 10)
@@ -550,11 +552,7 @@ static int add_pending(struct push *ps, uint64_t block, uint32_t len,
 	pd->zero = !b;
 	pd->data = NULL;
 	if (b) {
-		pd->data =
-			ps->nspare
-				? ps->spare[--ps->nspare]
-				: malloc((size_t)ps->bs +
-					 (size_t)ps->nsub_max * PROTO_HASH_LEN);
+		pd->data = bufpool_get(&ps->bufs);
 		if (!pd->data)
 			return push_fail(ps, -ENOMEM, "out of memory");
 		pd->sub = pd->data + ps->bs;
@@ -593,7 +591,7 @@ static int handle_sub(struct push *ps, const struct sub_msg *s)
 	if (ret < 0)
 		return ret;
 	if (pd->data) {
-		ps->spare[ps->nspare++] = pd->data;
+		bufpool_put(&ps->bufs, pd->data);
 		ps->pend_data--;
 		pd->data = NULL;
 	}
@@ -867,11 +865,13 @@ static int alloc_session(struct push *ps)
 
 	ps->ring = calloc(ps->window, PROTO_HASH_ENTRY_LEN);
 	ps->pend = calloc(ps->window, sizeof(*ps->pend));
-	ps->spare = calloc(ps->window, sizeof(*ps->spare));
 	if (proto_batch_init(&ps->out, BATCH_BYTES) < 0)
 		return push_fail(ps, -ENOMEM, "out of memory");
 	ps->scratch = malloc((size_t)ps->nsub_max * PROTO_HASH_LEN);
-	if (!ps->ring || !ps->pend || !ps->spare || !ps->scratch)
+	if (!ps->ring || !ps->pend || !ps->scratch ||
+	    bufpool_init(&ps->bufs,
+			 (size_t)ps->bs + (size_t)ps->nsub_max * PROTO_HASH_LEN,
+			 PEND_SLAB_BYTES) < 0)
 		return push_fail(ps, -ENOMEM, "out of memory");
 	/* Under --bwlimit, frames small enough that one never waits long
 	 * (the peer gives up after a silent minute). */

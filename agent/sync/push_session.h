@@ -16,6 +16,7 @@
 
 #include <zstd.h>
 
+#include "agent/lib/bufpool.h"
 #include "agent/sync/common.h"
 #include "agent/sync/setup.h"
 #include "agent/sync/proto.h"
@@ -37,7 +38,7 @@ struct pend {
 	uint64_t block;
 	uint32_t len;
 	bool zero;     /* reads as zeros here: no copy */
-	uint8_t *data; /* block_size bytes, from the spare pool */
+	uint8_t *data; /* block_size bytes, from the buffer pool */
 	uint8_t *sub;  /* nsub_max local sub-hashes, after data */
 };
 
@@ -84,11 +85,11 @@ struct push {
 	uint64_t next_block; /* next block to compare */
 	struct pend *pend;   /* FIFO of window slots */
 	unsigned pend_head, pend_count;
-	/* Buffers of finished slots, reused last in, first out: only as
-	 * many exist as were ever pending at once, and a reused one is
-	 * still in the cache (a fresh one per slot costs page faults). */
-	uint8_t **spare;
-	unsigned nspare;
+	/* Buffers of pending slots (block data and sub-hashes), reused
+	 * last in, first out: only as many exist as were ever pending at
+	 * once, a reused one is still in the cache, and new ones come
+	 * prefaulted (a fresh one per slot costs page faults). */
+	struct bufpool bufs;
 	unsigned pend_data;	/* pending slots holding a buffer */
 	uint64_t told_block;	/* done_through last sent, in blocks */
 	struct proto_batch out; /* small frames on their way out */
