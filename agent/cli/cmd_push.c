@@ -244,8 +244,17 @@ static void print_summary(const struct push_params *p, const char *target,
 	       st->blocks_different, st->blocks_different == 1 ? "" : "s");
 	printf("sent %s of data and %s as zero instructions; %s on the wire\n",
 	       c, d, e);
-	printf("took %.2f s (the recovery side merged in %.0f s)\n",
-	       st->seconds, st->merge_seconds);
+	/* FINISHED carries whole seconds of merging */
+	if (p->flags & PUSH_HOLD)
+		printf("took %.2f s (the copy waits unmerged on the recovery "
+		       "side)\n",
+		       st->seconds);
+	else if (st->merge_seconds < 1)
+		printf("took %.2f s (the recovery side merged in under 1 s)\n",
+		       st->seconds);
+	else
+		printf("took %.2f s (the recovery side merged in %.0f s)\n",
+		       st->seconds, st->merge_seconds);
 }
 
 /* The command line: push_disk()'s parameters and what sets up the rest. */
