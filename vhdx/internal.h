@@ -316,10 +316,10 @@ struct vhdx_image {
 	uint32_t log_pos;	   /* where the next entry goes */
 	uint64_t *dirty;	   /* file offsets of 4 KiB sectors to log */
 	unsigned ndirty, dirty_cap;
-	bool batch;	    /* commit only at a flush (vhdx_writer_batch) */
-	uint64_t unkicked;  /* batch: written since writeback last started */
+	bool batch;	   /* commit only at a flush (vhdx_writer_batch) */
+	uint64_t unkicked; /* batch: written since writeback last started */
 	struct vhdx_kicker *kicker; /* batch: starts writeback meanwhile */
-	int write_error;    /* sticky: after a failed commit */
+	int write_error;	    /* sticky: after a failed commit */
 	uint64_t alloc_end; /* next new block goes here (1 MiB aligned) */
 };
 

@@ -14,13 +14,13 @@
 #include <stddef.h>
 
 struct bufpool {
-	size_t size;	  /* of a buffer, rounded up to 64 bytes */
-	size_t per_slab;  /* buffers in one slab */
-	void **slabs;	  /* mapped slabs */
+	size_t size;	 /* of a buffer, rounded up to 64 bytes */
+	size_t per_slab; /* buffers in one slab */
+	void **slabs;	 /* mapped slabs */
 	unsigned nslabs, slabs_cap;
-	void **free;	  /* given back, ready again */
+	void **free; /* given back, ready again */
 	size_t nfree, free_cap;
-	size_t carved;	  /* buffers taken from the newest slab */
+	size_t carved; /* buffers taken from the newest slab */
 };
 
 /* A pool of @size-byte buffers in slabs of about @slab_bytes (at least one

@@ -660,8 +660,8 @@ static void test_map_runs_across_bitmap_words(void **state)
 	 * one, spanning several words, single sectors at 63/64, adjacent
 	 * runs (one extent), and up to the block's last sector */
 	static const uint64_t runs[][2] = {
-		{ 1, 2 },     { 10, 64 },    { 64, 65 },   { 127, 128 },
-		{ 128, 130 }, { 191, 700 },  { 703, 704 }, { 767, 768 },
+		{ 1, 2 },	{ 10, 64 },	{ 64, 65 },   { 127, 128 },
+		{ 128, 130 },	{ 191, 700 },	{ 703, 704 }, { 767, 768 },
 		{ 1024, 1088 }, { 2000, 2048 },
 	};
 	struct vhdx_extent ext;
@@ -1045,8 +1045,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_commit_spans_entries,
 						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_map_runs_across_bitmap_words,
-						setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_map_runs_across_bitmap_words, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sector_bitmap_bits, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_whole_block_zero, setup,
