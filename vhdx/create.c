@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -24,6 +25,10 @@
 #define METADATA_OFFSET (2 * MiB)
 #define METADATA_LENGTH (1 * MiB)
 #define BAT_OFFSET (3 * MiB)
+/* one buffer for the header section, then the metadata region */
+#define BUF_LENGTH                                                             \
+	(VHDX_HEADER_SECTION_SIZE > METADATA_LENGTH ? VHDX_HEADER_SECTION_SIZE \
+						    : METADATA_LENGTH)
 #define CREATOR "hvresync"
 
 /* ASCII/UTF-8 to UTF-16LE; returns bytes written.  Non-ASCII bytes of the
@@ -387,12 +392,54 @@ static int put_metadata(uint8_t *md, const struct layout *l)
 	return 0;
 }
 
+/*
+ * The new file is sparse: only its 4 KiB pages that hold something are
+ * written, the rest reads as zeros (a hole, or what size_file() reserves
+ * for a fixed disk).  Most of the 3 MiB of structures are zeros, and a
+ * differencing child is made at the start of every push session.
+ */
+static int write_used(int fd, const uint8_t *buf, size_t len, uint64_t off)
+{
+	static const uint8_t zero[4 * KiB];
+	size_t i = 0, run;
+	int ret;
+
+	while (i < len) {
+		size_t n = len - i < sizeof(zero) ? len - i : sizeof(zero);
+
+		if (!memcmp(buf + i, zero, n)) {
+			i += n;
+			continue;
+		}
+		for (run = i + n; run < len; run += n) {
+			n = len - run < sizeof(zero) ? len - run : sizeof(zero);
+			if (!memcmp(buf + run, zero, n))
+				break;
+		}
+		ret = vhdx_write_full(fd, buf + i, run - i, off + i);
+		if (ret)
+			return ret;
+		i = run;
+	}
+	return 0;
+}
+
+/* Zeroed memory with its pages present: filling and scanning a fresh
+ * 1 MiB buffer otherwise costs a page fault per 4 KiB. */
+static void *zero_pages(size_t n)
+{
+	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
 /* 2.5 BAT: every block NOT_PRESENT, except that a fixed disk's blocks lie
  * one after another from data_off. */
 static int write_bat(int fd, const struct layout *l, const char *path,
 		     struct vhdx_error *err)
 {
-	uint8_t *raw = calloc(1, l->bat_len);
+	uint8_t *raw = zero_pages(l->bat_len);
 	uint64_t j;
 	int ret;
 
@@ -402,8 +449,8 @@ static int write_bat(int fd, const struct layout *l, const char *path,
 		le64_put(raw + vhdx_bat_payload_index(j, l->cr) * 8,
 			 vhdx_bat_make(VHDX_PAYLOAD_FULLY_PRESENT,
 				       l->data_off + j * l->opts.block_size));
-	ret = vhdx_write_full(fd, raw, l->bat_len, BAT_OFFSET);
-	free(raw);
+	ret = write_used(fd, raw, l->bat_len, BAT_OFFSET);
+	munmap(raw, l->bat_len);
 	return ret ? write_failed(err, path, ret) : 0;
 }
 
@@ -437,7 +484,7 @@ static int write_header_section(int fd, uint8_t *buf, const struct layout *l,
 	put_file_id(buf);
 	put_headers(buf, l);
 	put_region_tables(buf, l);
-	ret = vhdx_write_full(fd, buf, VHDX_HEADER_SECTION_SIZE, 0);
+	ret = write_used(fd, buf, VHDX_HEADER_SECTION_SIZE, 0);
 	return ret ? write_failed(err, path, ret) : 0;
 }
 
@@ -449,7 +496,7 @@ static int write_metadata(int fd, uint8_t *buf, const struct layout *l,
 	ret = put_metadata(buf, l);
 	if (ret)
 		return vhdx_fail(err, ret, path, "out of memory");
-	ret = vhdx_write_full(fd, buf, METADATA_LENGTH, METADATA_OFFSET);
+	ret = write_used(fd, buf, METADATA_LENGTH, METADATA_OFFSET);
 	return ret ? write_failed(err, path, ret) : 0;
 }
 
@@ -471,10 +518,7 @@ int vhdx_create(const char *path, const struct vhdx_create_opts *o,
 				strerror(errno));
 		goto out_noclean;
 	}
-	/* one buffer for the header section, then the metadata region */
-	buf = calloc(1, VHDX_HEADER_SECTION_SIZE > METADATA_LENGTH
-				? VHDX_HEADER_SECTION_SIZE
-				: METADATA_LENGTH);
+	buf = zero_pages(BUF_LENGTH);
 	if (!buf)
 		ret = vhdx_fail(err, -ENOMEM, path, "out of memory");
 	if (!ret)
@@ -501,7 +545,8 @@ int vhdx_create(const char *path, const struct vhdx_create_opts *o,
 	if (ret)
 		unlink(path);
 out_noclean:
-	free(buf);
+	if (buf)
+		munmap(buf, BUF_LENGTH);
 	free(l.rel);
 	return ret;
 }
