@@ -517,15 +517,12 @@ out:
  * 2.6.1: the metadata region's table, then the region up to the end of
  * its last item (a few KiB past the table, as writers place them), not
  * the whole region (usually 1 MiB): the pages of @md past that are never
- * touched, so they cost no page faults.  vhdx_metadata_parse() reads
- * nothing else; an item it finds outside the region it refuses before
- * reading it.
+ * touched, so they cost no page faults.
  */
 static int read_metadata_used(struct vhdx_image *img, uint8_t *md,
 			      const struct vhdx_regions *r)
 {
-	uint64_t end = VHDX_METADATA_TABLE_SIZE, len = r->metadata_length;
-	unsigned n, i;
+	uint64_t len = r->metadata_length, end;
 	int ret;
 
 	if (len <= VHDX_METADATA_TABLE_SIZE)
@@ -534,17 +531,7 @@ static int read_metadata_used(struct vhdx_image *img, uint8_t *md,
 			     r->metadata_offset);
 	if (ret)
 		return ret;
-	n = le16_get(md + 10);
-	for (i = 0; i < n && i < VHDX_METADATA_MAX_ENTRIES; i++) {
-		const uint8_t *e = md + VHDX_METADATA_HDR_SIZE +
-				   (size_t)i * VHDX_METADATA_ENTRY_SIZE;
-		uint64_t o = le32_get(e + 16), l = le32_get(e + 20);
-
-		if (l && o + l > end)
-			end = o + l;
-	}
-	if (end > len)
-		end = len;
+	end = vhdx_metadata_used_length(md, len);
 	if (end == VHDX_METADATA_TABLE_SIZE)
 		return 0;
 	return vhdx_file_read(img, md + VHDX_METADATA_TABLE_SIZE,

@@ -124,6 +124,14 @@ int vhdx_metadata_parse(const uint8_t *region, size_t len,
 			const char **why);
 
 /*
+ * How much of a metadata region of LEN bytes its items use, from the
+ * 64 KiB table at its start (TABLE): the end of the last item, at least
+ * the table, at most LEN.  Reading that much is all vhdx_metadata_parse()
+ * needs (an item past LEN it refuses without reading it).
+ */
+uint64_t vhdx_metadata_used_length(const uint8_t *table, uint64_t len);
+
+/*
  * Parse a parent locator (LEN bytes).  Entries are malloc'd UTF-8 strings.
  * Returns 0, -EINVAL with *why, or -ENOMEM.
  */

@@ -55,6 +55,32 @@ static bool is_pow2(uint64_t v)
 	return v && !(v & (v - 1));
 }
 
+/* 2.6.1.2: table entry @i, and the item offset and length it gives */
+static const uint8_t *entry_at(const uint8_t *table, unsigned i,
+			       uint32_t *offset, uint32_t *length)
+{
+	const uint8_t *e = table + VHDX_METADATA_HDR_SIZE +
+			   (size_t)i * VHDX_METADATA_ENTRY_SIZE;
+
+	*offset = le32_get(e + 16);
+	*length = le32_get(e + 20);
+	return e;
+}
+
+uint64_t vhdx_metadata_used_length(const uint8_t *table, uint64_t len)
+{
+	uint64_t end = VHDX_METADATA_TABLE_SIZE;
+	unsigned n = le16_get(table + 10), i;
+	uint32_t o, l;
+
+	for (i = 0; i < n && i < VHDX_METADATA_MAX_ENTRIES; i++) {
+		entry_at(table, i, &o, &l);
+		if (l && (uint64_t)o + l > end)
+			end = (uint64_t)o + l;
+	}
+	return end < len ? end : len;
+}
+
 int vhdx_metadata_parse(const uint8_t *region, size_t len,
 			struct vhdx_params *p,
 			struct vhdx_metadata_info **items, unsigned *count,
@@ -89,13 +115,11 @@ int vhdx_metadata_parse(const uint8_t *region, size_t len,
 		return -ENOMEM;
 	}
 	for (i = 0; i < n; i++) {
-		const uint8_t *e = region + VHDX_METADATA_HDR_SIZE +
-				   (size_t)i * VHDX_METADATA_ENTRY_SIZE;
+		const uint8_t *e =
+			entry_at(region, i, &t[i].offset, &t[i].length);
 		uint32_t flags;
 
 		vhdx_guid_from_le(e, &t[i].item_id);
-		t[i].offset = le32_get(e + 16);
-		t[i].length = le32_get(e + 20);
 		flags = le32_get(e + 24);
 		t[i].is_user = flags & VHDX_MD_IS_USER;
 		t[i].is_virtual_disk = flags & VHDX_MD_IS_VIRTUAL_DISK;
