@@ -294,7 +294,8 @@ void vhdx_writer_batch(struct vhdx_image *img)
 {
 	pthread_mutex_lock(&img->write_lock);
 	img->batch = true;
-	if (!img->kicker)
+	/* only a writable image's flush (and close) stops it */
+	if (!img->kicker && img->writable)
 		kicker_start(img);
 	pthread_mutex_unlock(&img->write_lock);
 }
