@@ -214,7 +214,7 @@ static void print_summary(const struct push_params *p, const char *target,
 			  const struct passes_result *r)
 {
 	const struct push_stats *st = &r->st;
-	char a[32], b[32], c[32], d[32], e[32], when[48];
+	char a[32], b[32], c[32], d[32], e[32], when[48], merge[64];
 
 	if (p->flags & (PUSH_CHECK | PUSH_MERGE | PUSH_DISCARD)) {
 		printf("%s: %s\n", target, result_word(p->flags, r));
@@ -246,15 +246,16 @@ static void print_summary(const struct push_params *p, const char *target,
 	       c, d, e);
 	/* FINISHED carries whole seconds of merging */
 	if (p->flags & PUSH_HOLD)
-		printf("took %.2f s (the copy waits unmerged on the recovery "
-		       "side)\n",
-		       st->seconds);
+		snprintf(merge, sizeof(merge),
+			 "the copy waits unmerged on the recovery side");
 	else if (st->merge_seconds < 1)
-		printf("took %.2f s (the recovery side merged in under 1 s)\n",
-		       st->seconds);
+		snprintf(merge, sizeof(merge),
+			 "the recovery side merged in under 1 s");
 	else
-		printf("took %.2f s (the recovery side merged in %.0f s)\n",
-		       st->seconds, st->merge_seconds);
+		snprintf(merge, sizeof(merge),
+			 "the recovery side merged in %.0f s",
+			 st->merge_seconds);
+	printf("took %.2f s (%s)\n", st->seconds, merge);
 }
 
 /* The command line: push_disk()'s parameters and what sets up the rest. */
