@@ -225,8 +225,21 @@ static int push_retrying(struct ajob *aj, const struct push_params *p,
 	for (tries = 0;; tries++) {
 		err[0] = '\0';
 		ret = push_disk(p, st, err, errlen);
-		if (ret != -EBUSY || tries >= BUSY_RETRIES || aj->stop)
+		if (ret != -EBUSY || tries >= BUSY_RETRIES || aj->stop) {
+			if (tries && ret != -EBUSY)
+				log_msg(LOG_PRIO_INFO, NULL,
+					"job %s (VM %s): %s no longer busy after %u s",
+					aj->j.id, aj->j.vm, p->export_name,
+					tries);
 			return ret;
+		}
+		/* a wait this long shows in the log, not only in the
+		 * job's percent standing still */
+		if (!tries)
+			log_msg(LOG_PRIO_NOTICE, NULL,
+				"job %s (VM %s): %s is busy (%s); trying again every second for up to %u s",
+				aj->j.id, aj->j.vm, p->export_name, err,
+				BUSY_RETRIES);
 		for (k = 0; k < 10 && !aj->stop; k++)
 			usleep(100000);
 	}

@@ -745,6 +745,14 @@ static int compare_all(struct push *ps)
 			if (!ret)
 				ret = handle_sub(ps, s);
 			free(s);
+			/* Under --bwlimit the sends of a window's worth of
+			 * pending blocks take minutes: the report and the
+			 * recovery side's durable progress keep up. */
+			if (!ret &&
+			    push_done_block(ps) - ps->told_block >= step)
+				ret = send_credit(ps, false);
+			if (!ret)
+				push_report(ps, false);
 		}
 		if (ret < 0)
 			return ret;

@@ -137,8 +137,24 @@ while time.monotonic() < end:
         pass
     time.sleep(0.05)
 print("    job %s: %s is %s after %s s, want %s %s" % (job, prop, v, secs, op, want))
+# what the job looked like then: a CI log keeps only failures' output
+try:
+    i = control.call(path, {"Method": "GetJob", "Job": job}, 10)["Instance"]
+    print("    job: state %s phase %s retries %s compared %s sent %s error %r" %
+          (i.get("JobState"), i.get("Phase"), i.get("Retries"),
+           i.get("BytesCompared"), i.get("BytesSent"), i.get("ErrorDescription")))
+    for d in i.get("Disks", []):
+        print("      disk %s: size %s compared %s resume %s started %s sent %s passes %s %r" %
+              (d.get("Name"), d.get("VirtualSize"), d.get("BytesCompared"),
+               d.get("ResumeOffset"), d.get("Started"), d.get("Sent"),
+               d.get("Passes"), d.get("Resume")))
+except (OSError, ValueError, KeyError) as e:
+    print("    job: GetJob failed: %s" % e)
 sys.exit(1)
 EOF
+	local rc=$?
+	[ $rc = 0 ] || tail -n 6 "$SCRATCH/$1.log" 2>/dev/null | sed "s/^/    $1.log: /"
+	return $rc
 }
 
 # wait_job NAME ID SECONDS STATE...: until JobState is one of STATEs.
