@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -46,14 +47,19 @@ int vhdx_fail(struct vhdx_error *err, int ret, const char *path,
 	return ret;
 }
 
-int vhdx_read_full(int fd, void *buf, size_t len, uint64_t off, size_t *got)
+/* vhdx_read_full() with preadv2() flags. */
+static int read_full_flags(int fd, void *buf, size_t len, uint64_t off,
+			   size_t *got, int flags)
 {
 	uint8_t *p = buf;
+	struct iovec iov;
 	ssize_t n;
 
 	*got = 0;
 	while (*got < len) {
-		n = pread(fd, p + *got, len - *got, (off_t)(off + *got));
+		iov.iov_base = p + *got;
+		iov.iov_len = len - *got;
+		n = preadv2(fd, &iov, 1, (off_t)(off + *got), flags);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -64,6 +70,11 @@ int vhdx_read_full(int fd, void *buf, size_t len, uint64_t off, size_t *got)
 		*got += (size_t)n;
 	}
 	return 0;
+}
+
+int vhdx_read_full(int fd, void *buf, size_t len, uint64_t off, size_t *got)
+{
+	return read_full_flags(fd, buf, len, off, got, 0);
 }
 
 int vhdx_write_full(int fd, const void *buf, size_t len, uint64_t off)
@@ -133,8 +144,8 @@ static unsigned overlay_lower(const struct vhdx_overlay *ov, uint64_t off)
 	return lo;
 }
 
-int vhdx_file_read(const struct vhdx_image *img, void *buf, size_t len,
-		   uint64_t off)
+static int file_read(const struct vhdx_image *img, void *buf, size_t len,
+		     uint64_t off, int flags)
 {
 	const struct vhdx_overlay *ov = &img->overlay;
 	uint8_t *p = buf;
@@ -142,7 +153,9 @@ int vhdx_file_read(const struct vhdx_image *img, void *buf, size_t len,
 	unsigned i;
 	int ret;
 
-	ret = vhdx_read_full(img->fd, buf, len, off, &got);
+	ret = read_full_flags(img->fd, buf, len, off, &got, flags);
+	if (ret == -EOPNOTSUPP && (flags & RWF_NOWAIT))
+		return -EAGAIN;
 	if (ret < 0)
 		return ret;
 	if (got < len) {
@@ -163,6 +176,18 @@ int vhdx_file_read(const struct vhdx_image *img, void *buf, size_t len,
 			       to - from);
 	}
 	return 0;
+}
+
+int vhdx_file_read(const struct vhdx_image *img, void *buf, size_t len,
+		   uint64_t off)
+{
+	return file_read(img, buf, len, off, 0);
+}
+
+int vhdx_file_read_cached(const struct vhdx_image *img, void *buf, size_t len,
+			  uint64_t off)
+{
+	return file_read(img, buf, len, off, RWF_NOWAIT);
 }
 
 static int overlay_put(struct vhdx_overlay *ov, uint64_t off,

@@ -355,6 +355,11 @@ int vhdx_write_full(int fd, const void *buf, size_t len, uint64_t off);
  * (-ENODATA on a short read past the end of the file). */
 int vhdx_file_read(const struct vhdx_image *img, void *buf, size_t len,
 		   uint64_t off);
+/* vhdx_file_read() from the page cache alone: -EAGAIN when some of it
+ * would have to come from the disk, or when the filesystem cannot read
+ * without waiting (RWF_NOWAIT); the caller then reads it the usual way. */
+int vhdx_file_read_cached(const struct vhdx_image *img, void *buf, size_t len,
+			  uint64_t off);
 /* vhdx_log_apply_fn callbacks of a log replay: into the overlay (CTX is the
  * struct vhdx_overlay) or onto the file (CTX points to the fd). */
 int vhdx_replay_to_memory(void *ctx, uint64_t off, const uint8_t *data,

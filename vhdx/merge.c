@@ -164,9 +164,14 @@ static int check_space(struct vhdx_image *child, struct vhdx_image *parent,
  * the copy gets there: a child of scattered sectors is as many small
  * reads, which on a cold cache then come from the disk together instead
  * of one after the other.  A hint only: a failure is no error here.
+ * It starts at the first run the page cache does not hold: a child just
+ * written (the usual merge, right after the copy) is all there, and
+ * asking for it again costs a system call per run and, for the holes
+ * between runs, zeroed pages.
  */
 struct ahead {
 	struct vhdx_map_iter it;
+	bool cold;	/* a read missed the cache: reading ahead */
 	uint64_t runs;	/* runs it has gone past */
 	uint64_t bytes; /* of data it has asked for */
 	bool end;
@@ -177,8 +182,10 @@ struct ahead {
 	uint64_t lo, hi; /* the range not yet asked for; lo == hi: none */
 };
 
-/* Gaps up to this much between runs are read along. */
-#define AHEAD_GAP (256u << 10)
+/* Gaps up to this much between runs are read along: a gap is mostly a
+ * hole, whose pages are zeroed, so not much more than a system call's
+ * worth. */
+#define AHEAD_GAP (32u << 10)
 #define AHEAD_RANGE (1u << 20)
 
 static void ahead_flush(struct ahead *a)
@@ -206,22 +213,25 @@ static void ahead_add(struct ahead *a, int fd, uint64_t off, uint64_t n)
 #define AHEAD_RUNS 256
 #define AHEAD_BYTES (8 * MiB)
 
-/* Ask for the runs past the COPIED-th until AHEAD_RUNS runs or
+/* Ask for the runs from the COPIED-th on until AHEAD_RUNS runs or
  * AHEAD_BYTES bytes past the BYTES the copy has read. */
 static void read_ahead(struct ahead *a, uint64_t copied, uint64_t bytes)
 {
 	struct vhdx_extent e;
 	uint64_t n;
 
+	if (!a->cold)
+		return;
+	if (a->bytes < bytes)
+		a->bytes = bytes; /* it started late */
 	while (!a->end && a->runs < copied + AHEAD_RUNS &&
 	       a->bytes < bytes + AHEAD_BYTES) {
 		if (vhdx_map_next(&a->it, &e) <= 0) {
 			a->end = true;
 			break;
 		}
-		a->runs++;
-		if (e.kind != VHDX_EXT_DATA)
-			continue;
+		if (a->runs++ < copied || e.kind != VHDX_EXT_DATA)
+			continue; /* copied before it started, or no read */
 		n = bytes + AHEAD_BYTES - a->bytes;
 		if (n > e.len)
 			n = e.len;
@@ -233,6 +243,23 @@ static void read_ahead(struct ahead *a, uint64_t copied, uint64_t bytes)
 	 * catches up with an unasked range), and at the end. */
 	if (a->end || a->hi - a->lo >= AHEAD_RANGE)
 		ahead_flush(a);
+}
+
+/* Read N bytes of the COPIED-th run: from the page cache while it holds
+ * them, else the usual way, with the read-ahead started there. */
+static int read_run(struct vhdx_image *child, struct ahead *a, uint64_t copied,
+		    uint64_t read, void *buf, size_t n, uint64_t off)
+{
+	int ret;
+
+	if (!a->cold) {
+		ret = vhdx_file_read_cached(child, buf, n, off);
+		if (ret != -EAGAIN)
+			return ret;
+		a->cold = true;
+		read_ahead(a, copied, read);
+	}
+	return vhdx_file_read(child, buf, n, off);
 }
 
 /* Copy every run the child holds itself into the parent. */
@@ -255,9 +282,6 @@ static int copy_runs(struct vhdx_image *child, struct vhdx_image *parent,
 		uint64_t done = 0, n;
 
 		read_ahead(&a, copied, read);
-		copied++;
-		if (e.kind == VHDX_EXT_DATA)
-			read += e.len;
 
 		switch (e.kind) {
 		case VHDX_EXT_DATA:
@@ -270,8 +294,9 @@ static int copy_runs(struct vhdx_image *child, struct vhdx_image *parent,
 					       (const uint8_t *)e.mem + done,
 					       n);
 				} else {
-					ret = vhdx_file_read(child, buf, n,
-							     e.file_off + done);
+					ret = read_run(child, &a, copied, read,
+						       buf, n,
+						       e.file_off + done);
 					if (ret) {
 						vhdx_fail(
 							err, ret, child->path,
@@ -292,6 +317,8 @@ static int copy_runs(struct vhdx_image *child, struct vhdx_image *parent,
 					goto out;
 				}
 				done += n;
+				if (e.kind == VHDX_EXT_DATA)
+					read += n;
 				if (progress)
 					progress(ctx, e.off + done, size);
 			}
@@ -309,6 +336,7 @@ static int copy_runs(struct vhdx_image *child, struct vhdx_image *parent,
 		default: /* the parent's own data: nothing to do */
 			break;
 		}
+		copied++;
 	}
 	if (ret < 0)
 		vhdx_fail(err, ret, child->path, "mapping failed: %s",

@@ -10,7 +10,9 @@
  * BAT and sector-bitmap sectors than one log entry holds, so its commit
  * spans entries.  The log entries the merge wrote are counted from the
  * file's log region (signature "loge"), decoded here: a merge that
- * commits once per sector or per block fails.
+ * commits once per sector or per block fails.  A child half out of the
+ * page cache takes the copy's other way of reading (from the disk, with
+ * read-ahead) for its second half.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -231,9 +233,39 @@ static unsigned log_entries(const char *path)
 
 /* --- into a dynamic parent ----------------------------------------------- */
 
-static void test_merge_dynamic(void **state)
+/* Drop the page cache of PATH but for its first half, read back in: a
+ * merge's copy then starts from the cache and meets the disk halfway,
+ * where its read-ahead starts. */
+static void half_cold(const char *path)
 {
-	struct env *e = *state;
+	int fd = open(path, O_RDONLY);
+	struct vhdx_image *img;
+	struct stat st;
+	uint8_t buf[4096];
+	off_t half, o;
+
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_int_equal(fdatasync(fd), 0);
+	half = st.st_size / 2 / 4096 * 4096;
+	assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	/* no read-ahead: exactly the first half comes back */
+	assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM), 0);
+	for (o = 0; o < half; o += 4096)
+		assert_true(pread(fd, buf, sizeof(buf), o) >= 0);
+	/* data past the half (a hole would read as zeros without waiting) */
+	o = lseek(fd, half, SEEK_DATA);
+	assert_true(o >= half);
+	close(fd);
+	img = open_img(path, VHDX_OPEN_NO_PARENT);
+	assert_int_equal(vhdx_file_read_cached(img, buf, 4096, 0), 0);
+	assert_int_equal(vhdx_file_read_cached(img, buf, 4096, (uint64_t)o),
+			 -EAGAIN);
+	vhdx_close(img);
+}
+
+static void merge_dynamic(struct env *e, bool cold)
+{
 	uint64_t size = 48 * MB, i, off;
 	uint8_t *m = calloc(1, size);
 	struct vhdx_image *img;
@@ -263,6 +295,8 @@ static void test_merge_dynamic(void **state)
 	put(img, m, 34 * MB - 512, 1024, false);  /* 512-byte sectors */
 	put(img, m, size - 4096, 4096, false);	  /* the very end */
 	assert_int_equal(vhdx_close_checked(img), 0);
+	if (cold)
+		half_cold(e->child);
 
 	wipe_log(e->base);
 	merge(e->child);
@@ -281,6 +315,18 @@ static void test_merge_dynamic(void **state)
 	 * block or sector */
 	assert_true(log_entries(e->base) >= 1 && log_entries(e->base) <= 2);
 	free(m);
+}
+
+static void test_merge_dynamic(void **state)
+{
+	merge_dynamic(*state, false);
+}
+
+/* The child half out of the page cache: the copy reads from the cache,
+ * then from the disk with its read-ahead; every byte still arrives. */
+static void test_merge_child_half_cold(void **state)
+{
+	merge_dynamic(*state, true);
 }
 
 /* --- into a differencing parent --------------------------------------------
@@ -381,6 +427,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_merge_dynamic, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_merge_child_half_cold,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_merge_differencing, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_merge_many_sectors, setup,
