@@ -71,6 +71,14 @@ struct ur_block {
 	unsigned nsub;
 	uint64_t run; /* zero: zero blocks from here on (>= 1);
 		       * data: 1 */
+	/* Where all of DATA was read from through the page cache, for a
+	 * consumer that wants some of it again after the release (a read
+	 * there then costs a copy of what it asks for, not a disk read):
+	 * FD (the source's own descriptor, open as long as the source) at
+	 * FILE_OFF.  FD is -1 when the block was put together from several
+	 * runs, memory or zeros, or read with O_DIRECT. */
+	int fd;
+	uint64_t file_off;
 };
 
 struct ur_stream_stats {

@@ -410,6 +410,8 @@ static void free_session(struct push *ps)
 	free(ps->pend);
 	free(ps->ring);
 	free(ps->scratch);
+	free(ps->pend_sub);
+	free(ps->piece_buf);
 	free(ps->zbuf);
 	ZSTD_freeCCtx(ps->cctx);
 	pthread_mutex_destroy(&ps->lock);

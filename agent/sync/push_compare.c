@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <zstd.h>
 
@@ -538,6 +539,7 @@ static int pack_sub(struct push *ps, const struct ur_block *b, uint8_t *out)
 static int add_pending(struct push *ps, uint64_t block, uint32_t len,
 		       const struct ur_block *b)
 {
+	size_t slot;
 	struct pend *pd;
 	struct msg m = { .type = PROTO_SUBREQ };
 	int ret;
@@ -546,18 +548,28 @@ static int add_pending(struct push *ps, uint64_t block, uint32_t len,
 		return push_fail(ps, -EIO,
 				 "internal error: more than a window "
 				 "of blocks pending");
-	pd = &ps->pend[(ps->pend_head + ps->pend_count) % ps->window];
+	slot = (ps->pend_head + ps->pend_count) % ps->window;
+	pd = &ps->pend[slot];
 	pd->block = block;
 	pd->len = len;
 	pd->zero = !b;
+	pd->fd = -1;
 	pd->data = NULL;
+	pd->sub = ps->pend_sub + (size_t)slot * ps->nsub_max * PROTO_HASH_LEN;
 	if (b) {
-		pd->data = bufpool_get(&ps->bufs);
-		if (!pd->data)
-			return push_fail(ps, -ENOMEM, "out of memory");
-		pd->sub = pd->data + ps->bs;
-		ps->pend_data++;
-		memcpy(pd->data, b->data, len);
+		/* Mostly one 4 KiB piece of a block differs: where the page
+		 * cache holds the block, that piece is read again when the
+		 * peer's hashes come, instead of a copy of all of it now. */
+		if (b->fd >= 0) {
+			pd->fd = b->fd;
+			pd->file_off = b->file_off;
+		} else {
+			pd->data = bufpool_get(&ps->bufs);
+			if (!pd->data)
+				return push_fail(ps, -ENOMEM, "out of memory");
+			ps->pend_data++;
+			memcpy(pd->data, b->data, len);
+		}
 		ret = pack_sub(ps, b, pd->sub);
 		if (ret < 0)
 			return ret;
@@ -565,6 +577,68 @@ static int add_pending(struct push *ps, uint64_t block, uint32_t len,
 	ps->pend_count++;
 	m.u.subreq.block = block;
 	return push_send_msg(ps, &m, PROTO_SUBREQ_LEN);
+}
+
+/* pread() all of @len bytes: 0, or -errno (-ENODATA at the end of the
+ * file). */
+static int pread_all(int fd, uint8_t *buf, size_t len, uint64_t off)
+{
+	ssize_t n;
+
+	while (len) {
+		n = pread(fd, buf, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -ENODATA;
+		buf += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+/* Read the pieces of pending block @pd whose hashes differ from @remote
+ * into piece_buf, at their offsets in the block (send_pieces() looks at
+ * no other bytes).  A piece that changed since it was compared goes as
+ * it is now: what the recovery side gets is still what the source held. */
+static int read_pieces(struct push *ps, const struct pend *pd,
+		       const uint8_t *remote)
+{
+	unsigned i, first, nsub = sync_nsub(pd->len);
+	int ret;
+
+	for (i = 0; i < nsub;) {
+		if (!memcmp(pd->sub + (size_t)i * PROTO_HASH_LEN,
+			    remote + (size_t)i * PROTO_HASH_LEN,
+			    PROTO_HASH_LEN)) {
+			i++;
+			continue;
+		}
+		first = i;
+		while (i < nsub && memcmp(pd->sub + (size_t)i * PROTO_HASH_LEN,
+					  remote + (size_t)i * PROTO_HASH_LEN,
+					  PROTO_HASH_LEN))
+			i++;
+		{
+			uint32_t off = first * PROTO_SUBBLOCK;
+			uint32_t end = i * PROTO_SUBBLOCK < pd->len
+					       ? i * PROTO_SUBBLOCK
+					       : pd->len;
+
+			ret = pread_all(pd->fd, ps->piece_buf + off, end - off,
+					pd->file_off + off);
+			if (ret < 0)
+				return push_fail(ps, ret,
+						 "%s: reading block %" PRIu64
+						 " again: %s",
+						 ps->p->src, pd->block,
+						 strerror(-ret));
+		}
+	}
+	return 0;
 }
 
 static int handle_sub(struct push *ps, const struct sub_msg *s)
@@ -586,7 +660,15 @@ static int handle_sub(struct push *ps, const struct sub_msg *s)
 				 "peer %s: malformed frame: SUBHASHES "
 				 "for block %" PRIu64 " has %u hashes, want %u",
 				 ps->peer, s->block, s->count, want);
-	ret = send_pieces(ps, pd->block, pd->len, pd->zero ? NULL : pd->data,
+	if (pd->fd >= 0) {
+		ret = read_pieces(ps, pd, s->hashes);
+		if (ret < 0)
+			return ret;
+	}
+	ret = send_pieces(ps, pd->block, pd->len,
+			  pd->zero	? NULL
+			  : pd->fd >= 0 ? ps->piece_buf
+					: pd->data,
 			  pd->zero ? NULL : pd->sub, s->hashes);
 	if (ret < 0)
 		return ret;
@@ -876,10 +958,12 @@ static int alloc_session(struct push *ps)
 	if (proto_batch_init(&ps->out, BATCH_BYTES) < 0)
 		return push_fail(ps, -ENOMEM, "out of memory");
 	ps->scratch = malloc((size_t)ps->nsub_max * PROTO_HASH_LEN);
-	if (!ps->ring || !ps->pend || !ps->scratch ||
-	    bufpool_init(&ps->bufs,
-			 (size_t)ps->bs + (size_t)ps->nsub_max * PROTO_HASH_LEN,
-			 PEND_SLAB_BYTES) < 0)
+	ps->pend_sub =
+		malloc((size_t)ps->window * ps->nsub_max * PROTO_HASH_LEN);
+	ps->piece_buf = malloc(ps->bs);
+	if (!ps->ring || !ps->pend || !ps->scratch || !ps->pend_sub ||
+	    !ps->piece_buf ||
+	    bufpool_init(&ps->bufs, ps->bs, PEND_SLAB_BYTES) < 0)
 		return push_fail(ps, -ENOMEM, "out of memory");
 	/* Under --bwlimit, frames small enough that one never waits long
 	 * (the peer gives up after a silent minute). */

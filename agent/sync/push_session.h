@@ -37,9 +37,11 @@ struct sub_msg {
 struct pend {
 	uint64_t block;
 	uint32_t len;
-	bool zero;     /* reads as zeros here: no copy */
-	uint8_t *data; /* block_size bytes, from the buffer pool */
-	uint8_t *sub;  /* nsub_max local sub-hashes, after data */
+	bool zero;	   /* reads as zeros here: no copy */
+	int fd;		   /* >= 0: the block lies at FILE_OFF there */
+	uint64_t file_off; /* (read again, only what differs, when sent) */
+	uint8_t *data;	   /* else block_size bytes, from the buffer pool */
+	uint8_t *sub;	   /* nsub_max local sub-hashes */
 };
 
 struct push {
@@ -91,6 +93,8 @@ struct push {
 	 * prefaulted (a fresh one per slot costs page faults). */
 	struct bufpool bufs;
 	unsigned pend_data;	/* pending slots holding a buffer */
+	uint8_t *pend_sub;	/* window x nsub_max local sub-hashes */
+	uint8_t *piece_buf;	/* a block's differing pieces, read again */
 	uint64_t told_block;	/* done_through last sent, in blocks */
 	struct proto_batch out; /* small frames on their way out */
 	ZSTD_CCtx *cctx;

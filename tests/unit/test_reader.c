@@ -507,6 +507,7 @@ static void test_reader_zero_shortcut(void **state)
 		if (is_hole(py, idx * BS)) {
 			assert_true(b.zero);
 			assert_null(b.data);
+			assert_int_equal(b.fd, -1); /* nothing was read */
 		} else {
 			assert_false(b.zero);
 		}
@@ -539,17 +540,21 @@ static void test_reader_zero_shortcut(void **state)
 
 /* The same random file through every block size and a tiny window: the
  * hashes must match a plain read, whatever the chunking; with io_uring
- * and with the pread() fallback. */
+ * and with the pread() fallback.  Every block says where in the file it
+ * lies (read through the page cache), and it lies there. */
 static void reader_block_sizes(bool no_uring)
 {
 	char dir[] = "/tmp/test_reader2.XXXXXX";
 	const size_t size = (3 << 20) + 4608; /* not a multiple of 4 KiB */
 	uint8_t *content = malloc(size);
+	uint8_t *again = malloc(4u << 20);
 	char path[256], err[256];
+	uint64_t located;
 	uint32_t bs;
 	int fd;
 
 	assert_non_null(content);
+	assert_non_null(again);
 	fill_random(content, size, 11);
 	memset(content + (1 << 20), 0, 300000); /* zeros that are data */
 	assert_non_null(mkdtemp(dir));
@@ -580,6 +585,7 @@ static void reader_block_sizes(bool no_uring)
 		assert_int_equal(ur_engine_add(e, src, &st), 0);
 		assert_int_equal(ur_engine_start(e), 0);
 		assert_int_equal(ur_hasher_new(UR_HASH_SHA256, 0, &ref), 0);
+		located = 0;
 		while ((ret = ur_stream_peek(st, &b)) > 0) {
 			struct ur_hash want;
 			uint32_t len = ur_block_len(size, bs, idx);
@@ -589,10 +595,22 @@ static void reader_block_sizes(bool no_uring)
 			ur_hasher_hash(ref, content + idx * bs, len, &want);
 			assert_true(ur_hash_equal(&b.hash, &want));
 			ur_stream_release(st, 1);
+			/* where it says the block lies, the block lies, and
+			 * it can be read there after the release */
+			if (b.fd >= 0) {
+				assert_int_equal(pread(b.fd, again, len,
+						       (off_t)b.file_off),
+						 (ssize_t)len);
+				assert_memory_equal(again, content + idx * bs,
+						    len);
+				located++;
+			}
 			idx++;
 		}
 		assert_int_equal(ret, 0);
 		assert_int_equal(idx, ur_block_count(size, bs));
+		/* a plain file, read through the page cache: every block */
+		assert_int_equal(located, idx);
 		assert_int_equal(ur_engine_uses_io_uring(e), !no_uring);
 		ur_hasher_free(ref);
 		ur_engine_free(e);
@@ -600,6 +618,7 @@ static void reader_block_sizes(bool no_uring)
 	}
 	unlink(path);
 	rmdir(dir);
+	free(again);
 	free(content);
 }
 
