@@ -807,6 +807,7 @@ static bool take_slot(struct session *s)
 static void serve_session(struct session *s)
 {
 	const char *result = "failed";
+	char merge_took[48] = "";
 	int ret;
 
 	if (!read_hello(s) || !take_slot(s))
@@ -833,13 +834,16 @@ static void serve_session(struct session *s)
 		ret = session_discard(s, &result);
 	else if (!ret)
 		ret = session_copy(s, &result);
+	if (s->merge_seconds > 0)
+		snprintf(merge_took, sizeof(merge_took), " (the merge %.3f s)",
+			 s->merge_seconds);
 	S_LOG(s, LOG_PRIO_INFO,
 	      "session end: export %s: %s: from %" PRIu64 " of %" PRIu64
 	      ", compared %" PRIu64 " bytes, different %" PRIu64
-	      ", received %" PRIu64 ", in %.2f s%s",
+	      ", received %" PRIu64 ", in %.2f s%s%s",
 	      s->name, ret < 0 ? "failed" : result, s->resume, s->size,
 	      s->bytes_compared, s->bytes_written, s->bytes_received,
-	      mono_seconds() - s->start, disk_end_note(s, ret));
+	      mono_seconds() - s->start, merge_took, disk_end_note(s, ret));
 	disk_unlock(s);
 	unclaim_export(s);
 }
