@@ -491,8 +491,9 @@ static int lane_hash(struct lane *l, struct chunk *c)
 {
 	struct ur_engine *e = l->e;
 	uint32_t bs = e->cfg.block_size;
+	uint64_t file_off;
 	unsigned i;
-	int ret;
+	int ret, fd;
 
 	for (i = 0; i < c->nblocks; i++) {
 		uint32_t len = ur_block_len(c->s->size, bs, c->first + i);
@@ -501,6 +502,9 @@ static int lane_hash(struct lane *l, struct chunk *c)
 		ret = ur_hasher_hash(l->hasher, p, len, &c->hashes[i]);
 		if (ret < 0)
 			return ret;
+		if (e->cfg.sub_hashes && e->cfg.sub_hashes_unlocated &&
+		    ur_oplist_locate(&c->ops, i * bs, len, &fd, &file_off))
+			continue; /* hashed again from the file if asked */
 		if (e->cfg.sub_hashes) {
 			unsigned j, per = bs / UR_SUB_BLOCK;
 			uint32_t o;

@@ -164,3 +164,27 @@ int ur_plan_block(struct ur_cursor *c, uint64_t pos, uint32_t len,
 	}
 	return 0;
 }
+
+bool ur_oplist_locate(const struct ur_oplist *ops, uint32_t buf_off,
+		      uint32_t len, int *fd, uint64_t *file_off)
+{
+	const struct ur_op *op;
+	unsigned k;
+
+	/* in buffer order, and few: reads of neighbouring blocks in one
+	 * file are merged */
+	for (k = 0; k < ops->n; k++) {
+		op = &ops->v[k];
+		if (op->buf_off > buf_off)
+			return false;
+		if (op->kind != UR_OP_READ ||
+		    (uint64_t)op->buf_off + op->len < (uint64_t)buf_off + len)
+			continue;
+		if (op->fixed_fd != op->fd)
+			return false;
+		*fd = op->fd;
+		*file_off = op->file_off + (buf_off - op->buf_off);
+		return true;
+	}
+	return false;
+}

@@ -113,4 +113,12 @@ void ur_oplist_free(struct ur_oplist *l);
 int ur_plan_block(struct ur_cursor *c, uint64_t pos, uint32_t len,
 		  uint32_t buf_off, struct ur_oplist *ops);
 
+/*
+ * Whether one read of OPS, through the page cache (its fixed_fd is its
+ * fd: no O_DIRECT twin), brought all LEN bytes at BUF_OFF of the buffer;
+ * then *FD and *FILE_OFF say where they lie.
+ */
+bool ur_oplist_locate(const struct ur_oplist *ops, uint32_t buf_off,
+		      uint32_t len, int *fd, uint64_t *file_off);
+
 #endif

@@ -362,29 +362,6 @@ static int load_head(struct ur_stream *s)
 	return ret;
 }
 
-/* Set B's FD and FILE_OFF when one read through the page cache brought
- * all of it, at BO in C's buffer.  A chunk has few reads (those of
- * neighbouring blocks in one file are merged). */
-static void locate(const struct chunk *c, uint32_t bo, struct ur_block *b)
-{
-	const struct ur_op *op;
-	unsigned k;
-
-	for (k = 0; k < c->ops.n; k++) {
-		op = &c->ops.v[k];
-		if (op->buf_off > bo)
-			return;
-		if (op->kind != UR_OP_READ ||
-		    op->buf_off + op->len < bo + b->len)
-			continue;
-		if (op->fixed_fd == op->fd) {
-			b->fd = op->fd;
-			b->file_off = op->file_off + (bo - op->buf_off);
-		}
-		return;
-	}
-}
-
 int ur_stream_peek(struct ur_stream *s, struct ur_block *b)
 {
 	struct ur_engine *e = s->e;
@@ -414,11 +391,14 @@ int ur_stream_peek(struct ur_stream *s, struct ur_block *b)
 		b->run = 1;
 		b->data = sl->c->buf + (size_t)i * bs;
 		b->hash = sl->c->hashes[i];
+		if (!ur_oplist_locate(&sl->c->ops, (uint32_t)i * bs, b->len,
+				      &b->fd, &b->file_off))
+			b->fd = -1;
 		if (e->cfg.sub_hashes) {
-			b->sub = sl->c->sub + i * (bs / UR_SUB_BLOCK);
 			b->nsub = (b->len + UR_SUB_BLOCK - 1) / UR_SUB_BLOCK;
+			if (b->fd < 0 || !e->cfg.sub_hashes_unlocated)
+				b->sub = sl->c->sub + i * (bs / UR_SUB_BLOCK);
 		}
-		locate(sl->c, (uint32_t)i * bs, b);
 	}
 	return 1;
 }

@@ -47,15 +47,19 @@ struct ur_config {
 	enum ur_hash_algo hash;
 	uint64_t seed; /* XXH3 key; random unless seed_set */
 	bool seed_set;
-	unsigned queue_depth; /* reads in flight per stream; 0: default */
-	uint32_t chunk_size;  /* largest read; 0: default (>= block) */
-	uint64_t window;      /* buffer bytes per stream; 0: default */
-	unsigned threads;     /* lanes; 0: one per online CPU */
-	bool direct;	      /* O_DIRECT where offsets allow it */
-	bool direct_fuse;     /* the same, for files on FUSE only */
-	bool sub_hashes;      /* also hash each 4 KiB of data blocks */
-	bool no_uring;	      /* plain pread() instead (tests; used by
-			       * itself where io_uring is not allowed) */
+	unsigned queue_depth;	   /* reads in flight per stream; 0: default */
+	uint32_t chunk_size;	   /* largest read; 0: default (>= block) */
+	uint64_t window;	   /* buffer bytes per stream; 0: default */
+	unsigned threads;	   /* lanes; 0: one per online CPU */
+	bool direct;		   /* O_DIRECT where offsets allow it */
+	bool direct_fuse;	   /* the same, for files on FUSE only */
+	bool sub_hashes;	   /* also hash each 4 KiB of data blocks */
+	bool sub_hashes_unlocated; /* with sub_hashes: only of the blocks
+				    * ur_block.fd cannot place (a consumer
+				    * reads the others again if it needs
+				    * their pieces' hashes) */
+	bool no_uring;		   /* plain pread() instead (tests; used by
+				    * itself where io_uring is not allowed) */
 };
 
 /* One compare block, as ur_stream_peek() hands it out. */
@@ -67,7 +71,8 @@ struct ur_block {
 	struct ur_hash hash; /* of the block's LEN bytes */
 	const uint8_t *data; /* NULL when zero; else valid until released */
 	const struct ur_hash *sub; /* sub_hashes: one per 4 KiB (the last may
-				    * be short); NULL when zero */
+				    * be short); NULL when zero, or placed
+				    * under sub_hashes_unlocated */
 	unsigned nsub;
 	uint64_t run; /* zero: zero blocks from here on (>= 1);
 		       * data: 1 */

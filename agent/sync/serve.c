@@ -34,6 +34,7 @@
 #include "agent/sync/record.h"
 #include "agent/sync/serve.h"
 #include "agent/sync/serve_session.h"
+#include "uring/hash.h"
 #include "vhdx/vhdx.h"
 
 #define SESSION_TIMEOUT_MS 60000
@@ -862,6 +863,10 @@ static void *session_main(void *arg)
 	proto_batch_free(&s->out);
 	free(s->ring_sub);
 	free(s->ring_zero);
+	free(s->ring_fd);
+	free(s->ring_off);
+	free(s->sub_buf);
+	ur_hasher_free(s->sub_hasher);
 	free(s->dbuf);
 	ZSTD_freeDCtx(s->dctx);
 	pthread_mutex_lock(&srv->lock);

@@ -36,6 +36,7 @@
 #include "agent/sync/record.h"
 #include "agent/sync/serve_session.h"
 #include "uring/blocks.h"
+#include "uring/hash.h"
 #include "uring/reader.h"
 
 /* How long a failed session waits for its hash thread to stop by itself
@@ -199,10 +200,16 @@ static bool take_block(struct session *s, const struct ur_block *b,
 		slot = (block + i) % s->window;
 		memset(e, 0, PROTO_HASH_ENTRY_LEN);
 		s->ring_zero[slot] = b->zero;
+		s->ring_fd[slot] = -1;
 		if (b->zero)
 			continue;
 		e[0] = PROTO_KIND_DATA;
 		memcpy(e + 1, b->hash.b, PROTO_HASH_LEN);
+		if (!b->sub && b->fd >= 0) {
+			s->ring_fd[slot] = b->fd;
+			s->ring_off[slot] = b->file_off;
+			continue;
+		}
 		if (!b->sub || b->nsub > s->nsub_max)
 			return false;
 		for (k = 0; k < b->nsub; k++)
@@ -345,6 +352,56 @@ static int on_credit(struct session *s, const struct msg_credit *c)
 	return 0;
 }
 
+/* SUBHASHES for a block the reader placed in a file: read it there again
+ * (from the page cache, where the reader just brought it; this session
+ * writes only the child, and a block only after its SUBHASHES) and hash
+ * its pieces. */
+static int subreq_placed(struct session *s, uint64_t block, uint64_t slot,
+			 uint32_t len)
+{
+	uint8_t hashes[PROTO_SUBHASHES_MAX * PROTO_HASH_LEN];
+	struct msg m = { .type = PROTO_SUBHASHES };
+	uint64_t off = s->ring_off[slot];
+	uint32_t got = 0, k, n;
+	struct ur_hash h;
+	ssize_t r;
+	int ret;
+
+	while (got < len) {
+		r = pread(s->ring_fd[slot], s->sub_buf + got, len - got,
+			  (off_t)(off + got));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return session_error(s, PROTO_ERR_IO,
+					     "export %s: reading block %" PRIu64
+					     " again: %s",
+					     s->name, block,
+					     r < 0 ? strerror(errno)
+						   : "the file ended");
+		got += (uint32_t)r;
+	}
+	for (k = 0; k * PROTO_SUBBLOCK < len; k++) {
+		n = len - k * PROTO_SUBBLOCK < PROTO_SUBBLOCK
+			    ? len - k * PROTO_SUBBLOCK
+			    : PROTO_SUBBLOCK;
+		ret = ur_hasher_hash(s->sub_hasher,
+				     s->sub_buf + (size_t)k * PROTO_SUBBLOCK, n,
+				     &h);
+		if (ret < 0)
+			return session_error(s, PROTO_ERR_INTERNAL,
+					     "export %s: hashing: %s", s->name,
+					     strerror(-ret));
+		memcpy(hashes + (size_t)k * PROTO_HASH_LEN, h.b,
+		       PROTO_HASH_LEN);
+	}
+	m.u.subhashes.block = block;
+	m.u.subhashes.count = k;
+	m.u.subhashes.hashes = hashes;
+	ret = send_batched(s, &m);
+	return ret < 0 ? ret : 0;
+}
+
 static int on_subreq(struct session *s, uint64_t block)
 {
 	uint8_t hashes[PROTO_SUBHASHES_MAX * PROTO_HASH_LEN];
@@ -365,6 +422,8 @@ static int on_subreq(struct session *s, uint64_t block)
 					      block);
 	len = ur_block_len(s->size, s->bs, block);
 	nsub = sync_nsub(len);
+	if (!zero && s->ring_fd[slot] >= 0)
+		return subreq_placed(s, block, slot, len);
 	for (k = 0; k < nsub; k++) {
 		const uint8_t *h;
 
@@ -606,6 +665,13 @@ static int start_reader(struct session *s)
 
 	sync_reader_config(&cfg, s->bs, s->hello.hash, s->hello.seed);
 	cfg.sub_hashes = true;
+	cfg.sub_hashes_unlocated = true;
+	ret = s->sub_hasher ? 0
+			    : ur_hasher_new(cfg.hash, cfg.seed, &s->sub_hasher);
+	if (ret < 0)
+		return session_error(s, PROTO_ERR_INTERNAL,
+				     "export %s: hashing: %s", s->name,
+				     strerror(-ret));
 	cfg.threads = reader_lanes(s->srv);
 	ret = sync_reader_start(&s->rd, &cfg, s->src, s->resume_block, s->size,
 				&step, msg, sizeof(msg));
@@ -641,9 +707,13 @@ static int setup_flow(struct session *s, uint64_t resume)
 	s->nsub_max = s->bs / PROTO_SUBBLOCK;
 	s->ring_sub = malloc((size_t)s->window * s->nsub_max * PROTO_HASH_LEN);
 	s->ring_zero = calloc(s->window, 1);
+	s->ring_fd = malloc((size_t)s->window * sizeof(*s->ring_fd));
+	s->ring_off = malloc((size_t)s->window * sizeof(*s->ring_off));
+	s->sub_buf = malloc(s->bs);
 	s->rcap = PROTO_MAX_PAYLOAD;
 	s->rbuf = malloc(s->rcap);
-	if (!s->ring_sub || !s->ring_zero || !s->rbuf ||
+	if (!s->ring_sub || !s->ring_zero || !s->ring_fd || !s->ring_off ||
+	    !s->sub_buf || !s->rbuf ||
 	    proto_batch_init(&s->out, SESSION_BATCH_BYTES) < 0)
 		return session_error(s, PROTO_ERR_INTERNAL, "out of memory");
 	s->resume_block = (resume + s->bs - 1) / s->bs;

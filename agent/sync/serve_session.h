@@ -96,6 +96,8 @@ struct server {
 	int stop; /* atomic: set by server_stop() */
 };
 
+struct ur_hasher;
+
 struct session {
 	struct server *srv;
 	struct session *next;
@@ -150,6 +152,14 @@ struct session {
 	pthread_mutex_t send_lock; /* one writer at a time */
 	uint8_t *ring_sub;	   /* window x nsub_max x PROTO_HASH_LEN */
 	uint8_t *ring_zero;	   /* window flags: block reads as zeros */
+	/* Where a block in flight lies in the image's files, when one read
+	 * through the page cache brought it (fd -1: its sub-block hashes
+	 * are in ring_sub): SUBREQ reads and hashes it again, so the
+	 * reader hashes each 4 KiB only of blocks the primary asks about. */
+	int *ring_fd;
+	uint64_t *ring_off;
+	struct ur_hasher *sub_hasher; /* the receiver's, for those */
+	uint8_t *sub_buf;	      /* one block */
 
 	struct proto_batch out; /* SUBHASHES not yet written (send_lock) */
 	uint8_t *rbuf;

@@ -538,6 +538,101 @@ static void test_reader_zero_shortcut(void **state)
 	free(content);
 }
 
+/*
+ * Sub-block hashes only where the reader cannot say where a block lies:
+ * blocks 0, 2 and 3 of this file are data, each brought by one read, and
+ * come without sub-block hashes but with their place, where hashing the
+ * pieces gives what hashing them here does; block 1 is half a hole (a
+ * fill and a read) and comes with its sub-block hashes.
+ */
+static void test_reader_sub_hashes_unlocated(void **state)
+{
+	char dir[] = "/tmp/test_reader3.XXXXXX";
+	uint8_t *content = calloc(1, 4 * BS), piece[4096];
+	struct ur_config cfg = { .block_size = BS,
+				 .hash = UR_HASH_XXH3_128,
+				 .seed = 5,
+				 .seed_set = true,
+				 .sub_hashes = true,
+				 .sub_hashes_unlocated = true };
+	char path[256], err[256];
+	struct ur_source *src;
+	struct ur_engine *e;
+	struct ur_stream *st;
+	struct ur_hasher *ref;
+	struct ur_block b;
+	uint64_t idx = 0;
+	int fd, ret;
+
+	(void)state;
+	assert_non_null(content);
+	fill_random(content, FSIZE, 9);
+	memset(content + BS, 0, BS / 2);
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/f", dir);
+	fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, FSIZE), 0);
+	assert_int_equal(pwrite(fd, content, BS, 0), (ssize_t)BS);
+	assert_int_equal(pwrite(fd, content + BS + BS / 2, FSIZE - BS - BS / 2,
+				BS + BS / 2),
+			 (ssize_t)(FSIZE - BS - BS / 2));
+	assert_int_equal(fsync(fd), 0);
+	close(fd);
+	if (!is_hole(path, BS)) {
+		/* a filesystem without holes here: nothing to show */
+		unlink(path);
+		rmdir(dir);
+		free(content);
+		skip();
+	}
+
+	assert_int_equal(ur_source_open(path, &src, err, sizeof(err)), 0);
+	assert_int_equal(ur_engine_new(&cfg, &e, err, sizeof(err)), 0);
+	assert_int_equal(ur_engine_add(e, src, &st), 0);
+	assert_int_equal(ur_engine_start(e), 0);
+	assert_int_equal(ur_hasher_new(UR_HASH_XXH3_128, 5, &ref), 0);
+	while ((ret = ur_stream_peek(st, &b)) > 0) {
+		uint32_t len = ur_block_len(FSIZE, BS, idx), o, n;
+		unsigned j;
+
+		assert_false(b.zero);
+		assert_int_equal(b.nsub, (len + 4095) / 4096);
+		if (idx == 1) {
+			assert_int_equal(b.fd, -1);
+			assert_non_null(b.sub);
+		} else {
+			assert_true(b.fd >= 0);
+			assert_null(b.sub);
+		}
+		for (j = 0, o = 0; o < len; j++, o += 4096) {
+			struct ur_hash want, got;
+
+			n = len - o < 4096 ? len - o : 4096;
+			ur_hasher_hash(ref, content + idx * BS + o, n, &want);
+			if (b.sub) {
+				got = b.sub[j];
+			} else {
+				assert_int_equal(pread(b.fd, piece, n,
+						       (off_t)(b.file_off + o)),
+						 (ssize_t)n);
+				ur_hasher_hash(ref, piece, n, &got);
+			}
+			assert_true(ur_hash_equal(&got, &want));
+		}
+		ur_stream_release(st, 1);
+		idx++;
+	}
+	assert_int_equal(ret, 0);
+	assert_int_equal(idx, 4);
+	ur_hasher_free(ref);
+	ur_engine_free(e);
+	ur_source_close(src);
+	unlink(path);
+	rmdir(dir);
+	free(content);
+}
+
 /* The same random file through every block size and a tiny window: the
  * hashes must match a plain read, whatever the chunking; with io_uring
  * and with the pread() fallback.  Every block says where in the file it
@@ -661,6 +756,7 @@ int main(void)
 		cmocka_unit_test(test_zero_hash_matches_real_zeros),
 		cmocka_unit_test(test_reader_zero_shortcut),
 		cmocka_unit_test(test_reader_block_sizes),
+		cmocka_unit_test(test_reader_sub_hashes_unlocated),
 		cmocka_unit_test(test_reader_pread_fallback),
 		cmocka_unit_test(test_engine_rejects_bad_config),
 	};
