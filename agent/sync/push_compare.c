@@ -41,7 +41,11 @@
  * hashes: a window may be far larger (the recovery side's choice), and a
  * disk whose every block differs must not make us hold a window of data.
  * A SUBHASHES answer takes one round trip, so this is plenty to keep the
- * link busy.
+ * link busy.  Blocks that wait as their place in the file count too,
+ * though they hold no copy: the compare must not run far ahead of what
+ * is decided, which is the job's progress and the recovery side's
+ * durable resume point (under --bwlimit, the data of blocks far ahead
+ * would go out while the first waiting one holds both back).
  */
 #define PEND_BYTES_MAX (16u << 20)
 /* Their buffers come in slabs of this much, mapped as they are needed. */
@@ -567,9 +571,9 @@ static int add_pending(struct push *ps, uint64_t block, uint32_t len,
 			pd->data = bufpool_get(&ps->bufs);
 			if (!pd->data)
 				return push_fail(ps, -ENOMEM, "out of memory");
-			ps->pend_data++;
 			memcpy(pd->data, b->data, len);
 		}
+		ps->pend_data++;
 		ret = pack_sub(ps, b, pd->sub);
 		if (ret < 0)
 			return ret;
@@ -672,9 +676,10 @@ static int handle_sub(struct push *ps, const struct sub_msg *s)
 			  pd->zero ? NULL : pd->sub, s->hashes);
 	if (ret < 0)
 		return ret;
+	if (!pd->zero)
+		ps->pend_data--;
 	if (pd->data) {
 		bufpool_put(&ps->bufs, pd->data);
-		ps->pend_data--;
 		pd->data = NULL;
 	}
 	ps->pend_head = (ps->pend_head + 1) % ps->window;
@@ -774,8 +779,8 @@ static void wait_rx(struct push *ps, bool (*ready)(const struct push *))
 	pthread_mutex_unlock(&ps->lock);
 }
 
-/* Whether another differing block's data may wait for its sub-hashes
- * now (main thread only). */
+/* Whether another differing block (its copy or its place) may wait for
+ * its sub-hashes now (main thread only). */
 static bool pend_room(const struct push *ps)
 {
 	uint32_t max = PEND_BYTES_MAX / ps->bs;

@@ -92,7 +92,7 @@ struct push {
 	 * once, a reused one is still in the cache, and new ones come
 	 * prefaulted (a fresh one per slot costs page faults). */
 	struct bufpool bufs;
-	unsigned pend_data;	/* pending slots holding a buffer */
+	unsigned pend_data;	/* pending slots with data: a copy or a place */
 	uint8_t *pend_sub;	/* window x nsub_max local sub-hashes */
 	uint8_t *piece_buf;	/* a block's differing pieces, read again */
 	uint64_t told_block;	/* done_through last sent, in blocks */
