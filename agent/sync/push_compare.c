@@ -22,7 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <zstd.h>
 
@@ -523,20 +522,10 @@ static const uint8_t *zero_hash_for(const struct push *ps, uint32_t len)
  */
 static int pack_sub(struct push *ps, const struct ur_block *b, uint8_t *out)
 {
-	struct ur_hash h;
-	uint32_t off, plen;
-	int ret;
+	int ret = sync_hash_pieces(ps->hasher, b->data, b->len, out);
 
-	for (off = 0; off < b->len; off += PROTO_SUBBLOCK) {
-		plen = b->len - off < PROTO_SUBBLOCK ? b->len - off
-						     : PROTO_SUBBLOCK;
-		ret = ur_hasher_hash(ps->hasher, b->data + off, plen, &h);
-		if (ret < 0)
-			return push_fail(ps, ret, "hashing: %s",
-					 strerror(-ret));
-		memcpy(out + (size_t)(off / PROTO_SUBBLOCK) * PROTO_HASH_LEN,
-		       h.b, PROTO_HASH_LEN);
-	}
+	if (ret < 0)
+		return push_fail(ps, ret, "hashing: %s", strerror(-ret));
 	return 0;
 }
 
@@ -583,27 +572,6 @@ static int add_pending(struct push *ps, uint64_t block, uint32_t len,
 	return push_send_msg(ps, &m, PROTO_SUBREQ_LEN);
 }
 
-/* pread() all of @len bytes: 0, or -errno (-ENODATA at the end of the
- * file). */
-static int pread_all(int fd, uint8_t *buf, size_t len, uint64_t off)
-{
-	ssize_t n;
-
-	while (len) {
-		n = pread(fd, buf, len, (off_t)off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -ENODATA;
-		buf += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
-
 /* Read the pieces of pending block @pd whose hashes differ from @remote
  * into piece_buf, at their offsets in the block (send_pieces() looks at
  * no other bytes).  A piece that changed since it was compared goes as
@@ -632,8 +600,8 @@ static int read_pieces(struct push *ps, const struct pend *pd,
 					       ? i * PROTO_SUBBLOCK
 					       : pd->len;
 
-			ret = pread_all(pd->fd, ps->piece_buf + off, end - off,
-					pd->file_off + off);
+			ret = sync_pread_full(pd->fd, ps->piece_buf + off,
+					      end - off, pd->file_off + off);
 			if (ret < 0)
 				return push_fail(ps, ret,
 						 "%s: reading block %" PRIu64

@@ -361,42 +361,23 @@ static int subreq_placed(struct session *s, uint64_t block, uint64_t slot,
 {
 	uint8_t hashes[PROTO_SUBHASHES_MAX * PROTO_HASH_LEN];
 	struct msg m = { .type = PROTO_SUBHASHES };
-	uint64_t off = s->ring_off[slot];
-	uint32_t got = 0, k, n;
-	struct ur_hash h;
-	ssize_t r;
 	int ret;
 
-	while (got < len) {
-		r = pread(s->ring_fd[slot], s->sub_buf + got, len - got,
-			  (off_t)(off + got));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return session_error(s, PROTO_ERR_IO,
-					     "export %s: reading block %" PRIu64
-					     " again: %s",
-					     s->name, block,
-					     r < 0 ? strerror(errno)
-						   : "the file ended");
-		got += (uint32_t)r;
-	}
-	for (k = 0; k * PROTO_SUBBLOCK < len; k++) {
-		n = len - k * PROTO_SUBBLOCK < PROTO_SUBBLOCK
-			    ? len - k * PROTO_SUBBLOCK
-			    : PROTO_SUBBLOCK;
-		ret = ur_hasher_hash(s->sub_hasher,
-				     s->sub_buf + (size_t)k * PROTO_SUBBLOCK, n,
-				     &h);
-		if (ret < 0)
-			return session_error(s, PROTO_ERR_INTERNAL,
-					     "export %s: hashing: %s", s->name,
-					     strerror(-ret));
-		memcpy(hashes + (size_t)k * PROTO_HASH_LEN, h.b,
-		       PROTO_HASH_LEN);
-	}
+	ret = sync_pread_full(s->ring_fd[slot], s->sub_buf, len,
+			      s->ring_off[slot]);
+	if (ret < 0)
+		return session_error(
+			s, PROTO_ERR_IO,
+			"export %s: reading block %" PRIu64 " again: %s",
+			s->name, block,
+			ret == -ENODATA ? "the file ended" : strerror(-ret));
+	ret = sync_hash_pieces(s->sub_hasher, s->sub_buf, len, hashes);
+	if (ret < 0)
+		return session_error(s, PROTO_ERR_INTERNAL,
+				     "export %s: hashing: %s", s->name,
+				     strerror(-ret));
 	m.u.subhashes.block = block;
-	m.u.subhashes.count = k;
+	m.u.subhashes.count = sync_nsub(len);
 	m.u.subhashes.hashes = hashes;
 	ret = send_batched(s, &m);
 	return ret < 0 ? ret : 0;

@@ -3,10 +3,12 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "agent/sync/common.h"
 #include "agent/sync/setup.h"
 #include "agent/sync/tls.h"
+#include "uring/hash.h"
 #include "uring/reader.h"
 
 /* ---- transport security -------------------------------------------------- */
@@ -140,4 +142,41 @@ void sync_reader_free(struct sync_reader *r)
 	ur_engine_free(r->eng);
 	r->eng = NULL;
 	r->stream = NULL;
+}
+
+int sync_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off)
+{
+	ssize_t n;
+
+	while (len) {
+		n = pread(fd, buf, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -ENODATA;
+		buf += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+int sync_hash_pieces(struct ur_hasher *h, const uint8_t *data, uint32_t len,
+		     uint8_t *out)
+{
+	struct ur_hash x;
+	uint32_t off, n;
+	int ret;
+
+	for (off = 0; off < len; off += PROTO_SUBBLOCK) {
+		n = len - off < PROTO_SUBBLOCK ? len - off : PROTO_SUBBLOCK;
+		ret = ur_hasher_hash(h, data + off, n, &x);
+		if (ret < 0)
+			return ret;
+		memcpy(out + (size_t)(off / PROTO_SUBBLOCK) * PROTO_HASH_LEN,
+		       x.b, PROTO_HASH_LEN);
+	}
+	return 0;
 }

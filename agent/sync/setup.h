@@ -58,4 +58,16 @@ int sync_reader_start(struct sync_reader *r, const struct ur_config *cfg,
 		      size_t msglen);
 void sync_reader_free(struct sync_reader *r);
 
+struct ur_hasher;
+
+/* Both ends read a compare block again where the reader placed it
+ * (ur_block.fd): pread() all @len bytes at @off.  0, or -errno (-ENODATA
+ * when the file ends first). */
+int sync_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off);
+
+/* The sub-block hashes of @len bytes of one block (one PROTO_HASH_LEN
+ * hash per 4 KiB, the last piece may be short) into @out.  0 or -errno. */
+int sync_hash_pieces(struct ur_hasher *h, const uint8_t *data, uint32_t len,
+		     uint8_t *out);
+
 #endif
