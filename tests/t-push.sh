@@ -18,7 +18,8 @@ S=$SCRATCH
 STATE=$S/state
 SERVER_PID=
 _loops=()
-trap 'stop_server; for l in "${_loops[@]:-}"; do [ -n "$l" ] && losetup -d "$l"; done; cleanup' EXIT
+VIEWS=()
+trap 'for v in "${VIEWS[@]:-}"; do [ -n "$v" ] && fusermount3 -u "$v" 2>/dev/null; done; stop_server; for l in "${_loops[@]:-}"; do [ -n "$l" ] && losetup -d "$l"; done; cleanup' EXIT
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -205,6 +206,12 @@ d[5000:5100] = b'y' * 100
 open('L.raw', 'wb').write(d)
 EOF2
 CH_L=$((4096 + 1536))
+# N, NL: the primary read through FUSE raw views (hvresync mount), as
+# mount-and-resync reads it: a view reads in requests of up to 1 MiB, so
+# also a disk of 10 MiB + 1536 bytes (a short last request and block).
+cp A.vhdx N.vhdx
+qemu-img convert -q -f raw -O vhdx L-src.raw NL-src.vhdx
+cp L.raw NL.raw
 # M: a block device (loop) as the recovery disk, zeros in part of it.
 LOOP=
 truncate -s 16M M-file.raw
@@ -215,7 +222,7 @@ fi
 
 EXPORTS=()
 for x in A B C D F G H I J K; do EXPORTS+=(--export "$x=$S/$x.vhdx"); done
-EXPORTS+=(--export "L=$S/L.raw")
+EXPORTS+=(--export "L=$S/L.raw" --export "N=$S/N.vhdx" --export "NL=$S/NL.raw")
 [ -n "$LOOP" ] && EXPORTS+=(--export "M=$LOOP")
 EXPORTS+=(--export "E=$S/E.raw" --export "vm1:disk0.vhdx=$S/B2.vhdx")
 cp B.vhdx B2.vhdx
@@ -386,6 +393,35 @@ if [ -n "$LOOP" ]; then
 	fi
 else
 	echo "SKIP: no loop device (losetup failed): the block device case is left out"
+fi
+
+# ===========================================================================
+say "N, NL: from FUSE raw views of the primaries"
+# ===========================================================================
+mkdir -p vP vL
+if [ "$(id -u)" -ne 0 ] || ! [ -e /dev/fuse ]; then
+	echo "SKIP: not root or no /dev/fuse: the FUSE view cases are left out"
+elif ! "$HVRESYNC" mount P.vhdx vP 2>"$S/vP.err" ||
+	! VIEWS+=("$S/vP") || ! "$HVRESYNC" mount NL-src.vhdx vL 2>"$S/vL.err"; then
+	fail "N: hvresync mount failed: $(cat "$S/vP.err" "$S/vL.err" 2>/dev/null | head -n 2)"
+else
+	VIEWS+=("$S/vL")
+	push N vP/P
+	if pushed_ok "N (from the view of P.vhdx)" N; then
+		identical "N" P.vhdx vhdx N.vhdx vhdx
+		no_leftovers "N" N.vhdx
+		between "N: bytes_different" "$(jget N.json bytes_different)" \
+			"$CH_A" "$CH_A"
+		between "N: bytes_sent" "$(jget N.json bytes_sent)" "$CH_A" \
+			$((CH_A + CH_A / 100 + 4096))
+	fi
+	push NL vL/NL-src
+	if pushed_ok "NL (from the view of a 10 MiB + 1536 VHDX)" NL; then
+		cmp -s L-src.raw NL.raw && ok "NL: cmp: identical" ||
+			fail "NL: differ"
+		between "NL: bytes_different" "$(jget NL.json bytes_different)" \
+			"$CH_L" "$CH_L"
+	fi
 fi
 
 # ===========================================================================

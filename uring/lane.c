@@ -14,10 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/vfs.h>
 #include <unistd.h>
-
-#include <linux/magic.h>
 
 #include "uring/internal.h"
 
@@ -61,13 +58,6 @@ static void wake_consumer(struct ur_engine *e)
  * file's own pages and their housekeeping, and hvresync's raw views drop
  * those pages at every open anyway; O_DIRECT hands the server our buffer.
  */
-static bool on_fuse(int fd)
-{
-	struct statfs sf;
-
-	return fstatfs(fd, &sf) == 0 && sf.f_type == FUSE_SUPER_MAGIC;
-}
-
 static int direct_twin(struct ur_engine *e, int fd)
 {
 	char path[64];
@@ -83,7 +73,7 @@ static int direct_twin(struct ur_engine *e, int fd)
 	 * gets an O_DIRECT twin; filesystems without O_DIRECT refuse it and
 	 * the buffered fd is used instead. */
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	if (e->cfg.direct || on_fuse(fd))
+	if (e->cfg.direct || ur_fd_on_fuse(fd))
 		dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
 	else
 		dfd = -1;

@@ -40,6 +40,10 @@
 #define UR_DEFAULT_BLOCK (64u << 10)
 #define UR_DEFAULT_QUEUE_DEPTH 16
 #define UR_DEFAULT_CHUNK (256u << 10)
+/* For a source on FUSE, where each read is a request to a server (and
+ * hvresync's raw views take up to 1 MiB per request): a quarter of the
+ * requests, and of the server's time spent per request. */
+#define UR_FUSE_CHUNK (1u << 20)
 #define UR_DEFAULT_WINDOW (16u << 20)
 
 struct ur_config {

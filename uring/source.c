@@ -7,7 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
+
+#include <linux/magic.h>
 
 #include "uring/source.h"
 
@@ -26,6 +29,19 @@ struct source {
 };
 
 #define SOURCE(p) ((struct source *)((char *)(p)-offsetof(struct source, s)))
+
+bool ur_fd_on_fuse(int fd)
+{
+	struct statfs sf;
+
+	return fd >= 0 && fstatfs(fd, &sf) == 0 &&
+	       sf.f_type == FUSE_SUPER_MAGIC;
+}
+
+bool ur_source_on_fuse(const struct ur_source *src)
+{
+	return ur_fd_on_fuse(src->img ? vhdx_get_fd(src->img) : src->fd);
+}
 
 const char *ur_source_type_name(enum ur_source_type t)
 {

@@ -42,6 +42,12 @@ void ur_source_close(struct ur_source *s);
 
 const char *ur_source_type_name(enum ur_source_type t);
 
+/* Is FD a file on FUSE (a raw view, or an image on a FUSE filesystem)?
+ * Each of its reads is then a request to a server process. */
+bool ur_fd_on_fuse(int fd);
+/* The same for the file SRC reads. */
+bool ur_source_on_fuse(const struct ur_source *src);
+
 /* The ur_map_fn of a source (CTX is the struct ur_source). */
 int ur_source_map(void *ctx, uint64_t off, uint64_t len, struct ur_run *run);
 
