@@ -13,6 +13,10 @@
 #   (e) the server killed during a held repass (HOLD|REPASS) leaves a
 #       record that is not complete, and the next --hold push compares
 #       again rather than claim the earlier pass's "complete".
+#   (f) a raw primary cut short (truncated) while the push waits to send
+#       its differing blocks: exit 2, one line naming the file, the
+#       recovery image unchanged and clean, and a push of the restored
+#       primary then makes it identical.
 . "$(dirname "$0")/lib.sh"
 [ -x "$HVRESYNC" ] || { fail "$HVRESYNC not built (make -j2 all)"; finish; }
 command -v qemu-img >/dev/null || skip "qemu-img not installed"
@@ -137,9 +141,22 @@ rm -f "$S/p.raw"
 for r in A H B; do
 	qemu-img create -q -f vhdx "$S/recovery/$r.vhdx" 256M
 done
+# (f): a raw primary of 32 MiB whose recovery copy differs in one 4 KiB
+# sector of every 64 KiB block, so every block waits for its sub-hashes.
+python3 - "$S/t.raw" "$S/t-rec.raw" <<'EOF2'
+import os, random, sys
+r = random.Random(6)
+d = bytearray(os.urandom(32 << 20))
+open(sys.argv[1], 'wb').write(d)
+for b in range(0, len(d), 65536):
+    o = b + r.randrange(16) * 4096
+    d[o:o + 4096] = os.urandom(4096)
+open(sys.argv[2], 'wb').write(d)
+EOF2
+qemu-img convert -q -f raw -O vhdx "$S/t-rec.raw" "$S/recovery/T.vhdx"
 SERVE=(--psk-file "$S/key" --export "A=$S/recovery/A.vhdx"
        --export "H=$S/recovery/H.vhdx" --export "B=$S/recovery/B.vhdx"
-       --export "E=$S/recovery/E.vhdx")
+       --export "E=$S/recovery/E.vhdx" --export "T=$S/recovery/T.vhdx")
 start_server "$S/serve.log" "${SERVE[@]}" || finish
 RATE=64M # 256 MiB of data: about 4 s for the first pass
 
@@ -292,6 +309,40 @@ if kill -0 "$PUSH_PID" 2>/dev/null; then
 else
 	wait_push
 	fail "the push ended before pass 2 could be cut (exit $PUSH_RC, passes $(jq_ E passes))"
+fi
+
+# ===========================================================================
+say "(f) a raw primary truncated during the push: a clear error, nothing lost"
+# ===========================================================================
+cp "$S/t.raw" "$P/t.raw"
+n=$(started)
+# 512 blocks of one differing 4 KiB each at 256 KiB/s: 8 s of sending
+push_bg T "$P/t.raw" --bwlimit 256K
+wait_started "$n" && sleep 1
+truncate -s 0 "$P/t.raw"
+wait_push
+[ "$PUSH_RC" -eq 2 ] && ok "(f) exit 2" || fail "(f) exit $PUSH_RC (want 2)"
+if [ "$(grep -c . "$S/T.err")" -ge 1 ] && grep -q "$P/t.raw" "$S/T.err" &&
+	grep -qi "shortened\|size changed\|ended" "$S/T.err"; then
+	ok "(f) stderr names the file and says it was cut: $(tail -n 1 "$S/T.err")"
+else
+	fail "(f) stderr: $(cat "$S/T.err")"
+fi
+[ "$(jq_ T result)" = error ] && ok "(f) JSON result: error" ||
+	fail "(f) JSON result: $(jq_ T result)"
+qemu-img compare -q -f vhdx -F raw "$S/recovery/T.vhdx" "$S/t-rec.raw" &&
+	ok "(f) the recovery image is unchanged" ||
+	fail "(f) the recovery image changed although the push failed"
+qemu-img check -q -f vhdx "$S/recovery/T.vhdx" 2>/dev/null &&
+	ok "(f) the recovery image is clean (qemu-img check)" ||
+	fail "(f) qemu-img check: $(qemu-img check -f vhdx "$S/recovery/T.vhdx" 2>&1 | head -n 3)"
+cp "$S/t.raw" "$P/t.raw"
+push T "$P/t.raw"
+if [ "$PUSH_RC" -eq 0 ] && [ "$(jq_ T result)" = identical ] &&
+	qemu-img compare -q -f raw -F vhdx "$P/t.raw" "$S/recovery/T.vhdx"; then
+	ok "(f) a push of the restored primary: identical, and qemu-img compare agrees"
+else
+	fail "(f) the push after the restore: exit $PUSH_RC, result $(jq_ T result), $(head -n 2 "$S/T.err")"
 fi
 
 # ===========================================================================

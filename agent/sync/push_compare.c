@@ -607,7 +607,7 @@ static int read_pieces(struct push *ps, const struct pend *pd,
 						 "%s: reading block %" PRIu64
 						 " again: %s",
 						 ps->p->src, pd->block,
-						 strerror(-ret));
+						 sync_pread_error(ret));
 		}
 	}
 	return 0;

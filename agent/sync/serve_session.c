@@ -366,11 +366,10 @@ static int subreq_placed(struct session *s, uint64_t block, uint64_t slot,
 	ret = sync_pread_full(s->ring_fd[slot], s->sub_buf, len,
 			      s->ring_off[slot]);
 	if (ret < 0)
-		return session_error(
-			s, PROTO_ERR_IO,
-			"export %s: reading block %" PRIu64 " again: %s",
-			s->name, block,
-			ret == -ENODATA ? "the file ended" : strerror(-ret));
+		return session_error(s, PROTO_ERR_IO,
+				     "export %s: reading block %" PRIu64
+				     " again: %s",
+				     s->name, block, sync_pread_error(ret));
 	ret = sync_hash_pieces(s->sub_hasher, s->sub_buf, len, hashes);
 	if (ret < 0)
 		return session_error(s, PROTO_ERR_INTERNAL,

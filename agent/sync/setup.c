@@ -163,6 +163,14 @@ int sync_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+const char *sync_pread_error(int ret)
+{
+	/* a file cut short while it is read (truncated by another program) */
+	if (ret == -ENODATA)
+		return "the file ended: it was shortened while it was read";
+	return strerror(-ret);
+}
+
 int sync_hash_pieces(struct ur_hasher *h, const uint8_t *data, uint32_t len,
 		     uint8_t *out)
 {

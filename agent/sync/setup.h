@@ -64,6 +64,8 @@ struct ur_hasher;
  * (ur_block.fd): pread() all @len bytes at @off.  0, or -errno (-ENODATA
  * when the file ends first). */
 int sync_pread_full(int fd, uint8_t *buf, size_t len, uint64_t off);
+/* What went wrong, for a message, from sync_pread_full()'s @ret. */
+const char *sync_pread_error(int ret);
 
 /* The sub-block hashes of @len bytes of one block (one PROTO_HASH_LEN
  * hash per 4 KiB, the last piece may be short) into @out.  0 or -errno. */
