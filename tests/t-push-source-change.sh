@@ -17,6 +17,9 @@
 #       its differing blocks: exit 2, one line naming the file, the
 #       recovery image unchanged and clean, and a push of the restored
 #       primary then makes it identical.
+#   (g) a raw recovery export cut short during the session (another
+#       program ignoring the image locks): the push fails (exit 2) with
+#       the recovery side's one line naming the export, the server lives.
 . "$(dirname "$0")/lib.sh"
 [ -x "$HVRESYNC" ] || { fail "$HVRESYNC not built (make -j2 all)"; finish; }
 command -v qemu-img >/dev/null || skip "qemu-img not installed"
@@ -154,9 +157,11 @@ for b in range(0, len(d), 65536):
 open(sys.argv[2], 'wb').write(d)
 EOF2
 qemu-img convert -q -f raw -O vhdx "$S/t-rec.raw" "$S/recovery/T.vhdx"
+cp "$S/t-rec.raw" "$S/recovery/G.raw"
 SERVE=(--psk-file "$S/key" --export "A=$S/recovery/A.vhdx"
        --export "H=$S/recovery/H.vhdx" --export "B=$S/recovery/B.vhdx"
-       --export "E=$S/recovery/E.vhdx" --export "T=$S/recovery/T.vhdx")
+       --export "E=$S/recovery/E.vhdx" --export "T=$S/recovery/T.vhdx"
+       --export "G=$S/recovery/G.raw")
 start_server "$S/serve.log" "${SERVE[@]}" || finish
 RATE=64M # 256 MiB of data: about 4 s for the first pass
 
@@ -343,6 +348,28 @@ if [ "$PUSH_RC" -eq 0 ] && [ "$(jq_ T result)" = identical ] &&
 	ok "(f) a push of the restored primary: identical, and qemu-img compare agrees"
 else
 	fail "(f) the push after the restore: exit $PUSH_RC, result $(jq_ T result), $(head -n 2 "$S/T.err")"
+fi
+
+# ===========================================================================
+say "(g) a raw recovery export truncated during the session"
+# ===========================================================================
+n=$(started)
+push_bg G "$S/t.raw" --bwlimit 256K
+wait_started "$n" && sleep 1
+truncate -s 0 "$S/recovery/G.raw"
+wait_push
+[ "$PUSH_RC" -eq 2 ] && ok "(g) exit 2" || fail "(g) exit $PUSH_RC (want 2)"
+if grep -q "export G" "$S/G.err" && grep -qi "shortened\|ended" "$S/G.err"; then
+	ok "(g) stderr names the export and says it was cut: $(tail -n 1 "$S/G.err")"
+else
+	fail "(g) stderr: $(cat "$S/G.err")"
+fi
+if kill -0 "$SERVER_PID" 2>/dev/null; then
+	push B "$P/p.vhdx"
+	[ "$PUSH_RC" -eq 0 ] && ok "(g) the server still serves (a push to B: exit 0)" ||
+		fail "(g) a push to B after it: exit $PUSH_RC, $(head -n 2 "$S/B.err")"
+else
+	fail "(g) the server died"
 fi
 
 # ===========================================================================
