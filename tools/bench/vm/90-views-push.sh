@@ -1,0 +1,86 @@
+# tools/bench/vm/90-views-push.sh - guest benchmark (run by
+# tools/bench/dm-views through tools/vm/run): on Debian 12's kernel, the
+# compare-and-send phase of a push (`push --hold`, what mount-and-resync
+# runs) of the 64 MiB pair from the image file, from a FUSE raw view
+# (`hvresync mount`) and from a device-mapper view (`hvresync map`), warm
+# page cache, both ends in the guest over TLS on loopback.  Prints one
+# `timing:` line of medians of 5 for tools/bench/dm-views; each push is
+# also checked (exit 0, the copy complete), so a figure is never of a
+# failed run.  Guest time under qemu TCG: compare the figures with each
+# other, not with a real host.
+. /vm/dm.inc
+
+P=$IMG/bench-p.vhdx
+expect_rc 0 "keygen" hv keygen "$T/key" || exit 0
+mkdir -p "$T/state" "$T/fv"
+
+SPID=
+serve_stop() {
+	[ -n "$SPID" ] || return 0
+	kill -TERM "$SPID" 2>/dev/null
+	wait "$SPID" 2>/dev/null
+	SPID=
+}
+
+# serve_fresh: a new recovery copy, no held child or record, a new serve
+serve_fresh() {
+	local i=0
+	serve_stop
+	rm -rf "$T/state"/* "$D"/rec.vhdx*
+	cp "$IMG/bench-r.vhdx" "$D/rec.vhdx"
+	hvresync serve --listen 127.0.0.1:0 --state-dir "$T/state" \
+		--psk-file "$T/key" --export rec="$D/rec.vhdx" >"$T/serve.log" 2>&1 &
+	SPID=$!
+	PORT=
+	while [ -z "$PORT" ] && [ $i -lt 200 ]; do
+		PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$T/serve.log")
+		[ -n "$PORT" ] || sleep 0.1
+		i=$((i + 1))
+	done
+	[ -n "$PORT" ]
+}
+
+# hold KIND SRC: one timed push --hold of SRC, warm cache; appends the
+# time to the list of KIND
+hold() {
+	local kind=$1 src=$2
+	if ! serve_fresh; then
+		fail "$kind: serve did not start: $(tail -n 2 "$T/serve.log")"
+		return 1
+	fi
+	cat "$src" "$D/rec.vhdx" >/dev/null
+	if elapsed hv push --hold --psk-file "$T/key" "$src" "127.0.0.1:$PORT/rec" \
+		>"$T/out" 2>"$T/err" && grep -q "held (complete" "$T/serve.log"; then
+		eval "L_$kind=\"\${L_$kind:-} $ELAPSED\""
+		return 0
+	fi
+	fail "$kind: push --hold from $src"
+	_show_err
+	return 1
+}
+
+median() { echo "$@" | tr ' ' '\n' | grep . | sort -n | sed -n 3p; }
+
+FV=
+if expect_rc 0 "mount the primary (FUSE view)" hv mount "$P" "$T/fv"; then
+	FV=$T/fv/bench-p
+fi
+DM=
+if expect_rc 0 "map the primary (dm view)" hv map "$P" hvr-bench-p; then
+	DM=/dev/mapper/hvr-bench-p
+fi
+for i in 1 2 3 4 5; do
+	hold file "$P"
+	[ -n "$FV" ] && hold fuse "$FV"
+	[ -n "$DM" ] && hold dm "$DM"
+done
+serve_stop
+[ -n "$FV" ] && hv umount "$T/fv"
+[ -n "$DM" ] && hv unmap hvr-bench-p
+n_file=$(echo ${L_file:-} | wc -w)
+n_fuse=$(echo ${L_fuse:-} | wc -w)
+n_dm=$(echo ${L_dm:-} | wc -w)
+check "five timed pushes from each of file, FUSE view and dm view" \
+	test "$n_file$n_fuse$n_dm" = 555
+echo "timing: push --hold 64 MiB 1% warm medians of 5: file $(median ${L_file:-}) s, FUSE view $(median ${L_fuse:-}) s, dm view $(median ${L_dm:-}) s (all: file${L_file:-}, FUSE${L_fuse:-}, dm${L_dm:-})"
+true
