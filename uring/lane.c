@@ -57,6 +57,9 @@ static void wake_consumer(struct ur_engine *e)
  * A FUSE file read through the page cache costs a copy into the FUSE
  * file's own pages and their housekeeping, and hvresync's raw views drop
  * those pages at every open anyway; O_DIRECT hands the server our buffer.
+ * A device-mapper view is made of loop devices over the image files,
+ * whose pages hold the data already: through the device's own page cache
+ * it would be cached and copied twice.
  */
 static int direct_twin(struct ur_engine *e, int fd)
 {
@@ -73,7 +76,7 @@ static int direct_twin(struct ur_engine *e, int fd)
 	 * gets an O_DIRECT twin; filesystems without O_DIRECT refuse it and
 	 * the buffered fd is used instead. */
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	if (e->cfg.direct || ur_fd_on_fuse(fd))
+	if (e->cfg.direct || ur_fd_on_fuse(fd) || ur_fd_over_loop(fd))
 		dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
 	else
 		dfd = -1;
@@ -192,7 +195,7 @@ static void pick_fds(struct ur_engine *e, struct chunk *c)
 		struct ur_op *op = &c->ops.v[i];
 
 		op->fixed_fd = op->fd;
-		if ((!e->cfg.direct && !e->cfg.direct_fuse) ||
+		if ((!e->cfg.direct && !e->cfg.direct_views) ||
 		    op->kind != UR_OP_READ || op->file_off % DIRECT_ALIGN ||
 		    op->len % DIRECT_ALIGN || op->buf_off % DIRECT_ALIGN)
 			continue;

@@ -56,7 +56,10 @@ struct ur_config {
 	uint64_t window;	   /* buffer bytes per stream; 0: default */
 	unsigned threads;	   /* lanes; 0: one per online CPU */
 	bool direct;		   /* O_DIRECT where offsets allow it */
-	bool direct_fuse;	   /* the same, for files on FUSE only */
+	bool direct_views;	   /* the same, for views only: files on FUSE
+				    * and block devices made of loop devices
+				    * (their data is cached already, in the
+				    * files behind them) */
 	bool sub_hashes;	   /* also hash each 4 KiB of data blocks */
 	bool sub_hashes_unlocated; /* with sub_hashes: only of the blocks
 				    * ur_block.fd cannot place (a consumer

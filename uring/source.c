@@ -1,12 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /* source.c - VHDX, raw file and block device sources (see source.h). */
+#include <dirent.h>
 #include <errno.h>
 #include <stddef.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -41,6 +44,45 @@ bool ur_fd_on_fuse(int fd)
 bool ur_source_on_fuse(const struct ur_source *src)
 {
 	return ur_fd_on_fuse(src->img ? vhdx_get_fd(src->img) : src->fd);
+}
+
+/* Whether the sysfs directory of a block device, SYSDIR, is a loop
+ * device's (it has a loop/ directory). */
+static bool is_loop(const char *sysdir)
+{
+	char p[PATH_MAX + 8];
+
+	snprintf(p, sizeof(p), "%s/loop", sysdir);
+	return access(p, F_OK) == 0;
+}
+
+bool ur_fd_over_loop(int fd)
+{
+	char dir[96], p[PATH_MAX];
+	bool any = false, all = true;
+	struct dirent *de;
+	struct stat st;
+	DIR *d;
+
+	if (fd < 0 || fstat(fd, &st) || !S_ISBLK(st.st_mode))
+		return false;
+	snprintf(dir, sizeof(dir), "/sys/dev/block/%u:%u", major(st.st_rdev),
+		 minor(st.st_rdev));
+	if (is_loop(dir))
+		return true;
+	snprintf(p, sizeof(p), "%s/slaves", dir);
+	d = opendir(p);
+	if (!d)
+		return false;
+	while (all && (de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		any = true;
+		snprintf(p, sizeof(p), "/sys/class/block/%s", de->d_name);
+		all = is_loop(p);
+	}
+	closedir(d);
+	return any && all;
 }
 
 const char *ur_source_type_name(enum ur_source_type t)

@@ -47,6 +47,11 @@ const char *ur_source_type_name(enum ur_source_type t);
 bool ur_fd_on_fuse(int fd);
 /* The same for the file SRC reads. */
 bool ur_source_on_fuse(const struct ur_source *src);
+/* Is FD a block device made of loop devices only: a loop device, or a
+ * device-mapper device (such as an hvresync dm view) whose underlying
+ * devices are all loop devices?  Its data lives in files, which the page
+ * cache holds already. */
+bool ur_fd_over_loop(int fd);
 
 /* The ur_map_fn of a source (CTX is the struct ur_source). */
 int ur_source_map(void *ctx, uint64_t off, uint64_t len, struct ur_run *run);

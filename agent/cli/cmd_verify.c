@@ -406,7 +406,7 @@ static int new_engine(struct verify *v)
 	/* A file on FUSE (a raw view) is read as push reads it: around the
 	 * page cache, whose copy and housekeeping cost more than the read,
 	 * and in requests as large as a view takes. */
-	v->cfg.direct_fuse = true;
+	v->cfg.direct_views = true;
 	if (ur_source_on_fuse(v->s[0].src) || ur_source_on_fuse(v->s[1].src))
 		v->cfg.chunk_size = UR_FUSE_CHUNK;
 	ret = ur_engine_new(&v->cfg, &v->e, err, sizeof(err));

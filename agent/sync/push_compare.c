@@ -906,7 +906,7 @@ static int start_reader(struct push *ps)
 	sync_reader_config(&cfg, ps->bs, sync_hash_id(ps->p->hash), ps->seed);
 	/* a raw view (hvresync mount) reads faster without the page cache,
 	 * and in requests as large as it takes */
-	cfg.direct_fuse = true;
+	cfg.direct_views = true;
 	if (ur_source_on_fuse(ps->src))
 		cfg.chunk_size = UR_FUSE_CHUNK;
 	ret = ur_hasher_new(cfg.hash, cfg.seed, &ps->hasher);
