@@ -117,6 +117,20 @@ wait_started() {
 	return 1
 }
 
+# cut_mid_push CASE NAME SRC FILE: push SRC to export NAME slowly and,
+# a second into the session, truncate FILE (either side's disk) to
+# nothing; the push must fail with exit 2.
+cut_mid_push() {
+	local n
+	n=$(started)
+	# 512 blocks of one differing 4 KiB each at 256 KiB/s: 8 s of sending
+	push_bg "$2" "$3" --bwlimit 256K
+	wait_started "$n" && sleep 1
+	truncate -s 0 "$4"
+	wait_push
+	[ "$PUSH_RC" -eq 2 ] && ok "($1) exit 2" || fail "($1) exit $PUSH_RC (want 2)"
+}
+
 # jq_ NAME KEY: a member of NAME's JSON ("" when absent).
 jq_() { jget "$S/$1.json" "$2" 2>/dev/null; }
 
@@ -320,13 +334,7 @@ fi
 say "(f) a raw primary truncated during the push: a clear error, nothing lost"
 # ===========================================================================
 cp "$S/t.raw" "$P/t.raw"
-n=$(started)
-# 512 blocks of one differing 4 KiB each at 256 KiB/s: 8 s of sending
-push_bg T "$P/t.raw" --bwlimit 256K
-wait_started "$n" && sleep 1
-truncate -s 0 "$P/t.raw"
-wait_push
-[ "$PUSH_RC" -eq 2 ] && ok "(f) exit 2" || fail "(f) exit $PUSH_RC (want 2)"
+cut_mid_push f T "$P/t.raw" "$P/t.raw"
 if [ "$(grep -c . "$S/T.err")" -ge 1 ] && grep -q "$P/t.raw" "$S/T.err" &&
 	grep -qi "shortened\|size changed\|ended" "$S/T.err"; then
 	ok "(f) stderr names the file and says it was cut: $(tail -n 1 "$S/T.err")"
@@ -353,12 +361,7 @@ fi
 # ===========================================================================
 say "(g) a raw recovery export truncated during the session"
 # ===========================================================================
-n=$(started)
-push_bg G "$S/t.raw" --bwlimit 256K
-wait_started "$n" && sleep 1
-truncate -s 0 "$S/recovery/G.raw"
-wait_push
-[ "$PUSH_RC" -eq 2 ] && ok "(g) exit 2" || fail "(g) exit $PUSH_RC (want 2)"
+cut_mid_push g G "$S/t.raw" "$S/recovery/G.raw"
 if grep -q "export G" "$S/G.err" && grep -qi "shortened\|ended" "$S/G.err"; then
 	ok "(g) stderr names the export and says it was cut: $(tail -n 1 "$S/G.err")"
 else
