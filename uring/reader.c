@@ -86,6 +86,17 @@ static int fill_defaults(struct ur_config *cfg, char *err, size_t errlen)
 	return 0;
 }
 
+void ur_config_views(struct ur_config *cfg, struct ur_source *const *src,
+		     unsigned n)
+{
+	unsigned i;
+
+	cfg->direct_views = true;
+	for (i = 0; i < n && !cfg->chunk_size; i++)
+		if (ur_source_on_fuse(src[i]))
+			cfg->chunk_size = UR_FUSE_CHUNK;
+}
+
 int ur_engine_new(const struct ur_config *cfg, struct ur_engine **out,
 		  char *err, size_t errlen)
 {

@@ -103,6 +103,13 @@ struct ur_stream_stats {
 struct ur_engine;
 struct ur_stream;
 
+/* Read the views among the N sources SRC as they read best: around the
+ * page cache (direct_views), and a file on FUSE in UR_FUSE_CHUNK reads
+ * unless CFG already names a chunk size.  For readers of what
+ * mount-and-resync shows (push, verify); before ur_engine_new(). */
+void ur_config_views(struct ur_config *cfg, struct ur_source *const *src,
+		     unsigned n);
+
 /* Checks CFG (block size, hash) and fills in defaults; ERR gets one line. */
 int ur_engine_new(const struct ur_config *cfg, struct ur_engine **out,
 		  char *err, size_t errlen);

@@ -400,15 +400,12 @@ static int open_sides(struct verify *v)
 /* The reader with both disks, not started yet. */
 static int new_engine(struct verify *v)
 {
+	struct ur_source *src[2] = { v->s[0].src, v->s[1].src };
 	char err[1024];
 	int i, ret;
 
-	/* A file on FUSE (a raw view) is read as push reads it: around the
-	 * page cache, whose copy and housekeeping cost more than the read,
-	 * and in requests as large as a view takes. */
-	v->cfg.direct_views = true;
-	if (ur_source_on_fuse(v->s[0].src) || ur_source_on_fuse(v->s[1].src))
-		v->cfg.chunk_size = UR_FUSE_CHUNK;
+	/* views are read as push reads them */
+	ur_config_views(&v->cfg, src, 2);
 	ret = ur_engine_new(&v->cfg, &v->e, err, sizeof(err));
 	if (ret < 0) {
 		error_msg("verify: %s", err);

@@ -904,11 +904,8 @@ static int start_reader(struct push *ps)
 	int ret;
 
 	sync_reader_config(&cfg, ps->bs, sync_hash_id(ps->p->hash), ps->seed);
-	/* a raw view (hvresync mount) reads faster without the page cache,
-	 * and in requests as large as it takes */
-	cfg.direct_views = true;
-	if (ur_source_on_fuse(ps->src))
-		cfg.chunk_size = UR_FUSE_CHUNK;
+	/* a view (hvresync mount or map) is what mount-and-resync reads */
+	ur_config_views(&cfg, &ps->src, 1);
 	ret = ur_hasher_new(cfg.hash, cfg.seed, &ps->hasher);
 	if (ret < 0)
 		return push_fail(ps, ret, "cannot set up the %s hash: %s",
