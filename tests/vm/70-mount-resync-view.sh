@@ -1,7 +1,9 @@
 # tests/vm/70-mount-resync-view.sh - `hvresync mount-and-resync --view`
 # on a real device-mapper: a primary and a recovery agent on 127.0.0.1
 # (TLS, pre-shared key), VM "plain" (dyn.vhdx, fixed.vhdx: both mappable)
-# and VM "mixed" (dyn.vhdx and the differencing diff.avhdx).  Checked:
+# and VM "mixed" (dyn.vhdx and the differencing diff.avhdx); VM "slow"
+# (slow.vhdx: 24 MiB of random bytes, and fixed.vhdx) for the jobs that
+# are killed, cancelled and timed out.  Checked:
 #   --view dm    the job reads /dev/mapper/hvresync-VM-DISK (the agent's
 #                job says so), the recovery copies end with the primary's
 #                bytes (sha256 against qemu-img convert's, taken on the host)
@@ -20,8 +22,9 @@ S=$D
 RUN=$T/mr
 PP=47101
 RP=47102
-mkdir -p "$S/p" "$S/r/plain" "$S/r/mixed" "$T/run"
-cp "$IMG/dyn.vhdx" "$IMG/fixed.vhdx" "$IMG/base.vhdx" "$IMG/diff.avhdx" "$S/p/"
+mkdir -p "$S/p" "$S/r/plain" "$S/r/mixed" "$S/r/slow" "$T/run"
+cp "$IMG/dyn.vhdx" "$IMG/fixed.vhdx" "$IMG/base.vhdx" "$IMG/diff.avhdx" \
+	"$IMG/slow.vhdx" "$S/p/"
 $HVRESYNC keygen "$S/psk" >/dev/null 2>&1 || fail "keygen"
 
 cat >"$S/p.conf" <<EOF
@@ -43,6 +46,12 @@ role = primary
 replica = 127.0.0.1:$RP
 disk = $S/p/dyn.vhdx
 disk = $S/p/diff.avhdx
+
+[vm slow]
+role = primary
+replica = 127.0.0.1:$RP
+disk = $S/p/slow.vhdx
+disk = $S/p/fixed.vhdx
 EOF
 cat >"$S/r.conf" <<EOF
 [agent]
@@ -61,6 +70,11 @@ disk = $S/r/plain/fixed.vhdx
 role = replica
 disk = $S/r/mixed/dyn.vhdx
 disk = $S/r/mixed/diff.avhdx
+
+[vm slow]
+role = replica
+disk = $S/r/slow/slow.vhdx
+disk = $S/r/slow/fixed.vhdx
 EOF
 
 # start_agent p|r [ARGS]: the agent in the background, up when its control
@@ -95,6 +109,10 @@ fresh() {
 	mixed)
 		$HVRESYNC create "$S/r/mixed/dyn.vhdx" 32M >/dev/null &&
 			$HVRESYNC create "$S/r/mixed/diff.avhdx" 16M >/dev/null
+		;;
+	slow)
+		$HVRESYNC create "$S/r/slow/slow.vhdx" 32M >/dev/null &&
+			$HVRESYNC create "$S/r/slow/fixed.vhdx" 16M >/dev/null
 		;;
 	esac || fail "cannot create the recovery disks of $1"
 }
@@ -173,6 +191,7 @@ no_leftovers() {
 # the recovery agent serves the disks that exist when it starts
 fresh plain
 fresh mixed
+fresh slow
 start_agent r || {
 	fail "recovery agent"
 	exit 0
@@ -243,15 +262,18 @@ same mixed dyn.vhdx
 same mixed diff.avhdx
 no_leftovers "after --view fuse"
 
-# --- SIGKILL mid-job: a slow job (--bwlimit) to kill into
+# --- SIGKILL mid-job: a slow job to kill into.  VM slow's slow.vhdx holds
+# 24 MiB of random bytes (the .prep): the agent compresses what it sends,
+# so only those keep a job under --bwlimit busy for long (about 48 s at
+# 512 KiB/s), however fast the views read.
 stop_agent p
 start_agent p --bwlimit 512K || fail "primary agent with --bwlimit"
-fresh plain
+fresh slow
 
 # bg: mount-and-resync --view dm in the background until its job has run
 # a moment; BG its pid, BJ its job.
 bg() {
-	$HVRESYNC mount-and-resync plain --config "$S/p.conf" --run-dir "$RUN" \
+	$HVRESYNC mount-and-resync slow --config "$S/p.conf" --run-dir "$RUN" \
 		--view dm >"$T/bg.out" 2>"$T/bg.err" &
 	BG=$!
 	BJ=
@@ -329,9 +351,9 @@ fi
 # The recovery agent restarts around it, so no session of a cancelled job
 # still holds the files being replaced.
 stop_agent r
-fresh plain
+fresh slow
 start_agent r || fail "recovery agent restart"
-mr plain --view dm --timeout 1
+mr slow --view dm --timeout 1
 # a job that beat the clock says what it did (in the failure's own line:
 # the summary of failures is what a CI log keeps)
 if [ "$MR_RC" -ne 2 ]; then
@@ -341,7 +363,7 @@ else
 	ok "--view dm --timeout 1: exit 2"
 fi
 check "that run first removed the views left behind, saying so" \
-	grep -q "^hvresync: plain: removing dm view /dev/mapper/hvresync-plain-dyn left behind by an earlier run" "$T/mr.err"
+	grep -q "^hvresync: slow: removing dm view /dev/mapper/hvresync-slow-slow left behind by an earlier run" "$T/mr.err"
 check "--timeout 1: it says the job did not finish in time" \
 	grep -q "did not finish within 1 s" "$T/mr.err"
 no_leftovers "after --timeout with dm views"
@@ -373,11 +395,11 @@ fi
 # --- after all that, a run at full speed completes
 stop_agent p
 start_agent p || fail "primary agent restart"
-mr plain --view dm
+mr slow --view dm
 expect_mr 0 "the run after the SIGKILLs and cancels: exit 0"
 check "it found nothing left behind" sh -c "! grep -q 'left behind' '$T/mr.err'"
-same plain dyn.vhdx
-same plain fixed.vhdx
+same slow slow.vhdx
+same slow fixed.vhdx
 no_leftovers "at the end"
 
 stop_agent p
