@@ -61,7 +61,7 @@ SAN_ARCHIVES_BELOW = $(foreach l,$(BELOW_$(1)),$(call SAN_ARCHIVE,$(l)))
 # The layer each unit test belongs to (it links only that and below).
 UNIT_LAYER_vhdx := test_bat test_crc32c test_guid test_header test_log \
 	test_log_active test_log_bounds test_log_scan test_metadata test_region \
-	test_writer test_merge test_direct
+	test_writer test_merge
 UNIT_LAYER_uring := test_reader test_hash
 UNIT_LAYER_fuse := test_dmview
 UNIT_LAYER_lib := test_jsonparse test_fsutil test_snapshot test_watch test_prom \
@@ -148,7 +148,7 @@ FUZZ_frame_SRC := tools/fuzz/fuzz_frame.c agent/sync/proto.c \
 	agent/sync/common.c agent/sync/errmsg.c vhdx/crc32c.c
 # The layer each archive-linked target needs, with the libraries for it.
 FUZZ_vhdx_LAYER := vhdx
-FUZZ_vhdx_LIBS := -luring -lpthread
+FUZZ_vhdx_LIBS := -lpthread
 FUZZ_json_LAYER := daemon
 FUZZ_json_LIBS := $(LIBS) -lm
 FUZZ_config_LAYER := daemon

@@ -327,7 +327,6 @@ struct vhdx_image {
 	bool batch;	   /* commit only at a flush (vhdx_writer_batch) */
 	uint64_t unkicked; /* batch: written since writeback last started */
 	struct vhdx_kicker *kicker; /* batch: starts writeback meanwhile */
-	struct vhdx_direct *direct; /* batch: in-place data (direct.c) */
 	int write_error;	    /* sticky: after a failed commit */
 	uint64_t alloc_end; /* next new block goes here (1 MiB aligned) */
 };
@@ -386,25 +385,6 @@ int vhdx_writer_close(struct vhdx_image *img);
  * redone after a crash (a merge).  What it needs in memory grows with the
  * sectors it changes, 8 bytes each. */
 void vhdx_writer_batch(struct vhdx_image *img);
-
-/* direct.c: a batch writer's in-place data with O_DIRECT, many at once.
- * start: 0, or a negative errno when the file takes no O_DIRECT (the
- * writer then uses the page cache); fits: may this write go direct;
- * write: queue a copy of DATA for file offset OFF; fence: wait for the
- * direct writes whose pages [OFF, OFF + LEN) touches, before a buffered
- * write or read there; drain: wait for all, 0 or the first error; stop:
- * drain and free.  All under the image's write_lock. */
-int vhdx_direct_start(struct vhdx_image *img);
-bool vhdx_direct_fits(const struct vhdx_image *img, uint64_t off,
-		      uint64_t len);
-int vhdx_direct_write(struct vhdx_image *img, const void *data, uint64_t len,
-		      uint64_t off);
-int vhdx_direct_fence(struct vhdx_image *img, uint64_t off, uint64_t len);
-int vhdx_direct_drain(struct vhdx_image *img);
-void vhdx_direct_stop(struct vhdx_image *img);
-/* Tests only: buffers aligned as a file system that tells nothing might
- * wrongly be thought to need, so that its writes come back EINVAL. */
-void vhdx_direct_test_misalign(struct vhdx_image *img);
 /* The end of everything IMG's BAT, logs and regions reference, rounded up
  * to 1 MiB: where the writer allocates next, and the size it trims an
  * unreferenced tail back to once the log is clean. */

@@ -23,10 +23,7 @@
  * is redone whole after a crash anyway, asks for a batch instead
  * (vhdx_writer_batch): its BAT and bitmap changes wait for its one flush
  * and go into as few log entries as the log holds, and its data is sent
- * to the disk as it is written, so that the flush waits for little: into
- * blocks the image holds already with O_DIRECT, many at a time
- * (direct.c), the rest through the page cache with its writeback started
- * early.
+ * to the disk as it is written, so that the flush waits for little.
  *
  * Space: new blocks go after the last referenced byte, not at the file
  * size, and a tail nothing references (what a failed or crashed attempt
@@ -297,11 +294,9 @@ void vhdx_writer_batch(struct vhdx_image *img)
 {
 	pthread_mutex_lock(&img->write_lock);
 	img->batch = true;
-	/* only a writable image's flush (and close) stops them */
+	/* only a writable image's flush (and close) stops it */
 	if (!img->kicker && img->writable)
 		kicker_start(img);
-	if (img->writable)
-		(void)vhdx_direct_start(img); /* else the page cache */
 	pthread_mutex_unlock(&img->write_lock);
 }
 
@@ -319,11 +314,6 @@ static int write_range(struct vhdx_image *img, uint64_t off,
 	uint64_t done = 0, n;
 	int ret;
 
-	if (data && vhdx_direct_fits(img, off, len))
-		return vhdx_direct_write(img, data, len, off);
-	ret = vhdx_direct_fence(img, off, len);
-	if (ret)
-		return ret;
 	if (data)
 		return vhdx_write_full(img->fd, data, len, off);
 	while (done < len) {
@@ -620,11 +610,6 @@ static int commit(struct vhdx_image *img)
 	struct bitmap_at *bm_at = NULL;
 	int ret = 0;
 
-	/* the direct writes' data is durable at the fdatasync below, as
-	 * the cached writes' is */
-	ret = vhdx_direct_drain(img);
-	if (ret)
-		return ret;
 	if (fdatasync(img->fd))
 		return -errno;
 	if (img->ndirty == 0)
@@ -764,9 +749,6 @@ static int do_write(struct vhdx_image *img, const uint8_t *buf, uint64_t len,
 			ret = -ENOMEM;
 			goto out;
 		}
-		ret = vhdx_direct_fence(img, 0, img->info.file_size);
-		if (ret)
-			goto out;
 		got = vhdx_pread(img, tmp, b - a, a);
 		if (got < 0) {
 			ret = (int)got;
@@ -841,7 +823,6 @@ int vhdx_writer_close(struct vhdx_image *img)
 	 * close; an fsync that fails does, as anywhere. */
 	if (!ret && img->guids_changed && trim_tail(img) == 1 && fsync(img->fd))
 		ret = -errno;
-	vhdx_direct_stop(img);
 	img->writable = false;
 	return ret;
 }
