@@ -19,12 +19,12 @@
 
 /*
  * A source and what it holds that source.h does not show: a raw file's
- * read lock.  A VHDX's lock belongs to its image (vhdx_open() takes it);
- * a raw file or block device gets the same one here, qemu's shared
- * "consistent read", so that a program which lets nobody read the image
- * consistently (a qemu block job) is seen, while a VM writing it is never
- * held up.  Every struct ur_source is allocated here, so close can find
- * the lock from the source.
+ * read lock.  A VHDX's lock belongs to
+ * its image (vhdx_open() takes it); a raw file or block device gets the same
+ * one here, qemu's shared "consistent read", so that a program which lets
+ * nobody read the image consistently (a qemu block job) is seen, while a VM
+ * writing it is never held up.  Every struct ur_source is allocated here, so
+ * close can find the lock from the source.
  */
 struct source {
 	struct ur_source s;
@@ -141,8 +141,10 @@ static int open_raw(struct ur_source *s, int fd, const struct stat *st,
 			return ret;
 		}
 		/* Block devices report one data run from SEEK_DATA at
-		 * best; do not bother. */
+		 * best; do not bother.  A dm view tells its holes by its
+		 * table instead (dmzero.c); other devices are all data. */
 		s->no_seek_data = true;
+		(void)ur_dm_zero_ranges(fd, &s->zeros, &s->nzeros);
 	} else {
 		s->type = UR_SRC_FILE;
 		s->size = (uint64_t)st->st_size;
@@ -269,6 +271,7 @@ void ur_source_close(struct ur_source *s)
 	if (s->fd >= 0)
 		close(s->fd);
 	vhdx_unlock(SOURCE(s)->lock);
+	free(s->zeros);
 	free(s->path);
 	free(SOURCE(s));
 }
@@ -308,6 +311,37 @@ static int map_vhdx(struct ur_source *s, uint64_t off, uint64_t len,
 	return 0;
 }
 
+/* RUN (data from OFF, as long as asked) cut at the next of the device's
+ * zero ranges, or made a zero run when OFF lies in one. */
+static int map_zero_ranges(const struct ur_source *src, uint64_t off,
+			   struct ur_run *run)
+{
+	unsigned lo = 0, hi = src->nzeros, mid;
+	const struct ur_range *z;
+
+	/* the first range that ends past OFF */
+	while (lo < hi) {
+		mid = lo + (hi - lo) / 2;
+		if (src->zeros[mid].off + src->zeros[mid].len <= off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == src->nzeros)
+		return 0;
+	z = &src->zeros[lo];
+	if (z->off > off) {
+		if (z->off - off < run->len)
+			run->len = z->off - off;
+		return 0;
+	}
+	run->kind = UR_RUN_ZERO;
+	run->fd = -1;
+	if (z->off + z->len - off < run->len)
+		run->len = z->off + z->len - off;
+	return 0;
+}
+
 static int map_raw(struct ur_source *s, uint64_t off, uint64_t len,
 		   struct ur_run *run)
 {
@@ -321,7 +355,7 @@ static int map_raw(struct ur_source *s, uint64_t off, uint64_t len,
 	run->file_off = off;
 	run->len = len;
 	if (s->no_seek_data)
-		return 0;
+		return map_zero_ranges(s, off, run);
 	d = lseek(s->fd, (off_t)off, SEEK_DATA);
 	if (d < 0) {
 		if (errno == ENXIO) {

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "uring/blocks.h"
 #include "uring/plan.h"
 #include "vhdx/vhdx.h"
 
@@ -28,8 +29,10 @@ struct ur_source {
 	uint32_t sector_size;	/* logical sector size */
 	struct vhdx_image *img; /* VHDX */
 	bool own_img;
-	int fd;		   /* raw: the file, read-only */
-	bool no_seek_data; /* raw: SEEK_DATA unsupported, all data */
+	int fd;			/* raw: the file, read-only */
+	bool no_seek_data;	/* raw: SEEK_DATA unsupported, all data */
+	struct ur_range *zeros; /* no_seek_data: where it reads as zeros */
+	unsigned nzeros; /* (a dm device's zero targets; freed at close) */
 };
 
 /* Open PATH read-only, telling VHDX from raw by its signature.  On error
@@ -41,6 +44,12 @@ int ur_source_from_vhdx(struct vhdx_image *img, struct ur_source **out);
 void ur_source_close(struct ur_source *s);
 
 const char *ur_source_type_name(enum ur_source_type t);
+
+/* Where the device-mapper device FD reads as zeros (its table's "zero"
+ * targets), sorted, neighbours joined; in *OUT (the caller frees it).
+ * 0, or a negative errno when FD is no dm device or its table cannot be
+ * read (dmzero.c).  A block device source skips these as holes. */
+int ur_dm_zero_ranges(int fd, struct ur_range **out, unsigned *n);
 
 /* Is FD a file on FUSE (a raw view, or an image on a FUSE filesystem)?
  * Each of its reads is then a request to a server process. */

@@ -84,6 +84,20 @@ if expect_rc 0 "map big-a" hv map "$A" hvr-big-a &&
 	expect_rc 0 "map big-c" hv map "$C" hvr-big-c; then
 	verify3 "dm views" big /dev/mapper/hvr-big-a /dev/mapper/hvr-big-c
 	M_COLD=$COLD M_DIRECT=$DIRECT
+	# a dm view's holes are its table's zero targets: read no more of
+	# it than of the image file (the blocks the image holds)
+	if hv verify --json /dev/mapper/hvr-big-a /dev/mapper/hvr-big-c \
+		>"$T/vd.json" 2>"$T/err" || [ $? -eq 1 ]; then
+		fr=$(sed -n 's/.*"bytes_read_a": \([0-9]*\).*/\1/p' "$T/v.json")
+		dr=$(sed -n 's/.*"bytes_read_a": \([0-9]*\).*/\1/p' "$T/vd.json")
+		if [ -n "$fr" ] && [ "$fr" = "$dr" ] && [ "$dr" -lt $((128 << 20)) ]; then
+			ok "dm views: verify read $dr bytes of big-a's 128 MiB, as from the file (its zero targets skipped)"
+		else
+			fail "dm views: verify read ${dr:-?} bytes of big-a, the file ${fr:-?}"
+		fi
+	else
+		fail "verify --json of the dm views: $(head -n 1 "$T/err")"
+	fi
 	# the two kernel paths must show the same bytes
 	if hv mount "$B" "$T/fv" 2>"$T/err"; then
 		vcheck "dm view of big-a against a FUSE view of big-b (same bytes)" 0 \
