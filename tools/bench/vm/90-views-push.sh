@@ -1,18 +1,18 @@
 # tools/bench/vm/90-views-push.sh - guest benchmark (run by
 # tools/bench/dm-views through tools/vm/run): on Debian 12's kernel, the
 # compare-and-send phase of a push (`push --hold`, what mount-and-resync
-# runs) of the 64 MiB pair from the image file, from a FUSE raw view
+# runs) of the 64 MiB pair (written whole) and of the sparse pair (256
+# MiB, 32 MiB of it written) from the image file, from a FUSE raw view
 # (`hvresync mount`) and from a device-mapper view (`hvresync map`), the
 # images in the page cache and the views' own caches empty (as a view is
 # when mount-and-resync has just made it), both ends in the guest over
-# TLS on loopback.  Prints one
-# `timing:` line of medians of 5 for tools/bench/dm-views; each push is
+# TLS on loopback.  Prints a `timing:` line per pair, medians of 5, for
+# tools/bench/dm-views; each push is
 # also checked (exit 0, the copy complete), so a figure is never of a
 # failed run.  Guest time under qemu TCG: compare the figures with each
 # other, not with a real host.
 . /vm/dm.inc
 
-P=$IMG/bench-p.vhdx
 expect_rc 0 "keygen" hv keygen "$T/key" || exit 0
 mkdir -p "$T/state" "$T/fv"
 
@@ -24,12 +24,13 @@ serve_stop() {
 	SPID=
 }
 
-# serve_fresh: a new recovery copy, no held child or record, a new serve
+# serve_fresh: a new recovery copy of $R, no held child or record, a new
+# serve
 serve_fresh() {
 	local i=0
 	serve_stop
 	rm -rf "$T/state"/* "$D"/rec.vhdx*
-	cp "$IMG/bench-r.vhdx" "$D/rec.vhdx"
+	cp "$R" "$D/rec.vhdx"
 	hvresync serve --listen 127.0.0.1:0 --state-dir "$T/state" \
 		--psk-file "$T/key" --export rec="$D/rec.vhdx" >"$T/serve.log" 2>&1 &
 	SPID=$!
@@ -66,26 +67,36 @@ hold() {
 
 median() { echo "$@" | tr ' ' '\n' | grep . | sort -n | sed -n 3p; }
 
-FV=
-if expect_rc 0 "mount the primary (FUSE view)" hv mount "$P" "$T/fv"; then
-	FV=$T/fv/bench-p
-fi
-DM=
-if expect_rc 0 "map the primary (dm view)" hv map "$P" hvr-bench-p; then
-	DM=/dev/mapper/hvr-bench-p
-fi
-for i in 1 2 3 4 5; do
-	hold file "$P"
-	[ -n "$FV" ] && hold fuse "$FV"
-	[ -n "$DM" ] && hold dm "$DM"
-done
-serve_stop
-[ -n "$FV" ] && hv umount "$T/fv"
-[ -n "$DM" ] && hv unmap hvr-bench-p
-n_file=$(echo ${L_file:-} | wc -w)
-n_fuse=$(echo ${L_fuse:-} | wc -w)
-n_dm=$(echo ${L_dm:-} | wc -w)
-check "five timed pushes from each of file, FUSE view and dm view" \
-	test "$n_file$n_fuse$n_dm" = 555
-echo "timing: push --hold 64 MiB 1% (images warm, views fresh) medians of 5: file $(median ${L_file:-}) s, FUSE view $(median ${L_fuse:-}) s, dm view $(median ${L_dm:-}) s (all: file${L_file:-}, FUSE${L_fuse:-}, dm${L_dm:-})"
+# pair NAME: five rounds of the three sources on $P and $R; L_* the times
+pair() {
+	local name=$1
+	L_file= L_fuse= L_dm= FV= DM=
+	if expect_rc 0 "$name: mount the primary (FUSE view)" hv mount "$P" "$T/fv"; then
+		FV=$T/fv/$(basename "$P" .vhdx)
+	fi
+	if expect_rc 0 "$name: map the primary (dm view)" hv map "$P" hvr-bench-p; then
+		DM=/dev/mapper/hvr-bench-p
+	fi
+	for i in 1 2 3 4 5; do
+		hold file "$P"
+		[ -n "$FV" ] && hold fuse "$FV"
+		[ -n "$DM" ] && hold dm "$DM"
+	done
+	serve_stop
+	[ -n "$FV" ] && hv umount "$T/fv"
+	[ -n "$DM" ] && hv unmap hvr-bench-p
+	check "$name: five timed pushes from each of file, FUSE view and dm view" \
+		test "$(echo ${L_file:-} | wc -w)$(echo ${L_fuse:-} | wc -w)$(echo ${L_dm:-} | wc -w)" = 555
+}
+
+figures() {
+	echo "medians of 5: file $(median ${L_file:-}) s, FUSE view $(median ${L_fuse:-}) s, dm view $(median ${L_dm:-}) s (all: file${L_file:-}, FUSE${L_fuse:-}, dm${L_dm:-})"
+}
+
+P=$IMG/bench-p.vhdx R=$IMG/bench-r.vhdx
+pair full
+echo "timing: push --hold 64 MiB 1% (images warm, views fresh) $(figures)"
+P=$IMG/bench-sp.vhdx R=$IMG/bench-sr.vhdx
+pair sparse
+echo "timing: sparse push --hold 256 MiB, 32 MiB written, 1% of it changed (images warm, views fresh) $(figures)"
 true
