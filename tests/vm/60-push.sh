@@ -19,17 +19,8 @@ check "the recovery copy differs before the push" \
 	sh -c "! hvresync verify '$IMG/dyn.vhdx' '$REC' >/dev/null 2>&1"
 
 mkdir -p "$T/state"
-hvresync serve --listen 127.0.0.1:0 --state-dir "$T/state" --psk-file "$T/key" \
-	--export rec="$REC" >"$T/serve.log" 2>&1 &
-SPID=$!
-PORT=
-i=0
-while [ -z "$PORT" ] && [ $i -lt 100 ]; do
-	PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$T/serve.log")
-	[ -n "$PORT" ] || sleep 0.1
-	i=$((i + 1))
-done
-if [ -z "$PORT" ]; then
+if ! serve_start "$T/serve.log" --state-dir "$T/state" --psk-file "$T/key" \
+	--export rec="$REC"; then
 	fail "serve did not start: $(tail -n 2 "$T/serve.log")"
 	exit 0
 fi
@@ -68,16 +59,8 @@ check "no progress record left" sh -c "[ -z \"\$(ls '$T/state')\" ]"
 # A push whose source is a device-mapper view, to a raw recovery disk
 dd if=/dev/zero of="$D/rec.raw" bs=1M count=32 2>/dev/null
 if expect_rc 0 "map dyn.vhdx as the source" hv map "$IMG/dyn.vhdx" hvr-src; then
-	hvresync serve --listen 127.0.0.1:0 --state-dir "$T/state" --psk-file "$T/key" \
-		--export raw="$D/rec.raw" >"$T/serve2.log" 2>&1 &
-	SPID=$!
-	PORT=
-	i=0
-	while [ -z "$PORT" ] && [ $i -lt 100 ]; do
-		PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$T/serve2.log")
-		[ -n "$PORT" ] || sleep 0.1
-		i=$((i + 1))
-	done
+	serve_start "$T/serve2.log" --state-dir "$T/state" --psk-file "$T/key" \
+		--export raw="$D/rec.raw"
 	expect_rc 0 "push /dev/mapper/hvr-src to a raw recovery disk" \
 		hv push --psk-file "$T/key" /dev/mapper/hvr-src "127.0.0.1:$PORT/raw"
 	kill -TERM $SPID

@@ -53,6 +53,10 @@
 #   elapsed CMD...           run CMD, put its wall time (s, 0.01 s steps)
 #                            in $ELAPSED; returns CMD's status
 #   note TEXT                a `# TEXT` comment line on the console
+#   serve_start LOG ARGS...  hvresync serve --listen 127.0.0.1:0 ARGS in the
+#                            background, its output in LOG; SPID its pid,
+#                            PORT the port it says it listens on; returns
+#                            1 (PORT empty) when it says none within 10 s
 
 VM=${VM:-/run/vm}
 
@@ -150,6 +154,20 @@ elapsed() {
 	rc=$?
 	ELAPSED=$(awk -v a="$t0" -v b="$(_uptime)" 'BEGIN {printf "%.2f", b - a}')
 	return $rc
+}
+
+serve_start() {
+	local log=$1 i=0
+	shift
+	hvresync serve --listen 127.0.0.1:0 "$@" >"$log" 2>&1 &
+	SPID=$!
+	PORT=
+	while [ -z "$PORT" ] && [ $i -lt 100 ]; do
+		PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log")
+		[ -n "$PORT" ] || sleep 0.1
+		i=$((i + 1))
+	done
+	[ -n "$PORT" ]
 }
 
 udev_start() {

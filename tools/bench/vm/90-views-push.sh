@@ -27,20 +27,11 @@ serve_stop() {
 # serve_fresh: a new recovery copy of $R, no held child or record, a new
 # serve
 serve_fresh() {
-	local i=0
 	serve_stop
 	rm -rf "$T/state"/* "$D"/rec.vhdx*
 	cp "$R" "$D/rec.vhdx"
-	hvresync serve --listen 127.0.0.1:0 --state-dir "$T/state" \
-		--psk-file "$T/key" --export rec="$D/rec.vhdx" >"$T/serve.log" 2>&1 &
-	SPID=$!
-	PORT=
-	while [ -z "$PORT" ] && [ $i -lt 200 ]; do
-		PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$T/serve.log")
-		[ -n "$PORT" ] || sleep 0.1
-		i=$((i + 1))
-	done
-	[ -n "$PORT" ]
+	serve_start "$T/serve.log" --state-dir "$T/state" --psk-file "$T/key" \
+		--export rec="$D/rec.vhdx"
 }
 
 # hold KIND SRC: one timed push --hold of SRC, images warm; appends the
