@@ -19,12 +19,14 @@
 
 /*
  * A source and what it holds that source.h does not show: a raw file's
- * read lock.  A VHDX's lock belongs to
- * its image (vhdx_open() takes it); a raw file or block device gets the same
- * one here, qemu's shared "consistent read", so that a program which lets
- * nobody read the image consistently (a qemu block job) is seen, while a VM
- * writing it is never held up.  Every struct ur_source is allocated here, so
- * close can find the lock from the source.
+ * read lock.  A VHDX's lock belongs to its image (vhdx_open() takes it);
+ * a raw file or block device gets the same one here, qemu's shared
+ * "consistent read", so that a program which lets nobody read the image
+ * consistently (a qemu block job) is seen, while a VM writing it is never
+ * held up.  ur_source_close() finds the lock from the source, so it closes
+ * only sources made here; the serve makes its own raw sources
+ * (agent/sync/disk.c), which is why what any source needs to be read (a
+ * dm device's zero ranges) lives in struct ur_source itself.
  */
 struct source {
 	struct ur_source s;
