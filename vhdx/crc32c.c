@@ -1,10 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * crc32c.c - CRC-32C (Castagnoli), the checksum of VHDX headers, region
- * tables, metadata-free log entries (MS-VHDX 2.2.2).  Slice-by-8 tables,
- * built once; the structures checked are small, so no SIMD path.
+ * tables, metadata-free log entries (MS-VHDX 2.2.2), and of every frame
+ * of the sync protocol, which covers all the data a push sends: the
+ * SSE4.2 crc32 instruction where the CPU has it, slice-by-8 tables
+ * otherwise.
  */
 #include <pthread.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#endif
 
 #include "internal.h"
 
@@ -12,6 +18,31 @@
 
 static uint32_t table[8][256];
 static pthread_once_t table_once = PTHREAD_ONCE_INIT;
+static uint32_t (*crc_update)(uint32_t crc, const uint8_t *p, size_t len);
+
+#if defined(__x86_64__)
+/* One 8-byte step per instruction, about five times the tables' speed:
+ * a frame of 4 MiB costs its receiver well under a millisecond. */
+__attribute__((target("sse4.2"))) static uint32_t
+crc_sse42(uint32_t crc, const uint8_t *p, size_t len)
+{
+	uint64_t c = crc, w;
+
+	while (len && ((uintptr_t)p & 7)) {
+		c = _mm_crc32_u8((uint32_t)c, *p++);
+		len--;
+	}
+	while (len >= 8) {
+		memcpy(&w, p, 8); /* little-endian, as the CRC reads it */
+		c = _mm_crc32_u64(c, w);
+		p += 8;
+		len -= 8;
+	}
+	while (len--)
+		c = _mm_crc32_u8((uint32_t)c, *p++);
+	return (uint32_t)c;
+}
+#endif
 
 static void table_init(void)
 {
@@ -27,12 +58,15 @@ static void table_init(void)
 		for (j = 1; j < 8; j++)
 			table[j][i] = (table[j - 1][i] >> 8) ^
 				      table[0][table[j - 1][i] & 0xff];
+	crc_update = vhdx_crc32c_table_update;
+#if defined(__x86_64__)
+	if (__builtin_cpu_supports("sse4.2"))
+		crc_update = crc_sse42;
+#endif
 }
 
-uint32_t vhdx_crc32c_update(uint32_t crc, const void *buf, size_t len)
+uint32_t vhdx_crc32c_table_update(uint32_t crc, const uint8_t *p, size_t len)
 {
-	const uint8_t *p = buf;
-
 	pthread_once(&table_once, table_init);
 	while (len >= 8) {
 		uint32_t lo = crc ^ le32_get(p);
@@ -48,6 +82,12 @@ uint32_t vhdx_crc32c_update(uint32_t crc, const void *buf, size_t len)
 	while (len--)
 		crc = (crc >> 8) ^ table[0][(crc ^ *p++) & 0xff];
 	return crc;
+}
+
+uint32_t vhdx_crc32c_update(uint32_t crc, const void *buf, size_t len)
+{
+	pthread_once(&table_once, table_init);
+	return crc_update(crc, buf, len);
 }
 
 uint32_t vhdx_crc32c(const void *buf, size_t len)

@@ -43,6 +43,9 @@
 uint32_t vhdx_crc32c(const void *buf, size_t len);
 /* Incremental form: crc starts at 0xFFFFFFFF and is finished with ~crc. */
 uint32_t vhdx_crc32c_update(uint32_t crc, const void *buf, size_t len);
+/* The table-driven form vhdx_crc32c_update() uses where the CPU has no
+ * crc32 instruction (and tests compare with it where it has). */
+uint32_t vhdx_crc32c_table_update(uint32_t crc, const uint8_t *p, size_t len);
 /* CRC-32C of BUF as if the 4 bytes at CSUM_OFF were zero. */
 uint32_t vhdx_checksum(const uint8_t *buf, size_t len, size_t csum_off);
 
