@@ -62,7 +62,7 @@ SAN_ARCHIVES_BELOW = $(foreach l,$(BELOW_$(1)),$(call SAN_ARCHIVE,$(l)))
 UNIT_LAYER_vhdx := test_bat test_crc32c test_guid test_header test_log \
 	test_log_active test_log_bounds test_log_scan test_metadata test_region \
 	test_writer test_merge
-UNIT_LAYER_uring := test_reader test_hash
+UNIT_LAYER_uring := test_reader test_hash test_cached
 UNIT_LAYER_fuse := test_dmview
 UNIT_LAYER_lib := test_jsonparse test_fsutil test_snapshot test_watch test_prom \
 	test_jsonparse_fuzz test_svgmap test_bufpool

@@ -23,6 +23,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "uring/cached.h"
 #include "uring/plan.h"
 #include "uring/reader.h"
 
@@ -79,7 +80,10 @@ struct ur_stream {
 
 struct direct_fd {
 	int fd;
-	int dfd; /* -1 when O_DIRECT is not possible for it */
+	int dfd;       /* -1 when O_DIRECT is not possible for it */
+	bool view;     /* a file on FUSE or a device over loop devices */
+	bool probe_ok; /* direct_uncached: probe tells what is cached */
+	struct ur_cache_probe probe;
 };
 
 struct lane {

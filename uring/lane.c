@@ -61,29 +61,32 @@ static void wake_consumer(struct ur_engine *e)
  * whose pages hold the data already: through the device's own page cache
  * it would be cached and copied twice.
  */
-static int direct_twin(struct ur_engine *e, int fd)
+static struct direct_fd *direct_twin(struct ur_engine *e, int fd)
 {
+	struct direct_fd *d;
 	char path[64];
 	unsigned i;
-	int dfd;
 
 	for (i = 0; i < e->ndirect; i++)
 		if (e->direct[i].fd == fd)
-			return e->direct[i].dfd;
+			return e->direct[i].dfd < 0 ? NULL : &e->direct[i];
 	if (e->ndirect == sizeof(e->direct) / sizeof(e->direct[0]))
-		return -1;
+		return NULL;
+	d = &e->direct[e->ndirect++];
+	memset(d, 0, sizeof(*d));
+	d->fd = fd;
+	d->dfd = -1;
+	d->view = ur_fd_on_fuse(fd) || ur_fd_over_loop(fd);
 	/* Reopen through /proc so an image's fd (owned by the VHDX library)
 	 * gets an O_DIRECT twin; filesystems without O_DIRECT refuse it and
 	 * the buffered fd is used instead. */
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	if (e->cfg.direct || ur_fd_on_fuse(fd) || ur_fd_over_loop(fd))
-		dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
-	else
-		dfd = -1;
-	e->direct[e->ndirect].fd = fd;
-	e->direct[e->ndirect].dfd = dfd < 0 ? -1 : dfd;
-	e->ndirect++;
-	return dfd < 0 ? -1 : dfd;
+	if (e->cfg.direct || (e->cfg.direct_views && d->view) ||
+	    (e->cfg.direct_uncached && !d->view))
+		d->dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (d->dfd >= 0 && e->cfg.direct_uncached && !d->view)
+		d->probe_ok = ur_cache_probe_init(&d->probe, fd) == 0;
+	return d->dfd < 0 ? NULL : d;
 }
 
 static bool slot_push_zero(struct ur_stream *s, uint64_t n)
@@ -185,23 +188,33 @@ static void queue_chunk(struct ur_engine *e, struct ur_stream *s,
 }
 
 /* The descriptor each read of C goes to: an O_DIRECT twin where the
- * engine wants direct I/O and the read is aligned for it. */
+ * engine wants direct I/O and the read is aligned for it.  With
+ * direct_uncached, a read the page cache holds whole goes through the
+ * cache and any other one around it (lane_prepare() asks which), so a
+ * cold disk is read without filling the cache (and evicting what others
+ * use) while a warm one is still read from memory. */
 static void pick_fds(struct ur_engine *e, struct chunk *c)
 {
+	struct direct_fd *d;
 	unsigned i;
-	int dfd;
 
 	for (i = 0; i < c->ops.n; i++) {
 		struct ur_op *op = &c->ops.v[i];
 
 		op->fixed_fd = op->fd;
-		if ((!e->cfg.direct && !e->cfg.direct_views) ||
+		op->twin = NULL;
+		if ((!e->cfg.direct && !e->cfg.direct_views &&
+		     !e->cfg.direct_uncached) ||
 		    op->kind != UR_OP_READ || op->file_off % DIRECT_ALIGN ||
 		    op->len % DIRECT_ALIGN || op->buf_off % DIRECT_ALIGN)
 			continue;
-		dfd = direct_twin(e, op->fd);
-		if (dfd >= 0)
-			op->fixed_fd = dfd;
+		d = direct_twin(e, op->fd);
+		if (!d)
+			continue;
+		if (e->cfg.direct || (e->cfg.direct_views && d->view))
+			op->fixed_fd = d->dfd;
+		else if (d->probe_ok)
+			op->twin = d; /* decided in lane_prepare() */
 	}
 }
 
@@ -343,6 +356,13 @@ static void lane_prepare(struct lane *l, struct chunk *c)
 			memcpy(c->buf + op->buf_off, op->mem, op->len);
 			break;
 		case UR_OP_READ:
+			if (op->twin) {
+				struct direct_fd *d = op->twin;
+
+				if (!ur_range_cached(&d->probe, op->file_off,
+						     op->len))
+					op->fixed_fd = d->dfd;
+			}
 			op->chunk = c;
 			op->done = 0;
 			op->piece = 0;
@@ -759,8 +779,11 @@ bool ur_lanes_stop(struct ur_engine *e)
 		leak |= l->leak;
 	}
 	/* The O_DIRECT twins that planning opened. */
-	for (i = 0; i < e->ndirect; i++)
+	for (i = 0; i < e->ndirect; i++) {
 		if (e->direct[i].dfd >= 0)
 			close(e->direct[i].dfd);
+		if (e->direct[i].probe_ok)
+			ur_cache_probe_fini(&e->direct[i].probe);
+	}
 	return leak;
 }

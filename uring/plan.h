@@ -90,6 +90,8 @@ struct ur_op {
 	uint32_t piece; /* largest read to ask for; 0: all that is left */
 	unsigned retries;
 	int fixed_fd; /* fd actually read (O_DIRECT twin or FD) */
+	void *twin;   /* direct_uncached: FD's twin, whose cache probe the
+		       * lane asks outside the engine's lock */
 	void *chunk;
 	struct ur_op *next;
 };

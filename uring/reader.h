@@ -60,6 +60,10 @@ struct ur_config {
 				    * and block devices made of loop devices
 				    * (their data is cached already, in the
 				    * files behind them) */
+	bool direct_uncached;	   /* a read the page cache holds whole
+				    * goes through it, any other one with
+				    * O_DIRECT: a cold disk is read without
+				    * filling the cache */
 	bool sub_hashes;	   /* also hash each 4 KiB of data blocks */
 	bool sub_hashes_unlocated; /* with sub_hashes: only of the blocks
 				    * ur_block.fd cannot place (a consumer

@@ -646,6 +646,7 @@ static int start_reader(struct session *s)
 	sync_reader_config(&cfg, s->bs, s->hello.hash, s->hello.seed);
 	cfg.sub_hashes = true;
 	cfg.sub_hashes_unlocated = true;
+	cfg.direct_uncached = true;
 	ret = s->sub_hasher ? 0
 			    : ur_hasher_new(cfg.hash, cfg.seed, &s->sub_hasher);
 	if (ret < 0)
