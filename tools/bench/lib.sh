@@ -39,6 +39,24 @@ cache_prep() {
 # timed OUTVAR SETUP MODE CACHEFILES -- CMD...: run SETUP (untimed; may be
 # :), prepare the cache, time CMD once; OUTVAR gets the seconds.  CMD's
 # exit status must be 0 or, for compare tools, 1 ("they differ").
+# settle: wait (at most 5 s) until the disk under $WORK has done no I/O
+# for 200 ms, so that a timed run does not pay for the tail of the one
+# before it (writeback, the recovery side giving back a merged child's
+# blocks in the background).
+settle() {
+	local src dev s0 s1 i
+	src=$(findmnt -no SOURCE --target "$WORK" 2>/dev/null) || return 0
+	dev=$(basename "$(readlink -f "$src")")
+	[ -r "/sys/class/block/$dev/stat" ] || return 0
+	s0=$(cat "/sys/class/block/$dev/stat")
+	for i in $(seq 25); do
+		sleep 0.2
+		s1=$(cat "/sys/class/block/$dev/stat")
+		[ "$s0" = "$s1" ] && return 0
+		s0=$s1
+	done
+}
+
 timed() {
 	local __out=$1 setup=$2 mode=$3 t0 rc
 	shift 3
@@ -47,6 +65,7 @@ timed() {
 	shift
 	$setup || die "setup for '$*' failed"
 	cache_prep "$mode" "${files[@]}"
+	settle
 	t0=$(now)
 	"$@" >/dev/null 2>>"$WORK/bench.err"
 	rc=$?
