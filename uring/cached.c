@@ -39,8 +39,8 @@ struct cs_stat {
 	uint64_t nr_recently_evicted;
 };
 
-/* 0 not yet known, 1 the kernel has cachestat(), -1 it has not */
-static int have_cachestat;
+/* cachestat() answered ENOSYS once: the kernel is older than 6.5 */
+static bool no_cachestat;
 
 #define PROBE_PAGE 4096u
 
@@ -85,10 +85,9 @@ static int by_cachestat(struct ur_cache_probe *p, uint64_t off, uint64_t len)
 
 	if (syscall(SYS_cachestat, p->fd, &r, &cs, 0) < 0) {
 		if (errno == ENOSYS)
-			__atomic_store_n(&have_cachestat, -1, __ATOMIC_RELAXED);
+			__atomic_store_n(&no_cachestat, true, __ATOMIC_RELAXED);
 		return -errno;
 	}
-	__atomic_store_n(&have_cachestat, 1, __ATOMIC_RELAXED);
 	pages = (off + len + PROBE_PAGE - 1) / PROBE_PAGE - off / PROBE_PAGE;
 	return cs.nr_cache >= pages;
 }
@@ -132,7 +131,7 @@ int ur_range_cached(struct ur_cache_probe *p, uint64_t off, uint64_t len)
 
 	if (!len)
 		return 1;
-	if (__atomic_load_n(&have_cachestat, __ATOMIC_RELAXED) >= 0) {
+	if (!__atomic_load_n(&no_cachestat, __ATOMIC_RELAXED)) {
 		ret = by_cachestat(p, off, len);
 		if (ret != -ENOSYS)
 			return ret;

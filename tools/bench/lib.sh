@@ -36,9 +36,6 @@ cache_prep() {
 	fi
 }
 
-# timed OUTVAR SETUP MODE CACHEFILES -- CMD...: run SETUP (untimed; may be
-# :), prepare the cache, time CMD once; OUTVAR gets the seconds.  CMD's
-# exit status must be 0 or, for compare tools, 1 ("they differ").
 # settle: wait (at most 5 s) until the disk under $WORK has done no I/O
 # for 200 ms, so that a timed run does not pay for the tail of the one
 # before it (writeback, the recovery side giving back a merged child's
@@ -57,6 +54,9 @@ settle() {
 	done
 }
 
+# timed OUTVAR SETUP MODE CACHEFILES -- CMD...: run SETUP (untimed; may be
+# :), prepare the cache, time CMD once; OUTVAR gets the seconds.  CMD's
+# exit status must be 0 or, for compare tools, 1 ("they differ").
 timed() {
 	local __out=$1 setup=$2 mode=$3 t0 rc
 	shift 3
