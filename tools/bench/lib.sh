@@ -92,19 +92,30 @@ random_raw() {
 		head -c "$2" >"$1"
 }
 
-# scatter_sectors FILE PERCENT SEED: overwrite PERCENT% of FILE's 4 KiB
-# sectors with new random data; prints the bytes changed.
+# scatter_sectors FILE PERCENT SEED [timed]: overwrite PERCENT% of FILE's
+# 4 KiB sectors with new random data; prints the bytes changed.  With
+# "timed", the same sectors in ascending order and then fdatasync, as a
+# merge writes them, and prints the seconds that took: what the disk
+# costs for those writes from a program that does nothing else.
 scatter_sectors() {
-	python3 - "$1" "$2" "$3" <<'PY'
-import os, random, sys
+	python3 - "$1" "$2" "$3" "${4:-}" <<'PY'
+import os, random, sys, time
 r = random.Random(int(sys.argv[3]))
 fd = os.open(sys.argv[1], os.O_WRONLY)
 n = os.fstat(fd).st_size // 4096
 sel = r.sample(range(n), int(n * float(sys.argv[2]) / 100))
-for s in sel:
-    os.pwrite(fd, os.urandom(4096), s * 4096)
+if sys.argv[4] == "timed":
+    buf = os.urandom(4096)
+    t0 = time.monotonic()
+    for s in sorted(sel):
+        os.pwrite(fd, buf, s * 4096)
+    os.fdatasync(fd)
+    print("%.3f" % (time.monotonic() - t0))
+else:
+    for s in sel:
+        os.pwrite(fd, os.urandom(4096), s * 4096)
+    print(len(sel) * 4096)
 os.close(fd)
-print(len(sel) * 4096)
 PY
 }
 
