@@ -42,8 +42,6 @@ struct cs_stat {
 /* cachestat() answered ENOSYS once: the kernel is older than 6.5 */
 static bool no_cachestat;
 
-#define PROBE_PAGE 4096u
-
 int ur_cache_probe_init(struct ur_cache_probe *p, int fd)
 {
 	uint64_t size = 0;
@@ -52,6 +50,7 @@ int ur_cache_probe_init(struct ur_cache_probe *p, int fd)
 
 	memset(p, 0, sizeof(*p));
 	p->fd = fd;
+	p->page = (size_t)sysconf(_SC_PAGESIZE);
 	/* Mapped even where cachestat() answers: a mapping that is never
 	 * touched costs address space only. */
 	if (fstat(fd, &st) < 0)
@@ -88,13 +87,13 @@ static int by_cachestat(struct ur_cache_probe *p, uint64_t off, uint64_t len)
 			__atomic_store_n(&no_cachestat, true, __ATOMIC_RELAXED);
 		return -errno;
 	}
-	pages = (off + len + PROBE_PAGE - 1) / PROBE_PAGE - off / PROBE_PAGE;
+	pages = (off + len + p->page - 1) / p->page - off / p->page;
 	return cs.nr_cache >= pages;
 }
 
 static int by_mincore(struct ur_cache_probe *p, uint64_t off, uint64_t len)
 {
-	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+	size_t pg = p->page;
 	unsigned char vec[256];
 	uint64_t start, end;
 	size_t i, n;

@@ -13,6 +13,7 @@ struct ur_cache_probe {
 	int fd;
 	void *map; /* the file mapped, never touched: for mincore() */
 	size_t map_len;
+	size_t page; /* the kernel's page: what both calls count in */
 };
 
 /* Set up @p for @fd (which it does not own); 0 or a negative errno. */

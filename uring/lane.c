@@ -54,6 +54,8 @@ static void wake_consumer(struct ur_engine *e)
 }
 
 /*
+ * Whether every aligned read of D's file goes to its O_DIRECT twin, not
+ * only those the page cache does not hold (direct_uncached).
  * A FUSE file read through the page cache costs a copy into the FUSE
  * file's own pages and their housekeeping, and hvresync's raw views drop
  * those pages at every open anyway; O_DIRECT hands the server our buffer.
@@ -61,6 +63,11 @@ static void wake_consumer(struct ur_engine *e)
  * whose pages hold the data already: through the device's own page cache
  * it would be cached and copied twice.
  */
+static bool always_direct(const struct ur_engine *e, const struct direct_fd *d)
+{
+	return e->cfg.direct || (e->cfg.direct_views && d->view);
+}
+
 static struct direct_fd *direct_twin(struct ur_engine *e, int fd)
 {
 	struct direct_fd *d;
@@ -81,8 +88,7 @@ static struct direct_fd *direct_twin(struct ur_engine *e, int fd)
 	 * gets an O_DIRECT twin; filesystems without O_DIRECT refuse it and
 	 * the buffered fd is used instead. */
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	if (e->cfg.direct || (e->cfg.direct_views && d->view) ||
-	    (e->cfg.direct_uncached && !d->view))
+	if (always_direct(e, d) || (e->cfg.direct_uncached && !d->view))
 		d->dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
 	if (d->dfd >= 0 && e->cfg.direct_uncached && !d->view)
 		d->probe_ok = ur_cache_probe_init(&d->probe, fd) == 0;
@@ -211,7 +217,7 @@ static void pick_fds(struct ur_engine *e, struct chunk *c)
 		d = direct_twin(e, op->fd);
 		if (!d)
 			continue;
-		if (e->cfg.direct || (e->cfg.direct_views && d->view))
+		if (always_direct(e, d))
 			op->fixed_fd = d->dfd;
 		else if (d->probe_ok)
 			op->twin = d; /* decided in lane_prepare() */
